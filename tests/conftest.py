@@ -1,0 +1,36 @@
+"""Shared test fixtures: paths to the real sensor data in ../shared/fixtures (tests skip when absent)."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+FIXTURES = Path(os.environ.get("GSOCC_FIXTURES", REPO.parent / "shared" / "fixtures"))
+
+
+def _fixture(name):
+    p = FIXTURES / name
+    if not p.exists():
+        pytest.skip(f"fixture {p} not present")
+    return p
+
+
+@pytest.fixture(scope="session")
+def nusc_root():
+    """Real nuScenes scene-0916 (v1.0-mini layout, keyframes only)."""
+    return _fixture("nuscenes-scene-0916")
+
+
+@pytest.fixture(scope="session")
+def ddad_root():
+    """Real DDAD scene in the DGP format."""
+    return _fixture("ddad-scene")
+
+
+@pytest.fixture(scope="session")
+def occ3d_label():
+    """One real Occ3D-nuScenes labels.npz."""
+    d = _fixture("occ3d-sample")
+    return next(d.glob("*/labels.npz"))
