@@ -148,3 +148,30 @@ def dump_options(opt, path):
             if isinstance(v, (list, tuple)):
                 v = " ".join(str(x) for x in v)
             f.write(f"{k} = {v}\n")
+
+
+def explicit_options(argv=None):
+    """The options set explicitly by the command line or its config file (not by defaults), as a dict."""
+    import sys
+    parser = build_parser()
+    cli = list(sys.argv[1:] if argv is None else argv)
+    pre, _ = parser.parse_known_args(cli)
+    cfg_argv = read_config(pre.config, parser) if pre.config else []
+    for a in parser._actions:
+        a.default = argparse.SUPPRESS
+    return vars(parser.parse_args(cfg_argv + cli))
+
+
+def merge_checkpoint_options(saved, argv=None):
+    """Options of a saved run (the model it was trained with), overridden by what this command sets explicitly.
+
+    Options that did not exist when the checkpoint was written take their current defaults.
+    """
+    opt = build_parser().parse_args([])
+    known = vars(opt)
+    for k, v in saved.items():
+        if k in known:
+            setattr(opt, k, v)
+    for k, v in explicit_options(argv).items():
+        setattr(opt, k, v)
+    return opt

@@ -1,5 +1,41 @@
-"""Placeholder: being written."""
+"""Options of the data layer (argument group "data")."""
+from options import str2bool
 
 
 def add_args(parser):
-    pass
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset", type=str, default="nuscenes", choices=["nuscenes", "ddad"],
+                   help="dataset format: nuscenes (also our synthetic data, written in the nuScenes format) or ddad")
+    g.add_argument("--dataroot", type=str, default="data/nuscenes",
+                   help="dataset root: nuScenes tables in <dataroot>/<version>/, images under <dataroot>/samples/")
+    g.add_argument("--version", type=str, default="v1.0-trainval",
+                   help="nuScenes table folder under dataroot: v1.0-trainval, v1.0-mini, v1.0-test or any custom "
+                        "name such as v1.0-synthetic (nuscenes-devkit accepts any folder name)")
+    g.add_argument("--train_split", type=str, default=None,
+                   help="text file of training sample tokens, one per line, '#' comments (tools/make_split.py "
+                        "writes them; a bare name is also looked up in datasets/splits/); unset: every sample")
+    g.add_argument("--val_split", type=str, default=None,
+                   help="text file of validation sample tokens, same format as --train_split; unset: every sample")
+    g.add_argument("--input_size", type=int, nargs=2, default=[384, 640], metavar=("H", "W"),
+                   help="network input image size, height width (intrinsics are rescaled to it)")
+    g.add_argument("--render_size", type=int, nargs=2, default=[180, 320], metavar=("H", "W"),
+                   help="size of the rendered views and of the 2D semantic labels, height width")
+    g.add_argument("--adjacent", type=str, default="keyframe", choices=["keyframe", "sweep"],
+                   help="temporal neighbours: the previous / next keyframe of each camera (2 Hz on nuScenes) or "
+                        "the directly adjacent camera sweep (12 Hz; needs the sweeps)")
+    g.add_argument("--require_adjacent", type=str2bool, default=True,
+                   help="drop training samples that lack a previous or next frame (at validation, and in training "
+                        "when off, a missing neighbour is replaced by the current frame)")
+    g.add_argument("--use_sem", type=str2bool, default=False,
+                   help="load 2D semantic pseudo-labels <sem_root>/<token>/<CAM>.png (uint8 class ids)")
+    g.add_argument("--sem_root", type=str, default="sem",
+                   help="folder of the 2D semantic labels (relative paths are resolved against dataroot)")
+    g.add_argument("--occ_root", type=str, default=None,
+                   help="Occ3D folder <occ_root>/<scene>/<token>/labels.npz (relative to dataroot unless "
+                        "absolute); unset: no occupancy labels")
+    g.add_argument("--depth_root", type=str, default=None,
+                   help="LiDAR depth from tools/export_gt_depth_nusc.py, <depth_root>/<token>/<CAM>.npz (relative "
+                        "to dataroot unless absolute); unset: no depth_gt")
+    g.add_argument("--ddad_mask_dir", type=str, default=None,
+                   help="DDAD only: folder of the per-camera self-occlusion masks (relative to dataroot unless "
+                        "absolute)")

@@ -1,0 +1,46 @@
+"""Stage-1 pose network: one ego motion per frame pair, seen through all 6 cameras at once."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from networks.resnet_encoder import ResnetEncoder
+from utils.constants import NUM_CAMS
+from utils.geometry import axis_angle_to_matrix
+
+
+class PoseNet(nn.Module):
+    """Ego motion from the current to an adjacent frame of the 6 surround cameras.
+
+    Every camera's (current, adjacent) pair goes through a shared ResNet with a 6-channel input. The per-camera
+    features are squeezed by a 1x1 convolution and CONCATENATED in camera order (not pooled): the same image
+    motion means a different ego motion in the front and in the back camera, so the fusion must know which
+    camera each feature comes from. Two 3x3 convolutions and a spatial mean give axis-angle (radians) and
+    translation (metres). The last layer starts at zero, so the initial motion is exactly the identity.
+
+    forward(cur (B, 6, 3, H, W), adj (B, 6, 3, H, W)) -> T_ego (B, 4, 4): maps points in the current ego frame
+    to the adjacent frame's ego frame.
+    """
+
+    def __init__(self, opt):
+        super().__init__()
+        self.encoder = ResnetEncoder(opt.gsp_pose_layers, opt.gsp_pretrained, num_input_images=2)
+        self.squeeze = nn.Conv2d(self.encoder.num_ch_enc[-1], 64, 1)
+        self.fuse = nn.Sequential(
+            nn.Conv2d(64 * NUM_CAMS, 256, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),
+        )
+        self.out = nn.Conv2d(256, 6, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, cur, adj):
+        b, n = cur.shape[:2]
+        x = torch.cat([cur, adj], 2).flatten(0, 1)  # (B*6, 6, H, W)
+        f = F.relu(self.squeeze(self.encoder(x)[-1]))  # (B*6, 64, h, w)
+        f = f.view(b, n * f.shape[1], *f.shape[2:])  # cameras side by side in the channels
+        motion = self.out(self.fuse(f)).mean((2, 3))  # (B, 6)
+        T = axis_angle_to_matrix(motion[:, :3])
+        T = T.clone() if T.shape[-1] == 4 else F.pad(T, (0, 1, 0, 1))
+        T[:, :3, 3] = motion[:, 3:]
+        T[:, 3, 3] = 1.0
+        return T
