@@ -1,0 +1,281 @@
+"""nuScenes surround-view samples: 6 cameras at the previous, current and next frame.
+
+The tables are read directly from ``<dataroot>/<version>/*.json`` (only the six this loader needs, so a custom
+version such as ``v1.0-synthetic`` does not need annotation tables). Everything an item needs except the pixels
+is computed once in ``__init__``; ``__getitem__`` only reads files.
+"""
+import json
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from utils.geometry import scale_intrinsics
+from utils.constants import CAMS
+
+# Fields this code reads from each table.
+TABLE_FIELDS = {
+    "scene": ("token", "name", "first_sample_token"),
+    "sample": ("token", "next", "scene_token"),
+    "sample_data": ("token", "sample_token", "ego_pose_token", "calibrated_sensor_token", "filename",
+                     "prev", "next", "is_key_frame"),
+    "calibrated_sensor": ("token", "sensor_token", "translation", "rotation", "camera_intrinsic"),
+    "ego_pose": ("token", "translation", "rotation"),
+    "sensor": ("token", "channel"),
+}
+
+
+def load_tables(dataroot, version, names=tuple(TABLE_FIELDS)):
+    """Read nuScenes tables into ``{table: {token: record}}``, checking that every needed field is present."""
+    if not os.path.isdir(dataroot):
+        raise FileNotFoundError(f"nuScenes dataroot not found: {dataroot}")
+    table_root = os.path.join(dataroot, version)
+    if not os.path.isdir(table_root):
+        present = sorted(d for d in os.listdir(dataroot) if os.path.isdir(os.path.join(dataroot, d))
+                         and os.path.isfile(os.path.join(dataroot, d, "sample.json")))
+        raise FileNotFoundError(f"nuScenes table folder not found: {table_root} (versions under {dataroot}: "
+                                f"{present or 'none'})")
+    tables = {}
+    for name in names:
+        path = os.path.join(table_root, name + ".json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"nuScenes table missing: {path}")
+        try:
+            with open(path) as f:
+                records = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"nuScenes table {path} is not valid JSON: {e}") from None
+        for field in TABLE_FIELDS.get(name, ("token",)):
+            bad = next((r for r in records if field not in r), None)
+            if bad is not None:
+                raise ValueError(f"nuScenes table {path}: record {bad.get('token', bad)} has no field '{field}'")
+        tables[name] = {r["token"]: r for r in records}
+    return tables
+
+
+def get(tables, name, token, referrer):
+    """One record of table ``name``; a clear error naming the referrer when the token is dangling."""
+    try:
+        return tables[name][token]
+    except KeyError:
+        raise ValueError(f"nuScenes table {name}.json has no record '{token}' (referenced by {referrer})") from None
+
+
+def pose_matrix(translation, rotation):
+    """4x4 float64 transform from a translation (3,) and a unit quaternion (w, x, y, z)."""
+    w, x, y, z = np.asarray(rotation, dtype=np.float64) / np.linalg.norm(rotation)
+    T = np.eye(4)
+    T[:3, :3] = [[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                 [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                 [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]]
+    T[:3, 3] = translation
+    return T
+
+
+def sample_sensor_data(tables, channels):
+    """``{sample_token: {channel: sample_data record}}`` of the keyframe data of the given channels."""
+    channel_of_cs = {}
+    for cs in tables["calibrated_sensor"].values():
+        sensor = get(tables, "sensor", cs["sensor_token"], f"calibrated_sensor {cs['token']}")
+        channel_of_cs[cs["token"]] = sensor["channel"]
+    out = {}
+    for sd in tables["sample_data"].values():
+        if not sd["is_key_frame"]:
+            continue
+        if sd["calibrated_sensor_token"] not in channel_of_cs:
+            get(tables, "calibrated_sensor", sd["calibrated_sensor_token"], f"sample_data {sd['token']}")  # raises
+        channel = channel_of_cs[sd["calibrated_sensor_token"]]
+        if channel in channels:
+            out.setdefault(sd["sample_token"], {})[channel] = sd
+    return out
+
+
+def scene_samples(tables):
+    """``[(sample_token, scene_name)]`` of every sample, scene by scene in temporal order."""
+    out = []
+    for scene in tables["scene"].values():
+        token = scene["first_sample_token"]
+        referrer = f"scene {scene['name']}"
+        while token:
+            sample = get(tables, "sample", token, referrer)
+            out.append((token, scene["name"]))
+            referrer, token = f"sample {token}", sample["next"]
+    return out
+
+
+def read_split(path):
+    """Sample tokens of a split file: one per line, '#' starts a comment. A bare name is looked up in
+    datasets/splits/ when it does not exist as given."""
+    if not os.path.isfile(path):
+        alt = os.path.join(os.path.dirname(__file__), "splits", path)
+        if not os.path.isfile(alt):
+            raise FileNotFoundError(f"split file not found: {path} (nor {alt})")
+        path = alt
+    with open(path) as f:
+        tokens = [line.split("#", 1)[0].strip() for line in f]
+    return [t for t in tokens if t]
+
+
+def resolve(dataroot, path):
+    """``path`` made absolute against ``dataroot`` (None stays None)."""
+    return None if path is None else os.path.join(dataroot, os.path.expanduser(path))
+
+
+def load_image(path, size_hw):
+    """RGB image resized to ``size_hw`` -> ((3, H, W) float in [0, 1], original (h, w))."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image missing: {path}")
+    try:
+        with Image.open(path) as img:
+            w0, h0 = img.size
+            img.draft("RGB", (size_hw[1], size_hw[0]))  # JPEG: decode at a reduced scale when that is enough
+            img = img.convert("RGB").resize((size_hw[1], size_hw[0]), Image.BILINEAR)
+    except OSError as e:
+        raise OSError(f"cannot read image {path}: {e}") from None
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1), (h0, w0)
+
+
+def load_npz(path, keys, what):
+    """Arrays ``keys`` of an npz file, with clear errors for a missing file or key."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} missing: {path}")
+    with np.load(path) as data:
+        missing = [k for k in keys if k not in data.files]
+        if missing:
+            raise ValueError(f"{what} {path} lacks {missing} (has {data.files})")
+        return [data[k] for k in keys]
+
+
+class NuScenesDataset(Dataset):
+    """Surround-view items as described in docs/ARCHITECTURE.md (``imgs``, ``K``, ``cam2ego``, ``ego2global``,
+    optional ``sem``, ``occ_*``, ``depth_gt``, plus ``token`` and ``scene``).
+
+    Temporal neighbours follow each camera's sample_data chain: with ``opt.adjacent == "keyframe"`` the chain is
+    walked to the previous / next keyframe (= the previous / next sample's image of that camera), with "sweep" the
+    directly adjacent image is taken.
+    """
+
+    def __init__(self, opt, split):
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be train or val, got {split!r}")
+        self.dataroot = opt.dataroot
+        self.input_size = tuple(opt.input_size)
+        self.render_size = tuple(opt.render_size)
+        self.sem_root = resolve(opt.dataroot, opt.sem_root) if opt.use_sem else None
+        self.occ_root = resolve(opt.dataroot, opt.occ_root)
+        self.depth_root = resolve(opt.dataroot, opt.depth_root)
+        for name, root in (("sem_root", self.sem_root), ("occ_root", self.occ_root),
+                           ("depth_root", self.depth_root)):
+            if root is not None and not os.path.isdir(root):
+                raise FileNotFoundError(f"--{name} folder not found: {root}")
+
+        tables = load_tables(opt.dataroot, opt.version)
+        samples = scene_samples(tables)
+        split_file = opt.train_split if split == "train" else opt.val_split
+        if split_file is not None:
+            scene_of = dict(samples)
+            tokens = read_split(split_file)
+            unknown = [t for t in tokens if t not in scene_of]
+            if unknown:
+                raise ValueError(f"split file {split_file}: {len(unknown)} tokens are not samples of "
+                                 f"{opt.version}, e.g. {unknown[:3]}")
+            samples = [(t, scene_of[t]) for t in tokens]
+
+        cam_data = sample_sensor_data(tables, CAMS)
+        self.samples = []
+        for token, scene in samples:
+            meta = self._sample_meta(tables, cam_data, token, opt.adjacent == "keyframe")
+            if split == "train" and opt.require_adjacent and not (meta["has_prev"] and meta["has_next"]):
+                continue
+            meta["scene"] = scene
+            self.samples.append(meta)
+
+    @staticmethod
+    def _sample_meta(tables, cam_data, token, keyframes_only):
+        """Files and poses of one sample: ``files`` [frame][cam], ``ego2global`` (3, 6, 4, 4), ``cam2ego``
+        (6, 4, 4), ``K`` (6, 3, 3) at the original image size, ``has_prev`` / ``has_next``."""
+        cams = cam_data.get(token, {})
+        missing = [c for c in CAMS if c not in cams]
+        if missing:
+            raise ValueError(f"sample {token} has no keyframe sample_data for {missing}")
+
+        def step(sd, direction):
+            nxt = sd[direction]
+            while nxt:
+                sd = get(tables, "sample_data", nxt, f"sample_data {sd['token']}.{direction}")
+                if sd["is_key_frame"] or not keyframes_only:
+                    return sd
+                nxt = sd[direction]
+            return None
+
+        files = [[None] * len(CAMS) for _ in range(3)]
+        ego2global = np.zeros((3, len(CAMS), 4, 4), np.float32)
+        cam2ego = np.zeros((len(CAMS), 4, 4), np.float32)
+        K = np.zeros((len(CAMS), 3, 3), np.float32)
+        has = {"prev": True, "next": True}
+        for c, cam in enumerate(CAMS):
+            cur = cams[cam]
+            cs = get(tables, "calibrated_sensor", cur["calibrated_sensor_token"], f"sample_data {cur['token']}")
+            if np.shape(cs["camera_intrinsic"]) != (3, 3):
+                raise ValueError(f"calibrated_sensor {cs['token']} ({cam}): camera_intrinsic is not 3x3")
+            cam2ego[c] = pose_matrix(cs["translation"], cs["rotation"])
+            K[c] = cs["camera_intrinsic"]
+            for f, direction in enumerate(("prev", None, "next")):
+                sd = cur if direction is None else step(cur, direction)
+                if sd is None:  # no neighbour: the current frame stands in
+                    has[direction], sd = False, cur
+                pose = get(tables, "ego_pose", sd["ego_pose_token"], f"sample_data {sd['token']}")
+                ego2global[f, c] = pose_matrix(pose["translation"], pose["rotation"])
+                files[f][c] = sd["filename"]
+        return dict(token=token, files=files, ego2global=ego2global, cam2ego=cam2ego, K=K,
+                    has_prev=has["prev"], has_next=has["next"])
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        m = self.samples[index]
+        imgs = torch.zeros((3, len(CAMS), 3) + self.input_size)
+        K = torch.from_numpy(m["K"].copy())
+        for f in range(3):
+            for c in range(len(CAMS)):
+                imgs[f, c], (h0, w0) = load_image(os.path.join(self.dataroot, m["files"][f][c]), self.input_size)
+                if f == 1:  # pixel centres at integer coordinates, as in utils.geometry
+                    K[c] = scale_intrinsics(K[c], self.input_size[1] / w0, self.input_size[0] / h0)
+        item = dict(imgs=imgs, K=K, cam2ego=torch.from_numpy(m["cam2ego"]),
+                    ego2global=torch.from_numpy(m["ego2global"]), token=m["token"], scene=m["scene"])
+        if self.sem_root is not None:
+            item["sem"] = torch.stack([self._load_sem(os.path.join(self.sem_root, m["token"], cam + ".png"))
+                                       for cam in CAMS])
+        if self.occ_root is not None:
+            path = os.path.join(self.occ_root, m["scene"], m["token"], "labels.npz")
+            keys = ("semantics", "mask_camera", "mask_lidar")
+            for key, arr in zip(keys, load_npz(path, keys, "Occ3D labels")):
+                item["occ_" + key] = torch.from_numpy(arr.astype(np.uint8))
+        if self.depth_root is not None:
+            item["depth_gt"] = torch.stack([self._load_depth(os.path.join(self.depth_root, m["token"], cam + ".npz"))
+                                            for cam in CAMS])
+        return item
+
+    def _load_sem(self, path):
+        """(h, w) int64 class ids at the render size (nearest)."""
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"semantic label missing: {path}")
+        try:
+            with Image.open(path) as img:
+                if img.mode not in ("L", "P"):
+                    raise ValueError(f"semantic label {path}: expected a single-channel uint8 PNG, got {img.mode}")
+                img = img.resize((self.render_size[1], self.render_size[0]), Image.NEAREST)
+        except OSError as e:
+            raise OSError(f"cannot read semantic label {path}: {e}") from None
+        return torch.from_numpy(np.asarray(img, dtype=np.int64))
+
+    @staticmethod
+    def _load_depth(path):
+        """(h, w) float32 dense LiDAR depth at the original image size, 0 where there is no point."""
+        uv, depth, hw = load_npz(path, ("uv", "depth", "hw"), "LiDAR depth")
+        out = np.zeros(tuple(int(s) for s in hw), np.float32)
+        out[uv[:, 1], uv[:, 0]] = depth
+        return torch.from_numpy(out)

@@ -1,0 +1,142 @@
+"""Evaluate a checkpoint: depth (LiDAR), occupancy (Occ3D mIoU / mIoU* / IoU / RayIoU) and, for stage 1, pose.
+
+    python eval.py --config configs/nusc-gsv.txt --ckpt logs/run/ckpt/last.pt [--out_dir DIR]
+    torchrun --nproc_per_node 8 eval.py ...     # each rank takes every world-th sample; ONE confusion matrix
+
+The model is rebuilt from the options stored in the checkpoint; options given here (data paths, eval switches)
+override them. Results: <out_dir>/metrics.json and metrics.md (default out_dir: <run>/eval).
+"""
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from datasets import build_dataset, collate
+from utils import dist
+from utils.constants import CAMS
+
+
+def _shard(n):
+    """Indices of this rank: every world-th sample, no padding (no sample is counted twice)."""
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    return list(range(rank, n, dist.world_size()))
+
+
+def _true_motion(ego2global):
+    """(B, 3, 6, 4, 4) per-frame ego poses -> (B, 2, 4, 4) ego motion current -> prev / next (CAM_FRONT clock)."""
+    e = ego2global[:, :, 0].double()
+    return torch.stack([torch.linalg.inv(e[:, 0]) @ e[:, 1], torch.linalg.inv(e[:, 2]) @ e[:, 1]], 1)
+
+
+@torch.no_grad()
+def evaluate(model, dataset, opt, device):
+    """Run every metric the dataset has labels for. Returns {'scalars': {...}, 'text': markdown, ...}."""
+    from utils.metrics import DepthEvaluator
+    from utils.occ_metrics import OccEvaluator, RayIoU
+    from utils.pose_metrics import evaluate_scene_poses
+
+    model.eval()
+    idx = _shard(len(dataset))
+    if opt.eval_max_samples > 0:
+        idx = [i for i in idx if i < opt.eval_max_samples]
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, idx), batch_size=1,
+                                         num_workers=opt.num_workers, collate_fn=collate)
+    depth_ev = DepthEvaluator(opt.min_depth_eval, opt.max_depth_eval, num_cams=len(CAMS))
+    occ_ev, ray_ev = OccEvaluator(), RayIoU()
+    poses = []  # (dataset index, scene, token, predicted next-motion, true next-motion)
+    seen = {"depth": 0, "occ": 0}
+    t0 = time.time()
+    for n, batch in enumerate(tqdm(loader, desc="eval", disable=not dist.is_main(), dynamic_ncols=True)):
+        from trainer import to_device
+        batch = to_device(batch, device)
+        if opt.eval_depth and "depth_gt" in batch:
+            pred = model.predict_depth(batch)
+            for b in range(pred.shape[0]):
+                depth_ev.update(pred[b].float().cpu(), batch["depth_gt"][b].cpu())
+            seen["depth"] += pred.shape[0]
+        if opt.stage == "gsv" and opt.eval_occ and "occ_semantics" in batch:
+            occ = model.predict_occupancy(batch).cpu().numpy()
+            for b in range(occ.shape[0]):
+                gt = batch["occ_semantics"][b].cpu().numpy()
+                mask = batch["occ_mask_camera"][b].cpu().numpy().astype(bool)
+                occ_ev.update(occ[b], gt, mask)
+                if opt.eval_rayiou:
+                    ray_ev.update(occ[b], gt, mask)
+            seen["occ"] += occ.shape[0]
+        if opt.stage == "gsp" and opt.eval_pose:
+            pred = model.predict_pose(batch)[:, 1].double().cpu()
+            true = _true_motion(batch["ego2global"])[:, 1].cpu()
+            for b in range(pred.shape[0]):
+                poses.append((idx[n], batch["scene"][b], batch["token"][b], pred[b].numpy(), true[b].numpy()))
+
+    out = {"scalars": {}, "text": "", "samples": seen, "seconds": time.time() - t0}
+    depth_ev.all_reduce()
+    occ_ev.all_reduce()
+    ray_ev.all_reduce()
+    if seen["depth"] or depth_ev.count() > 0:
+        s = depth_ev.summary()
+        out["depth"] = s
+        out["scalars"].update({f"depth/{k}": v for k, v in s["mean"].items()})
+        out["text"] += "### Depth (no median scaling)\n\n" + depth_ev.table() + "\n\n"
+    if occ_ev.count() > 0:
+        s = occ_ev.summary()
+        out["occupancy"] = s
+        out["scalars"].update({"occ/mIoU": s["mIoU"], "occ/mIoU*": s["mIoU*"], "occ/IoU": s["IoU"]})
+        out["text"] += "### Occupancy (Occ3D, inside mask_camera)\n\n" + occ_ev.table() + "\n\n"
+        if opt.eval_rayiou:
+            r = ray_ev.summary()
+            out["rayiou"] = r
+            out["scalars"]["occ/RayIoU"] = r["RayIoU"]
+            out["text"] += f"RayIoU {r['RayIoU']:.2f} (1/2/4 m: " + \
+                           "/".join(f"{r[k]:.2f}" for k in ("RayIoU@1", "RayIoU@2", "RayIoU@4")) + ")\n\n"
+    if poses:
+        gathered = [None] * dist.world_size()
+        if torch.distributed.is_initialized():
+            torch.distributed.all_gather_object(gathered, poses)
+            poses = [p for part in gathered for p in part]
+        poses = [p[1:] for p in sorted(poses, key=lambda p: p[0])]  # dataset order = time order in a scene
+        p = evaluate_scene_poses(poses)
+        out["pose"] = p
+        out["scalars"].update({f"pose/{k}": v for k, v in p["mean"].items()})
+        out["text"] += "### Pose (no scale alignment)\n\n" + p["table"] + "\n\n"
+    return out
+
+
+def main():
+    from networks import build_model
+    from options import ConfigError, merge_checkpoint_options, parse_args
+    from utils.checkpoint import load_checkpoint, strip_module_prefix
+
+    try:
+        cli = parse_args()
+        if not cli.ckpt:
+            sys.exit("error: --ckpt is required")
+        state = load_checkpoint(cli.ckpt)
+        opt = merge_checkpoint_options(state["opt"])
+    except (ConfigError, FileNotFoundError, RuntimeError) as e:
+        sys.exit(f"error: {e}")
+    _, _, device = dist.init_distributed(opt.device)
+    model = build_model(opt).to(device)
+    model.load_state_dict(strip_module_prefix(state["model"]))
+    dataset = build_dataset(opt, "val")
+    metrics = evaluate(model, dataset, opt, device)
+    if dist.is_main():
+        out_dir = opt.out_dir or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(opt.ckpt))), "eval")
+        os.makedirs(out_dir, exist_ok=True)
+        metrics["ckpt"] = os.path.abspath(opt.ckpt)
+        metrics["step"] = state.get("step")
+        with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+            json.dump(metrics, f, indent=1, default=lambda x: np.asarray(x).tolist())
+        with open(os.path.join(out_dir, "metrics.md"), "w") as f:
+            f.write(metrics["text"])
+        print(metrics["text"])
+        print(f"written to {out_dir}/metrics.json")
+    dist.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Self-supervised losses: photometric (SSIM + L1) with per-pixel minimum and auto-masking, edge-aware smoothness,
+2D semantic cross-entropy and the opacity entropy term.
+
+Masks are bool tensors or float tensors of 0 / 1 (anything > 0.5 counts as inside).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _as_bool(mask):
+    return mask if mask.dtype == torch.bool else mask > 0.5
+
+
+def masked_mean(x, mask=None):
+    """Mean of ``x`` over the entries where ``mask`` is set (mask broadcasts to x).
+
+    Entries outside the mask never reach the result, even if they are inf / NaN. An empty mask gives 0 that
+    still carries a (zero) gradient to x.
+    """
+    if mask is None:
+        return x.mean()
+    x, mask = torch.broadcast_tensors(x, _as_bool(mask))
+    total = torch.where(mask, x, torch.zeros_like(x)).sum()
+    return total / mask.sum().clamp(min=1)
+
+
+class SSIM(nn.Module):
+    """Per-pixel structural similarity with 3x3 box windows and reflection padding.
+
+    forward(x, y): (B, C, H, W) images in [0, 1] -> (B, C, H, W) SSIM index (1 = identical).
+    Constants C1 = 0.01^2, C2 = 0.03^2 (dynamic range 1).
+    """
+
+    C1 = 0.01 ** 2
+    C2 = 0.03 ** 2
+
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.AvgPool2d(3, stride=1)
+        self.pad = nn.ReflectionPad2d(1)
+
+    def forward(self, x, y):
+        x, y = self.pad(x), self.pad(y)
+        mu_x, mu_y = self.pool(x), self.pool(y)
+        var_x = self.pool(x * x) - mu_x * mu_x
+        var_y = self.pool(y * y) - mu_y * mu_y
+        cov = self.pool(x * y) - mu_x * mu_y
+        num = (2 * mu_x * mu_y + self.C1) * (2 * cov + self.C2)
+        den = (mu_x * mu_x + mu_y * mu_y + self.C1) * (var_x + var_y + self.C2)
+        return num / den
+
+
+_ssim = SSIM()
+
+
+def photometric_error(pred, target, alpha=0.85):
+    """alpha (1 - SSIM) / 2 + (1 - alpha) |pred - target|, both averaged over channels.
+
+    pred, target: (B, C, H, W). Returns (B, 1, H, W).
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
+    l1 = (pred - target).abs().mean(1, keepdim=True)
+    dssim = ((1 - _ssim(pred, target)) / 2).clamp(0, 1).mean(1, keepdim=True)
+    return alpha * dssim + (1 - alpha) * l1
+
+
+def reprojection_loss(target, warped, sources=None, valid=None, alpha=0.85):
+    """Temporal photometric loss with monodepth2's per-pixel minimum over sources and auto-masking.
+
+    target: (B, 3, H, W). warped: list of (B, 3, H, W), each source image warped into the target view.
+    sources: list of (B, 3, H, W) unwarped source images, or None for no auto-masking. A pixel is kept only where
+    the best warped error beats the best identity error (identity error + 1e-5 noise to break ties on
+    static, textureless pixels). valid: optional list of (B, 1, H, W) masks, one per warped image; an invalid
+    source cannot be the minimum and pixels with no valid source are dropped.
+    Returns (loss: scalar mean of the minimum error over kept pixels, maps: dict of (B, 1, H, W)
+    ``reproj`` min warped error (inf where no source is valid), ``identity`` min identity error (only with
+    sources), ``mask`` bool kept pixels).
+    """
+    if not warped:
+        raise ValueError("reprojection_loss needs at least one warped image")
+    errors = torch.cat([photometric_error(w, target, alpha) for w in warped], dim=1)  # (B, S, H, W)
+    if valid is not None:
+        if len(valid) != len(warped):
+            raise ValueError(f"valid has {len(valid)} masks for {len(warped)} warped images")
+        ok = torch.cat([_as_bool(v) for v in valid], dim=1)
+        errors = torch.where(ok, errors, torch.full_like(errors, float("inf")))
+    reproj = errors.min(dim=1, keepdim=True).values
+    mask = torch.isfinite(reproj)
+    maps = {"reproj": reproj}
+    if sources is not None:
+        identity = torch.cat([photometric_error(s, target, alpha) for s in sources], dim=1)
+        identity = identity + torch.randn_like(identity) * 1e-5
+        maps["identity"] = identity.min(dim=1, keepdim=True).values
+        mask = mask & (reproj < maps["identity"])
+    maps["mask"] = mask
+    return masked_mean(reproj, mask), maps
+
+
+def smoothness_loss(disp, img):
+    """Edge-aware first-order smoothness of the mean-normalised disparity.
+
+    disp: (B, 1, H, W). img: (B, C, H, W) same size. Returns a scalar:
+    mean |dx d| exp(-mean_c |dx I|) + mean |dy d| exp(-mean_c |dy I|), d = disp / mean(disp) per image.
+    """
+    if disp.shape[-2:] != img.shape[-2:]:
+        raise ValueError(f"disp {tuple(disp.shape)} and img {tuple(img.shape)} must have the same size")
+    d = disp / (disp.mean(dim=(2, 3), keepdim=True) + 1e-7)
+    dx_d = (d[..., :, 1:] - d[..., :, :-1]).abs()
+    dy_d = (d[..., 1:, :] - d[..., :-1, :]).abs()
+    dx_i = (img[..., :, 1:] - img[..., :, :-1]).abs().mean(1, keepdim=True)
+    dy_i = (img[..., 1:, :] - img[..., :-1, :]).abs().mean(1, keepdim=True)
+    return (dx_d * torch.exp(-dx_i)).mean() + (dy_d * torch.exp(-dy_i)).mean()
+
+
+def semantic_ce(logits, labels, ignore_index=255):
+    """Cross-entropy averaged over labelled pixels.
+
+    logits: (B, C, H, W). labels: (B, H, W) int64 class ids in [0, C) or ``ignore_index``.
+    Returns a scalar; 0 (with a gradient) when every pixel is ignored.
+    """
+    if logits.dim() != 4 or labels.shape != (logits.shape[0],) + logits.shape[2:]:
+        raise ValueError(f"labels {tuple(labels.shape)} must be (B, H, W) of logits {tuple(logits.shape)}")
+    if labels.dtype != torch.int64:
+        raise TypeError(f"labels must be int64, got {labels.dtype}")
+    known = labels != ignore_index
+    bad = known & ((labels < 0) | (labels >= logits.shape[1]))
+    if bad.any():
+        raise ValueError(f"labels contain ids outside [0, {logits.shape[1]}) other than ignore_index "
+                         f"{ignore_index}: {labels[bad].unique().tolist()[:10]}")
+    ce = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
+    return ce / known.sum().clamp(min=1)
+
+
+def opacity_entropy(alpha, eps=1e-6):
+    """Mean binary entropy -(a log a + (1 - a) log(1 - a)) in nats, a clamped to [eps, 1 - eps].
+
+    Small when opacities are decided (near 0 or 1), log 2 at 0.5. alpha: any shape, values in [0, 1].
+    """
+    a = alpha.clamp(eps, 1 - eps)
+    return -(a * torch.log(a) + (1 - a) * torch.log(1 - a)).mean()
