@@ -65,7 +65,7 @@ def evaluate(model, dataset, opt, device):
                 mask = batch["occ_mask_camera"][b].cpu().numpy().astype(bool)
                 occ_ev.update(occ[b], gt, mask)
                 if opt.eval_rayiou:
-                    ray_ev.update(occ[b], gt, mask)
+                    ray_ev.update(occ[b], gt)  # SparseOcc: rays from the LiDAR origin, no camera mask
             seen["occ"] += occ.shape[0]
         if opt.stage == "gsp" and opt.eval_pose:
             pred = model.predict_pose(batch)[:, 1].double().cpu()
@@ -73,19 +73,21 @@ def evaluate(model, dataset, opt, device):
             for b in range(pred.shape[0]):
                 poses.append((idx[n], batch["scene"][b], batch["token"][b], pred[b].numpy(), true[b].numpy()))
 
+    counts = dist.all_reduce_sum(torch.tensor([seen["depth"], seen["occ"]], device=device))
+    seen = {"depth": int(counts[0]), "occ": int(counts[1])}
     out = {"scalars": {}, "text": "", "samples": seen, "seconds": time.time() - t0}
     depth_ev.all_reduce()
     occ_ev.all_reduce()
     ray_ev.all_reduce()
-    if seen["depth"] or depth_ev.count() > 0:
+    if seen["depth"]:
         s = depth_ev.summary()
         out["depth"] = s
         out["scalars"].update({f"depth/{k}": v for k, v in s["mean"].items()})
         out["text"] += "### Depth (no median scaling)\n\n" + depth_ev.table() + "\n\n"
-    if occ_ev.count() > 0:
+    if seen["occ"]:
         s = occ_ev.summary()
         out["occupancy"] = s
-        out["scalars"].update({"occ/mIoU": s["mIoU"], "occ/mIoU*": s["mIoU*"], "occ/IoU": s["IoU"]})
+        out["scalars"].update({"occ/mIoU": s["mIoU"], "occ/mIoU*": s["mIoU_star"], "occ/IoU": s["geo_IoU"]})
         out["text"] += "### Occupancy (Occ3D, inside mask_camera)\n\n" + occ_ev.table() + "\n\n"
         if opt.eval_rayiou:
             r = ray_ev.summary()

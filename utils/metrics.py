@@ -1,0 +1,150 @@
+"""Depth evaluation: the 7 standard metrics against projected LiDAR, per camera, then averaged over cameras.
+
+Protocol (DESIGN.md, "Depth eval"): the predicted depth is resized (bilinear) to the ground-truth size, ground truth
+is kept where ``min_depth < gt < max_depth``, the prediction is clamped to ``[min_depth, max_depth]``, no median
+scaling. The metrics of one (frame, camera) are averaged over the frames of each camera, and those per-camera means
+are averaged over the cameras. ``median_scaling=True`` is there only to compare with scale-less methods; it scales
+each image by median(gt) / median(pred) before clamping and reports the mean and spread of that ratio.
+
+Accumulators hold plain sums and counts, so evaluators of several processes add up exactly (``merge``,
+``all_reduce``).
+"""
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from utils.constants import CAMS
+
+DEPTH_METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
+
+
+def all_reduce_sum(t):
+    """Sum a CPU tensor over all torch.distributed ranks; returns it unchanged when not initialised.
+
+    The NCCL backend only reduces CUDA tensors, so the tensor travels through the current GPU there.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    on_gpu = dist.get_backend() == "nccl"
+    buf = t.to(torch.device("cuda", torch.cuda.current_device())) if on_gpu else t.clone()
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf.cpu()
+
+
+def compute_depth_errors(gt, pred):
+    """The 7 standard depth metrics of valid pixels.
+
+    Args:
+        gt, pred: (N,) positive depths in metres (numpy or torch), already masked and clamped.
+    Returns:
+        dict ``{name: float}`` for ``DEPTH_METRICS``: abs_rel = mean |g-p|/g, sq_rel = mean (g-p)^2/g,
+        rmse = sqrt(mean (g-p)^2), rmse_log = sqrt(mean (ln g - ln p)^2), a<k> = share of max(g/p, p/g) < 1.25^k.
+    """
+    gt = np.asarray(gt, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.float64)
+    ratio = np.maximum(gt / pred, pred / gt)
+    diff = gt - pred
+    return {
+        "abs_rel": float(np.mean(np.abs(diff) / gt)),
+        "sq_rel": float(np.mean(diff**2 / gt)),
+        "rmse": float(np.sqrt(np.mean(diff**2))),
+        "rmse_log": float(np.sqrt(np.mean((np.log(gt) - np.log(pred)) ** 2))),
+        "a1": float(np.mean(ratio < 1.25)),
+        "a2": float(np.mean(ratio < 1.25**2)),
+        "a3": float(np.mean(ratio < 1.25**3)),
+    }
+
+
+class DepthEvaluator:
+    """Accumulates depth metrics per camera.
+
+    State: ``sums`` (num_cams, 7) float64 sums of per-image metrics, ``counts`` (num_cams,) int64 images with at
+    least one valid pixel, ``ratios`` (3,) float64 (count, sum, sum of squares) of the median-scaling ratios.
+    """
+
+    def __init__(self, min_depth=0.1, max_depth=80.0, num_cams=6, median_scaling=False):
+        self.min_depth, self.max_depth = float(min_depth), float(max_depth)
+        self.num_cams = num_cams
+        self.median_scaling = median_scaling
+        self.cam_names = list(CAMS) if num_cams == len(CAMS) else [f"cam{i}" for i in range(num_cams)]
+        self.sums = torch.zeros(num_cams, len(DEPTH_METRICS), dtype=torch.float64)
+        self.counts = torch.zeros(num_cams, dtype=torch.int64)
+        self.ratios = torch.zeros(3, dtype=torch.float64)
+
+    def update(self, pred, gt):
+        """Add one frame (or a batch of frames).
+
+        Args:
+            pred: (num_cams, h, w) or (B, num_cams, h, w) predicted depth in metres (torch or numpy).
+            gt: (num_cams, Hg, Wg) or (B, num_cams, Hg, Wg) sparse LiDAR depth, 0 where there is none.
+        """
+        pred = torch.as_tensor(pred).detach().float().cpu()
+        gt = torch.as_tensor(gt).detach().float().cpu()
+        if pred.dim() == 4:
+            for p, g in zip(pred, gt):
+                self.update(p, g)
+            return
+        assert pred.shape[0] == gt.shape[0] == self.num_cams, (pred.shape, gt.shape)
+        pred = F.interpolate(pred[:, None], size=gt.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        for c in range(self.num_cams):
+            valid = (gt[c] > self.min_depth) & (gt[c] < self.max_depth)
+            if not valid.any():
+                continue
+            g = gt[c][valid].double().numpy()
+            p = pred[c][valid].double().numpy()
+            if self.median_scaling:
+                ratio = np.median(g) / np.median(p)
+                p = p * ratio
+                self.ratios += torch.tensor([1.0, ratio, ratio**2], dtype=torch.float64)
+            p = np.clip(p, self.min_depth, self.max_depth)
+            errors = compute_depth_errors(g, p)
+            self.sums[c] += torch.tensor([errors[k] for k in DEPTH_METRICS], dtype=torch.float64)
+            self.counts[c] += 1
+
+    def state_dict(self):
+        return {"sums": self.sums.clone(), "counts": self.counts.clone(), "ratios": self.ratios.clone()}
+
+    def load_state_dict(self, state):
+        self.sums, self.counts, self.ratios = (state[k].clone() for k in ("sums", "counts", "ratios"))
+
+    def merge(self, other):
+        """Add the accumulators of another evaluator (or its ``state_dict``) to this one."""
+        state = other.state_dict() if isinstance(other, DepthEvaluator) else other
+        self.sums += state["sums"]
+        self.counts += state["counts"]
+        self.ratios += state["ratios"]
+
+    def all_reduce(self):
+        """Sum the accumulators over torch.distributed ranks (no-op without an initialised process group)."""
+        self.sums = all_reduce_sum(self.sums)
+        self.counts = all_reduce_sum(self.counts)
+        self.ratios = all_reduce_sum(self.ratios)
+
+    def summary(self):
+        """Returns dict with ``per_camera`` {cam: {metric: mean over frames}}, ``mean`` {metric: mean over the
+        cameras that have frames}, ``num_frames`` {cam: int} and, with median scaling, ``median_ratio``
+        {mean, std}. Metrics are NaN when nothing was accumulated."""
+        seen = self.counts > 0
+        per_cam = self.sums / self.counts.clamp(min=1)[:, None].double()
+        per_cam[~seen] = float("nan")
+        mean = per_cam[seen].mean(0) if seen.any() else per_cam.new_full((len(DEPTH_METRICS),), float("nan"))
+        out = {
+            "per_camera": {n: dict(zip(DEPTH_METRICS, row.tolist())) for n, row in zip(self.cam_names, per_cam)},
+            "mean": dict(zip(DEPTH_METRICS, mean.tolist())),
+            "num_frames": dict(zip(self.cam_names, self.counts.tolist())),
+        }
+        if self.median_scaling:
+            n, s, s2 = self.ratios.tolist()
+            m = s / n if n else float("nan")
+            out["median_ratio"] = {"mean": m, "std": float(np.sqrt(max(s2 / n - m * m, 0.0))) if n else m}
+        return out
+
+    def table(self):
+        """Markdown table: one row per camera and a final ``mean`` row."""
+        s = self.summary()
+        lines = ["| camera | " + " | ".join(DEPTH_METRICS) + " |", "|---" * (len(DEPTH_METRICS) + 1) + "|"]
+        rows = list(s["per_camera"].items()) + [("**mean**", s["mean"])]
+        for name, m in rows:
+            lines.append(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in DEPTH_METRICS) + " |")
+        return "\n".join(lines)

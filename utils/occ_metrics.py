@@ -1,0 +1,289 @@
+"""Occupancy metrics on Occ3D-nuScenes: one confusion matrix (mIoU, mIoU*, geometric IoU) and RayIoU.
+
+Voxel metrics (``OccEvaluator``), Occ3D convention: every sample adds to ONE 18x18 int64 confusion matrix inside
+``mask_camera``; processes sum their matrices (``all_reduce``) before any IoU is taken. IoU_c = TP / (TP + FP + FN)
+from that matrix. A class with TP + FP + FN = 0 (absent from both GT and prediction) has IoU NaN and is left out of
+the means (``nanmean``, as the official Occ3D script does); a class predicted but absent from GT counts with IoU 0.
+mIoU averages the 17 semantic classes, mIoU* the 15 without ``others`` and ``other_flat``
+(``MIOU_STAR_EXCLUDE``), with the same NaN rule. Geometric IoU: occupied (any class but free) against free.
+
+Ray metric (``RayIoU``) after SparseOcc (Liu et al., "Fully Sparse 3D Occupancy Prediction"), see its docstring.
+All numbers are reported in percent.
+"""
+import numpy as np
+import torch
+
+from utils.constants import FREE_ID, MIOU_STAR_EXCLUDE, NUM_SEM_CLASSES, OCC3D_RANGE, OCC_CLASSES
+from utils.metrics import all_reduce_sum
+
+# nuScenes LIDAR_TOP position in the ego frame (calibrated_sensor of scene-0916): the default RayIoU origin;
+# pass the sample's own lidar2ego translation when it is at hand.
+NUSC_LIDAR_ORIGIN = (0.943713, 0.0, 1.84023)
+
+
+def _np(x):
+    """numpy view of a numpy array or a (CPU or CUDA) tensor."""
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _nanmean(x):
+    x = np.asarray(x, dtype=np.float64)
+    return float(np.mean(x[~np.isnan(x)])) if (~np.isnan(x)).any() else float("nan")
+
+
+def _iou(tp, gt_count, pred_count):
+    """Per-class IoU (percent) from counts; NaN where the union is empty."""
+    union = gt_count + pred_count - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, 100.0 * tp / union, np.nan)
+
+
+def _md_table(header, rows):
+    """rows: list of (name, [floats]) -> markdown with 2 decimals."""
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    lines += [f"| {name} | " + " | ".join(f"{v:.2f}" for v in vals) + " |" for name, vals in rows]
+    return "\n".join(lines)
+
+
+class OccEvaluator:
+    """Confusion matrix of Occ3D class ids; ``hist[g, p]`` counts voxels of GT class g predicted as p."""
+
+    def __init__(self, num_classes=18, use_mask=True):
+        self.num_classes = num_classes
+        self.use_mask = use_mask
+        self.hist = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def update(self, pred, gt, mask_camera=None):
+        """Add samples.
+
+        Args:
+            pred: (..., 200, 200, 16) predicted class ids in [0, num_classes).
+            gt: same shape, Occ3D ``semantics``; ids >= num_classes (e.g. 255) are ignored.
+            mask_camera: same shape, non-zero where evaluated; required when ``use_mask``.
+        """
+        pred = _np(pred).reshape(-1).astype(np.int64)
+        gt = _np(gt).reshape(-1).astype(np.int64)
+        assert pred.shape == gt.shape, (pred.shape, gt.shape)
+        assert pred.min() >= 0 and pred.max() < self.num_classes, "prediction ids out of range"
+        keep = gt < self.num_classes
+        if self.use_mask:
+            if mask_camera is None:
+                raise ValueError("OccEvaluator(use_mask=True).update needs mask_camera")
+            keep &= _np(mask_camera).reshape(-1) > 0
+        n = self.num_classes
+        counts = np.bincount(gt[keep] * n + pred[keep], minlength=n * n)
+        self.hist += torch.from_numpy(counts.reshape(n, n))
+
+    def state_dict(self):
+        return {"hist": self.hist.clone()}
+
+    def load_state_dict(self, state):
+        self.hist = state["hist"].clone()
+
+    def merge(self, other):
+        """Add another evaluator's (or ``state_dict``'s) confusion matrix."""
+        self.hist += (other.state_dict() if isinstance(other, OccEvaluator) else other)["hist"]
+
+    def all_reduce(self):
+        """Sum the confusion matrix over torch.distributed ranks (no-op when not initialised)."""
+        self.hist = all_reduce_sum(self.hist)
+
+    def summary(self):
+        """Returns {"IoU": {class: %} for the 17 semantic classes, "mIoU", "mIoU_star", "geo_IoU" (%),
+        "num_voxels"}. Absent classes (empty union) are NaN and left out of the means."""
+        h = self.hist.numpy().astype(np.float64)
+        tp = np.diag(h)
+        iou = _iou(tp, h.sum(1), h.sum(0))[:NUM_SEM_CLASSES]
+        star = [c for c in range(NUM_SEM_CLASSES) if c not in MIOU_STAR_EXCLUDE]
+        occ_tp = h[:FREE_ID, :FREE_ID].sum()
+        geo_union = h.sum() - h[FREE_ID, FREE_ID]
+        return {
+            "IoU": dict(zip(OCC_CLASSES[:NUM_SEM_CLASSES], iou.tolist())),
+            "mIoU": _nanmean(iou),
+            "mIoU_star": _nanmean(iou[star]),
+            "geo_IoU": float(100.0 * occ_tp / geo_union) if geo_union > 0 else float("nan"),
+            "num_voxels": int(h.sum()),
+        }
+
+    def table(self):
+        """Markdown table: per-class IoU then mIoU, mIoU*, geometric IoU."""
+        s = self.summary()
+        rows = [(k, [v]) for k, v in s["IoU"].items()]
+        rows += [("**mIoU**", [s["mIoU"]]), ("**mIoU***", [s["mIoU_star"]]), ("**geo IoU**", [s["geo_IoU"]])]
+        return _md_table(["class", "IoU"], rows)
+
+
+def lidar_ray_directions(num_azimuths=360, max_pitch=0.21):
+    """Unit ray directions of a virtual LiDAR, the pattern SparseOcc's RayIoU uses.
+
+    Pitches: -(pi/2 - atan(k)) for k = 1..10 (dense towards the horizon), then continued with the last spacing
+    until ``max_pitch`` (0.21 rad, top of the nuScenes LiDAR field of view) is reached: 39 pitches from -45 deg to
+    +12.5 deg. Azimuths: ``num_azimuths`` evenly spaced from 0. Returns (num_pitches * num_azimuths, 3) float64
+    (x, y, z) in the ego frame, pitch-major.
+    """
+    pitches = [-(np.pi / 2 - np.arctan(k)) for k in range(1, 11)]
+    spacing = pitches[-1] - pitches[-2]
+    while pitches[-1] < max_pitch:
+        pitches.append(pitches[-1] + spacing)
+    pitch, azim = np.meshgrid(np.array(pitches), np.arange(num_azimuths) * 2 * np.pi / num_azimuths, indexing="ij")
+    dirs = np.stack([np.cos(pitch) * np.cos(azim), np.cos(pitch) * np.sin(azim), np.sin(pitch)], -1)
+    return dirs.reshape(-1, 3)
+
+
+def first_hits(labels, origin, dirs, grid_range=OCC3D_RANGE, free_id=FREE_ID):
+    """Cast rays through several label volumes at once (exact voxel traversal, Amanatides & Woo, vectorised
+    over rays).
+
+    Args:
+        labels: (V, X, Y, Z) int class volumes on the same grid (non-negative ids).
+        origin: (3,) ray origin in metres, inside the grid.
+        dirs: (R, 3) unit directions.
+    Returns:
+        dist: (V, R) float64, distance from the origin to where the ray LEAVES the first non-free voxel (SparseOcc's
+            convention); where nothing is hit, the distance at which the ray leaves the grid.
+        cls: (V, R) int64 class of that voxel, ``free_id`` where nothing is hit.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    num_vol, shape = labels.shape[0], np.array(labels.shape[1:])
+    lo, hi = np.array(grid_range[:3], np.float64), np.array(grid_range[3:], np.float64)
+    size = (hi - lo) / shape
+    origin = np.asarray(origin, np.float64)
+    idx0 = np.floor((origin - lo) / size).astype(np.int64)
+    if np.any(idx0 < 0) or np.any(idx0 >= shape):
+        raise ValueError(f"ray origin {origin.tolist()} lies outside the grid {list(grid_range)}")
+    # A border of -1 voxels marks "left the grid", so a ray only needs its linear index into the padded volume.
+    flat = np.pad(labels, ((0, 0), (1, 1), (1, 1), (1, 1)), constant_values=-1).reshape(num_vol, -1)
+    strides = np.array([(shape[1] + 2) * (shape[2] + 2), shape[2] + 2, 1])
+    dirs = np.asarray(dirs, np.float64).T  # (3, R): per-axis rows keep every step a contiguous 1-D operation
+    moving = dirs != 0
+    step = np.where(dirs >= 0, 1, -1)
+    safe = np.where(moving, dirs, 1.0)
+    first_border = lo[:, None] + (idx0[:, None] + (step > 0)) * size[:, None]  # (3, R)
+    t_max = np.where(moving, (first_border - origin[:, None]) / safe, np.inf)
+    t_delta = np.where(moving, size[:, None] / np.abs(safe), np.inf)
+    lin_step = step * strides[:, None]
+    num_rays = dirs.shape[1]
+    dist = np.zeros((num_vol, num_rays))
+    cls = np.full((num_vol, num_rays), free_id, dtype=np.int64)
+    # State of the rays still travelling. Finished rays are dropped in batches; until then they keep stepping
+    # harmlessly (reads are clipped to the volume and their results are frozen by ``pending``).
+    ray = np.arange(num_rays)
+    lin = np.full(num_rays, (idx0 + 1) @ strides)
+    t_prev = np.zeros(num_rays)
+    a_dist, a_cls = dist.copy(), cls.copy()
+    pending = np.ones((num_vol, num_rays), bool)  # volumes in which the ray has found nothing yet
+    while ray.size:
+        lab = flat.take(lin, axis=1, mode="clip")
+        out = lab[0] < 0
+        t_exit = t_max.min(0)
+        hit = pending & (lab != free_id) & ~out
+        a_dist = np.where(hit, t_exit, np.where(pending & out, t_prev, a_dist))
+        a_cls = np.where(hit, lab, a_cls)
+        pending &= ~(hit | out)
+        cross = t_max == t_exit  # the axis (or axes, on an exact tie) whose voxel border comes first
+        lin = lin + (lin_step * cross).sum(0)
+        t_max = np.where(cross, t_max + t_delta, t_max)
+        t_prev = t_exit
+        go = pending.any(0)
+        if 4 * np.count_nonzero(go) < 3 * go.size or not go.any():
+            done = ~go
+            dist[:, ray[done]], cls[:, ray[done]] = a_dist[:, done], a_cls[:, done]
+            ray, lin, t_prev = ray[go], lin[go], t_prev[go]
+            t_max, t_delta, lin_step = t_max[:, go], t_delta[:, go], lin_step[:, go]
+            a_dist, a_cls, pending = a_dist[:, go], a_cls[:, go], pending[:, go]
+    return dist, cls
+
+
+class RayIoU:
+    """RayIoU at 1, 2 and 4 m, following SparseOcc's definition with the origins available here.
+
+    What is computed, per sample and per origin (``update``):
+      * rays of ``lidar_ray_directions()`` (39 pitches x 360 azimuths = 14,040) are cast from the origin through
+        the prediction and through the GT (both full 200x200x16 volumes: SparseOcc uses no camera mask);
+      * each ray gives, per volume, the class of the first non-free voxel and the distance at which the ray leaves
+        that voxel (class free if it leaves the grid first);
+      * rays whose GT finds nothing (GT class free) are dropped; on the others, per class c: GT count = rays whose
+        GT class is c, predicted count = rays whose predicted class is c (a prediction that finds nothing counts
+        for free, which is not reported), TP at threshold d = rays where both classes are c and
+        |dist_pred - dist_gt| < d;
+      * counts are summed over rays, origins and samples; IoU_c = TP / (GT + pred - TP); RayIoU@d = nanmean over the
+        17 semantic classes (NaN when a class has no GT and no predicted ray); RayIoU = mean of the 3.
+    Where it may differ from SparseOcc: SparseOcc casts from the LiDAR origins of up to 8 keyframes of the scene
+    (expressed in the current ego frame, kept when |x|, |y| < 39 m); here the caller passes the origins it has,
+    by default the current LiDAR origin only (``NUSC_LIDAR_ORIGIN``), which sees fewer occluded surfaces. The
+    optional ``mask`` (not in SparseOcc) turns voxels outside it into free in both volumes.
+    """
+
+    def __init__(self, thresholds=(1.0, 2.0, 4.0), grid_range=OCC3D_RANGE, num_classes=18, directions=None):
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.grid_range = grid_range
+        self.num_classes = num_classes
+        self.dirs = lidar_ray_directions() if directions is None else np.asarray(directions, np.float64)
+        self.gt_count = torch.zeros(num_classes, dtype=torch.int64)
+        self.pred_count = torch.zeros(num_classes, dtype=torch.int64)
+        self.tp = torch.zeros(len(self.thresholds), num_classes, dtype=torch.int64)
+
+    def update(self, pred, gt, origins=(NUSC_LIDAR_ORIGIN,), mask=None):
+        """Add one sample.
+
+        Args:
+            pred, gt: (X, Y, Z) class ids (free = ``FREE_ID``), e.g. (200, 200, 16).
+            origins: (K, 3) ray origins in the ego frame (metres), inside the grid.
+            mask: optional (X, Y, Z), voxels where it is 0 become free in both volumes.
+        Ids outside [0, num_classes) (e.g. 255) are treated as free.
+        """
+        vols = np.stack([_np(pred), _np(gt)]).astype(np.int64)
+        vols[(vols < 0) | (vols >= self.num_classes)] = FREE_ID
+        if mask is not None:
+            vols[:, _np(mask) == 0] = FREE_ID
+        n = self.num_classes
+        for origin in _np(origins).astype(np.float64).reshape(-1, 3):
+            dist, cls = first_hits(vols, origin, self.dirs, self.grid_range)
+            keep = cls[1] != FREE_ID
+            (d_pred, d_gt), (c_pred, c_gt) = dist[:, keep], cls[:, keep]
+            self.gt_count += torch.from_numpy(np.bincount(c_gt, minlength=n))
+            self.pred_count += torch.from_numpy(np.bincount(c_pred, minlength=n))
+            same = c_pred == c_gt
+            err = np.abs(d_pred - d_gt)
+            for j, thr in enumerate(self.thresholds):
+                self.tp[j] += torch.from_numpy(np.bincount(c_gt[same & (err < thr)], minlength=n))
+
+    def state_dict(self):
+        return {"gt_count": self.gt_count.clone(), "pred_count": self.pred_count.clone(), "tp": self.tp.clone()}
+
+    def load_state_dict(self, state):
+        self.gt_count, self.pred_count, self.tp = (state[k].clone() for k in ("gt_count", "pred_count", "tp"))
+
+    def merge(self, other):
+        """Add another accumulator's (or ``state_dict``'s) counts."""
+        state = other.state_dict() if isinstance(other, RayIoU) else other
+        self.gt_count += state["gt_count"]
+        self.pred_count += state["pred_count"]
+        self.tp += state["tp"]
+
+    def all_reduce(self):
+        """Sum the counts over torch.distributed ranks (no-op when not initialised)."""
+        self.gt_count = all_reduce_sum(self.gt_count)
+        self.pred_count = all_reduce_sum(self.pred_count)
+        self.tp = all_reduce_sum(self.tp)
+
+    def summary(self):
+        """Returns {"RayIoU": %, "RayIoU@<d>": % per threshold, "IoU@<d>": {class: %}} (17 semantic classes)."""
+        gt, pred = self.gt_count.numpy(), self.pred_count.numpy()
+        out, per_thr = {}, []
+        for j, thr in enumerate(self.thresholds):
+            iou = _iou(self.tp[j].numpy(), gt, pred)[:NUM_SEM_CLASSES]
+            per_thr.append(_nanmean(iou))
+            out[f"RayIoU@{thr:g}"] = per_thr[-1]
+            out[f"IoU@{thr:g}"] = dict(zip(OCC_CLASSES[:NUM_SEM_CLASSES], iou.tolist()))
+        out["RayIoU"] = float(np.mean(per_thr))
+        return out
+
+    def table(self):
+        """Markdown table: per-class IoU at each threshold, then the means."""
+        s = self.summary()
+        names = [f"{t:g}" for t in self.thresholds]
+        rows = [(c, [s[f"IoU@{t}"][c] for t in names]) for c in OCC_CLASSES[:NUM_SEM_CLASSES]]
+        rows.append(("**mean**", [s[f"RayIoU@{t}"] for t in names]))
+        table = _md_table(["class"] + [f"RayIoU@{t}m" for t in names], rows)
+        return table + f"\n\nRayIoU (mean over thresholds): {s['RayIoU']:.2f}"
