@@ -1,5 +1,174 @@
-"""Placeholder: being written."""
+"""Stage 1 (GSP): self-supervised depth and metric-scale ego pose from the 6 surround cameras, no GT pose.
 
+Losses (monodepth2 style, averaged over 4 scales upsampled to the input size):
+  temporal reprojection of the previous / next frame into the current one with the predicted ego motion
+  (per-pixel minimum, auto-masking) + edge-aware smoothness (``w_smooth`` / 2^scale)
+  + ``w_gsp`` x GSP cross-view loss (``utils/gsp.py``): the only term that knows the metric baseline between
+  cameras, hence the scale of depth and pose. Phase ``refine`` freezes the pose net and drops the cross-view term.
+"""
+import argparse
+import functools
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from networks.depth_net import NUM_SCALES, DepthNet, disp_to_depth
+from networks.pose_net import PoseNet
+from options import str2bool
+from utils.checkpoint import load_checkpoint, strip_module_prefix
+from utils.geometry import ego_motion_to_cam, warp
+from utils.gsp import cross_view_loss
+from utils.losses import reprojection_loss, smoothness_loss
+from utils.rasterizer import rasterize
+from utils.vis import depth_to_color, image_to_uint8, mosaic, to_numpy
 
 def add_args(parser):
-    pass
+    g = parser.add_argument_group("stage 1 (GSP)", "self-supervised depth + metric-scale ego pose (--stage gsp)")
+    g.add_argument("--gsp_phase", type=str, default="main", choices=["main", "refine"],
+                   help="main: depth + pose + cross-view loss; refine: pose net frozen, cross-view loss off")
+    g.add_argument("--use_gsp", type=str2bool, default=True,
+                   help="GSP cross-view loss (off = ablation: depth and pose lose the metric scale)")
+    g.add_argument("--w_gsp", type=float, default=0.1, help="weight of the GSP cross-view photometric loss")
+    g.add_argument("--w_smooth", type=float, default=1e-3, help="weight of the edge-aware disparity smoothness")
+    g.add_argument("--min_depth", type=float, default=0.1, help="depth range of the depth net, metres (low)")
+    g.add_argument("--max_depth", type=float, default=80.0, help="depth range of the depth net, metres (high)")
+    g.add_argument("--gsp_scale_max", type=float, default=0.02,
+                   help="cap of the per-pixel Gaussian scale (metres; a fraction of depth with gsp_scale_relative)")
+    g.add_argument("--gsp_scale_relative", type=str2bool, default=False,
+                   help="Gaussian scale = predicted value x pixel depth (constant size in pixels) instead of metres")
+    g.add_argument("--gsp_erode", type=int, default=4, help="erosion of the cross-view overlap mask, pixels")
+    g.add_argument("--gsp_depth_layers", type=int, default=18, choices=[18, 34, 50], help="depth net ResNet depth")
+    g.add_argument("--gsp_pose_layers", type=int, default=18, choices=[18, 34, 50], help="pose net ResNet depth")
+    g.add_argument("--gsp_pretrained", type=str2bool, default=False,
+                   help="start both encoders from the torchvision ImageNet checkpoints found in ckpts/ or torch "
+                        "hub's cache (nothing is downloaded; a missing file is an error)")
+
+
+class GSPModel(nn.Module):
+    """Depth net + pose net trained by temporal and cross-view (GSP) photometric losses.
+
+    Batch: imgs (B,3,6,3,H,W) prev / current / next, K (B,6,3,3) at the input size, cam2ego (B,6,4,4), optional
+    mask (B,6,h,w) {0, 1} self-occlusion masks (DDAD, 0 = ego car body), left out of every loss.
+    """
+
+    def __init__(self, opt):
+        super().__init__()
+        self.opt = opt
+        self.depth = DepthNet(opt)
+        self.pose = PoseNet(opt)
+        self.rasterize = functools.partial(rasterize, backend=opt.raster_backend)
+        if opt.gsp_phase == "refine":
+            self.pose.requires_grad_(False)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.opt.gsp_phase == "refine":
+            self.pose.eval()  # frozen: batch-norm statistics stay as well
+        return self
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def depth_outputs(self, cur):
+        """cur (B,6,3,H,W) -> DepthNet outputs for the B*6 images (see DepthNet) + "depth" (B*6,1,H,W) metres."""
+        out = self.depth(cur.flatten(0, 1))
+        out["depth"] = disp_to_depth(out[("disp", 0)], self.opt.min_depth, self.opt.max_depth)
+        return out
+
+    def ego_motion(self, imgs):
+        """imgs (B,3,6,3,H,W) -> (B,2,4,4): current ego frame -> previous (0) / next (1) ego frame."""
+        return torch.stack([self.pose(imgs[:, 1], imgs[:, 0]), self.pose(imgs[:, 1], imgs[:, 2])], 1)
+
+    def forward(self, batch):
+        imgs, K, cam2ego = batch["imgs"], batch["K"], batch["cam2ego"]
+        b, _, n, _, h, w = imgs.shape
+        out = self.depth_outputs(imgs[:, 1])
+        poses = self.ego_motion(imgs)
+        T_cam = torch.stack([ego_motion_to_cam(poses[:, k], cam2ego) for k in range(2)], 1)  # (B,2,6,4,4)
+
+        target = imgs[:, 1].flatten(0, 1)
+        sources = [imgs[:, 0].flatten(0, 1), imgs[:, 2].flatten(0, 1)]
+        Kf = K.flatten(0, 1)
+        valid = None
+        if "mask" in batch:  # (B,6,h,w) at the render size -> (B*6,1,H,W)
+            valid = F.interpolate(batch["mask"].flatten(0, 1)[:, None].float(), (h, w), mode="nearest")
+        logs = {}
+        loss_t = loss_s = 0.0
+        for s in range(NUM_SCALES):
+            disp = out[("disp", s)]
+            depth = disp_to_depth(F.interpolate(disp, (h, w), mode="bilinear", align_corners=False),
+                                  self.opt.min_depth, self.opt.max_depth)
+            warped, ok = zip(*[warp(src, depth, Kf, T_cam[:, k].flatten(0, 1)) for k, src in enumerate(sources)])
+            ok = [o if valid is None else o & (valid > 0.5) for o in ok]
+            loss_t = loss_t + reprojection_loss(target, list(warped), sources, ok)[0]
+            img_s = F.interpolate(target, disp.shape[-2:], mode="area")
+            loss_s = loss_s + smoothness_loss(disp, img_s) / 2 ** s
+        loss = (loss_t + self.opt.w_smooth * loss_s) / NUM_SCALES
+        logs["loss_temporal"] = loss_t.detach() / NUM_SCALES
+        logs["loss_smooth"] = loss_s.detach() / NUM_SCALES
+
+        outputs = {"depth": out["depth"].detach().unflatten(0, (b, n))[:, :, 0], "poses": poses.detach()}
+        if self.opt.use_gsp and self.opt.gsp_phase == "main":
+            scale = out["gs_scale"] * (out["depth"] if self.opt.gsp_scale_relative else 1.0)
+            loss_g, cv = cross_view_loss(out["depth"].unflatten(0, (b, n)), imgs[:, 1], scale.unflatten(0, (b, n)),
+                                         K, cam2ego, self.rasterize, self.opt.gsp_erode,
+                                         valid=None if valid is None else valid.unflatten(0, (b, n)))
+            loss = loss + self.opt.w_gsp * loss_g
+            logs["loss_gsp"] = loss_g.detach()
+            logs["gsp_overlap"] = cv["mask"].mean()
+            outputs["gsp"] = {k: v.detach() for k, v in cv.items()}
+        logs["loss"] = loss.detach()
+        logs["mean_depth"] = outputs["depth"].mean()
+        logs["ego_translation"] = poses[:, :, :3, 3].detach().norm(dim=-1).mean()
+        return loss, logs, outputs
+
+    @torch.no_grad()
+    def predict_depth(self, batch):
+        """Metric depth (B,6,H,W) of the current images at the input size."""
+        imgs = batch["imgs"]
+        return self.depth_outputs(imgs[:, 1])["depth"].unflatten(0, (imgs.shape[0], imgs.shape[2]))[:, :, 0]
+
+    @torch.no_grad()
+    def predict_pose(self, batch):
+        """Ego motion (B,2,4,4) mapping points in the CURRENT ego frame to the PREVIOUS (0) / NEXT (1) ego frame.
+
+        Images of another size (stage 2 reads its own input size) are resized to the stage-1 ``input_size``.
+        """
+        imgs = batch["imgs"]
+        size = tuple(getattr(self.opt, "input_size", imgs.shape[-2:]))
+        if tuple(imgs.shape[-2:]) != size:
+            imgs = F.interpolate(imgs.flatten(0, 2), size, mode="bilinear", align_corners=False,
+                                 antialias=True).unflatten(0, imgs.shape[:3])
+        return self.ego_motion(imgs)
+
+    def visualise(self, batch, outputs):
+        """First sample of the batch -> dict of (3,H,W) uint8 pictures for tensorboard / run_vis.sh.
+
+        images / depth: 2x3 mosaics; gsp_cross_view (only in the main phase): one column per source camera i,
+        rows = real image of its right-hand neighbour i+1, the splatted rendering of i's pixel Gaussians in it,
+        and the neighbour image with the eroded overlap mask (outside tinted red).
+        """
+        cur = batch["imgs"][0, 1]
+        vis = {"images": mosaic(list(cur)), "depth": mosaic([depth_to_color(d) for d in outputs["depth"][0]])}
+        if "gsp" in outputs:
+            g = {k: to_numpy(v[0, :, 1]).transpose(0, 2, 3, 1) for k, v in outputs["gsp"].items()}  # (6,H,W,C)
+            red = np.array([0.6, 0.0, 0.0], np.float32)
+            tinted = g["target"] * (0.4 + 0.6 * g["mask"]) + red * (1 - g["mask"])
+            rows = [np.concatenate([image_to_uint8(x) for x in g[k]], 1) for k in ("target", "render")]
+            rows.append(np.concatenate([image_to_uint8(x) for x in tinted], 1))
+            vis["gsp_cross_view"] = np.concatenate(rows, 0)
+        return {k: np.ascontiguousarray(v.transpose(2, 0, 1)) for k, v in vis.items()}
+
+
+def load_gsp_from_checkpoint(path, device="cpu"):
+    """Rebuild a GSPModel from a trainer checkpoint ({'model': state_dict, 'opt': vars(opt), ...}), in eval mode."""
+    state = load_checkpoint(path, map_location=device)
+    if "opt" not in state:
+        raise RuntimeError(f"{path} has no 'opt' entry: cannot rebuild the stage-1 model")
+    opt = argparse.Namespace(**state["opt"])
+    opt.gsp_pretrained = False  # the weights come from the checkpoint
+    model = GSPModel(opt)
+    model.load_state_dict(strip_module_prefix(state["model"]))
+    return model.to(device).eval()

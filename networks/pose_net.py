@@ -39,8 +39,4 @@ class PoseNet(nn.Module):
         f = F.relu(self.squeeze(self.encoder(x)[-1]))  # (B*6, 64, h, w)
         f = f.view(b, n * f.shape[1], *f.shape[2:])  # cameras side by side in the channels
         motion = self.out(self.fuse(f)).mean((2, 3))  # (B, 6)
-        T = axis_angle_to_matrix(motion[:, :3])
-        T = T.clone() if T.shape[-1] == 4 else F.pad(T, (0, 1, 0, 1))
-        T[:, :3, 3] = motion[:, 3:]
-        T[:, 3, 3] = 1.0
-        return T
+        return axis_angle_to_matrix(motion[:, :3], motion[:, 3:])

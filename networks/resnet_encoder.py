@@ -1,8 +1,8 @@
 """ResNet image encoder returning the features of every stage.
 
 ImageNet normalisation happens here, so callers pass RGB images in [0, 1]. Pretrained weights are never
-downloaded: pass the path of a torchvision ImageNet checkpoint (e.g. ``resnet18-f37072fd.pth``) or nothing for
-a random initialisation.
+downloaded: ``weights`` is the path of a torchvision ImageNet checkpoint, ``True`` to look for the torchvision
+file (e.g. ``resnet18-f37072fd.pth``) in ``ckpts/`` or in torch hub's cache, or None / False for a random init.
 """
 import os
 
@@ -11,43 +11,67 @@ import torch.nn as nn
 from torchvision import models
 
 RESNETS = {18: models.resnet18, 34: models.resnet34, 50: models.resnet50}
+WEIGHT_FILES = {18: "resnet18-f37072fd.pth", 34: "resnet34-b627a593.pth", 50: "resnet50-0676ba61.pth"}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def load_imagenet_weights(net, path):
-    """Load a torchvision ResNet state dict from ``path`` into ``net`` (the classifier is left out)."""
+def find_weights(num_layers):
+    """Path of the torchvision ImageNet checkpoint of ResNet-``num_layers`` in ckpts/ or torch hub's cache."""
+    name = WEIGHT_FILES[num_layers]
+    places = [os.path.join(REPO, "ckpts", name), os.path.join(torch.hub.get_dir(), "checkpoints", name)]
+    for p in places:
+        if os.path.isfile(p):
+            return p
+    raise FileNotFoundError(f"ImageNet weights {name} not found in {' or '.join(places)}; nothing is downloaded: "
+                            f"copy the torchvision file there, pass its path, or turn pretrained weights off")
+
+
+def load_imagenet_weights(net, path, num_input_images=1):
+    """Load a torchvision ResNet state dict from ``path`` into ``net`` (the classifier is left out).
+
+    With several input images the first convolution's weights are tiled and divided by their number, so the
+    response to identical images matches the single-image network.
+    """
     if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"ImageNet weights not found: {path}. Nothing is downloaded: place the torchvision checkpoint "
-            f"(e.g. resnet18-f37072fd.pth) there, or leave --encoder_weights empty for a random init.")
+        raise FileNotFoundError(f"ImageNet weights not found: {path} (nothing is downloaded)")
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k: v for k, v in state.get("state_dict", state).items() if not k.startswith("fc.")}
+    if "conv1.weight" in state:
+        state["conv1.weight"] = state["conv1.weight"].repeat(1, num_input_images, 1, 1) / num_input_images
     missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
         raise ValueError(f"{path} does not match the ResNet: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 class ResnetEncoder(nn.Module):
-    """ResNet-18/34/50 backbone.
+    """ResNet-18/34/50 backbone over ``num_input_images`` RGB images stacked along the channels.
 
-    forward(x (B, 3, H, W) in [0, 1]) -> list of 5 feature maps at strides 2, 4, 8, 16, 32 with
-    ``self.num_ch`` channels (64, 64, 128, 256, 512 for 18/34; x4 after the stem for 50).
+    forward(x (B, 3 * num_input_images, H, W) in [0, 1]) -> list of 5 feature maps at strides 2, 4, 8, 16, 32
+    with ``self.num_ch_enc`` channels (64, 64, 128, 256, 512 for 18/34; x4 after the stem for 50).
     """
 
-    def __init__(self, num_layers=18, weights_path=None):
+    def __init__(self, num_layers=18, weights=None, num_input_images=1):
         super().__init__()
         if num_layers not in RESNETS:
-            raise ValueError(f"encoder_layers must be one of {sorted(RESNETS)}, got {num_layers}")
+            raise ValueError(f"encoder layers must be one of {sorted(RESNETS)}, got {num_layers}")
         net = RESNETS[num_layers](weights=None)
-        if weights_path:
-            load_imagenet_weights(net, weights_path)
+        if num_input_images != 1:
+            net.conv1 = nn.Conv2d(3 * num_input_images, 64, 7, stride=2, padding=3, bias=False)
+        if weights is True:
+            weights = find_weights(num_layers)
+        if weights:
+            load_imagenet_weights(net, weights, num_input_images)
         del net.fc, net.avgpool
         self.net = net
         expansion = 4 if num_layers == 50 else 1
-        self.num_ch = [64, 64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.num_ch_enc = [64, 64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
+        mean = torch.tensor(IMAGENET_MEAN * num_input_images).view(1, -1, 1, 1)
+        std = torch.tensor(IMAGENET_STD * num_input_images).view(1, -1, 1, 1)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
 
     def forward(self, x):
         n = self.net

@@ -1,0 +1,92 @@
+"""Everything the sensors of one synthetic sample record: 6 images, 2D semantics, a LiDAR sweep, Occ3D labels.
+
+Pixel convention: OpenCV, the ray of pixel column u, row v goes through (u, v) with the intrinsics scaled to
+the image size (``rig.intrinsics``), i.e. integer pixel coordinates are pixel centres.
+"""
+import numpy as np
+
+from utils.constants import CAMS, FREE_ID
+from datasets.synthetic import occupancy, rig
+from datasets.synthetic.raycast import cast, cull
+from datasets.synthetic.texture import shade
+
+MAX_RANGE = 200.0  # camera rays: beyond this is sky
+MASK_HW = (180, 320)  # camera rays cast through the voxels for mask_camera (1/5 of 900 x 1600)
+LIDAR_BEAMS, LIDAR_ELEV, LIDAR_AZ_STEP, LIDAR_RANGE = 32, (-30.0, 10.0), 0.4, 70.0
+# LiDAR intensity (0-255) per material, scaled by the incidence cosine
+REFLECTIVITY = np.array([12, 25, 20, 18, 30, 35, 60, 8, 15, 20, 25, 90, 70, 55])
+
+
+def pixel_rays(K, h, w):
+    """Unit ray directions (h * w, 3) in the camera frame through the pixel centres (u, v)."""
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    d = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1).reshape(-1, 3)
+    return d / np.linalg.norm(d, axis=1, keepdims=True)
+
+
+def lidar_rays():
+    """Unit directions (32 * 900, 3) in the LIDAR_TOP frame, beam-major, and the ring index of each."""
+    el = np.radians(np.linspace(*LIDAR_ELEV, LIDAR_BEAMS))
+    az = np.radians(np.arange(0, 360, LIDAR_AZ_STEP))
+    el_g, az_g = np.meshgrid(el, az, indexing="ij")
+    d = np.stack([np.cos(el_g) * np.cos(az_g), np.cos(el_g) * np.sin(az_g), np.sin(el_g)], -1).reshape(-1, 3)
+    return d, np.repeat(np.arange(LIDAR_BEAMS), len(az))
+
+
+def render_cameras(world, ego2global, h, w):
+    """Images (6, h, w, 3) uint8, semantics (6, h, w) uint8 (255 = sky) and per-instance pixel counts
+    (visible, crossed) summed over the cameras."""
+    imgs, sems, visible, crossed = [], [], {}, {}
+    for cam, c2e in zip(CAMS, rig.cam2ego()):
+        K = rig.intrinsics(h, w, cam)
+        c2g = ego2global @ c2e
+        d = pixel_rays(K, h, w) @ c2g[:3, :3].T
+        half_fov = np.arctan(np.hypot(w, h) / K[0, 0]) + 0.05
+        prims = cull(world, c2g[:3, 3], MAX_RANGE, c2g[:3, 2], half_fov)
+        hit = cast(world, c2g[:3, 3], d, MAX_RANGE, prims)
+        imgs.append(np.round(shade(hit, d, world, 1.0 / K[0, 0]) * 255).astype(np.uint8).reshape(h, w, 3))
+        sems.append(hit["cls"].reshape(h, w))
+        for k, n in zip(*np.unique(hit["inst"][hit["inst"] >= 0], return_counts=True)):
+            visible[int(k)] = visible.get(int(k), 0) + int(n)
+        for k, n in hit["any_hits"].items():
+            crossed[int(k)] = crossed.get(int(k), 0) + n
+    return np.stack(imgs), np.stack(sems), visible, crossed
+
+
+def render_lidar(world, ego2global):
+    """LiDAR points (N, 5) float32 x, y, z, intensity, ring in the LIDAR_TOP frame and the instance of each."""
+    l2g = ego2global @ rig.lidar2ego()
+    d_l, ring = lidar_rays()
+    d = d_l @ l2g[:3, :3].T
+    hit = cast(world, l2g[:3, 3], d, LIDAR_RANGE, cull(world, l2g[:3, 3], LIDAR_RANGE))
+    ok = np.isfinite(hit["t"])
+    cos = np.abs((hit["normal"][ok] * d[ok]).sum(1))
+    intensity = np.round(REFLECTIVITY[hit["material"][ok]] * (0.3 + 0.7 * cos))
+    pts = np.concatenate([hit["t"][ok, None] * d_l[ok], intensity[:, None], ring[ok, None]], 1)
+    return pts.astype(np.float32), hit["inst"][ok]
+
+
+def occ3d_labels(world, ego2global):
+    """Occ3D ``semantics``, ``mask_lidar``, ``mask_camera`` (200, 200, 16) uint8 around the ego pose."""
+    sem = occupancy.semantics(world, ego2global)
+    occupied = sem != FREE_ID
+    cam_o, cam_d = [], []
+    for cam, c2e in zip(CAMS, rig.cam2ego()):
+        d = pixel_rays(rig.intrinsics(*MASK_HW, cam), *MASK_HW) @ c2e[:3, :3].T
+        cam_o.append(np.broadcast_to(c2e[:3, 3], d.shape))
+        cam_d.append(d)
+    mask_camera = occupancy.observed(occupied, np.concatenate(cam_o), np.concatenate(cam_d))
+    l2e = rig.lidar2ego()
+    mask_lidar = occupancy.observed(occupied, l2e[:3, 3], lidar_rays()[0] @ l2e[:3, :3].T)
+    return dict(semantics=sem, mask_lidar=mask_lidar.astype(np.uint8), mask_camera=mask_camera.astype(np.uint8))
+
+
+def render_frame(world, k, h, w):
+    """All sensor data and labels of frame ``k`` of ``world`` at image size h x w."""
+    ego = world.ego2global[k]
+    imgs, sems, visible, crossed = render_cameras(world, ego, h, w)
+    points, point_inst = render_lidar(world, ego)
+    return dict(imgs=imgs, sems=sems, points=points, labels=occ3d_labels(world, ego),
+                visible=visible, crossed=crossed,
+                lidar_pts=dict(zip(*[a.tolist() for a in np.unique(point_inst[point_inst >= 0],
+                                                                   return_counts=True)])))

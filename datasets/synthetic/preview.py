@@ -1,0 +1,52 @@
+"""A picture of one written sample: 6 cameras, their semantic maps and a bird's-eye view of the Occ3D labels."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from utils.constants import FREE_ID, OCC_COLORS
+
+LAYOUT = [["CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT"], ["CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"]]
+
+
+def palette():
+    """(256, 3) uint8 colours of class ids; 255 (sky / ignore) light blue."""
+    pal = np.zeros((256, 3), np.uint8)
+    pal[:len(OCC_COLORS)] = OCC_COLORS
+    pal[255] = (170, 210, 240)
+    return pal
+
+
+def occ_bev(semantics, mask_camera, size):
+    """Top-down colour image (x forward = up, y left = left) of the highest occupied voxel per column; columns
+    outside ``mask_camera`` are darkened."""
+    occ = semantics != FREE_ID
+    top = np.where(occ.any(2), semantics.shape[2] - 1 - np.argmax(occ[:, :, ::-1], 2), 0)
+    cls = np.take_along_axis(semantics, top[..., None], 2)[..., 0]
+    img = palette()[cls].astype(np.float32)
+    img[~mask_camera.any(2)] *= 0.35
+    img = img[::-1, ::-1]  # rows: +x at the top; columns: +y on the left
+    img = cv2.resize(img.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+    c = size // 2
+    cv2.rectangle(img, (c - 4, c - 9), (c + 4, c + 3), (255, 255, 255), -1)  # the ego
+    return img
+
+
+def save_preview(root, path, sample=0):
+    """Write the picture of the ``sample``-th sample of the set at ``root`` to ``path``."""
+    from nuscenes.nuscenes import NuScenes
+    nusc = NuScenes("v1.0-synthetic", str(root), verbose=False)
+    rec = nusc.sample[sample]
+    scene = nusc.get("scene", rec["scene_token"])["name"]
+    cams, sems = [], []
+    for row in LAYOUT:
+        cams.append([np.array(Image.open(Path(root) / nusc.get("sample_data", rec["data"][c])["filename"]))
+                     for c in row])
+        sems.append([palette()[np.array(Image.open(Path(root) / "sem" / rec["token"] / f"{c}.png"))] for c in row])
+    grid = np.concatenate([np.concatenate(r, 1) for r in cams + sems], 0)
+    lab = np.load(Path(root) / "gts" / scene / rec["token"] / "labels.npz")
+    bev = occ_bev(lab["semantics"], lab["mask_camera"], grid.shape[0])
+    out = np.concatenate([grid, np.full((grid.shape[0], 8, 3), 255, np.uint8), bev], 1)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(out).save(path)

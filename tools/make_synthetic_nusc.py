@@ -1,0 +1,44 @@
+"""Write the synthetic nuScenes-format set with Occ3D labels (the project's built-in dataset).
+
+Example: python tools/make_synthetic_nusc.py --out data/synthetic --num_scenes 2 --frames_per_scene 12 \
+             --img_size 180 320 --seed 0 --val_scenes 1 --workers 2
+Then: NuScenes('v1.0-synthetic', 'data/synthetic'); see <out>/README.txt for the layout.
+"""
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # one thread per worker process
+    os.environ.setdefault(_var, "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from datasets.synthetic.generate import generate  # noqa: E402
+from datasets.synthetic.preview import save_preview  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="output dataroot")
+    p.add_argument("--num_scenes", type=int, default=2, help="number of scenes (each its own street)")
+    p.add_argument("--frames_per_scene", type=int, default=12, help="samples per scene, 0.25 s apart")
+    p.add_argument("--img_size", type=int, nargs=2, default=[180, 320], metavar=("H", "W"), help="image size")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed: identical files)")
+    p.add_argument("--val_scenes", type=int, default=1, help="the last V scenes form the validation split")
+    p.add_argument("--workers", type=int, default=os.cpu_count(), help="worker processes (frames in parallel)")
+    p.add_argument("--preview", type=str, default=None,
+                   help="also write a picture of the first sample (6 cameras, semantics, Occ3D BEV) to this PNG")
+    a = p.parse_args(argv)
+    t0 = time.time()
+    generate(a.out, a.num_scenes, a.frames_per_scene, tuple(a.img_size), a.seed, a.val_scenes, a.workers)
+    n = a.num_scenes * a.frames_per_scene
+    print(f"wrote {n} samples to {a.out} in {time.time() - t0:.1f} s ({(time.time() - t0) / n:.2f} s / sample "
+          f"with {a.workers} workers)")
+    if a.preview:
+        save_preview(a.out, a.preview)
+        print(f"preview: {a.preview}")
+
+
+if __name__ == "__main__":
+    main()
