@@ -17,7 +17,8 @@ from torch.utils.checkpoint import checkpoint
 
 
 def _camera_rays(viewmats, Ks, width, height):
-    """Rays through the pixel centres.
+    """Rays through the pixel centres (at integer pixel coordinates, the OpenCV convention of utils.geometry
+    and of the rasteriser).
 
     Returns origins (C*H*W, 3) and directions (C*H*W, 3) in the world frame, scaled so that moving by one
     direction changes camera z by 1 (so the ray parameter of a point is its camera depth).
@@ -25,7 +26,7 @@ def _camera_rays(viewmats, Ks, width, height):
     C = viewmats.shape[0]
     dev, dt = viewmats.device, viewmats.dtype
     v, u = torch.meshgrid(
-        torch.arange(height, device=dev, dtype=dt) + 0.5, torch.arange(width, device=dev, dtype=dt) + 0.5, indexing="ij"
+        torch.arange(height, device=dev, dtype=dt), torch.arange(width, device=dev, dtype=dt), indexing="ij"
     )
     pix = torch.stack([u, v, torch.ones_like(u)], -1).reshape(-1, 3)  # (HW, 3)
     dirs_cam = pix @ torch.linalg.inv(Ks).transpose(1, 2)  # (C, HW, 3), z = 1

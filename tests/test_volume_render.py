@@ -7,8 +7,9 @@ from networks.volume_render import render_volume
 
 # A camera at the ego origin looking forward (+x): camera x = -y, camera y = -z, camera z = x.
 VIEW = torch.tensor([[0.0, -1, 0, 0], [0, 0, -1, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=torch.float64)[None]
-K8 = torch.tensor([[8.0, 0, 4], [0, 8, 4], [0, 0, 1]], dtype=torch.float64)[None]  # 8x8 image, +-26 deg
-K1 = torch.tensor([[1.0, 0, 0.5], [0, 1, 0.5], [0, 0, 1]], dtype=torch.float64)[None]  # 1x1 image on the axis
+# pixel centres sit at integer coordinates (utils.geometry): the optical axis of a WxH image is at ((W-1)/2, (H-1)/2)
+K8 = torch.tensor([[8.0, 0, 3.5], [0, 8, 3.5], [0, 0, 1]], dtype=torch.float64)[None]  # 8x8 image, +-26 deg
+K1 = torch.tensor([[1.0, 0, 0.0], [0, 1, 0.0], [0, 0, 1]], dtype=torch.float64)[None]  # 1x1 image on the axis
 RANGE = (-1.2, -2.0, -2.0, 8.0, 2.0, 2.0)  # 23 x 10 x 10 voxels of 0.4 m
 
 
@@ -88,7 +89,7 @@ def test_gradients_flow_and_match_finite_differences():
     small = (torch.rand(4, 3, 3, dtype=torch.float64) * 0.6 + 0.2).requires_grad_()
     small_feats = torch.rand(1, 4, 3, 3, dtype=torch.float64, requires_grad=True)
     box = (0.0, -1.5, -1.5, 4.0, 1.5, 1.5)
-    K2 = torch.tensor([[2.0, 0, 1], [0, 2, 1], [0, 0, 1]], dtype=torch.float64)[None]
+    K2 = torch.tensor([[2.0, 0, 0.5], [0, 2, 0.5], [0, 0, 1]], dtype=torch.float64)[None]
 
     def f(o, ft):
         r = render_volume(o, ft, box, VIEW, K2, 2, 2, step=0.3, chunk=3)

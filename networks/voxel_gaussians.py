@@ -1,0 +1,66 @@
+"""One Gaussian per voxel: the bridge from the occupancy volume to the rasteriser.
+
+Each voxel becomes an isotropic Gaussian at its (fixed) centre with identity rotation and
+  * opacity  = 1 - softmax(logits)[free],
+  * features = the C semantic logits,
+  * scale    = ``gs_scale`` metres, or with ``gs_scale_learn`` ``gs_scale_max * sigmoid(raw scale)`` (a smooth
+               clamp at the maximum); with contracted coordinates, x4 beyond 60 m and x8 beyond 80 m of
+               horizontal distance from the ego origin, where the voxels are large.
+Two prunings, both exact (they only drop Gaussians the rasteriser would not draw anyway):
+  * opacity < 1/255: the rasteriser skips any alpha below 1/255 and alpha <= opacity;
+  * behind all cameras: a Gaussian whose mean is closer than ``near`` along the optical axis of every camera
+    (half-space test per camera) is culled by the rasteriser in every view.
+"""
+import torch
+
+FAR_SCALE = ((60.0, 4.0), (80.0, 8.0))  # (horizontal distance in metres, scale factor) for contracted grids
+MIN_OPACITY = 1.0 / 255.0
+
+
+def gaussian_scales(centres, raw_scale, opt):
+    """Isotropic scale per voxel, (P,). centres (P, 3) metric; raw_scale (P,) or None when the scale is fixed."""
+    if opt.gs_scale_learn:
+        scale = opt.gs_scale_max * torch.sigmoid(raw_scale)
+    else:
+        scale = centres.new_full(centres.shape[:1], opt.gs_scale)
+    if opt.contracted:
+        dist = centres[:, :2].norm(dim=1)
+        factor = torch.ones_like(dist)
+        for d, f in FAR_SCALE:
+            factor = torch.where(dist > d, torch.full_like(dist, f), factor)
+        scale = scale * factor
+    return scale
+
+
+def in_front_of_any(centres, viewmats, near):
+    """centres (P, 3), viewmats (N_cam, 4, 4) ego -> camera. Returns (P,) bool: depth >= near in some camera."""
+    z = centres @ viewmats[:, 2, :3].t() + viewmats[:, 2, 3]  # (P, N_cam)
+    return (z >= near).any(1)
+
+
+def voxels_to_gaussians(logits, centres, opt, raw_scale=None, viewmats=None, near=0.1):
+    """Turn logit volumes into per-sample Gaussian sets.
+
+    logits (B, C+1, X, Y, Z), last channel free; centres (X, Y, Z, 3) or (P, 3) metric ego coordinates;
+    raw_scale (B, 1, X, Y, Z) when ``opt.gs_scale_learn``; viewmats (B, N_cam, 4, 4) ego -> camera enable the
+    behind-all-cameras cull at depth ``near``.
+    Returns a list of B dicts: means (N, 3), quats (N, 4) wxyz, scales (N, 3), opacities (N,),
+    features (N, C), index (N,) flat voxel index of each Gaussian.
+    """
+    centres = centres.reshape(-1, 3)
+    out = []
+    for b in range(logits.shape[0]):
+        lg = logits[b].flatten(1).t()  # (P, C+1)
+        opacity = 1 - torch.softmax(lg, dim=1)[:, -1]
+        keep = opacity.detach() >= MIN_OPACITY
+        if viewmats is not None:
+            keep &= in_front_of_any(centres, viewmats[b], near)
+        index = keep.nonzero()[:, 0]
+        raw = raw_scale[b].flatten()[index] if raw_scale is not None else None
+        means = centres[index]
+        scales = gaussian_scales(means, raw, opt)[:, None].expand(-1, 3)
+        quats = means.new_zeros(len(index), 4)
+        quats[:, 0] = 1
+        out.append(dict(means=means, quats=quats, scales=scales, opacities=opacity[index],
+                        features=lg[index, :-1], index=index))
+    return out

@@ -1,0 +1,266 @@
+"""Stage 2 (GSV): OccNet, lifting, voxel Gaussians, occupancy read-out and the training step, on tiny configs."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from networks.gsv_model import GSVModel, logits_to_occ3d, occ3d_centres
+from networks.occ_net import OccNet, VoxelGrid, lift_features
+from networks.resnet_encoder import ResnetEncoder
+from networks.voxel_gaussians import MIN_OPACITY, voxels_to_gaussians
+from options import parse_args
+from utils.constants import FREE_ID, OCC3D_SHAPE
+from utils.geometry import inverse_rigid
+from utils.rasterizer import rasterize
+
+TINY = ["--stage", "gsv", "--pose", "gt", "--encoder_layers", "18", "--grid_size", "24", "24", "6",
+        "--feat_dim", "16", "--voxel_feat_dim", "8", "--decoder_blocks", "1", "--input_size", "64", "112",
+        "--render_size", "32", "56", "--raster_backend", "torch", "--use_sem", "true"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small tensors on a shared 2-core machine: one thread is several times faster than two fighting."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_opt(*extra):
+    return parse_args(TINY + list(extra))
+
+
+def ring_rig(H=64, W=112, f=50.0):
+    """K (1, 6, 3, 3) and cam2ego (1, 6, 4, 4): 6 cameras 1 m out from the ego origin at 1.5 m height, each
+    looking outwards along its own yaw (0, -60, ..., -300 degrees: FRONT, FRONT_RIGHT, ... in ring order)."""
+    K = torch.tensor([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1]])
+    cams = []
+    for i in range(6):
+        yaw = -i * math.pi / 3
+        fwd = torch.tensor([math.cos(yaw), math.sin(yaw), 0.0])
+        right = torch.tensor([math.sin(yaw), -math.cos(yaw), 0.0])
+        T = torch.eye(4)
+        T[:3, 0], T[:3, 1], T[:3, 2] = right, torch.tensor([0.0, 0.0, -1.0]), fwd
+        T[:3, 3] = fwd + torch.tensor([0.0, 0.0, 1.5])
+        cams.append(T)
+    return K.expand(1, 6, 3, 3).clone(), torch.stack(cams)[None]
+
+
+def make_batch(H=64, W=112, h=32, w=56, seed=0):
+    """One sample: textured current images, prev = next = current, identity ego poses, 2D labels: one class
+    per camera above the horizon, driveable surface (11) below."""
+    g = torch.Generator().manual_seed(seed)
+    K, cam2ego = ring_rig(H, W)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, H), torch.linspace(0, 1, W), indexing="ij")
+    base = torch.stack([torch.sin(20 * xx) * 0.5 + 0.5, torch.cos(14 * yy) * 0.5 + 0.5, xx * yy])
+    cur = (base + 0.2 * torch.rand(6, 3, H, W, generator=g)).clamp(0, 1)
+    sem = torch.arange(6).view(1, 6, 1, 1).repeat(1, 1, h, w)
+    sem[:, :, h // 2:] = 11
+    return {"imgs": cur[None, None].expand(1, 3, 6, 3, H, W).clone(), "K": K, "cam2ego": cam2ego,
+            "ego2global": torch.eye(4).expand(1, 3, 6, 4, 4).clone(), "sem": sem}
+
+
+def test_occnet_output_shapes():
+    torch.manual_seed(0)
+    opt = tiny_opt("--gs_scale_learn", "true")
+    batch = make_batch()
+    out = OccNet(opt)(batch["imgs"][:, 1], batch["K"], batch["cam2ego"])
+    assert out["logits"].shape == (1, 18, 24, 24, 6)
+    assert out["scale"].shape == (1, 1, 24, 24, 6)
+    assert OccNet(tiny_opt("--use_sem", "false"))(batch["imgs"][:, 1], batch["K"], batch["cam2ego"])[
+        "logits"].shape == (1, 2, 24, 24, 6)
+
+
+def test_resnet_encoder_loads_local_weights(tmp_path):
+    from torchvision.models import resnet18
+    ref = resnet18(weights=None)
+    path = tmp_path / "r18.pth"
+    torch.save(ref.state_dict(), path)
+    enc = ResnetEncoder(18, str(path), num_input_images=2)
+    assert torch.allclose(enc.net.conv1.weight, ref.conv1.weight.repeat(1, 2, 1, 1) / 2)
+    assert torch.equal(enc.net.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        ResnetEncoder(18, str(tmp_path / "missing.pth"))
+
+
+def test_lifting_samples_where_the_camera_looks():
+    K, cam2ego = ring_rig()
+    stride = 8
+    h, w = 64 // stride, 112 // stride
+    # channel 0 = feature-map column, channel 1 = feature-map row, in every camera
+    v, u = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    feats = torch.stack([u, v])[None, None].expand(1, 6, 2, h, w).contiguous()
+    # 10 m ahead of the FRONT camera, 1 m to its right, 0.5 m up; the ego origin (behind every camera)
+    pts = torch.tensor([[11.0, -1.0, 2.0], [0.0, 0.0, 1.5]])
+    out = lift_features(feats, K, cam2ego, pts, (64, 112))
+    u_img, v_img = 50 * 1.0 / 10 + 55.5, 50 * -0.5 / 10 + 31.5  # FRONT camera: x right = -y ego, y down = -z
+    expect = torch.tensor([(u_img + 0.5) / stride - 0.5, (v_img + 0.5) / stride - 0.5])
+    assert out[0, 2, 0] == pytest.approx(1 / 6)  # seen by FRONT only: outside its neighbours' images
+    assert torch.allclose(out[0, :2, 0], expect, atol=1e-4)
+    assert out[0, 2, 1] == 0 and torch.all(out[0, :2, 1] == 0)
+
+
+def test_voxel_grid_uniform_and_contracted():
+    grid = VoxelGrid((4, 2, 2), (-40, 40, -40, 40, -1, 5.4))
+    c = grid.centres()
+    assert torch.allclose(c[:, 0, 0, 0], torch.tensor([-30.0, -10.0, 10.0, 30.0]))
+    assert torch.allclose(c[0, :, 0, 1], torch.tensor([-20.0, 20.0]))
+    cg = VoxelGrid((10, 10, 2), (-40, 40, -40, 40, -1, 5.4), True, 100.0, 0.8)
+    s = cg.normalise(torch.tensor([[40.0, -100.0, 5.4], [20.0, 0.0, -1.0], [60.0, 70.0, 2.2]]))
+    assert torch.allclose(s[:2], torch.tensor([[0.8, -1.0, 1.0], [0.4, 0.0, -1.0]]), atol=1e-6)
+    assert 0.8 < s[2, 0] < s[2, 1] < 1.0
+    pts = cg.centres().view(-1, 3)
+    assert torch.allclose(cg.denormalise(cg.normalise(pts)), pts, atol=1e-3)
+    assert 50 < pts[:, 0].max() < 100  # the outermost of 10 voxels is centred at 57 m
+
+
+def test_voxels_to_gaussians_opacity_scale_and_pruning():
+    opt = tiny_opt()
+    logits = torch.zeros(1, 18, 2, 1, 1)
+    logits[0, 3, 0] = 2.0  # voxel 0: occupied-ish
+    logits[0, 17, 1] = 20.0  # voxel 1: free, opacity 17 / (17 + e^20) < 1/255 -> pruned
+    centres = torch.tensor([[5.0, 0.0, 1.0], [6.0, 0.0, 1.0]])
+    g = voxels_to_gaussians(logits, centres, opt)[0]
+    p = torch.softmax(logits[0, :, 0, 0, 0], 0)
+    assert g["index"].tolist() == [0] and 17 / (17 + math.exp(20)) < MIN_OPACITY
+    assert g["opacities"][0] == pytest.approx(1 - p[17].item(), rel=1e-6)
+    assert torch.equal(g["features"][0], logits[0, :17, 0, 0, 0])
+    assert torch.all(g["scales"] == 0.1) and g["quats"].tolist() == [[1.0, 0.0, 0.0, 0.0]]
+    assert torch.equal(g["means"], centres[:1])
+
+    # behind-all-cameras cull: the ego origin is behind all 6 ring cameras, 5 m ahead is in front of FRONT
+    _, cam2ego = ring_rig()
+    both = torch.zeros(1, 18, 2, 1, 1)
+    g = voxels_to_gaussians(both, torch.tensor([[0.0, 0.0, 1.5], [5.0, 0.0, 1.5]]), opt,
+                            viewmats=inverse_rigid(cam2ego), near=0.1)[0]
+    assert g["index"].tolist() == [1]
+
+    # learnt scale: smooth clamp at gs_scale_max; contracted: x4 beyond 60 m, x8 beyond 80 m
+    opt = tiny_opt("--gs_scale_learn", "true", "--contracted", "true")
+    far = torch.tensor([[10.0, 0.0, 0.0], [50.0, 40.0, 0.0], [90.0, 0.0, 0.0]])
+    raw = torch.tensor([0.0, 0.0, 50.0]).view(1, 1, 3, 1, 1)
+    g = voxels_to_gaussians(torch.zeros(1, 18, 3, 1, 1), far, opt, raw_scale=raw)[0]
+    assert torch.allclose(g["scales"][:, 0], torch.tensor([0.06, 0.24, 0.96]))
+
+
+def test_occupancy_readout_reproduces_aligned_labels(occ3d_label):
+    labels = torch.from_numpy(np.load(occ3d_label)["semantics"]).long()
+    logits = torch.nn.functional.one_hot(labels, 18).permute(3, 0, 1, 2)[None].float() * 10
+    grid = VoxelGrid(OCC3D_SHAPE, (-40, 40, -40, 40, -1, 5.4))
+    assert torch.equal(logits_to_occ3d(logits, grid)[0].long(), labels)
+
+
+def test_occupancy_readout_hand_set_and_contracted():
+    # uniform Occ3D-aligned grid: a car (4) at voxel (120, 90, 3), everything else free
+    logits = torch.zeros(1, 18, *OCC3D_SHAPE)
+    logits[0, 17] = 5.0
+    logits[0, 4, 120, 90, 3] = 20.0
+    occ = logits_to_occ3d(logits, VoxelGrid(OCC3D_SHAPE, (-40, 40, -40, 40, -1, 5.4)))
+    assert occ.dtype == torch.uint8 and occ[0, 120, 90, 3] == 4 and (occ == FREE_ID).sum() == 200 * 200 * 16 - 1
+    # contracted grid, one class per half space x > 0 (car, 4) / x < 0 (road, 11), read at the Occ3D centres
+    grid = VoxelGrid((60, 60, 16), (-40, 40, -40, 40, -1, 5.4), True, 100.0, 0.8)
+    cls = torch.where(grid.centres()[..., 0] > 0, 4, 11)
+    logits = torch.nn.functional.one_hot(cls, 18).permute(3, 0, 1, 2)[None].float()
+    occ = logits_to_occ3d(logits, grid)[0]
+    x = occ3d_centres()[..., 0]
+    assert torch.all(occ[x > 1] == 4) and torch.all(occ[x < -1] == 11)
+    # voxels outside a smaller volume are free
+    small = VoxelGrid((10, 10, 4), (-10, 10, -10, 10, -1, 5.4))
+    occ = logits_to_occ3d(torch.zeros(1, 2, 10, 10, 4), small)[0]
+    assert occ[0, 0, 0] == FREE_ID and occ[100, 100, 5] == 0
+
+
+def test_pose_flags_parse():
+    assert tiny_opt().pose == "gt"
+    opt = parse_args(TINY + ["--pose", "stage1", "--stage1_ckpt", "ckpts/gsp.pt"])
+    assert opt.pose == "stage1" and opt.stage1_ckpt == "ckpts/gsp.pt"
+    with pytest.raises(SystemExit):
+        parse_args(TINY + ["--pose", "learned"])
+    with pytest.raises(ValueError, match="stage1_ckpt"):
+        GSVModel(parse_args(TINY + ["--pose", "stage1"]))
+
+
+def test_stage1_pose_from_checkpoint(tmp_path):
+    from networks.gsp_model import GSPModel
+    from utils.checkpoint import save_checkpoint
+    gsp_opt = parse_args(["--stage", "gsp", "--gsp_pretrained", "false", "--raster_backend", "torch"])
+    save_checkpoint({"model": GSPModel(gsp_opt).state_dict(), "opt": vars(gsp_opt)}, str(tmp_path / "gsp.pt"))
+    model = GSVModel(tiny_opt("--pose", "stage1", "--stage1_ckpt", str(tmp_path / "gsp.pt")))
+    T = model.camera_motion(make_batch())
+    assert T.shape == (1, 2, 6, 4, 4)
+    assert torch.allclose(T, torch.eye(4).expand_as(T), atol=1e-5)  # an untrained pose net starts at identity
+    assert not any(k.startswith("_stage1") for k in model.state_dict())
+
+
+def test_forward_backward_gradients_and_outputs():
+    torch.manual_seed(0)
+    model = GSVModel(tiny_opt())
+    batch = make_batch()
+    batch["ego2global"][:, 0, :, 0, 3] = -0.5  # the car moved 0.5 m forward between frames
+    batch["ego2global"][:, 2, :, 0, 3] = 0.5
+    loss, logs, out = model(batch)
+    assert torch.isfinite(loss) and loss > 0
+    loss.backward()
+    enc = model.occ_net.encoder.net.conv1.weight.grad
+    dec = model.occ_net.decoder[0].weight.grad
+    assert enc is not None and enc.abs().sum() > 0 and dec.abs().sum() > 0
+    assert set(logs) >= {"loss", "loss_reproj", "loss_smooth", "loss_entropy", "loss_sem", "num_gaussians"}
+    assert out["depth"].shape == (1, 6, 32, 56) and out["logits"].shape == (1, 18, 24, 24, 6)
+    vis = model.visualise(batch, out)
+    assert vis["depth"].shape == (3, 64, 168) and vis["semantics"].shape == (3, 64, 168)
+    assert vis["occ_bev"].shape == (3, 200, 200) and vis["occ_bev"].dtype == np.uint8
+    assert model.predict_depth(batch).shape == (1, 6, 32, 56)
+
+
+def test_volume_render_type_trains_the_same_volume():
+    torch.manual_seed(0)
+    model = GSVModel(tiny_opt("--render_type", "volume", "--input_size", "32", "56", "--render_size", "8", "14"))
+    loss, logs, out = model(make_batch(32, 56, 8, 14))
+    loss.backward()
+    assert torch.isfinite(loss) and model.occ_net.head.weight.grad.abs().sum() > 0
+    assert out["depth"].shape == (1, 6, 8, 14) and 0 < out["alpha"].mean() <= 1
+
+
+def room_batch(H=32, W=56, h=16, w=28, step=0.3):
+    """Consistent images of a textured box room (walls at +-5 m, floor at 0 m) rendered with the rasteriser from
+    the ring rig at ego x = -step (prev), 0 (current), +step (next); 2D labels as in ``make_batch``."""
+    K, cam2ego = ring_rig(H, W, f=25.0)
+    s, zs = torch.arange(-5, 5.01, 0.25), torch.arange(0.0, 3.01, 0.25)
+    a, b = torch.meshgrid(s, zs, indexing="ij")
+    walls = [torch.stack([torch.full_like(a, c), a, b], -1) for c in (-5.0, 5.0)]
+    walls += [torch.stack([a, torch.full_like(a, c), b], -1) for c in (-5.0, 5.0)]
+    fx, fy = torch.meshgrid(s, s, indexing="ij")
+    pts = torch.cat([p.reshape(-1, 3) for p in walls + [torch.stack([fx, fy, torch.zeros_like(fx)], -1)]])
+    col = torch.stack([torch.sin(3 * pts[:, 0] + pts[:, 2]), torch.cos(2 * pts[:, 1] - pts[:, 2]),
+                       torch.sin(pts.sum(1))], 1) * 0.4 + 0.5
+    n = len(pts)
+    e2g = torch.eye(4).repeat(1, 3, 6, 1, 1)
+    e2g[:, 0, :, 0, 3], e2g[:, 2, :, 0, 3] = -step, step
+    imgs = [rasterize(pts, torch.tensor([1.0, 0, 0, 0]).expand(n, 4), torch.full((n, 3), 0.15), torch.ones(n),
+                      col, inverse_rigid(e2g[0, f] @ cam2ego[0]), K[0], W, H, backend="torch")["features"]
+            for f in range(3)]
+    batch = make_batch(H, W, h, w)
+    batch.update(imgs=torch.stack(imgs)[None].clamp(0, 1), K=K, cam2ego=cam2ego, ego2global=e2g)
+    return batch
+
+
+def test_overfit_one_batch_lowers_the_loss():
+    torch.manual_seed(0)
+    opt = tiny_opt("--input_size", "32", "56", "--render_size", "16", "28", "--real_size", "-6", "6", "-6", "6",
+                   "-1", "3", "--grid_size", "16", "16", "6", "--gs_scale", "0.3")
+    model = GSVModel(opt)
+    batch = room_batch()
+    optim = torch.optim.Adam(model.trainable_parameters(), lr=5e-3)
+    losses, reproj = [], []
+    for _ in range(15):
+        loss, logs, _ = model(batch)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        losses.append(loss.item())
+        reproj.append(logs["loss_reproj"].item())
+    assert all(math.isfinite(v) for v in losses)
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+    assert np.mean(reproj[-3:]) < 0.6 * np.mean(reproj[:3]), reproj  # the rendered depth explains the motion

@@ -1,0 +1,146 @@
+"""Pictures of a trained stage-2 model (or of the ground truth alone), frame by frame, without mayavi.
+
+For each frame of the chosen scenes it writes ``<out_dir>/<scene>/<index>_<kind>.png``:
+  inputs    the 6 current images (2x3 mosaic, nuScenes layout)
+  depth     rendered depth (inverse-depth colours)            [with a checkpoint]
+  sem       rendered semantics (Occ3D colours)                [with a checkpoint trained with semantics]
+  occ       3D view of the predicted occupancy                [with a checkpoint]
+  occ_gt    3D view of the Occ3D labels inside mask_camera    [when the dataset has --occ_root]
+  frame     all of the above in one picture, each 3D view beside its top (BEV) view (what
+            gen_scene_video.py strings together)
+
+    python tools/visualize.py --ckpt logs/run/ckpt/last.pt --dataroot data/nuscenes --scenes scene-0916
+    python tools/visualize.py --gt_only --dataroot data/synthetic --version v1.0-synthetic --occ_root gts
+
+Options of this tool are listed below; every option of train.py (data paths, sizes...) is accepted as well.
+With a checkpoint, the model options come from the checkpoint and data options given here override them.
+"""
+import argparse
+import os
+import sys
+
+import cv2
+import imageio.v2 as imageio
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from datasets import build_dataset, collate  # noqa: E402
+from utils.constants import FREE_ID  # noqa: E402
+from utils.vis import (bev_image, compose, depth_to_color, image_to_uint8, logits_to_color,  # noqa: E402
+                       mosaic, put_label, render_voxels)
+
+
+def vis_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scenes", nargs="*", default=None, help="scene names to draw (default: all of the split)")
+    p.add_argument("--max_frames", type=int, default=0, help="frames per scene at most (0 = all)")
+    p.add_argument("--split", default="val", choices=["train", "val"], help="dataset split to read")
+    p.add_argument("--gt_only", action="store_true", help="no checkpoint: inputs and ground-truth occupancy only")
+    p.add_argument("--view_size", type=int, nargs=2, default=[360, 640], metavar=("H", "W"),
+                   help="size of the 3D occupancy views")
+    return p
+
+
+def load_options(argv=None):
+    """(visualisation args, full options); the model options come from the checkpoint unless --gt_only."""
+    from options import merge_checkpoint_options, parse_args
+    from utils.checkpoint import load_checkpoint
+
+    args, rest = vis_parser().parse_known_args(argv)
+    if args.gt_only:
+        return args, parse_args(rest), None
+    cli = parse_args(rest)
+    if not cli.ckpt:
+        raise SystemExit("error: --ckpt is required (or --gt_only)")
+    state = load_checkpoint(cli.ckpt)
+    if "opt" not in state:
+        raise SystemExit(f"error: {cli.ckpt} has no 'opt' entry: cannot rebuild the model")
+    opt = merge_checkpoint_options(state["opt"], rest)
+    if opt.stage != "gsv":
+        raise SystemExit(f"error: {cli.ckpt} is a stage '{opt.stage}' checkpoint; visualize.py draws stage 2 (gsv)")
+    return args, opt, state
+
+
+def build_model(opt, state, device):
+    from networks.gsv_model import GSVModel
+    from utils.checkpoint import strip_module_prefix
+
+    opt.pose = "gt"  # rendering needs no camera motion: do not require the stage-1 checkpoint
+    model = GSVModel(opt)
+    model.load_state_dict(strip_module_prefix(state["model"]))
+    return model.to(device).eval()
+
+
+def select_frames(dataset, scenes, max_frames):
+    """{scene: [dataset indices]} in dataset order, restricted to ``scenes`` and ``max_frames`` per scene."""
+    out = {}
+    for i, meta in enumerate(dataset.samples):
+        if scenes is None or meta["scene"] in scenes:
+            out.setdefault(meta["scene"], []).append(i)
+    missing = sorted(set(scenes or ()) - set(out))
+    if missing:
+        known = sorted({m["scene"] for m in dataset.samples})
+        raise SystemExit(f"error: scenes {missing} are not in this split (it has {known[:20]})")
+    return {s: idx[:max_frames] if max_frames else idx for s, idx in out.items()}
+
+
+def gt_occupancy(item):
+    """Occ3D labels with the voxels outside ``mask_camera`` set to free (what the cameras can see)."""
+    occ = item["occ_semantics"].numpy().copy()
+    occ[item["occ_mask_camera"].numpy() == 0] = FREE_ID
+    return occ
+
+
+def occupancy_row(view, occ, title):
+    """The 3D view of a grid beside its top view (scaled to the same height), titled."""
+    h = view.shape[0]
+    bev = cv2.resize(bev_image(occ), (h, h), interpolation=cv2.INTER_NEAREST)
+    return [put_label(view, title), bev]
+
+
+@torch.no_grad()
+def draw_frame(item, model, opt, view_hw):
+    """Dict of pictures (H, W, 3) uint8 of one dataset item."""
+    from networks.gsv_model import logits_to_occ3d
+
+    h, w = opt.render_size
+    small = torch.nn.functional.interpolate(item["imgs"][1], (h, w), mode="area")
+    pics = {"inputs": mosaic([image_to_uint8(im) for im in small], labels=True)}
+    occ_rows = []
+    if model is not None:
+        batch = {k: v.to(next(model.parameters()).device) for k, v in collate([item]).items()
+                 if isinstance(v, torch.Tensor)}
+        r = model.render(batch)
+        pics["depth"] = mosaic([depth_to_color(d) for d in r["depth"][0, :, 0]])
+        if r["sem"].shape[2] > 1:
+            pics["sem"] = mosaic([logits_to_color(s, a) for s, a in zip(r["sem"][0], r["alpha"][0])])
+        occ = logits_to_occ3d(r["logits"], model.occ_net.grid)[0].cpu().numpy()
+        pics["occ"] = render_voxels(occ, view_hw[1], view_hw[0])
+        occ_rows.append(occupancy_row(pics["occ"], occ, "prediction"))
+    if "occ_semantics" in item:
+        occ = gt_occupancy(item)
+        pics["occ_gt"] = render_voxels(occ, view_hw[1], view_hw[0])
+        occ_rows.append(occupancy_row(pics["occ_gt"], occ, "ground truth (camera-visible voxels)"))
+    rows = [[pics[k]] for k in ("inputs", "depth", "sem") if k in pics]
+    pics["frame"] = compose(rows + occ_rows)
+    return pics
+
+
+def main(argv=None):
+    args, opt, state = load_options(argv)
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if opt.device == "auto" else opt.device)
+    model = None if args.gt_only else build_model(opt, state, device)
+    dataset = build_dataset(opt, args.split)
+    out_dir = opt.out_dir or "vis"
+    for scene, indices in select_frames(dataset, args.scenes, args.max_frames).items():
+        os.makedirs(os.path.join(out_dir, scene), exist_ok=True)
+        for n, i in enumerate(indices):
+            for kind, img in draw_frame(dataset[i], model, opt, args.view_size).items():
+                imageio.imwrite(os.path.join(out_dir, scene, f"{n:04d}_{kind}.png"), img)
+        print(f"{scene}: {len(indices)} frames -> {os.path.join(out_dir, scene)}")
+
+
+if __name__ == "__main__":
+    main()
