@@ -6,7 +6,7 @@ ego (camera time) -> camera, like nuscenes-devkit's ``map_pointcloud_to_image``;
 nearest to its projection (pixel centres at integer coordinates), and the nearest point wins a shared pixel.
 Samples whose 6 files exist already are skipped, so an interrupted run can simply be started again.
 
-    python tools/export_gt_depth_nusc.py --dataroot data/nuscenes --version v1.0-trainval --out data/nuscenes/depth_gt
+    python tools/export_gt_depth_nusc.py --dataroot data/nuscenes --version v1.0-trainval --out depth_gt   # -> data/nuscenes/depth_gt
 """
 import argparse
 import os

@@ -96,11 +96,15 @@ def rasterize(means, quats, scales, opacities, features, viewmats, Ks, width, he
     if N == 0 or C == 0:  # zeros that still belong to the autograd graph of the inputs
         img = means.new_zeros(C, D + 2, height, width) + 0.0 * sum(
             x.sum() for x in (means, quats, scales, opacities, features) if x is not None)
-    elif backend == "gsplat":
-        img = _rasterize_gsplat(means, quats, scales, opacities, features, viewmats, Ks, width, height, near, far)
     else:
-        img = _rasterize_torch(means, quats, scales, opacities, features, viewmats, Ks, width, height, near, far,
-                               max_pairs)
+        # Rasterise in float32 (or float64) whatever autocast says: depth sorting and transmittance need it.
+        args = [x if x is None or x.dtype == torch.float64 else x.float()
+                for x in (means, quats, scales, opacities, features, viewmats, Ks)]
+        with torch.autocast(means.device.type, enabled=False):
+            if backend == "gsplat":
+                img = _rasterize_gsplat(*args, width, height, near, far)
+            else:
+                img = _rasterize_torch(*args, width, height, near, far, max_pairs)
     depth, alpha = img[:, D:D + 1], img[:, D + 1:D + 2]
     return {"depth": depth, "depth_exp": depth / alpha.clamp(min=1e-10), "alpha": alpha, "features": img[:, :D]}
 

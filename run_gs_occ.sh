@@ -1,0 +1,67 @@
+#!/bin/sh
+# GaussianOcc, the whole pipeline: stage 1 (GSP, no GT pose) -> stage-1 refine -> stage 2 (GSV, camera motion from
+# the stage-1 pose net) -> evaluation. No ground-truth pose is used anywhere.
+#
+#   sh run_gs_occ.sh                       # synthetic set (generated on first use), or nuScenes if data/nuscenes exists
+#   sh run_gs_occ.sh synthetic|nuscenes|ddad [train.py options...]
+#
+# Environment: PROFILE=quick|full (default: quick on a CPU, full with CUDA), REFINE_STEPS (stage-1 refine length).
+# Sets up .venv on first use (tools/setup_env.sh). Runs resume from their last checkpoint when restarted.
+set -e
+cd "$(dirname "$0")"
+. tools/setup_env.sh
+
+DATA=${1:-auto}
+[ $# -gt 0 ] && shift
+if [ "$DATA" = auto ]; then
+    if [ -d data/nuscenes/v1.0-trainval ]; then DATA=nuscenes; else DATA=synthetic; fi
+fi
+HAS_CUDA=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))")
+if [ "$HAS_CUDA" = 1 ]; then PROFILE=${PROFILE:-full}; else PROFILE=${PROFILE:-quick}; fi
+echo "[run_gs_occ] data=$DATA profile=$PROFILE cuda=$HAS_CUDA python=$PY"
+
+case "$DATA" in
+synthetic)
+    if [ "$PROFILE" = quick ]; then
+        ROOT=data/synthetic; C1=configs/quick-gsp.txt; C2=configs/quick-gsv.txt; REFINE_STEPS=${REFINE_STEPS:-30}
+        GEN="--num_scenes 3 --frames_per_scene 10 --img_size 180 320 --val_scenes 1"
+    else
+        ROOT=data/synthetic-full; C1=configs/synthetic-gsp.txt; C2=configs/synthetic-gsv.txt
+        REFINE_STEPS=${REFINE_STEPS:-500}
+        GEN="--num_scenes 18 --frames_per_scene 30 --img_size 270 480 --val_scenes 2"
+    fi
+    if [ ! -f "$ROOT/v1.0-synthetic/sample.json" ]; then
+        "$PY" tools/make_synthetic_nusc.py --out "$ROOT" $GEN --preview "$ROOT/preview.png"
+    fi
+    if [ ! -d "$ROOT/depth_gt" ]; then
+        "$PY" tools/export_gt_depth_nusc.py --dataroot "$ROOT" --version v1.0-synthetic --out depth_gt
+    fi
+    ;;
+nuscenes)
+    C1=configs/nusc-gsp.txt; C2=configs/nusc-gsv.txt; REFINE_STEPS=${REFINE_STEPS:-2000}
+    if [ ! -d data/nuscenes/v1.0-trainval ]; then
+        echo "data/nuscenes/v1.0-trainval not found: see README.md, section Data" >&2; exit 1
+    fi
+    ;;
+ddad)
+    C1=configs/ddad-gsp.txt; C2=configs/ddad-gsv.txt; REFINE_STEPS=${REFINE_STEPS:-2000}
+    if [ ! -d data/ddad_train_val ]; then
+        echo "data/ddad_train_val not found: see README.md, section Data" >&2; exit 1
+    fi
+    ;;
+*)
+    echo "unknown dataset '$DATA' (synthetic, nuscenes or ddad)" >&2; exit 1
+    ;;
+esac
+
+S1=$(basename "$C1" .txt); S2=$(basename "$C2" .txt)
+echo "[run_gs_occ] stage 1 (GSP): $C1"
+"$PY" train.py --config "$C1" --exp_name "$S1" "$@"
+echo "[run_gs_occ] stage 1 refine (pose net frozen, no cross-view term)"
+"$PY" train.py --config "$C1" --exp_name "$S1-refine" --gsp_phase refine --load_weights "logs/$S1/ckpt/last.pt" \
+    --max_steps "$REFINE_STEPS" "$@"
+echo "[run_gs_occ] stage 2 (GSV) with the stage-1 pose: $C2"
+"$PY" train.py --config "$C2" --exp_name "$S2" --pose stage1 --stage1_ckpt "logs/$S1-refine/ckpt/last.pt" \
+    --val_every -1 "$@"
+echo "[run_gs_occ] evaluation"
+"$PY" eval.py --config "$C2" --ckpt "logs/$S2/ckpt/last.pt"
