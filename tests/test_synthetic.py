@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from utils.constants import CAMS, FREE_ID, OCC3D_RANGE, OCC3D_VOXEL
-from datasets.synthetic import rig, writer
+from datasets.synthetic import occupancy, rig, writer
+from datasets.synthetic.frame import MASK_HW
 from datasets.synthetic.generate import generate, render_job
 from datasets.synthetic.scene import make_scene
 
@@ -105,6 +106,86 @@ def test_masks(root):
     assert sem[tuple(ahead)] == FREE_ID and cam[tuple(ahead)] and lidar[tuple(ahead)]
     road = sem[:, :, 2] == 11
     assert cam[:, :, 2][road].mean() > 0.2 and not cam[:, :, 0][road].any()  # the buried layer is never seen
+    assert not cam[:, :, :2].any()  # the ground fills layers 0-2 everywhere: layers 0 and 1 are buried
+
+
+def _occluded(sem, a, b):
+    """Whether the segment from a to b (ego frame) crosses an occupied voxel before its last 2 cm."""
+    n = int(np.linalg.norm(b - a) / 0.01) + 2
+    t = np.linspace(0.0, 1.0 - 0.02 / np.linalg.norm(b - a), n)
+    idx = _voxel(a + t[:, None] * (b - a))
+    inside = ((idx >= 0) & (idx < np.array(sem.shape))).all(1)
+    return bool((sem[tuple(idx[inside].T)] != FREE_ID).any())
+
+
+def test_camera_mask_dense(root):
+    """Road voxels 8-40 m ahead of CAM_FRONT whose top face the camera sees are all in mask_camera:
+    no gaps between the rows of a finite image (the old ray-marched mask had stripes beyond ~20 m)."""
+    lab = _labels(root, 0, 1)
+    cam, sem = lab["mask_camera"].astype(bool), lab["semantics"]
+    origin = rig.cam2ego()[0][:3, 3]
+    checked = far = 0
+    for y in (-1.0, 0.2, 1.4):
+        j = _voxel(np.array([[0.0, y, 0.0]]))[0, 1]
+        for i in range(_voxel(np.array([[8.0, 0.0, 0.0]]))[0, 0], 200):  # CAM_FRONT sees the road from 6 m
+            if sem[i, j, 2] != 11 or sem[i, j, 3] != FREE_ID:
+                continue
+            top = np.array([OCC3D_RANGE[0] + (i + 0.5) * OCC3D_VOXEL,
+                            OCC3D_RANGE[1] + (j + 0.5) * OCC3D_VOXEL, 0.2])
+            if not _occluded(sem, origin, top):
+                assert cam[i, j, 2] and cam[i, j, 3], (i, j, top)
+                checked += 1
+                far += top[0] > 30
+    assert checked > 150 and far > 30, (checked, far)
+
+
+def test_camera_mask_buildings(root):
+    """Voxels inside a building, or on its face turned away from the street, are not camera-visible; its street
+    face is."""
+    lab = _labels(root, 0, 1)
+    cam, sem = lab["mask_camera"].astype(bool), lab["semantics"]
+    occ = np.pad(sem != FREE_ID, 1, constant_values=True)
+    inner = np.ones(sem.shape, bool)
+    for a in range(3):
+        for s in (-1, 1):
+            inner &= np.roll(occ, s, axis=a)[1:-1, 1:-1, 1:-1]
+    assert inner[sem == 15].sum() > 100 and not cam[inner].any()
+    # building voxels whose only free neighbour is the one away from the street (|y| larger): the back faces
+    free = ~occ
+    ys = (np.arange(200) + 0.5) * OCC3D_VOXEL + OCC3D_RANGE[1]
+    nb = {(a, s): np.roll(free, -s, axis=a)[1:-1, 1:-1, 1:-1] for a in range(3) for s in (-1, 1)}
+    away = np.where(ys[None, :, None] > 0, nb[1, 1], nb[1, -1])
+    others = sum(nb[k].astype(int) for k in nb) - away
+    back = (sem == 15) & away & (others == 0) & (np.abs(ys)[None, :, None] > 6)
+    assert back.sum() > 20 and not cam[back].any()
+    toward = np.where(ys[None, :, None] > 0, nb[1, -1], nb[1, 1])
+    front = (sem == 15) & toward & (np.arange(16) >= 3)
+    assert cam[front].mean() > 0.3
+
+
+def test_camera_mask_box_on_ground():
+    """camera_mask on a hand-made grid: flat ground (layers 0-2) and a solid box ahead of CAM_FRONT."""
+    occ = np.zeros((200, 200, 16), bool)
+    occ[:, :, :3] = True
+    occ[150:160, 95:105, 3:10] = True  # x 20-24 m, y -2..2 m, z 0.2-3 m
+    cams = [(rig.intrinsics(*MASK_HW, c), c2e, *MASK_HW) for c, c2e in zip(CAMS, rig.cam2ego())]
+    vis = occupancy.camera_mask(occ, cams)
+    assert vis[vis].size and not vis[:, :, :2].any()
+    assert vis[116:150, 97:103, 2:6].all()  # road and air from 6.4 m (CAM_FRONT's lowest ray) up to the box
+    assert vis[160:200, 80:120, 2].any() and not vis[162:200, 98:102, 2].any()  # its ground shadow is hidden
+    assert vis[150, 96:104, 3:9].all() and not vis[151:160, 96:104, 3:9].any()  # front face seen, inside not
+    assert vis[175:200, 70:80, 2].all()  # far road beside the shadow: dense out to the grid edge
+    # the voxels the buffer's rays cross are a subset (the old, ray-marched mask)
+    d = np.concatenate([_rays(rig.intrinsics(*MASK_HW, c), c2e) for c, c2e in zip(CAMS, rig.cam2ego())])
+    o = np.concatenate([np.broadcast_to(c2e[:3, 3], (MASK_HW[0] * MASK_HW[1], 3)) for c2e in rig.cam2ego()])
+    crossed = occupancy.observed(occ, o, d)
+    assert (vis | ~crossed).all() and vis.sum() > crossed.sum()
+
+
+def _rays(K, c2e):
+    v, u = np.mgrid[0:MASK_HW[0], 0:MASK_HW[1]]
+    d = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones(u.shape)], -1).reshape(-1, 3)
+    return d / np.linalg.norm(d, axis=1, keepdims=True) @ c2e[:3, :3].T
 
 
 def test_semantic_maps_match_labels(root, nusc):

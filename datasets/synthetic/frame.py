@@ -11,7 +11,7 @@ from datasets.synthetic.raycast import cast, cull
 from datasets.synthetic.texture import shade
 
 MAX_RANGE = 200.0  # camera rays: beyond this is sky
-MASK_HW = (180, 320)  # camera rays cast through the voxels for mask_camera (1/5 of 900 x 1600)
+MASK_HW = (180, 320)  # depth buffer of each camera for mask_camera (1/5 of 900 x 1600), see camera_mask
 LIDAR_BEAMS, LIDAR_ELEV, LIDAR_AZ_STEP, LIDAR_RANGE = 32, (-30.0, 10.0), 0.4, 70.0
 # LiDAR intensity (0-255) per material, scaled by the incidence cosine
 REFLECTIVITY = np.array([12, 25, 20, 18, 30, 35, 60, 8, 15, 20, 25, 90, 70, 55])
@@ -70,12 +70,8 @@ def occ3d_labels(world, ego2global):
     """Occ3D ``semantics``, ``mask_lidar``, ``mask_camera`` (200, 200, 16) uint8 around the ego pose."""
     sem = occupancy.semantics(world, ego2global)
     occupied = sem != FREE_ID
-    cam_o, cam_d = [], []
-    for cam, c2e in zip(CAMS, rig.cam2ego()):
-        d = pixel_rays(rig.intrinsics(*MASK_HW, cam), *MASK_HW) @ c2e[:3, :3].T
-        cam_o.append(np.broadcast_to(c2e[:3, 3], d.shape))
-        cam_d.append(d)
-    mask_camera = occupancy.observed(occupied, np.concatenate(cam_o), np.concatenate(cam_d))
+    cams = [(rig.intrinsics(*MASK_HW, cam), c2e, *MASK_HW) for cam, c2e in zip(CAMS, rig.cam2ego())]
+    mask_camera = occupancy.camera_mask(occupied, cams)
     l2e = rig.lidar2ego()
     mask_lidar = occupancy.observed(occupied, l2e[:3, 3], lidar_rays()[0] @ l2e[:3, :3].T)
     return dict(semantics=sem, mask_lidar=mask_lidar.astype(np.uint8), mask_camera=mask_camera.astype(np.uint8))

@@ -41,8 +41,10 @@ bicycles, motorcycles. Everything is static. The ego drives in the right lane at
 {dt} s apart (so 1-2 m of motion between frames). Ego z = 0 on the road surface, like nuScenes.
 Occ3D rule: a voxel is occupied if any of its 3 x 3 x 3 sub-points is inside an object or below the ground
 surface, with the majority class of those; so the ground fills the voxel layers from -1 m up to the layer
-[-0.2, 0.2] m that contains the road surface. mask_camera / mask_lidar: voxels crossed by the camera rays
-(180 x 320 per camera) / LiDAR rays up to and including the first occupied voxel.
+[-0.2, 0.2] m that contains the road surface. mask_lidar: voxels crossed by the LiDAR rays up to and including
+the first occupied voxel. mask_camera: voxels some camera sees, i.e. in front of or in the layer of the first
+occupied voxel along a line of sight (a depth-buffer test of 9 points per voxel against a 180 x 320 per camera
+buffer of the first surface planes, plus the voxels the buffer's rays cross): dense, no gaps between rays.
 """
 
 
