@@ -7,12 +7,14 @@
 #   sh tools/run_benchmarks.sh synthetic   # stage 1 with and without GSP, stage 2 with GT pose and with stage-1 pose
 #   sh tools/run_benchmarks.sh fixture     # real nuScenes scene-0916: stage 1 with / without GSP, stage 2 with GT pose
 #
-# FIXTURE=<nuScenes fixture root> (default ../shared/fixtures/nuscenes-scene-0916); PY=<python> (default python3).
+# FIXTURE=<nuScenes fixture root> (default ../shared/fixtures/nuscenes-scene-0916); PY=<python> (default python3);
+# training budgets in minutes: GSP_MIN (stage 1, default 6), REFINE_MIN (1.5), GSV_MIN (stage 2, 10).
 set -e
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
 SYN=data/synthetic-full
 FIXTURE=${FIXTURE:-../shared/fixtures/nuscenes-scene-0916}
+GSP_MIN=${GSP_MIN:-6}; REFINE_MIN=${REFINE_MIN:-1.5}; GSV_MIN=${GSV_MIN:-10}
 mkdir -p logs
 
 train_eval() {  # $1 = run name, rest = train.py options; evaluates the last checkpoint afterwards
@@ -25,7 +27,7 @@ train_eval() {  # $1 = run name, rest = train.py options; evaluates the last che
 case "$1" in
 data)
     [ -f $SYN/v1.0-synthetic/sample.json ] || $PY tools/make_synthetic_nusc.py --out $SYN --num_scenes 18 \
-        --frames_per_scene 30 --img_size 270 480 --val_scenes 2 --workers "${WORKERS:-12}" --preview $SYN/preview.png
+        --frames_per_scene 30 --img_size 270 480 --val_scenes 2 --workers "${WORKERS:-12}"
     [ -d $SYN/depth_gt ] || $PY tools/export_gt_depth_nusc.py --dataroot $SYN --version v1.0-synthetic --out depth_gt
     $PY tools/occ_baselines.py --dataroot $SYN --split $SYN/splits/val.txt --out logs/synthetic_baselines.json
     ;;
@@ -34,20 +36,22 @@ bench)
     ;;
 synthetic)
     C1=configs/synthetic-gsp.txt; C2=configs/synthetic-gsv.txt
-    train_eval synthetic-gsv-gtpose --config $C2 --pose gt &
-    train_eval synthetic-gsp-nogsp --config $C1 --use_gsp false &
-    train_eval synthetic-gsp --config $C1
+    train_eval synthetic-gsv-gtpose --config $C2 --pose gt --max_minutes "$GSV_MIN" &
+    train_eval synthetic-gsp-nogsp --config $C1 --use_gsp false --max_minutes "$GSP_MIN" &
+    train_eval synthetic-gsp --config $C1 --max_minutes "$GSP_MIN"
     train_eval synthetic-gsp-refine --config $C1 --gsp_phase refine --load_weights logs/synthetic-gsp/ckpt/last.pt \
-        --max_minutes 1.5
-    train_eval synthetic-gsv --config $C2 --pose stage1 --stage1_ckpt logs/synthetic-gsp-refine/ckpt/last.pt
+        --max_minutes "$REFINE_MIN"
+    train_eval synthetic-gsv --config $C2 --pose stage1 --stage1_ckpt logs/synthetic-gsp-refine/ckpt/last.pt \
+        --max_minutes "$GSV_MIN"
     wait
     ;;
 fixture)
     [ -d "$FIXTURE/depth_gt" ] || $PY tools/export_gt_depth_nusc.py --dataroot "$FIXTURE" --version v1.0-mini \
         --out depth_gt
-    train_eval fixture-gsv-gtpose --config configs/fixture-gsv.txt --dataroot "$FIXTURE" &
-    train_eval fixture-gsp-nogsp --config configs/fixture-gsp.txt --dataroot "$FIXTURE" --use_gsp false &
-    train_eval fixture-gsp --config configs/fixture-gsp.txt --dataroot "$FIXTURE"
+    train_eval fixture-gsv-gtpose --config configs/fixture-gsv.txt --dataroot "$FIXTURE" --max_minutes "$GSV_MIN" &
+    train_eval fixture-gsp-nogsp --config configs/fixture-gsp.txt --dataroot "$FIXTURE" --use_gsp false \
+        --max_minutes "$GSP_MIN" &
+    train_eval fixture-gsp --config configs/fixture-gsp.txt --dataroot "$FIXTURE" --max_minutes "$GSP_MIN"
     wait
     ;;
 *)
