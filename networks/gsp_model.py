@@ -119,6 +119,8 @@ class GSPModel(nn.Module):
             logs["loss_gsp"] = loss_g.detach()
             logs["gsp_overlap"] = cv["mask"].mean()
             outputs["gsp"] = {k: v.detach() for k, v in cv.items()}
+        if valid is not None:
+            logs["mask_visible"] = valid.mean()  # share of pixels left in by the self-occlusion mask
         logs["loss"] = loss.detach()
         logs["mean_depth"] = outputs["depth"].mean()
         logs["ego_translation"] = poses[:, :, :3, 3].detach().norm(dim=-1).mean()

@@ -11,6 +11,8 @@ Losses, all at the render size:
   * ``w_sem`` x cross-entropy of the rendered semantic logits against ``batch['sem']`` (with ``use_sem``);
   * ``w_entropy`` x binary entropy of the rendered alpha: pushes every ray to be decidedly empty or decidedly
     hit (the release's extra "last free" term is not used).
+Pixels where the optional ``batch['mask']`` is 0 (DDAD: the ego car's own body) are left out of the reprojection
+and semantic terms, as in stage 1.
 ``render_type volume`` renders the same volume by ray marching instead (the OccNeRF baseline).
 """
 import functools
@@ -97,7 +99,8 @@ def logits_to_occ3d(logits, grid):
 
 class GSVModel(nn.Module):
     """Stage 2. Batch (docs/ARCHITECTURE.md): imgs (B,3,6,3,H,W), K (B,6,3,3), cam2ego (B,6,4,4),
-    ego2global (B,3,6,4,4), optional sem (B,6,h,w)."""
+    ego2global (B,3,6,4,4), optional sem (B,6,h,w), optional mask (B,6,h,w) {0, 1} self-occlusion masks
+    (DDAD, 0 = ego car body), left out of the reprojection and semantic losses like in stage 1."""
 
     def __init__(self, opt):
         super().__init__()
@@ -169,16 +172,25 @@ class GSVModel(nn.Module):
         T = self.camera_motion(batch)
         Kf = r["K"].flatten(0, 1)
         warped = [warp(src, depth, Kf, T[:, k].flatten(0, 1)) for k, src in enumerate(sources)]
-        loss_reproj, _ = reprojection_loss(target, [wp for wp, _ in warped], sources, [v for _, v in warped])
+        valid = None
+        if "mask" in batch:  # (B,6,h',w') self-occlusion mask, 0 = ego car body -> (B*6,1,h,w) bool
+            valid = F.interpolate(batch["mask"].flatten(0, 1)[:, None].float(), (h, w), mode="nearest") > 0.5
+        ok = [v if valid is None else v & valid for _, v in warped]
+        loss_reproj, _ = reprojection_loss(target, [wp for wp, _ in warped], sources, ok)
         loss_smooth = smoothness_loss(1 / depth, target)
         loss_entropy = opacity_entropy(r["alpha"])
         loss = loss_reproj + opt.w_smooth * loss_smooth + opt.w_entropy * loss_entropy
         logs = {"loss_reproj": loss_reproj.detach(), "loss_smooth": loss_smooth.detach(),
                 "loss_entropy": loss_entropy.detach()}
         if opt.use_sem and "sem" in batch:
-            loss_sem = semantic_ce(r["sem"].flatten(0, 1), batch["sem"].flatten(0, 1))
+            labels = batch["sem"].flatten(0, 1)
+            if valid is not None:
+                labels = labels.masked_fill(~valid[:, 0], 255)
+            loss_sem = semantic_ce(r["sem"].flatten(0, 1), labels)
             loss = loss + opt.w_sem * loss_sem
             logs["loss_sem"] = loss_sem.detach()
+        if valid is not None:
+            logs["mask_visible"] = valid.float().mean()  # share of pixels left in by the self-occlusion mask
         logs.update(loss=loss.detach(), num_gaussians=r["num_gaussians"], mean_depth=depth.detach().mean(),
                     mean_alpha=r["alpha"].detach().mean())
         outputs = {"depth": r["depth"].detach()[:, :, 0], "alpha": r["alpha"].detach()[:, :, 0],

@@ -264,3 +264,38 @@ def test_overfit_one_batch_lowers_the_loss():
     assert all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
     assert np.mean(reproj[-3:]) < 0.6 * np.mean(reproj[:3]), reproj  # the rendered depth explains the motion
+
+
+def test_self_occlusion_mask_leaves_pixels_out_of_the_losses():
+    """A mask of zeros over the right half: image content and labels there no longer change the losses."""
+    from utils.geometry import rescale_K_to
+    model = GSVModel(tiny_opt())
+    batch = make_batch()
+    batch["imgs"][:, ::2] = (batch["imgs"][:, ::2] + 0.3 * torch.rand(1, 2, 6, 3, 64, 112)).clamp(0, 1)
+    batch["ego2global"][:, 0, :, 0, 3] = -0.5  # the car moves 0.5 m forward: warps shift by < 2 render pixels
+    batch["ego2global"][:, 2, :, 0, 3] = 0.5
+    h, w = 32, 56
+    # the render is fixed (10 m everywhere) so that only the images and labels change between calls
+    fixed = {"logits": torch.zeros(1, 18, 24, 24, 6), "num_gaussians": torch.tensor(0.0),
+             "K": rescale_K_to(batch["K"], (64, 112), (h, w)), "depth": torch.full((1, 6, 1, h, w), 10.0),
+             "alpha": torch.full((1, 6, 1, h, w), 0.5), "sem": torch.randn(1, 6, 17, h, w)}
+    model.render = lambda _: fixed
+    mask = torch.ones(1, 6, h, w)
+    mask[..., w // 2:] = 0
+    changed = dict(batch, imgs=batch["imgs"].clone(), sem=batch["sem"].clone())
+    changed["imgs"][..., 2 * (w // 2 + 4):] = torch.rand_like(changed["imgs"][..., 2 * (w // 2 + 4):])
+    changed["sem"][..., w // 2:] = 3  # 4 px margin above: warping (< 2 px) and SSIM's 3x3 window
+
+    def losses(b, m):
+        torch.manual_seed(0)  # the auto-masking tie-break noise
+        logs = model(b if m is None else dict(b, mask=m))[1]
+        return logs["loss_reproj"].item(), logs["loss_sem"].item()
+
+    masked = losses(batch, mask)
+    assert min(masked) > 0.01 and losses(changed, mask) == pytest.approx(masked, rel=1e-6)
+    reproj, sem = losses(batch, None)
+    reproj_changed, sem_changed = losses(changed, None)
+    assert abs(reproj_changed - reproj) > 1e-3 and abs(sem_changed - sem) > 1e-3
+    # a mask at another size is resized (nearest) to the render size
+    big = mask.repeat_interleave(2, -1).repeat_interleave(2, -2)
+    assert losses(changed, big) == pytest.approx(masked, rel=1e-6)
