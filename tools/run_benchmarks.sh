@@ -26,8 +26,8 @@ train_eval() {  # $1 = run name, rest = train.py options; evaluates the last che
 
 case "$1" in
 data)
-    [ -f $SYN/v1.0-synthetic/sample.json ] || $PY tools/make_synthetic_nusc.py --out $SYN --num_scenes 18 \
-        --frames_per_scene 30 --img_size 270 480 --val_scenes 2 --workers "${WORKERS:-12}"
+    [ -f $SYN/v1.0-synthetic/sample.json ] || $PY tools/make_synthetic_nusc.py --out $SYN --num_scenes "${SYN_SCENES:-18}" \
+        --frames_per_scene "${SYN_FRAMES:-30}" --img_size 270 480 --val_scenes 2 --workers "${WORKERS:-12}"
     [ -d $SYN/depth_gt ] || $PY tools/export_gt_depth_nusc.py --dataroot $SYN --version v1.0-synthetic --out depth_gt
     $PY tools/occ_baselines.py --dataroot $SYN --split $SYN/splits/val.txt --out logs/synthetic_baselines.json
     ;;
