@@ -23,7 +23,7 @@ echo "[run_gs_occ] data=$DATA profile=$PROFILE cuda=$HAS_CUDA python=$PY"
 case "$DATA" in
 synthetic)
     if [ "$PROFILE" = quick ]; then
-        ROOT=data/synthetic; C1=configs/quick-gsp.txt; C2=configs/quick-gsv.txt; REFINE_STEPS=${REFINE_STEPS:-30}
+        ROOT=data/synthetic; C1=configs/quick-gsp.txt; C2=configs/quick-gsv.txt; REFINE_STEPS=${REFINE_STEPS:-20}
         GEN="--num_scenes 3 --frames_per_scene 10 --img_size 180 320 --val_scenes 1"
     else
         ROOT=data/synthetic-full; C1=configs/synthetic-gsp.txt; C2=configs/synthetic-gsv.txt
