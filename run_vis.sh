@@ -1,30 +1,36 @@
-#!/usr/bin/env bash
+#!/bin/sh
 # Pictures and videos of a trained stage-2 (GSV) model, or of the ground truth alone (GT_ONLY=1).
 #
-#   CKPT=logs/nusc-gsv/ckpt/last.pt SCENES="scene-0916" ./run_vis.sh --dataroot data/nuscenes
-#   GT_ONLY=1 ./run_vis.sh --dataroot data/synthetic --version v1.0-synthetic --occ_root gts
+#   CKPT=logs/quick-gsv/ckpt/last.pt sh run_vis.sh                  # data and model options come from the checkpoint
+#   CKPT=logs/nusc-gsv/ckpt/last.pt SCENES="scene-0916" sh run_vis.sh --dataroot data/nuscenes
+#   GT_ONLY=1 sh run_vis.sh --config configs/quick-gsv.txt           # inputs + Occ3D ground truth, no model
 #
-# Environment: CKPT (checkpoint), CONFIG (optional config file), OUT (default vis), SCENES (space separated,
-# default all of the split), MAX_FRAMES (0 = all), FPS (video frame rate), SEM_ONLY=1 (videos of the 3D
-# occupancy views only), PYTHON. Other arguments go to tools/visualize.py (any option of train.py).
+# Environment: CKPT (checkpoint), OUT (default vis), SCENES (space separated, default all of the split),
+# MAX_FRAMES (0 = all), FPS (video frame rate), SEM_ONLY=1 (videos of the 3D occupancy views only).
+# Other arguments go to tools/visualize.py (which takes every option of train.py: --config, --dataroot, --split).
 # Writes OUT/<scene>/<index>_{inputs,depth,sem,occ,occ_gt,frame}.png and OUT/<scene>/<scene>.{mp4,gif}.
-set -euo pipefail
+set -e
 cd "$(dirname "$0")"
+. tools/setup_env.sh
 
-PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python )}
 OUT=${OUT:-vis}
-args=(--out_dir "$OUT" --max_frames "${MAX_FRAMES:-0}")
-[ -n "${CONFIG:-}" ] && args+=(--config "$CONFIG")
-[ -n "${SCENES:-}" ] && args+=(--scenes $SCENES)
 if [ "${GT_ONLY:-0}" = 1 ]; then
-    args+=(--gt_only)
+    MODEL="--gt_only"
 else
-    args+=(--ckpt "${CKPT:?set CKPT to a stage-2 checkpoint, or GT_ONLY=1}")
+    [ -n "${CKPT:-}" ] || { echo "set CKPT to a stage-2 checkpoint, or GT_ONLY=1" >&2; exit 1; }
+    MODEL="--ckpt $CKPT"
 fi
-"$PYTHON" tools/visualize.py "${args[@]}" "$@"
+if [ -n "${SCENES:-}" ]; then
+    # shellcheck disable=SC2086
+    "$PY" tools/visualize.py --out_dir "$OUT" --max_frames "${MAX_FRAMES:-0}" $MODEL --scenes $SCENES "$@"
+else
+    # shellcheck disable=SC2086
+    "$PY" tools/visualize.py --out_dir "$OUT" --max_frames "${MAX_FRAMES:-0}" $MODEL "$@"
+fi
 
-video_args=(--fps "${FPS:-4}")
-[ "${SEM_ONLY:-0}" = 1 ] && video_args+=(--sem_only)
+SEM=""
+[ "${SEM_ONLY:-0}" = 1 ] && SEM="--sem_only"
 for scene_dir in "$OUT"/*/; do
-    "$PYTHON" gen_scene_video.py "$scene_dir" "${video_args[@]}"
+    # shellcheck disable=SC2086
+    "$PY" gen_scene_video.py "$scene_dir" --fps "${FPS:-4}" $SEM
 done
