@@ -1,0 +1,160 @@
+"""The training loop and the options: config files, resume, atomic checkpoints, the NaN guard, the sampler."""
+import os
+
+import pytest
+import torch
+
+import options
+import trainer as trainer_mod
+from utils.checkpoint import load_checkpoint, save_checkpoint
+
+
+class ToyData(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return {"x": torch.randn(4, generator=g), "token": f"t{i}"}
+
+
+class ToyModel(torch.nn.Module):
+    """Fits y = sum(x) with a linear layer; ``nan_steps`` calls return a NaN loss."""
+
+    def __init__(self, nan_steps=()):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 1)
+        self.calls, self.nan_steps = 0, set(nan_steps)
+
+    def trainable_parameters(self):
+        return self.parameters()
+
+    def forward(self, batch):
+        x = batch["x"]
+        loss = ((self.lin(x)[:, 0] - x.sum(1)) ** 2).mean()
+        if self.calls in self.nan_steps:
+            loss = loss * float("nan")
+        self.calls += 1
+        return loss, {"mse": loss.detach()}, {}
+
+    def visualise(self, batch, outputs):
+        return {}
+
+
+def make_opt(tmp_path, *extra):
+    argv = ["--log_dir", str(tmp_path), "--exp_name", "toy", "--num_workers", "0", "--val_every", "-1",
+            "--device", "cpu", "--batch_size", "2", "--num_epochs", "10", "--log_every", "1", "--image_every", "0",
+            "--lr", "1e-2", *extra]
+    return options.parse_args(argv)
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    models = []
+
+    def build_model(opt):
+        models.append(ToyModel(getattr(opt, "_nan_steps", ())))
+        return models[-1]
+
+    monkeypatch.setattr(trainer_mod, "build_model", build_model)
+    monkeypatch.setattr(trainer_mod, "build_dataset", lambda opt, split: ToyData())
+    return models
+
+
+def test_train_then_resume_continues_from_the_checkpoint(tmp_path, toy):
+    t = trainer_mod.Trainer(make_opt(tmp_path, "--max_steps", "5", "--save_every", "100"))
+    t.train()
+    ckpt = load_checkpoint(os.path.join(tmp_path, "toy", "ckpt", "last.pt"))
+    assert ckpt["step"] == 5 and ckpt["epoch"] == 1  # 4 steps an epoch (8 samples, batch 2)
+    w5 = ckpt["model"]["lin.weight"].clone()
+
+    t2 = trainer_mod.Trainer(make_opt(tmp_path, "--max_steps", "9"))
+    assert t2.step == 5 and torch.equal(t2.model.lin.weight.detach(), w5)
+    t2.train()
+    assert t2.step == 9 and toy[-1].calls == 4  # only the 4 missing steps ran
+    assert load_checkpoint(os.path.join(tmp_path, "toy", "ckpt", "last.pt"))["step"] == 9
+    assert (tmp_path / "toy" / "options.txt").read_text().count("max_steps = 9") == 1
+
+
+def test_resumed_epoch_sees_the_same_remaining_samples():
+    full = trainer_mod.EpochSampler(10, seed=3)
+    full.set_epoch(2)
+    order = list(full)
+    part = trainer_mod.EpochSampler(10, seed=3)
+    part.set_epoch(2, skip=4)
+    assert list(part) == order[4:] and len(part) == 6
+    ranks = [trainer_mod.EpochSampler(10, rank=r, world=3, seed=3) for r in range(3)]
+    for s in ranks:
+        s.set_epoch(2)
+    seen = [i for s in ranks for i in s]
+    assert len(seen) == 9 and len(set(seen)) == 9  # drop_last split, no sample twice
+
+
+def test_a_nan_loss_is_skipped_without_touching_the_weights(tmp_path, toy):
+    opt = make_opt(tmp_path, "--max_steps", "3")
+    opt._nan_steps = (1,)
+    t = trainer_mod.Trainer(opt)
+    t.train()
+    assert t.step == 3 and toy[-1].calls == 4  # one call skipped, three optimiser steps
+    assert torch.isfinite(t.model.lin.weight).all()
+
+
+def test_too_many_nans_stop_with_an_error_and_a_saved_state(tmp_path, toy):
+    opt = make_opt(tmp_path, "--max_steps", "20", "--max_nan_skips", "2")
+    opt._nan_steps = range(100)
+    t = trainer_mod.Trainer(opt)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        t.train()
+    assert os.path.isfile(os.path.join(tmp_path, "toy", "ckpt", "nan_abort.pt"))
+
+
+def test_lr_drops_at_the_milestones(tmp_path, toy):
+    t = trainer_mod.Trainer(make_opt(tmp_path, "--max_steps", "10", "--lr_milestones", "0.5", "0.8"))
+    assert [t.lr_at(s) for s in (0, 4, 5, 8)] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-4])
+
+
+def test_atomic_checkpoint_keeps_the_old_file_when_a_save_fails(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"model": {"w": torch.ones(2)}, "step": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint({"model": {"w": torch.zeros(2)}, "step": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="bad.pt"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_config_files(tmp_path):
+    cfg = tmp_path / "c.txt"
+    cfg.write_text("# comment\nbatch_size = 3   # trailing comment\ninput_size = 64 96\nresume = false\n")
+    opt = options.parse_args(["--config", str(cfg), "--batch_size", "5"])
+    assert opt.batch_size == 5 and opt.input_size == [64, 96] and opt.resume is False  # CLI wins
+    cfg.write_text("batch_size = 3\nbatch_sise = 4\n")
+    with pytest.raises(options.ConfigError, match=r"c.txt:2: unknown option 'batch_sise' \(did you mean 'batch_size'\?\)"):
+        options.parse_args(["--config", str(cfg)])
+    with pytest.raises(options.ConfigError, match="not found"):
+        options.parse_args(["--config", str(tmp_path / "missing.txt")])
+
+
+def test_checkpoint_options_are_merged_with_explicit_ones(tmp_path):
+    saved = vars(options.parse_args(["--grid_size", "10", "10", "4", "--lr", "0.5"]))
+    saved["removed_option"] = 1
+    opt = options.merge_checkpoint_options(saved, ["--lr", "0.25"])
+    assert opt.grid_size == [10, 10, 4] and opt.lr == 0.25 and not hasattr(opt, "removed_option")
+
+
+def test_every_shipped_config_parses():
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    names = sorted(os.listdir(root))
+    assert len(names) >= 10
+    for name in names:
+        opt = options.parse_args(["--config", os.path.join(root, name)])
+        assert opt.stage in ("gsp", "gsv")
