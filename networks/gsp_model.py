@@ -39,6 +39,9 @@ def add_args(parser):
     g.add_argument("--gsp_scale_relative", type=str2bool, default=False,
                    help="Gaussian scale = predicted value x pixel depth (constant size in pixels) instead of metres")
     g.add_argument("--gsp_erode", type=int, default=4, help="erosion of the cross-view overlap mask, pixels")
+    g.add_argument("--gsp_mask", type=str, default="rendered", choices=["rendered", "geometric"],
+                   help="cross-view overlap mask: rendered = splat opacity > 0.5 (follows the predicted depth); "
+                        "geometric = frustum overlap from the calibration only (see utils/gsp.py)")
     g.add_argument("--gsp_depth_layers", type=int, default=18, choices=[18, 34, 50], help="depth net ResNet depth")
     g.add_argument("--gsp_pose_layers", type=int, default=18, choices=[18, 34, 50], help="pose net ResNet depth")
     g.add_argument("--gsp_pretrained", type=str2bool, default=False,
@@ -114,6 +117,7 @@ class GSPModel(nn.Module):
             scale = out["gs_scale"] * (out["depth"] if self.opt.gsp_scale_relative else 1.0)
             loss_g, cv = cross_view_loss(out["depth"].unflatten(0, (b, n)), imgs[:, 1], scale.unflatten(0, (b, n)),
                                          K, cam2ego, self.rasterize, self.opt.gsp_erode,
+                                         mask_mode=getattr(self.opt, "gsp_mask", "rendered"),
                                          valid=None if valid is None else valid.unflatten(0, (b, n)))
             loss = loss + self.opt.w_gsp * loss_g
             logs["loss_gsp"] = loss_g.detach()

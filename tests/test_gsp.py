@@ -126,12 +126,13 @@ def wall_view(T):
     return img.reshape(3, H, W), z.reshape(1, H, W)
 
 
-def pair_loss(cams, depth_factor, depths=None, valid=None):
+def pair_loss(cams, depth_factor, depths=None, valid=None, mask_mode="rendered"):
     views = [wall_view(T) for T in cams]
     imgs = torch.stack([v[0] for v in views])[None]
     depths = torch.stack([v[1] for v in views])[None] * depth_factor if depths is None else depths
     return cross_view_loss(depths, imgs, torch.full_like(depths, 0.02), K_WALL.expand(1, 2, 3, 3),
-                           torch.stack(cams)[None], RASTERIZE, 2, neighbours=lambda i: (1 - i,), valid=valid)
+                           torch.stack(cams)[None], RASTERIZE, 2, neighbours=lambda i: (1 - i,), valid=valid,
+                           mask_mode=mask_mode)
 
 
 def test_cross_view_loss_prefers_the_metric_depth():
@@ -144,6 +145,25 @@ def test_cross_view_loss_prefers_the_metric_depth():
     for factor in (0.5, 2.0):
         wrong, _ = pair_loss(cams, factor)
         assert wrong > 4 * true, (factor, wrong.item(), true.item())
+
+
+def test_geometric_mask_does_not_follow_the_predicted_depth():
+    """The rendered mask empties when the depth collapses (an escape from the loss); the geometric one does not."""
+    cams = [cam2ego(0, [0.0, 0.0, 1.5]), cam2ego(40, [0.0, 1.0, 1.5])]
+    true, cv = pair_loss(cams, 1.0, mask_mode="geometric")
+    geo = cv["mask"]
+    assert 0.15 < geo.mean() < 0.6 and true < 0.08
+    rendered = pair_loss(cams, 1.0)[1]["mask"]
+    assert (geo * (1 - rendered)).sum() <= 0.02 * geo.sum()  # inside the true-depth footprint
+    for factor in (0.5, 2.0):
+        wrong, cv = pair_loss(cams, factor, mask_mode="geometric")
+        assert torch.equal(cv["mask"], geo) and wrong > 2 * true, (factor, wrong.item(), true.item())
+    tiny_r, cv_r = pair_loss(cams, 0.02)  # depth collapsed to 8 cm: no splat reaches the other camera
+    tiny_g, cv_g = pair_loss(cams, 0.02, mask_mode="geometric")
+    assert cv_r["mask"].sum() == 0 and tiny_r.item() == 0.0  # the escape
+    assert torch.equal(cv_g["mask"], geo) and tiny_g > 3 * true  # no escape
+    back = [cam2ego(0, [0.0, 0.0, 1.5]), cam2ego(180, [-1.0, 0.0, 1.5])]
+    assert pair_loss(back, 1.0, mask_mode="geometric")[1]["mask"].sum() == 0
 
 
 def test_cross_view_leaves_out_self_occluded_pixels():

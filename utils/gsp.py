@@ -5,15 +5,20 @@ splatted into the two ring neighbours j of camera i through the calibrated, metr
 is compared with the real image of camera j. Only a depth of the right metric scale makes the two agree, because
 the baseline between the cameras is fixed in metres.
 
-Overlap mask: the pixels of j where the rendered opacity of i's Gaussians exceeds 0.5, eroded by ``erode_px``
-pixels (borders of the splatted footprint are blurred and half covered). It follows the geometry of the
-predicted depth; it is detached (no gradient flows through the mask). It is empty when the views do not overlap.
+Overlap mask, two choices (``mask_mode``), both detached and eroded by ``erode_px`` pixels:
+  * "rendered": the pixels of j where the rendered opacity of i's Gaussians exceeds 0.5. It follows the
+    predicted depth, so a depth that shrinks until no splat reaches j also empties the mask (and the loss).
+  * "geometric": the pixels of j whose viewing ray lands inside camera i's image at every depth of
+    ``GEOMETRIC_DEPTHS`` (3 to 48 m): whatever surface such a pixel sees in that range, camera i sees it too.
+    It depends on the calibration only, so the network cannot escape the term by shrinking the depth.
 """
 import torch
 import torch.nn.functional as F
 
 from utils.constants import ring_neighbours
-from utils.geometry import backproject
+from utils.geometry import backproject, project
+
+GEOMETRIC_DEPTHS = (3.0, 6.0, 12.0, 24.0, 48.0)  # metres along the target camera's rays
 from utils.losses import photometric_error
 
 
@@ -42,22 +47,50 @@ def pixel_gaussians(depth, img, scale, K, cam2ego):
 def overlap_mask(alpha, erode_px):
     """Rendered opacity (..., 1, H, W) -> float mask (..., 1, H, W) of alpha > 0.5, eroded by erode_px pixels."""
     shape = alpha.shape
-    m = (alpha.detach() > 0.5).float().reshape(-1, 1, *shape[-2:])
-    if erode_px > 0:
-        k = 2 * erode_px + 1
-        m = 1.0 - F.max_pool2d(1.0 - m, k, stride=1, padding=erode_px)
-    return m.reshape(shape)
+    return erode((alpha.detach() > 0.5).float().reshape(-1, 1, *shape[-2:]), erode_px).reshape(shape)
+
+
+def erode(mask, erode_px):
+    """Float mask (N, 1, H, W) eroded by erode_px pixels."""
+    if erode_px <= 0:
+        return mask
+    k = 2 * erode_px + 1
+    return 1.0 - F.max_pool2d(1.0 - mask, k, stride=1, padding=erode_px)
+
+
+@torch.no_grad()
+def geometric_overlap(K, cam2ego, targets, h, w, erode_px, depths=GEOMETRIC_DEPTHS):
+    """Pixels of each target camera seen by the source camera at some plausible depth.
+
+    K (B,S,3,3), cam2ego (B,S,4,4), targets: list over sources of target indices (T each).
+    Returns (B,S,T,1,H,W) float {0, 1}: 1 where the target pixel's ray at each of ``depths`` metres projects
+    inside the source image, in front of it; eroded by erode_px.
+    """
+    b, s = K.shape[:2]
+    t = len(targets[0])
+    src = torch.arange(s).repeat_interleave(t)
+    tgt = torch.tensor(targets).flatten()
+    Kt, Ks = K[:, tgt].flatten(0, 1), K[:, src].flatten(0, 1)
+    T_t2s = (torch.inverse(cam2ego[:, src]) @ cam2ego[:, tgt]).flatten(0, 1)  # target camera -> source camera
+    seen = torch.ones(Kt.shape[0], 1, h, w, device=K.device)
+    for d in depths:
+        pts = backproject(torch.full((Kt.shape[0], 1, h, w), d, device=K.device), torch.inverse(Kt))
+        pix, z = project(pts, Ks, T_t2s)
+        inside = (z > 1e-3) & (pix[..., 0] >= -0.5) & (pix[..., 0] <= w - 0.5) & \
+                 (pix[..., 1] >= -0.5) & (pix[..., 1] <= h - 0.5)
+        seen = seen * inside.float().view(-1, 1, h, w)
+    return erode(seen, erode_px).view(b, s, t, 1, h, w)
 
 
 def cross_view_loss(depths, imgs, scales, K, cam2ego, rasterize_fn, erode_px, neighbours=ring_neighbours,
-                    valid=None):
+                    valid=None, mask_mode="rendered"):
     """Photometric error of every camera's pixel Gaussians rendered into its spatial neighbours.
 
     depths (B,S,1,H,W), imgs (B,S,3,H,W), scales (B,S,1,H,W) metres, K (B,S,3,3), cam2ego (B,S,4,4);
     rasterize_fn: ``utils.rasterizer.rasterize`` (or a partial of it); ``neighbours(i)`` -> target cameras of
     source i (T of them, the same T for all i). One rasterisation per source camera renders all its targets.
     valid: optional (B,S,1,H,W) {0, 1}, 0 on the ego car's body (DDAD self-occlusion): those pixels make no
-    Gaussian and are left out of the target images.
+    Gaussian and are left out of the target images. mask_mode: "rendered" or "geometric" (module docstring).
     Returns (loss: masked mean of photometric_error over all pairs, 0 when no pixel overlaps,
              dict(render (B,S,T,3,H,W), mask (B,S,T,1,H,W), target (B,S,T,3,H,W))).
     """
@@ -78,7 +111,12 @@ def cross_view_loss(depths, imgs, scales, K, cam2ego, rasterize_fn, erode_px, ne
             alphas.append(out["alpha"])
     t = len(targets[0])
     render = torch.stack(renders).unflatten(0, (b, s))  # (B,S,T,3,H,W)
-    mask = overlap_mask(torch.stack(alphas).unflatten(0, (b, s)), erode_px)
+    if mask_mode == "geometric":
+        mask = geometric_overlap(K, cam2ego, targets, h, w, erode_px)
+    elif mask_mode == "rendered":
+        mask = overlap_mask(torch.stack(alphas).unflatten(0, (b, s)), erode_px)
+    else:
+        raise ValueError(f"unknown GSP mask mode {mask_mode!r} (rendered or geometric)")
     index = torch.tensor(targets).flatten()
     target = imgs[:, index].unflatten(1, (s, t))
     if valid is not None:
