@@ -37,6 +37,7 @@ def evaluate(model, dataset, opt, device):
     """Run every metric the dataset has labels for. Returns {'scalars': {...}, 'text': markdown, ...}."""
     from utils.metrics import DepthEvaluator
     from utils.occ_metrics import OccEvaluator, RayIoU
+    from trainer import to_device
     from utils.pose_metrics import evaluate_scene_poses
 
     model.eval()
@@ -51,7 +52,6 @@ def evaluate(model, dataset, opt, device):
     seen = {"depth": 0, "occ": 0}
     t0 = time.time()
     for n, batch in enumerate(tqdm(loader, desc="eval", disable=not dist.is_main(), dynamic_ncols=True)):
-        from trainer import to_device
         batch = to_device(batch, device)
         if opt.eval_depth and "depth_gt" in batch:
             pred = model.predict_depth(batch)
