@@ -38,10 +38,16 @@ def barrier():
 
 
 def all_reduce_sum(t):
-    """Sum a tensor over ranks in place (no-op for one process) and return it."""
-    if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
+    """Sum a tensor over ranks; returns the sum on t's device (t itself for one process).
+
+    NCCL reduces only CUDA tensors, so a CPU tensor travels through the current GPU there.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return t
+    via_gpu = dist.get_backend() == "nccl" and t.device.type != "cuda"
+    buf = t.to(torch.device("cuda", torch.cuda.current_device())) if via_gpu else t.clone()
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf.to(t.device)
 
 
 def cleanup():

@@ -11,25 +11,37 @@ Accumulators hold plain sums and counts, so evaluators of several processes add 
 """
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from utils.constants import CAMS
+from utils.dist import all_reduce_sum
 
 DEPTH_METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
 
 
-def all_reduce_sum(t):
-    """Sum a CPU tensor over all torch.distributed ranks; returns it unchanged when not initialised.
+class SummedState:
+    """Accumulators that are plain sums: the tensors named in ``STATE`` add up exactly across evaluators and
+    ranks (``merge``, ``all_reduce``) and travel as a ``state_dict``."""
 
-    The NCCL backend only reduces CUDA tensors, so the tensor travels through the current GPU there.
-    """
-    if not (dist.is_available() and dist.is_initialized()):
-        return t
-    on_gpu = dist.get_backend() == "nccl"
-    buf = t.to(torch.device("cuda", torch.cuda.current_device())) if on_gpu else t.clone()
-    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-    return buf.cpu()
+    STATE = ()
+
+    def state_dict(self):
+        return {k: getattr(self, k).clone() for k in self.STATE}
+
+    def load_state_dict(self, state):
+        for k in self.STATE:
+            setattr(self, k, state[k].clone())
+
+    def merge(self, other):
+        """Add the accumulators of another evaluator of the same kind (or its ``state_dict``)."""
+        state = other.state_dict() if isinstance(other, SummedState) else other
+        for k in self.STATE:
+            setattr(self, k, getattr(self, k) + state[k])
+
+    def all_reduce(self):
+        """Sum the accumulators over torch.distributed ranks (no-op without an initialised process group)."""
+        for k in self.STATE:
+            setattr(self, k, all_reduce_sum(getattr(self, k)))
 
 
 def compute_depth_errors(gt, pred):
@@ -56,12 +68,14 @@ def compute_depth_errors(gt, pred):
     }
 
 
-class DepthEvaluator:
+class DepthEvaluator(SummedState):
     """Accumulates depth metrics per camera.
 
     State: ``sums`` (num_cams, 7) float64 sums of per-image metrics, ``counts`` (num_cams,) int64 images with at
     least one valid pixel, ``ratios`` (3,) float64 (count, sum, sum of squares) of the median-scaling ratios.
     """
+
+    STATE = ("sums", "counts", "ratios")
 
     def __init__(self, min_depth=0.1, max_depth=80.0, num_cams=6, median_scaling=False):
         self.min_depth, self.max_depth = float(min_depth), float(max_depth)
@@ -101,25 +115,6 @@ class DepthEvaluator:
             errors = compute_depth_errors(g, p)
             self.sums[c] += torch.tensor([errors[k] for k in DEPTH_METRICS], dtype=torch.float64)
             self.counts[c] += 1
-
-    def state_dict(self):
-        return {"sums": self.sums.clone(), "counts": self.counts.clone(), "ratios": self.ratios.clone()}
-
-    def load_state_dict(self, state):
-        self.sums, self.counts, self.ratios = (state[k].clone() for k in ("sums", "counts", "ratios"))
-
-    def merge(self, other):
-        """Add the accumulators of another evaluator (or its ``state_dict``) to this one."""
-        state = other.state_dict() if isinstance(other, DepthEvaluator) else other
-        self.sums += state["sums"]
-        self.counts += state["counts"]
-        self.ratios += state["ratios"]
-
-    def all_reduce(self):
-        """Sum the accumulators over torch.distributed ranks (no-op without an initialised process group)."""
-        self.sums = all_reduce_sum(self.sums)
-        self.counts = all_reduce_sum(self.counts)
-        self.ratios = all_reduce_sum(self.ratios)
 
     def summary(self):
         """Returns dict with ``per_camera`` {cam: {metric: mean over frames}}, ``mean`` {metric: mean over the

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from utils.constants import FREE_ID, MIOU_STAR_EXCLUDE, NUM_SEM_CLASSES, OCC3D_RANGE, OCC_CLASSES
-from utils.metrics import all_reduce_sum
+from utils.metrics import SummedState
 
 # nuScenes LIDAR_TOP position in the ego frame (calibrated_sensor of scene-0916): the default RayIoU origin;
 # pass the sample's own lidar2ego translation when it is at hand.
@@ -45,8 +45,10 @@ def _md_table(header, rows):
     return "\n".join(lines)
 
 
-class OccEvaluator:
+class OccEvaluator(SummedState):
     """Confusion matrix of Occ3D class ids; ``hist[g, p]`` counts voxels of GT class g predicted as p."""
+
+    STATE = ("hist",)
 
     def __init__(self, num_classes=18, use_mask=True):
         self.num_classes = num_classes
@@ -73,20 +75,6 @@ class OccEvaluator:
         n = self.num_classes
         counts = np.bincount(gt[keep] * n + pred[keep], minlength=n * n)
         self.hist += torch.from_numpy(counts.reshape(n, n))
-
-    def state_dict(self):
-        return {"hist": self.hist.clone()}
-
-    def load_state_dict(self, state):
-        self.hist = state["hist"].clone()
-
-    def merge(self, other):
-        """Add another evaluator's (or ``state_dict``'s) confusion matrix."""
-        self.hist += (other.state_dict() if isinstance(other, OccEvaluator) else other)["hist"]
-
-    def all_reduce(self):
-        """Sum the confusion matrix over torch.distributed ranks (no-op when not initialised)."""
-        self.hist = all_reduce_sum(self.hist)
 
     def summary(self):
         """Returns {"IoU": {class: %} for the 17 semantic classes, "mIoU", "mIoU_star", "geo_IoU" (%),
@@ -194,7 +182,7 @@ def first_hits(labels, origin, dirs, grid_range=OCC3D_RANGE, free_id=FREE_ID):
     return dist, cls
 
 
-class RayIoU:
+class RayIoU(SummedState):
     """RayIoU at 1, 2 and 4 m, following SparseOcc's definition with the origins available here.
 
     What is computed, per sample and per origin (``update``):
@@ -213,6 +201,8 @@ class RayIoU:
     by default the current LiDAR origin only (``NUSC_LIDAR_ORIGIN``), which sees fewer occluded surfaces. The
     optional ``mask`` (not in SparseOcc) turns voxels outside it into free in both volumes.
     """
+
+    STATE = ("gt_count", "pred_count", "tp")
 
     def __init__(self, thresholds=(1.0, 2.0, 4.0), grid_range=OCC3D_RANGE, num_classes=18, directions=None):
         self.thresholds = tuple(float(t) for t in thresholds)
@@ -247,25 +237,6 @@ class RayIoU:
             err = np.abs(d_pred - d_gt)
             for j, thr in enumerate(self.thresholds):
                 self.tp[j] += torch.from_numpy(np.bincount(c_gt[same & (err < thr)], minlength=n))
-
-    def state_dict(self):
-        return {"gt_count": self.gt_count.clone(), "pred_count": self.pred_count.clone(), "tp": self.tp.clone()}
-
-    def load_state_dict(self, state):
-        self.gt_count, self.pred_count, self.tp = (state[k].clone() for k in ("gt_count", "pred_count", "tp"))
-
-    def merge(self, other):
-        """Add another accumulator's (or ``state_dict``'s) counts."""
-        state = other.state_dict() if isinstance(other, RayIoU) else other
-        self.gt_count += state["gt_count"]
-        self.pred_count += state["pred_count"]
-        self.tp += state["tp"]
-
-    def all_reduce(self):
-        """Sum the counts over torch.distributed ranks (no-op when not initialised)."""
-        self.gt_count = all_reduce_sum(self.gt_count)
-        self.pred_count = all_reduce_sum(self.pred_count)
-        self.tp = all_reduce_sum(self.tp)
 
     def summary(self):
         """Returns {"RayIoU": %, "RayIoU@<d>": % per threshold, "IoU@<d>": {class: %}} (17 semantic classes)."""
