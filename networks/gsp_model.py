@@ -6,7 +6,6 @@ Losses (monodepth2 style, averaged over 4 scales upsampled to the input size):
   + ``w_gsp`` x GSP cross-view loss (``utils/gsp.py``): the only term that knows the metric baseline between
   cameras, hence the scale of depth and pose. Phase ``refine`` freezes the pose net and drops the cross-view term.
 """
-import argparse
 import functools
 
 import numpy as np
@@ -117,7 +116,7 @@ class GSPModel(nn.Module):
             scale = out["gs_scale"] * (out["depth"] if self.opt.gsp_scale_relative else 1.0)
             loss_g, cv = cross_view_loss(out["depth"].unflatten(0, (b, n)), imgs[:, 1], scale.unflatten(0, (b, n)),
                                          K, cam2ego, self.rasterize, self.opt.gsp_erode,
-                                         mask_mode=getattr(self.opt, "gsp_mask", "rendered"),
+                                         mask_mode=self.opt.gsp_mask,
                                          valid=None if valid is None else valid.unflatten(0, (b, n)))
             loss = loss + self.opt.w_gsp * loss_g
             logs["loss_gsp"] = loss_g.detach()
@@ -173,7 +172,8 @@ def load_gsp_from_checkpoint(path, device="cpu"):
     state = load_checkpoint(path, map_location=device)
     if "opt" not in state:
         raise RuntimeError(f"{path} has no 'opt' entry: cannot rebuild the stage-1 model")
-    opt = argparse.Namespace(**state["opt"])
+    from options import merge_checkpoint_options  # options imports this module
+    opt = merge_checkpoint_options(state["opt"], argv=[])  # options newer than the checkpoint take their defaults
     opt.gsp_pretrained = False  # the weights come from the checkpoint
     model = GSPModel(opt)
     model.load_state_dict(strip_module_prefix(state["model"]))
