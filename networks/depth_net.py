@@ -81,6 +81,6 @@ class DepthNet(nn.Module):
                 x = torch.cat([x, feats[k - 1]], 1)
             x = self.up_out[k](x)
             if k < NUM_SCALES:
-                out[("disp", k)] = torch.sigmoid(self.disp_heads[k](x))
-        out["gs_scale"] = torch.sigmoid(self.scale_head(x)) * self.scale_max
+                out[("disp", k)] = torch.sigmoid(self.disp_heads[k](x).float())  # fp32 under autocast too
+        out["gs_scale"] = torch.sigmoid(self.scale_head(x).float()) * self.scale_max
         return out

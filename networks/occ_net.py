@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from networks.resnet_encoder import ResnetEncoder
 from utils.constants import NUM_SEM_CLASSES
+from utils.precision import full_precision
 
 
 def semantic_classes(opt):
@@ -75,6 +76,7 @@ class VoxelGrid:
         return self.denormalise(torch.stack(torch.meshgrid(*axes, indexing="ij"), -1))
 
 
+@full_precision
 def lift_features(feats, K, cam2ego, pts, image_size, min_depth=0.1):
     """Average image features over the cameras that see each point.
 

@@ -15,7 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from utils.precision import full_precision
 
+
+@full_precision
 def _camera_rays(viewmats, Ks, width, height):
     """Rays through the pixel centres (at integer pixel coordinates, the OpenCV convention of utils.geometry
     and of the rasteriser).

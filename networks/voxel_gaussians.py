@@ -13,6 +13,8 @@ Two prunings, both exact (they only drop Gaussians the rasteriser would not draw
 """
 import torch
 
+from utils.precision import full_precision
+
 FAR_SCALE = ((60.0, 4.0), (80.0, 8.0))  # (horizontal distance in metres, scale factor) for contracted grids
 MIN_OPACITY = 1.0 / 255.0
 
@@ -32,6 +34,7 @@ def gaussian_scales(centres, raw_scale, opt):
     return scale
 
 
+@full_precision
 def in_front_of_any(centres, viewmats, near):
     """centres (P, 3), viewmats (N_cam, 4, 4) ego -> camera. Returns (P,) bool: depth >= near in some camera."""
     z = centres @ viewmats[:, 2, :3].t() + viewmats[:, 2, 3]  # (P, N_cam)

@@ -6,10 +6,13 @@ Conventions (see docs/ARCHITECTURE.md):
     ``p_b = T_a2b @ p_a`` (homogeneous column vectors).
   * pixel-centre convention: pixel (row v, column u) covers [u - 0.5, u + 0.5] x [v - 0.5, v + 0.5] and its centre
     has the integer coordinates (u, v), as in OpenCV. An image of width W spans x in [-0.5, W - 0.5].
-All functions are differentiable and work on float tensors of any device.
+All functions are differentiable, work on float tensors of any device and run in float32 under autocast
+(utils/precision.py).
 """
 import torch
 import torch.nn.functional as F
+
+from utils.precision import full_precision
 
 # Points closer to the image plane than this (in camera z, metres) count as behind the camera.
 MIN_Z = 1e-3
@@ -29,6 +32,7 @@ def _check(x, name, shape):
         raise ValueError(f"{name} must have shape ({want}), got {tuple(x.shape)}")
 
 
+@full_precision
 def inverse_rigid(T):
     """Inverse of rigid transforms without a general matrix inverse.
 
@@ -49,6 +53,7 @@ def pixel_grid(H, W, device=None, dtype=torch.float32):
     return torch.stack([u.reshape(-1), v.reshape(-1), torch.ones_like(u).reshape(-1)], dim=0)
 
 
+@full_precision
 def backproject(depth, inv_K):
     """Lift every pixel to a 3D point in its camera frame.
 
@@ -62,6 +67,7 @@ def backproject(depth, inv_K):
     return rays * depth.reshape(B, 1, H * W)
 
 
+@full_precision
 def project(points, K, T=None):
     """Move points by ``T`` and project them with ``K``.
 
@@ -81,6 +87,7 @@ def project(points, K, T=None):
     return pix.transpose(1, 2), z
 
 
+@full_precision
 def warp(img_src, depth_tgt, K, T_tgt2src, K_src=None):
     """Synthesise the target view by sampling the source image at the reprojection of each target pixel.
 
@@ -110,6 +117,7 @@ def warp(img_src, depth_tgt, K, T_tgt2src, K_src=None):
     return warped, valid.reshape(B, 1, H, W)
 
 
+@full_precision
 def rel_cam_pose(cam2ego, ego2global_tgt, ego2global_src, cam2ego_src=None):
     """Transform from target camera coordinates to source camera coordinates through the world.
 
@@ -125,6 +133,7 @@ def rel_cam_pose(cam2ego, ego2global_tgt, ego2global_src, cam2ego_src=None):
     return inverse_rigid(cam2ego_src) @ inverse_rigid(ego2global_src) @ ego2global_tgt @ cam2ego
 
 
+@full_precision
 def ego_motion_to_cam(T_ego, cam2ego):
     """Express an ego motion in each camera frame.
 
@@ -137,6 +146,7 @@ def ego_motion_to_cam(T_ego, cam2ego):
     return inverse_rigid(cam2ego) @ T_ego[:, None] @ cam2ego
 
 
+@full_precision
 def axis_angle_to_matrix(aa, t):
     """Rigid transform [R(aa), t; 0 0 0 1] from an axis-angle vector (Rodrigues) and a translation.
 

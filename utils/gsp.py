@@ -17,11 +17,13 @@ import torch.nn.functional as F
 
 from utils.constants import ring_neighbours
 from utils.geometry import backproject, project
+from utils.losses import photometric_error
+from utils.precision import full_precision
 
 GEOMETRIC_DEPTHS = (3.0, 6.0, 12.0, 24.0, 48.0)  # metres along the target camera's rays
-from utils.losses import photometric_error
 
 
+@full_precision
 def pixel_gaussians(depth, img, scale, K, cam2ego):
     """One Gaussian per pixel, in the ego frame.
 
@@ -59,6 +61,7 @@ def erode(mask, erode_px):
 
 
 @torch.no_grad()
+@full_precision
 def geometric_overlap(K, cam2ego, targets, h, w, erode_px, depths=GEOMETRIC_DEPTHS):
     """Pixels of each target camera seen by the source camera at some plausible depth.
 
@@ -82,6 +85,7 @@ def geometric_overlap(K, cam2ego, targets, h, w, erode_px, depths=GEOMETRIC_DEPT
     return erode(seen, erode_px).view(b, s, t, 1, h, w)
 
 
+@full_precision
 def cross_view_loss(depths, imgs, scales, K, cam2ego, rasterize_fn, erode_px, neighbours=ring_neighbours,
                     valid=None, mask_mode="rendered"):
     """Photometric error of every camera's pixel Gaussians rendered into its spatial neighbours.

@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.precision import full_precision
+
 
 def _as_bool(mask):
     return mask if mask.dtype == torch.bool else mask > 0.5
@@ -54,6 +56,7 @@ class SSIM(nn.Module):
 _ssim = SSIM()
 
 
+@full_precision
 def photometric_error(pred, target, alpha=0.85):
     """alpha (1 - SSIM) / 2 + (1 - alpha) |pred - target|, both averaged over channels.
 
@@ -66,6 +69,7 @@ def photometric_error(pred, target, alpha=0.85):
     return alpha * dssim + (1 - alpha) * l1
 
 
+@full_precision
 def reprojection_loss(target, warped, sources=None, valid=None, alpha=0.85):
     """Temporal photometric loss with monodepth2's per-pixel minimum over sources and auto-masking.
 
@@ -98,6 +102,7 @@ def reprojection_loss(target, warped, sources=None, valid=None, alpha=0.85):
     return masked_mean(reproj, mask), maps
 
 
+@full_precision
 def smoothness_loss(disp, img):
     """Edge-aware first-order smoothness of the mean-normalised disparity.
 
