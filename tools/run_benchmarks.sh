@@ -6,6 +6,8 @@
 #   sh tools/run_benchmarks.sh bench       # render / training-iteration speed: GSV (gsplat, torch) vs volume rendering
 #   sh tools/run_benchmarks.sh synthetic   # stage 1 with and without GSP, stage 2 with GT pose and with stage-1 pose
 #   sh tools/run_benchmarks.sh fixture     # real nuScenes scene-0916: stage 1 with / without GSP, stage 2 with GT pose
+#   sh tools/run_benchmarks.sh fixture-stage1   # the same, stage 1 only
+#   sh tools/run_benchmarks.sh landscape   # stage-1 losses vs a depth scale factor on exact synthetic depth (CPU)
 #
 # FIXTURE=<nuScenes fixture root> (default ../shared/fixtures/nuscenes-scene-0916); PY=<python> (default python3);
 # training budgets in minutes: GSP_MIN (stage 1, default 6), REFINE_MIN (1.5), GSV_MIN (stage 2, 10).
@@ -45,16 +47,21 @@ synthetic)
         --max_minutes "$GSV_MIN"
     wait
     ;;
-fixture)
+fixture|fixture-stage1)
     [ -d "$FIXTURE/depth_gt" ] || $PY tools/export_gt_depth_nusc.py --dataroot "$FIXTURE" --version v1.0-mini \
         --out depth_gt
-    train_eval fixture-gsv-gtpose --config configs/fixture-gsv.txt --dataroot "$FIXTURE" --max_minutes "$GSV_MIN" &
+    [ "$1" = fixture-stage1 ] ||
+        train_eval fixture-gsv-gtpose --config configs/fixture-gsv.txt --dataroot "$FIXTURE" --max_minutes "$GSV_MIN" &
     train_eval fixture-gsp-nogsp --config configs/fixture-gsp.txt --dataroot "$FIXTURE" --use_gsp false \
         --max_minutes "$GSP_MIN" &
     train_eval fixture-gsp --config configs/fixture-gsp.txt --dataroot "$FIXTURE" --max_minutes "$GSP_MIN"
     wait
     ;;
+landscape)
+    $PY tools/gsp_landscape.py --out_dir logs/landscape
+    $PY tools/gsp_landscape.py --out_dir logs/landscape-bf16 --amp bf16
+    ;;
 *)
-    echo "usage: sh tools/run_benchmarks.sh data|bench|synthetic|fixture" >&2; exit 1
+    echo "usage: sh tools/run_benchmarks.sh data|bench|synthetic|fixture|fixture-stage1|landscape" >&2; exit 1
     ;;
 esac
