@@ -215,8 +215,12 @@ class Trainer:
             if self.step % opt.log_every == 0 or self.step == 1:
                 self.writer.add_scalar("train/loss", loss.item(), self.step)
                 self.writer.add_scalar("train/lr", self.lr_at(self.step), self.step)
+                row = {"step": self.step, "epoch": self.epoch, "loss": loss.item(), "lr": self.lr_at(self.step)}
                 for k, v in logs.items():
-                    self.writer.add_scalar(f"train/{k}", float(v), self.step)
+                    row[k] = float(v)
+                    self.writer.add_scalar(f"train/{k}", row[k], self.step)
+                with open(os.path.join(self.run_dir, "train_log.jsonl"), "a") as f:  # the same, for plain plots
+                    f.write(json.dumps(row) + "\n")
             if opt.image_every > 0 and self.step % opt.image_every == 0:
                 with torch.no_grad():
                     for k, img in self.model.visualise(batch, outputs).items():

@@ -5,6 +5,8 @@ Losses (monodepth2 style, averaged over 4 scales upsampled to the input size):
   (per-pixel minimum, auto-masking) + edge-aware smoothness (``w_smooth`` / 2^scale)
   + ``w_gsp`` x GSP cross-view loss (``utils/gsp.py``): the only term that knows the metric baseline between
   cameras, hence the scale of depth and pose. Phase ``refine`` freezes the pose net and drops the cross-view term.
+With ``gsp_scale_lock`` (default) the temporal term cannot move the global scale of a depth map in the main phase:
+the scale comes from GSP alone and the pose net learns to match it (see ``scale_locked``).
 """
 import functools
 
@@ -41,11 +43,23 @@ def add_args(parser):
     g.add_argument("--gsp_mask", type=str, default="rendered", choices=["rendered", "geometric"],
                    help="cross-view overlap mask: rendered = splat opacity > 0.5 (follows the predicted depth); "
                         "geometric = frustum overlap from the calibration only (see utils/gsp.py)")
+    g.add_argument("--gsp_scale_lock", type=str2bool, default=True,
+                   help="main phase with GSP: the temporal loss gets no gradient along each depth map's global scale "
+                        "(depth x exp(g - stopgrad(g)), g = mean log depth), so only the cross-view term sets the "
+                        "metric scale; the pose net follows it. Off: the temporal loss, which is blind to scale, "
+                        "drags depth and pose down together from the zero-motion start (measured: scale 0.11)")
     g.add_argument("--gsp_depth_layers", type=int, default=18, choices=[18, 34, 50], help="depth net ResNet depth")
     g.add_argument("--gsp_pose_layers", type=int, default=18, choices=[18, 34, 50], help="pose net ResNet depth")
     g.add_argument("--gsp_pretrained", type=str2bool, default=False,
                    help="start both encoders from the torchvision ImageNet checkpoints found in ckpts/ or torch "
                         "hub's cache (nothing is downloaded; a missing file is an error)")
+
+
+def scale_locked(depth):
+    """Same values as depth (N,1,H,W), but no gradient along each map's global scale: the gradient of any loss
+    L(depth) w.r.t. a factor s in depth x s (per map) is zero at s = 1, shape gradients pass unchanged."""
+    g = depth.log().mean((1, 2, 3), keepdim=True)
+    return depth * torch.exp(g.detach() - g)
 
 
 class GSPModel(nn.Module):
@@ -98,10 +112,13 @@ class GSPModel(nn.Module):
             valid = F.interpolate(batch["mask"].flatten(0, 1)[:, None].float(), (h, w), mode="nearest")
         logs = {}
         loss_t = loss_s = 0.0
+        lock = self.opt.gsp_scale_lock and self.opt.use_gsp and self.opt.gsp_phase == "main"
         for s in range(NUM_SCALES):
             disp = out[("disp", s)]
             depth = disp_to_depth(F.interpolate(disp, (h, w), mode="bilinear", align_corners=False),
                                   self.opt.min_depth, self.opt.max_depth)
+            if lock:
+                depth = scale_locked(depth)
             warped, ok = zip(*[warp(src, depth, Kf, T_cam[:, k].flatten(0, 1)) for k, src in enumerate(sources)])
             ok = [o if valid is None else o & (valid > 0.5) for o in ok]
             loss_t = loss_t + reprojection_loss(target, list(warped), sources, ok)[0]

@@ -247,3 +247,30 @@ def test_options_have_help_and_defaults():
     assert all(a.help for a in p._actions if a.dest != "help")
     with pytest.raises(SystemExit):
         p.parse_args(["--gsp_phase", "finetune"])
+
+
+def test_scale_locked_depth_keeps_values_and_shape_gradient_but_no_scale_gradient():
+    from networks.gsp_model import scale_locked
+    torch.manual_seed(0)
+    depth = (5 + 20 * torch.rand(2, 1, 8, 12)).requires_grad_()
+    s = torch.ones(2, 1, 1, 1, requires_grad=True)
+    target = torch.rand(2, 1, 8, 12) * 30
+    locked = scale_locked(depth * s)
+    torch.testing.assert_close(locked, depth * s)
+    ((locked - target) ** 2).mean().backward()
+    assert s.grad.abs().max() < 1e-5  # a global factor on the map cannot be learned through it
+    assert depth.grad.abs().max() > 1e-3  # the shape still can
+    s.grad = None
+    ((depth.detach() * s - target) ** 2).mean().backward()
+    assert s.grad.abs().max() > 1e-2
+
+
+def test_scale_lock_applies_to_the_main_phase_with_gsp_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(gsp_model, "scale_locked", lambda d: calls.append(1) or d)
+    batch = ring_batch()
+    for argv, n in ((["--gsp_mask", "rendered"], 4), (["--use_gsp", "false"], 0),
+                    (["--gsp_scale_lock", "false"], 0), (["--gsp_phase", "refine"], 0)):
+        calls.clear()
+        GSPModel(make_opt(*argv))(batch)
+        assert len(calls) == n, argv

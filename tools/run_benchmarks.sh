@@ -10,7 +10,8 @@
 #   sh tools/run_benchmarks.sh landscape   # stage-1 losses vs a depth scale factor on exact synthetic depth (CPU)
 #
 # FIXTURE=<nuScenes fixture root> (default ../shared/fixtures/nuscenes-scene-0916); PY=<python> (default python3);
-# training budgets in minutes: GSP_MIN (stage 1, default 6), REFINE_MIN (1.5), GSV_MIN (stage 2, 10).
+# training budgets in minutes: GSP_MIN (stage 1, default 6), REFINE_MIN (1.5), GSV_MIN (stage 2, 10), or in steps for
+# stage 2: GSV_STEPS (overrides GSV_MIN).
 set -e
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -37,14 +38,15 @@ bench)
     $PY tools/bench_render.py --out_dir logs/bench
     ;;
 synthetic)
+    # both stage-2 runs train at the same time for the same number of steps (GSV_STEPS) when it is set
     C1=configs/synthetic-gsp.txt; C2=configs/synthetic-gsv.txt
-    train_eval synthetic-gsv-gtpose --config $C2 --pose gt --max_minutes "$GSV_MIN" &
+    GSV_LIMIT="--max_minutes $GSV_MIN"; [ -n "$GSV_STEPS" ] && GSV_LIMIT="--max_steps $GSV_STEPS --max_minutes 60"
     train_eval synthetic-gsp-nogsp --config $C1 --use_gsp false --max_minutes "$GSP_MIN" &
     train_eval synthetic-gsp --config $C1 --max_minutes "$GSP_MIN"
     train_eval synthetic-gsp-refine --config $C1 --gsp_phase refine --load_weights logs/synthetic-gsp/ckpt/last.pt \
         --max_minutes "$REFINE_MIN"
-    train_eval synthetic-gsv --config $C2 --pose stage1 --stage1_ckpt logs/synthetic-gsp-refine/ckpt/last.pt \
-        --max_minutes "$GSV_MIN"
+    train_eval synthetic-gsv-gtpose --config $C2 --pose gt $GSV_LIMIT &
+    train_eval synthetic-gsv --config $C2 --pose stage1 --stage1_ckpt logs/synthetic-gsp-refine/ckpt/last.pt $GSV_LIMIT
     wait
     ;;
 fixture|fixture-stage1)
