@@ -19,7 +19,7 @@ from networks.depth_net import NUM_SCALES, DepthNet, disp_to_depth
 from networks.pose_net import PoseNet
 from options import str2bool
 from utils.checkpoint import load_checkpoint, strip_module_prefix
-from utils.geometry import ego_motion_to_cam, warp
+from utils.geometry import ego_motion_to_cam, inverse_rigid, warp
 from utils.gsp import cross_view_loss
 from utils.losses import reprojection_loss, smoothness_loss
 from utils.rasterizer import rasterize
@@ -94,8 +94,16 @@ class GSPModel(nn.Module):
         return out
 
     def ego_motion(self, imgs):
-        """imgs (B,3,6,3,H,W) -> (B,2,4,4): current ego frame -> previous (0) / next (1) ego frame."""
-        return torch.stack([self.pose(imgs[:, 1], imgs[:, 0]), self.pose(imgs[:, 1], imgs[:, 2])], 1)
+        """imgs (B,3,6,3,H,W) -> (B,2,4,4): current ego frame -> previous (0) / next (1) ego frame.
+
+        The pose net always sees a pair in time order (earlier, later) and predicts earlier ego -> later ego; the
+        previous frame's motion is the inverse of pose(prev, cur). Asked for (cur, prev) and (cur, next) instead,
+        the net would have to tell the direction of time from two nearly equal images: its first, constant
+        guess is then the average of a forward and a backward motion, zero, and the translation stays near zero
+        (measured: scale 0.04 after 3,000 steps). In time order a constant forward motion is already a good guess.
+        """
+        prev_to_cur = self.pose(imgs[:, 0], imgs[:, 1])
+        return torch.stack([inverse_rigid(prev_to_cur), self.pose(imgs[:, 1], imgs[:, 2])], 1)
 
     def forward(self, batch):
         imgs, K, cam2ego = batch["imgs"], batch["K"], batch["cam2ego"]
@@ -120,8 +128,10 @@ class GSPModel(nn.Module):
             if lock:
                 depth = scale_locked(depth)
             warped, ok = zip(*[warp(src, depth, Kf, T_cam[:, k].flatten(0, 1)) for k, src in enumerate(sources)])
-            ok = [o if valid is None else o & (valid > 0.5) for o in ok]
-            loss_t = loss_t + reprojection_loss(target, list(warped), sources, ok)[0]
+            lt, maps = reprojection_loss(target, list(warped), sources, list(ok), target_mask=valid)
+            loss_t = loss_t + lt
+            if s == 0:
+                logs["automask_kept"] = maps["mask"].float().mean()  # pixels where the warp beats no motion
             img_s = F.interpolate(target, disp.shape[-2:], mode="area")
             loss_s = loss_s + smoothness_loss(disp, img_s) / 2 ** s
         loss = (loss_t + self.opt.w_smooth * loss_s) / NUM_SCALES

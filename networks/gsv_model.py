@@ -175,12 +175,13 @@ class GSVModel(nn.Module):
         valid = None
         if "mask" in batch:  # (B,6,h',w') self-occlusion mask, 0 = ego car body -> (B*6,1,h,w) bool
             valid = F.interpolate(batch["mask"].flatten(0, 1)[:, None].float(), (h, w), mode="nearest") > 0.5
-        ok = [v if valid is None else v & valid for _, v in warped]
-        loss_reproj, _ = reprojection_loss(target, [wp for wp, _ in warped], sources, ok)
+        loss_reproj, maps = reprojection_loss(target, [wp for wp, _ in warped], sources, [v for _, v in warped],
+                                              target_mask=valid)
         loss_smooth = smoothness_loss(1 / depth, target)
         loss_entropy = opacity_entropy(r["alpha"])
         loss = loss_reproj + opt.w_smooth * loss_smooth + opt.w_entropy * loss_entropy
-        logs = {"loss_reproj": loss_reproj.detach(), "loss_smooth": loss_smooth.detach(),
+        logs = {"loss_reproj": loss_reproj.detach(), "automask_kept": maps["mask"].float().mean(),
+                "loss_smooth": loss_smooth.detach(),
                 "loss_entropy": loss_entropy.detach()}
         if opt.use_sem and "sem" in batch:
             labels = batch["sem"].flatten(0, 1)

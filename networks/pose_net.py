@@ -17,8 +17,8 @@ class PoseNet(nn.Module):
     camera each feature comes from. Two 3x3 convolutions and a spatial mean give axis-angle (radians) and
     translation (metres). The last layer starts at zero, so the initial motion is exactly the identity.
 
-    forward(cur (B, 6, 3, H, W), adj (B, 6, 3, H, W)) -> T_ego (B, 4, 4): maps points in the current ego frame
-    to the adjacent frame's ego frame.
+    forward(first (B, 6, 3, H, W), second (B, 6, 3, H, W)) -> T_ego (B, 4, 4): maps points in the ego frame of
+    first to the ego frame of second. GSPModel passes the earlier frame first (see GSPModel.ego_motion).
     """
 
     def __init__(self, opt):
@@ -33,9 +33,9 @@ class PoseNet(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, cur, adj):
-        b, n = cur.shape[:2]
-        x = torch.cat([cur, adj], 2).flatten(0, 1)  # (B*6, 6, H, W)
+    def forward(self, first, second):
+        b, n = first.shape[:2]
+        x = torch.cat([first, second], 2).flatten(0, 1)  # (B*6, 6, H, W)
         f = F.relu(self.squeeze(self.encoder(x)[-1]))  # (B*6, 64, h, w)
         f = f.view(b, n * f.shape[1], *f.shape[2:])  # cameras side by side in the channels
         motion = self.out(self.fuse(f)).mean((2, 3))  # (B, 6)

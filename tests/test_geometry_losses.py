@@ -224,7 +224,7 @@ def test_reprojection_automask_static_pixels():
     target = texture(seed=3)
     shifted = torch.roll(target, 3, dims=-1)
     loss, maps = losses.reprojection_loss(target, [shifted], sources=[target.clone()])
-    assert not maps["mask"].any() and loss.item() == 0.0
+    assert not maps["mask"].any() and loss.item() < 1e-4  # the identity error of a static pixel, ~0
     # Moving camera: a good warp beats the unwarped (shifted) source everywhere.
     warped = (target + 0.02).clamp(0, 1)
     loss, maps = losses.reprojection_loss(target, [warped], sources=[shifted])
@@ -373,3 +373,23 @@ def test_evaluate_scene_poses_groups_and_skips_missing_next(drive):
     assert out["scenes"]["a"]["scale_median"] == pytest.approx(2.0)
     assert out["mean"]["scale_median"] == pytest.approx(1.5) and out["mean"]["rpe_trans"] == pytest.approx(0.75)
     assert "| mean | 14 |" in out["table"]
+
+
+def test_reprojection_loss_cannot_be_lowered_by_leaving_the_image():
+    """Auto-masked loss: pixels with no valid source, or where the warp is worse than no motion, keep their
+    identity error; the loss is a mean over all pixels, so invalidating pixels never helps."""
+    target = texture(seed=4)
+    source = torch.roll(target, 2, dims=-1)  # the camera moved: identity error > 0
+    good = (target + 0.01).clamp(0, 1)
+    e_good = losses.photometric_error(good, target)
+    e_id = losses.photometric_error(source, target)
+    half = torch.zeros_like(target[:, :1], dtype=torch.bool)
+    half[..., : target.shape[-1] // 2] = True
+    full, _ = losses.reprojection_loss(target, [good], sources=[source])
+    out, maps = losses.reprojection_loss(target, [good], sources=[source], valid=[~half])
+    assert torch.isclose(full, torch.minimum(e_good, e_id).mean(), atol=1e-4)
+    assert torch.isclose(out, torch.where(half, e_id, torch.minimum(e_good, e_id)).mean(), atol=1e-4)
+    assert out > full  # losing half of the valid pixels costs, it does not pay
+    gone, maps = losses.reprojection_loss(target, [good], sources=[source], valid=[torch.zeros_like(half)])
+    assert not maps["mask"].any() and torch.isclose(gone, e_id.mean(), atol=1e-4) and gone > full
+

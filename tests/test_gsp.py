@@ -274,3 +274,23 @@ def test_scale_lock_applies_to_the_main_phase_with_gsp_only(monkeypatch):
         calls.clear()
         GSPModel(make_opt(*argv))(batch)
         assert len(calls) == n, argv
+
+
+def test_pose_net_sees_pairs_in_time_order_and_prev_motion_is_inverted():
+    """A pose net with one constant answer A (earlier -> later) gives next = A and prev = inv(A): a constant
+    velocity, not the zero motion that (cur, prev) / (cur, next) pairs would average to."""
+    model = GSPModel(make_opt())
+    A = axis_angle_to_matrix(torch.tensor([[0.0, 0.0, 0.05]]), torch.tensor([[1.5, 0.1, 0.0]]))
+    seen = []
+
+    def fake_pose(a, b):
+        seen.append((a, b))
+        return A.expand(a.shape[0], 4, 4)
+
+    model.pose.forward = fake_pose
+    imgs = torch.rand(1, 3, 6, 3, 8, 16)
+    T = model.ego_motion(imgs)
+    assert seen[0][0] is not None and torch.equal(seen[0][0], imgs[:, 0]) and torch.equal(seen[0][1], imgs[:, 1])
+    assert torch.equal(seen[1][0], imgs[:, 1]) and torch.equal(seen[1][1], imgs[:, 2])
+    torch.testing.assert_close(T[:, 1], A)
+    torch.testing.assert_close(T[:, 0], inverse_rigid(A))

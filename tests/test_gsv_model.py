@@ -251,9 +251,9 @@ def test_overfit_one_batch_lowers_the_loss():
     opt = tiny_opt("--input_size", "32", "56", "--render_size", "16", "28", "--real_size", "-6", "6", "-6", "6",
                    "-1", "3", "--grid_size", "16", "16", "6", "--gs_scale", "0.3")
     model = GSVModel(opt)
-    batch = room_batch()
+    batch = room_batch(step=1.0)
     optim = torch.optim.Adam(model.trainable_parameters(), lr=5e-3)
-    losses, reproj = [], []
+    losses, reproj, kept = [], [], []
     for _ in range(15):
         loss, logs, _ = model(batch)
         optim.zero_grad()
@@ -261,9 +261,13 @@ def test_overfit_one_batch_lowers_the_loss():
         optim.step()
         losses.append(loss.item())
         reproj.append(logs["loss_reproj"].item())
+        kept.append(logs["automask_kept"].item())
     assert all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
-    assert np.mean(reproj[-3:]) < 0.6 * np.mean(reproj[:3]), reproj  # the rendered depth explains the motion
+    # the rendered depth explains the motion: the loss over ALL pixels falls and the warp beats "no motion" on
+    # most pixels (a 0.3 m step moves the 16x28 render by < 1 px: there no warp beats no motion, nothing is learnt)
+    assert np.mean(reproj[-3:]) < 0.6 * np.mean(reproj[:3]), reproj
+    assert kept[0] < 0.4 and kept[-1] > 0.7, kept
 
 
 def test_self_occlusion_mask_leaves_pixels_out_of_the_losses():

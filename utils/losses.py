@@ -70,17 +70,23 @@ def photometric_error(pred, target, alpha=0.85):
 
 
 @full_precision
-def reprojection_loss(target, warped, sources=None, valid=None, alpha=0.85):
+def reprojection_loss(target, warped, sources=None, valid=None, alpha=0.85, target_mask=None):
     """Temporal photometric loss with monodepth2's per-pixel minimum over sources and auto-masking.
 
     target: (B, 3, H, W). warped: list of (B, 3, H, W), each source image warped into the target view.
-    sources: list of (B, 3, H, W) unwarped source images, or None for no auto-masking. A pixel is kept only where
-    the best warped error beats the best identity error (identity error + 1e-5 noise to break ties on
-    static, textureless pixels). valid: optional list of (B, 1, H, W) masks, one per warped image; an invalid
-    source cannot be the minimum and pixels with no valid source are dropped.
-    Returns (loss: scalar mean of the minimum error over kept pixels, maps: dict of (B, 1, H, W)
-    ``reproj`` min warped error (inf where no source is valid), ``identity`` min identity error (only with
-    sources), ``mask`` bool kept pixels).
+    sources: list of (B, 3, H, W) unwarped source images, or None for no auto-masking. valid: optional list of
+    (B, 1, H, W) masks, one per warped image; an invalid source cannot be the minimum.
+    With sources (auto-masking): every pixel counts, with min(best warped error, best identity error) (identity
+    error + 1e-5 noise to break ties on static, textureless pixels), averaged over ALL pixels; a pixel with no
+    valid source takes its identity error. So the loss can never be lowered by pushing pixels out of the source
+    images or by making the warp worse than no motion: those pixels just fall back to a constant (no gradient).
+    (Averaging over the kept pixels only would reward exactly that: a run of stage 1 sent its translation to
+    800 m, where no pixel had a valid source and the loss was 0.)
+    Without sources: the mean of the best warped error over the pixels that have a valid source.
+    target_mask: optional (B, 1, H, W); target pixels outside it (e.g. the ego car's body) are left out entirely.
+    Returns (loss scalar, maps: dict of (B, 1, H, W) ``reproj`` min warped error (inf where no source is valid),
+    ``identity`` min identity error (only with sources), ``mask`` bool: pixels where the warp wins (with
+    sources) or that have a valid source (without)).
     """
     if not warped:
         raise ValueError("reprojection_loss needs at least one warped image")
@@ -91,15 +97,16 @@ def reprojection_loss(target, warped, sources=None, valid=None, alpha=0.85):
         ok = torch.cat([_as_bool(v) for v in valid], dim=1)
         errors = torch.where(ok, errors, torch.full_like(errors, float("inf")))
     reproj = errors.min(dim=1, keepdim=True).values
-    mask = torch.isfinite(reproj)
     maps = {"reproj": reproj}
-    if sources is not None:
-        identity = torch.cat([photometric_error(s, target, alpha) for s in sources], dim=1)
-        identity = identity + torch.randn_like(identity) * 1e-5
-        maps["identity"] = identity.min(dim=1, keepdim=True).values
-        mask = mask & (reproj < maps["identity"])
-    maps["mask"] = mask
-    return masked_mean(reproj, mask), maps
+    inside = None if target_mask is None else _as_bool(target_mask)
+    if sources is None:
+        maps["mask"] = torch.isfinite(reproj) if inside is None else torch.isfinite(reproj) & inside
+        return masked_mean(reproj, maps["mask"]), maps
+    identity = torch.cat([photometric_error(s, target, alpha) for s in sources], dim=1)
+    identity = identity + torch.randn_like(identity) * 1e-5
+    maps["identity"] = identity.min(dim=1, keepdim=True).values
+    maps["mask"] = reproj < maps["identity"] if inside is None else (reproj < maps["identity"]) & inside
+    return masked_mean(torch.where(reproj < maps["identity"], reproj, maps["identity"]), inside), maps
 
 
 @full_precision
