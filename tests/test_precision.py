@@ -71,3 +71,19 @@ def test_losses_know_the_scale_under_bf16():
     t = np.array(res["temporal"])
     assert t.max() - t.min() < 0.05 * t.mean(), t
     assert 0.8 < res["speed_m_per_frame"] < 2.5
+
+
+def test_relative_motion_of_global_poses_under_bf16():
+    """The stage-2 --pose gt path: two recorded poses hundreds of metres from the origin, 1.6 m apart. A bf16
+    matmul turned this into (0.93, 0.76, 0) m; rel_cam_pose must give the float32 answer."""
+    from utils.geometry import rel_cam_pose
+    E = torch.eye(4).repeat(1, 6, 1, 1)
+    E_prev, E_cur = E.clone(), E.clone()
+    E_prev[..., :3, 3] = torch.tensor([128.5, 187.5, 0.0])
+    E_cur[..., :3, 3] = torch.tensor([130.1369, 187.5, 0.0])
+    c2e = torch.eye(4).repeat(1, 6, 1, 1)
+    ref = rel_cam_pose(c2e, E_cur, E_prev)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref_bf16 = rel_cam_pose(c2e, E_cur, E_prev)
+    torch.testing.assert_close(ref_bf16, ref)  # dtype and values
+    torch.testing.assert_close(ref[0, 0, :3, 3], torch.tensor([1.6369, 0.0, 0.0]), atol=1e-3, rtol=0)
