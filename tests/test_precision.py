@@ -74,16 +74,19 @@ def test_losses_know_the_scale_under_bf16():
 
 
 def test_relative_motion_of_global_poses_under_bf16():
-    """The stage-2 --pose gt path: two recorded poses hundreds of metres from the origin, 1.6 m apart. A bf16
-    matmul turned this into (0.93, 0.76, 0) m; rel_cam_pose must give the float32 answer."""
+    """The stage-2 --pose gt path on the recorded poses of synthetic scene 0 (ego near x = 128 m, y = 187 m, 1.64 m
+    between frames): an undecorated bf16 product gives (0.93, 0.76, 0) m; rel_cam_pose gives the float32 answer."""
+    from datasets.synthetic.scene import make_scene
     from utils.geometry import rel_cam_pose
-    E = torch.eye(4).repeat(1, 6, 1, 1)
-    E_prev, E_cur = E.clone(), E.clone()
-    E_prev[..., :3, 3] = torch.tensor([128.5, 187.5, 0.0])
-    E_cur[..., :3, 3] = torch.tensor([130.1369, 187.5, 0.0])
+    E = torch.tensor(make_scene(0, 0, 3).ego2global[:2], dtype=torch.float32)
+    E_prev, E_cur = (e.expand(1, 6, 4, 4) for e in E)
+    truth = torch.linalg.inv(E[0].double()) @ E[1].double()
     c2e = torch.eye(4).repeat(1, 6, 1, 1)
     ref = rel_cam_pose(c2e, E_cur, E_prev)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ref_bf16 = rel_cam_pose(c2e, E_cur, E_prev)
+        raw = torch.linalg.inv(E[0]) @ E[1]  # what an undecorated product gives
+    torch.testing.assert_close(raw[:3, 3].float(), torch.tensor([0.9297, 0.7617, 0.0]), atol=1e-3, rtol=0)
     torch.testing.assert_close(ref_bf16, ref)  # dtype and values
-    torch.testing.assert_close(ref[0, 0, :3, 3], torch.tensor([1.6369, 0.0, 0.0]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(ref[0, 0, :3, 3].double(), truth[:3, 3], atol=1e-3, rtol=0)
+    assert abs(truth[0, 3].item() - 1.637) < 1e-3

@@ -24,8 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.synthetic import rig  # noqa: E402
-from datasets.synthetic.frame import MAX_RANGE, pixel_rays  # noqa: E402
-from datasets.synthetic.raycast import cast, cull  # noqa: E402
+from datasets.synthetic.frame import MAX_RANGE, cast_cameras  # noqa: E402
 from datasets.synthetic.scene import make_scene  # noqa: E402
 from datasets.synthetic.texture import shade  # noqa: E402
 from utils.constants import CAMS  # noqa: E402
@@ -40,13 +39,7 @@ SCALES = (0.25, 0.4, 0.55, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.4, 1.7, 
 def render_rgbd(world, ego2global, h, w):
     """Images (6,3,h,w) in [0,1] and camera z depth (6,1,h,w) metres (sky: MAX_RANGE) of one ego pose."""
     imgs, depths = [], []
-    for cam, c2e in zip(CAMS, rig.cam2ego()):
-        K = rig.intrinsics(h, w, cam)
-        c2g = ego2global @ c2e
-        rays = pixel_rays(K, h, w)
-        d = rays @ c2g[:3, :3].T
-        prims = cull(world, c2g[:3, 3], MAX_RANGE, c2g[:3, 2], np.arctan(np.hypot(w, h) / K[0, 0]) + 0.05)
-        hit = cast(world, c2g[:3, 3], d, MAX_RANGE, prims)
+    for K, rays, d, hit in cast_cameras(world, ego2global, h, w):
         imgs.append(shade(hit, d, world, 1.0 / K[0, 0]).reshape(h, w, 3).transpose(2, 0, 1))
         t = np.where(np.isfinite(hit["t"]), hit["t"], MAX_RANGE)
         depths.append((t * rays[:, 2]).reshape(1, h, w))

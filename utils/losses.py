@@ -14,6 +14,10 @@ def _as_bool(mask):
     return mask if mask.dtype == torch.bool else mask > 0.5
 
 
+def _and(mask, other=None):
+    return mask if other is None else mask & other
+
+
 def masked_mean(x, mask=None):
     """Mean of ``x`` over the entries where ``mask`` is set (mask broadcasts to x).
 
@@ -100,13 +104,14 @@ def reprojection_loss(target, warped, sources=None, valid=None, alpha=0.85, targ
     maps = {"reproj": reproj}
     inside = None if target_mask is None else _as_bool(target_mask)
     if sources is None:
-        maps["mask"] = torch.isfinite(reproj) if inside is None else torch.isfinite(reproj) & inside
+        maps["mask"] = _and(torch.isfinite(reproj), inside)
         return masked_mean(reproj, maps["mask"]), maps
     identity = torch.cat([photometric_error(s, target, alpha) for s in sources], dim=1)
     identity = identity + torch.randn_like(identity) * 1e-5
     maps["identity"] = identity.min(dim=1, keepdim=True).values
-    maps["mask"] = reproj < maps["identity"] if inside is None else (reproj < maps["identity"]) & inside
-    return masked_mean(torch.where(reproj < maps["identity"], reproj, maps["identity"]), inside), maps
+    wins = reproj < maps["identity"]
+    maps["mask"] = _and(wins, inside)
+    return masked_mean(torch.where(wins, reproj, maps["identity"]), inside), maps
 
 
 @full_precision

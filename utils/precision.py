@@ -24,12 +24,11 @@ def _to_fp32(x):
 
 def full_precision(fn):
     """Decorator: run ``fn`` with autocast off and its float16 / bfloat16 tensor arguments (also inside lists and
-    tuples) cast to float32. A no-op outside autocast and for float32 / float64 inputs."""
+    tuples) cast to float32 (with or without autocast). float32 / float64 arguments are passed unchanged."""
     @functools.wraps(fn)
     def run(*args, **kwargs):
-        on = [d for d in ("cuda", "cpu") if torch.is_autocast_enabled(d)]
         args, kwargs = _to_fp32(args), {k: _to_fp32(v) for k, v in kwargs.items()}
-        if not on:
+        if not any(torch.is_autocast_enabled(d) for d in ("cuda", "cpu")):
             return fn(*args, **kwargs)
         with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
             return fn(*args, **kwargs)

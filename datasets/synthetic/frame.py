@@ -33,17 +33,24 @@ def lidar_rays():
     return d, np.repeat(np.arange(LIDAR_BEAMS), len(az))
 
 
+def cast_cameras(world, ego2global, h, w):
+    """Ray-cast the 6 cameras of one ego pose. Yields, per camera in CAMS order, (K (3, 3), unit rays in the
+    camera frame (h * w, 3), the same rays in the global frame, the ``cast`` hit record)."""
+    for cam, c2e in zip(CAMS, rig.cam2ego()):
+        K = rig.intrinsics(h, w, cam)
+        c2g = ego2global @ c2e
+        rays = pixel_rays(K, h, w)
+        d = rays @ c2g[:3, :3].T
+        half_fov = np.arctan(np.hypot(w, h) / K[0, 0]) + 0.05
+        prims = cull(world, c2g[:3, 3], MAX_RANGE, c2g[:3, 2], half_fov)
+        yield K, rays, d, cast(world, c2g[:3, 3], d, MAX_RANGE, prims)
+
+
 def render_cameras(world, ego2global, h, w):
     """Images (6, h, w, 3) uint8, semantics (6, h, w) uint8 (255 = sky) and per-instance pixel counts
     (visible, crossed) summed over the cameras."""
     imgs, sems, visible, crossed = [], [], {}, {}
-    for cam, c2e in zip(CAMS, rig.cam2ego()):
-        K = rig.intrinsics(h, w, cam)
-        c2g = ego2global @ c2e
-        d = pixel_rays(K, h, w) @ c2g[:3, :3].T
-        half_fov = np.arctan(np.hypot(w, h) / K[0, 0]) + 0.05
-        prims = cull(world, c2g[:3, 3], MAX_RANGE, c2g[:3, 2], half_fov)
-        hit = cast(world, c2g[:3, 3], d, MAX_RANGE, prims)
+    for K, _, d, hit in cast_cameras(world, ego2global, h, w):
         imgs.append(np.round(shade(hit, d, world, 1.0 / K[0, 0]) * 255).astype(np.uint8).reshape(h, w, 3))
         sems.append(hit["cls"].reshape(h, w))
         for k, n in zip(*np.unique(hit["inst"][hit["inst"] >= 0], return_counts=True)):
