@@ -55,6 +55,9 @@ def add_base_args(p):
     g.add_argument("--max_steps", type=int, default=0, help="stop after this many optimiser steps (0 = no limit)")
     g.add_argument("--max_minutes", type=float, default=0.0, help="stop (with a checkpoint) after this many "
                    "minutes of training (0 = no limit)")
+    g.add_argument("--lr_warmup", type=int, default=300,
+                   help="linear learning-rate warm-up over this many first steps (0 = off): the first Adam steps "
+                        "otherwise throw the stage-1 motion far out, where the auto-masked loss has no gradient")
     g.add_argument("--lr_milestones", type=float, nargs="*", default=[0.8],
                    help="fractions of the total steps at which the lr is divided by 10")
     g.add_argument("--grad_clip", type=float, default=5.0, help="clip gradient norm (0 = off)")
@@ -162,14 +165,22 @@ def explicit_options(argv=None):
     return vars(parser.parse_args(cfg_argv + cli))
 
 
+# The value an option takes for a checkpoint written before the option existed, where that is not today's default:
+# the behaviour the checkpoint was trained with.
+LEGACY = {
+    "gsp_rot_scale": 1.0,  # the pose net's rotation output was in raw radians
+}
+
+
 def merge_checkpoint_options(saved, argv=None):
     """Options of a saved run (the model it was trained with), overridden by what this command sets explicitly.
 
-    Options that did not exist when the checkpoint was written take their current defaults.
+    Options that did not exist when the checkpoint was written take their ``LEGACY`` value if they have one, else
+    their current default.
     """
     opt = build_parser().parse_args([])
     known = vars(opt)
-    for k, v in saved.items():
+    for k, v in {**LEGACY, **saved}.items():
         if k in known:
             setattr(opt, k, v)
     for k, v in explicit_options(argv).items():

@@ -81,6 +81,7 @@ class Trainer:
         if not params:
             raise RuntimeError("the model has no trainable parameters for this phase")
         self.optimizer = torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]  # before a resume overwrites g["lr"]
         self.ddp = self.world > 1
         self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                        find_unused_parameters=True) if self.ddp else self.model
@@ -133,8 +134,13 @@ class Trainer:
             print(f"resumed from {path} at step {self.step} (epoch {self.epoch})")
 
     # ---------------------------------------------------------------- loop
+    def lr_factor(self, step):
+        """Multiplier of every parameter group's base lr at ``step``: linear warm-up, then / 10 per milestone."""
+        warm = min(1.0, (step + 1) / self.opt.lr_warmup) if self.opt.lr_warmup > 0 else 1.0
+        return warm * 0.1 ** sum(step >= m for m in self.milestones)
+
     def lr_at(self, step):
-        return self.opt.lr * 0.1 ** sum(step >= m for m in self.milestones)
+        return self.opt.lr * self.lr_factor(step)
 
     def _on_signal(self, signum, frame):
         self.stop_signal = signum
@@ -182,8 +188,8 @@ class Trainer:
 
     def _train_step(self, batch, nan_run, bar):
         opt = self.opt
-        for g in self.optimizer.param_groups:
-            g["lr"] = self.lr_at(self.step)
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = base * self.lr_factor(self.step)
         batch = to_device(batch, self.device)
         self.net.train()
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,

@@ -5,8 +5,8 @@ Losses (monodepth2 style, averaged over 4 scales upsampled to the input size):
   (per-pixel minimum, auto-masking) + edge-aware smoothness (``w_smooth`` / 2^scale)
   + ``w_gsp`` x GSP cross-view loss (``utils/gsp.py``): the only term that knows the metric baseline between
   cameras, hence the scale of depth and pose. Phase ``refine`` freezes the pose net and drops the cross-view term.
-With ``gsp_scale_lock`` (default) the temporal term cannot move the global scale of a depth map in the main phase:
-the scale comes from GSP alone and the pose net learns to match it (see ``scale_locked``).
+With ``gsp_scale_lock`` (off by default) the temporal term cannot move the global scale of a depth map in the main
+phase: the scale then comes from GSP alone (see ``scale_locked``).
 """
 import functools
 
@@ -43,11 +43,15 @@ def add_args(parser):
     g.add_argument("--gsp_mask", type=str, default="rendered", choices=["rendered", "geometric"],
                    help="cross-view overlap mask: rendered = splat opacity > 0.5 (follows the predicted depth); "
                         "geometric = frustum overlap from the calibration only (see utils/gsp.py)")
-    g.add_argument("--gsp_scale_lock", type=str2bool, default=True,
+    g.add_argument("--gsp_scale_lock", type=str2bool, default=False,
                    help="main phase with GSP: the temporal loss gets no gradient along each depth map's global scale "
                         "(depth x exp(g - stopgrad(g)), g = mean log depth), so only the cross-view term sets the "
-                        "metric scale; the pose net follows it. Off: the temporal loss, which is blind to scale, "
-                        "drags depth and pose down together from the zero-motion start (measured: scale 0.11)")
+                        "metric scale. Off by default: once the pose net can learn (gsp_rot_scale) the temporal "
+                        "loss's scale gradient is what balances it against GSP; every locked run with the pose fix "
+                        "drifted or diverged, every unlocked one converged")
+    g.add_argument("--gsp_rot_scale", type=float, default=0.01,
+                   help="pose net: rotation (axis-angle, radians) = this x the raw output, translation in metres; "
+                        "puts one frame's rotation and translation on similar scales for Adam (networks/pose_net.py)")
     g.add_argument("--gsp_depth_layers", type=int, default=18, choices=[18, 34, 50], help="depth net ResNet depth")
     g.add_argument("--gsp_pose_layers", type=int, default=18, choices=[18, 34, 50], help="pose net ResNet depth")
     g.add_argument("--gsp_pretrained", type=str2bool, default=False,

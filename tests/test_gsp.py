@@ -60,15 +60,33 @@ def test_pose_net_starts_at_identity_and_outputs_rigid_motion():
     T = net(cur, adj)
     assert T.shape == (2, 4, 4)
     assert torch.allclose(T, torch.eye(4).expand(2, 4, 4), atol=1e-6)
-    # the bias of the last layer is the motion (axis-angle, translation) when its weights are zero
+    # the bias of the last layer is the raw motion when its weights are zero: axis-angle x gsp_rot_scale (0.01),
+    # translation in metres
     with torch.no_grad():
-        net.out.bias.copy_(torch.tensor([0.01, -0.02, 0.05, 1.5, -0.2, 0.1]))
+        net.out.bias.copy_(torch.tensor([1.0, -2.0, 5.0, 1.5, -0.2, 0.1]))
     T = net(cur, adj)
     R = T[0, :3, :3]
     assert torch.allclose(R @ R.T, torch.eye(3), atol=1e-5)
     assert torch.allclose(T[0, :3, 3], torch.tensor([1.5, -0.2, 0.1]))
     assert torch.allclose(T[0], axis_angle_to_matrix(torch.tensor([[0.01, -0.02, 0.05]]),
                                                      torch.tensor([[1.5, -0.2, 0.1]]))[0], atol=1e-6)
+
+
+def test_checkpoint_without_rotation_units_loads_with_the_old_units(tmp_path):
+    """A stage-1 checkpoint written before --gsp_rot_scale existed was trained with rotation in raw radians: it
+    must rebuild with rot_scale 1 and give the motion it gave then; a new one keeps its stored 0.01."""
+    torch.manual_seed(0)
+    old = GSPModel(make_opt("--gsp_rot_scale", "1.0"))
+    with torch.no_grad():
+        old.pose.out.bias.copy_(torch.tensor([0.01, -0.02, 0.05, 1.5, -0.2, 0.1]))
+    saved = {k: v for k, v in vars(old.opt).items() if k != "gsp_rot_scale"}
+    torch.save({"model": old.state_dict(), "opt": saved}, tmp_path / "old.pt")
+    torch.save({"model": old.state_dict(), "opt": vars(make_opt())}, tmp_path / "new.pt")
+    imgs = torch.rand(1, 3, 6, 3, 32, 64)
+    loaded = load_gsp_from_checkpoint(str(tmp_path / "old.pt"))
+    assert loaded.pose.rot_scale == 1.0
+    torch.testing.assert_close(loaded.predict_pose({"imgs": imgs}), old.eval().predict_pose({"imgs": imgs}))
+    assert load_gsp_from_checkpoint(str(tmp_path / "new.pt")).pose.rot_scale == 0.01
 
 
 def test_predicted_ego_motion_convention_matches_recorded_poses():
@@ -269,8 +287,9 @@ def test_scale_lock_applies_to_the_main_phase_with_gsp_only(monkeypatch):
     calls = []
     monkeypatch.setattr(gsp_model, "scale_locked", lambda d: calls.append(1) or d)
     batch = ring_batch()
-    for argv, n in ((["--gsp_mask", "rendered"], 4), (["--use_gsp", "false"], 0),
-                    (["--gsp_scale_lock", "false"], 0), (["--gsp_phase", "refine"], 0)):
+    assert not make_opt().gsp_scale_lock  # off by default since the pose net can learn the motion
+    for argv, n in ((["--gsp_scale_lock", "true"], 4), (["--use_gsp", "false", "--gsp_scale_lock", "true"], 0),
+                    ([], 0), (["--gsp_phase", "refine", "--gsp_scale_lock", "true"], 0)):
         calls.clear()
         GSPModel(make_opt(*argv))(batch)
         assert len(calls) == n, argv

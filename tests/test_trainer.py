@@ -109,8 +109,14 @@ def test_too_many_nans_stop_with_an_error_and_a_saved_state(tmp_path, toy):
 
 
 def test_lr_drops_at_the_milestones(tmp_path, toy):
-    t = trainer_mod.Trainer(make_opt(tmp_path, "--max_steps", "10", "--lr_milestones", "0.5", "0.8"))
+    t = trainer_mod.Trainer(make_opt(tmp_path, "--max_steps", "10", "--lr_milestones", "0.5", "0.8",
+                                     "--lr_warmup", "0"))
     assert [t.lr_at(s) for s in (0, 4, 5, 8)] == pytest.approx([1e-2, 1e-2, 1e-3, 1e-4])
+
+
+def test_lr_warms_up_linearly_then_drops(tmp_path, toy):
+    t = trainer_mod.Trainer(make_opt(tmp_path, "--max_steps", "20", "--lr_milestones", "0.5", "--lr_warmup", "4"))
+    assert [t.lr_at(s) for s in (0, 1, 3, 9, 10)] == pytest.approx([2.5e-3, 5e-3, 1e-2, 1e-2, 1e-3])
 
 
 def test_atomic_checkpoint_keeps_the_old_file_when_a_save_fails(tmp_path, monkeypatch):

@@ -18,16 +18,12 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets.synthetic import rig  # noqa: E402
-from datasets.synthetic.frame import MAX_RANGE, cast_cameras  # noqa: E402
+from datasets.synthetic.oracle import ego_motion, render_rgbd, rig_tensors  # noqa: E402
 from datasets.synthetic.scene import make_scene  # noqa: E402
-from datasets.synthetic.texture import shade  # noqa: E402
-from utils.constants import CAMS  # noqa: E402
 from utils.geometry import ego_motion_to_cam, warp  # noqa: E402
 from utils.gsp import cross_view_loss  # noqa: E402
 from utils.losses import reprojection_loss  # noqa: E402
@@ -36,27 +32,14 @@ from utils.rasterizer import rasterize  # noqa: E402
 SCALES = (0.25, 0.4, 0.55, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.4, 1.7, 2.0, 3.0, 4.0)
 
 
-def render_rgbd(world, ego2global, h, w):
-    """Images (6,3,h,w) in [0,1] and camera z depth (6,1,h,w) metres (sky: MAX_RANGE) of one ego pose."""
-    imgs, depths = [], []
-    for K, rays, d, hit in cast_cameras(world, ego2global, h, w):
-        imgs.append(shade(hit, d, world, 1.0 / K[0, 0]).reshape(h, w, 3).transpose(2, 0, 1))
-        t = np.where(np.isfinite(hit["t"]), hit["t"], MAX_RANGE)
-        depths.append((t * rays[:, 2]).reshape(1, h, w))
-    return torch.tensor(np.stack(imgs), dtype=torch.float32), torch.tensor(np.stack(depths), dtype=torch.float32)
-
-
 def landscape(scene=0, frame=1, size=(112, 176), seed=0, scales=SCALES, gs_scale=0.02, erode=4, backend="torch",
               masks=("rendered", "geometric")):
     """Dict: scales and one list of loss values per term (see module docstring)."""
     h, w = size
     world = make_scene(seed, scene, frame + 2)
     imgs, depths = zip(*[render_rgbd(world, world.ego2global[k], h, w) for k in (frame - 1, frame, frame + 1)])
-    K = torch.tensor(np.stack([rig.intrinsics(h, w, c) for c in CAMS]), dtype=torch.float32)
-    c2e = torch.tensor(np.stack(rig.cam2ego()), dtype=torch.float32)
-    E = world.ego2global  # float64, global coordinates of hundreds of metres
-    motion = [torch.tensor(np.linalg.inv(E[frame + k]) @ E[frame], dtype=torch.float32)
-              for k in (-1, 1)]  # current ego -> previous / next ego
+    K, c2e = rig_tensors(h, w)
+    motion = [ego_motion(world.ego2global, frame, frame + k) for k in (-1, 1)]  # current ego -> prev / next ego
     depth = depths[1]
     res = {"scales": list(scales), "speed_m_per_frame": float(motion[1][:3, 3].norm())}
     for mask in masks:
