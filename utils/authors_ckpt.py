@@ -57,7 +57,7 @@ STAGE2_SKIP = [
      "buffer of their renderer, recomputed here from the options"),
     (r"depth\._3DCNN\.classif3\..+", "their geometry head, unused with last_free = True (nusc-sem-gs)"),
     (r"pose_encoder\..+|pose\..+", "their stage-1 pose net, copied along: stage 2 here takes it from "
-                                   "--stage1_ckpt (convert ckpts/stage1_pose_nusc with --stage gsp)"),
+                                   "--stage1_ckpt (convert ckpts/stage1_pose_nusc with a stage-1 config)"),
 ]
 STAGE1_RULES = [
     (r"pose_encoder\.encoder\.(.+)", r"pose.encoder.net.\1"),
@@ -90,16 +90,16 @@ class MappingReport:
 
     def text(self, limit=None):
         """A readable report; ``limit`` caps each list (None: everything)."""
-        def block(title, rows):
+        def block(title, rows, count=None):
             shown = rows if limit is None else rows[:limit]
             more = [f"    ... and {len(rows) - len(shown)} more"] if len(shown) < len(rows) else []
-            return [f"{title}: {len(rows)}"] + [f"    {r}" for r in shown] + more
+            return [f"{title}: {len(rows) if count is None else count}"] + [f"    {r}" for r in shown] + more
         mism = [f"{a} -> {b}: theirs {tuple(sa)} vs ours {tuple(sb)}" for a, b, sa, sb in self.mismatched]
         skip = _group_skipped(self.skipped)
         return "\n".join([f"loaded: {len(self.loaded)} tensors"] + block("shape mismatches", mism)
                          + block("missing in their checkpoint (ours keep their initialisation)", self.missing)
                          + block("unexpected (theirs, no counterpart here)", self.unexpected)
-                         + block("skipped on purpose", skip))
+                         + block("skipped on purpose", skip, len(self.skipped)))
 
 
 def _group_skipped(skipped):
