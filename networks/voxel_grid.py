@@ -20,7 +20,8 @@ u = (x - centre) / half_width of ``real_size`` (|u| <= 1 inside the box). Three 
   move them inwards to index 0.5 and n - 1.5 (x, y), 0.05 and n - 1.05 (z) (``AUTHORS_EDGE``). Here the same
   voxel positions are used (so their weights see the same scene), written in our convention:
   s = ((c + 1)(n - 1) + 1)/n - 1. With ratio 2/3 and 300 x 300 x 24 voxels over [-40, 40]^2 x [-1, 5.4] the
-  box holds 200 x 200 x 16 voxels of 0.4 m (the Occ3D grid) and the rest reaches to infinity.
+  box holds 200 x 200 x 16 voxels (the Occ3D count; 0.401 m apart in x, y and 0.417 m in z, their spacing
+  3 half_width / (n - 1)) and the rest reaches to infinity.
 """
 import torch
 
