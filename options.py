@@ -11,9 +11,12 @@ import importlib
 import os
 import shlex
 
-# Modules that own options; each defines ``add_args(parser)``.
+# Modules that own options; each defines ``add_args(parser)``, and may define CHECKPOINT_DEFAULTS (the value an
+# option had in effect before it existed, for checkpoints that predate it) and REBUILD_OVERRIDES (values that always
+# hold when a model is rebuilt from a checkpoint, e.g. no ImageNet file: the weights come from the checkpoint).
 OPTION_MODULES = [
     "datasets.options",
+    "networks.occ_net",
     "networks.gsv_model",
     "networks.gsp_model",
     "utils.rasterizer",
@@ -165,24 +168,25 @@ def explicit_options(argv=None):
     return vars(parser.parse_args(cfg_argv + cli))
 
 
-# The value an option takes for a checkpoint written before the option existed, where that is not today's default:
-# the behaviour the checkpoint was trained with.
-LEGACY = {
-    "gsp_rot_scale": 1.0,  # the pose net's rotation output was in raw radians
-}
-
-
 def merge_checkpoint_options(saved, argv=None):
     """Options of a saved run (the model it was trained with), overridden by what this command sets explicitly.
 
-    Options that did not exist when the checkpoint was written take their ``LEGACY`` value if they have one, else
-    their current default.
+    Options that did not exist when the checkpoint was written take the value they had in effect before
+    (a module's CHECKPOINT_DEFAULTS), else their current defaults. A module's REBUILD_OVERRIDES apply last (e.g.
+    no ImageNet file is read, even when the config names one: the weights come from the checkpoint).
     """
     opt = build_parser().parse_args([])
     known = vars(opt)
-    for k, v in {**LEGACY, **saved}.items():
+    modules = [importlib.import_module(name) for name in OPTION_MODULES]
+    for m in modules:
+        for k, v in getattr(m, "CHECKPOINT_DEFAULTS", {}).items():
+            setattr(opt, k, v)
+    for k, v in saved.items():
         if k in known:
             setattr(opt, k, v)
     for k, v in explicit_options(argv).items():
         setattr(opt, k, v)
+    for m in modules:
+        for k, v in getattr(m, "REBUILD_OVERRIDES", {}).items():
+            setattr(opt, k, v)
     return opt

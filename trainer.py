@@ -59,6 +59,21 @@ def to_device(batch, device):
     return batch
 
 
+def param_groups(params):
+    """``model.trainable_parameters()`` -> optimiser groups, each with an ``lr_scale`` (its lr = lr_scale x the
+    scheduled lr). Takes parameters (one group, lr_scale 1) or dicts(params=[...], lr_scale=float); parameters
+    that need no gradient are left out, and so are groups left empty."""
+    items = list(params)
+    if items and not isinstance(items[0], dict):
+        items = [{"params": items}]
+    groups = []
+    for g in items:
+        ps = [p for p in g["params"] if p.requires_grad]
+        if ps:
+            groups.append({**g, "params": ps, "lr_scale": float(g.get("lr_scale", 1.0))})
+    return groups
+
+
 class Trainer:
     def __init__(self, opt):
         self.opt = opt
@@ -77,11 +92,10 @@ class Trainer:
             missing, unexpected = self.model.load_state_dict(strip_module_prefix(state["model"]), strict=False)
             if dist.is_main():
                 print(f"loaded weights from {opt.load_weights} ({len(missing)} missing, {len(unexpected)} unexpected keys)")
-        params = [p for p in self.model.trainable_parameters() if p.requires_grad]
-        if not params:
+        groups = param_groups(self.model.trainable_parameters())
+        if not groups:
             raise RuntimeError("the model has no trainable parameters for this phase")
-        self.optimizer = torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
-        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]  # before a resume overwrites g["lr"]
+        self.optimizer = torch.optim.AdamW(groups, lr=opt.lr, weight_decay=opt.weight_decay)
         self.ddp = self.world > 1
         self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                        find_unused_parameters=True) if self.ddp else self.model
@@ -188,8 +202,8 @@ class Trainer:
 
     def _train_step(self, batch, nan_run, bar):
         opt = self.opt
-        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
-            g["lr"] = base * self.lr_factor(self.step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr_at(self.step) * g.get("lr_scale", 1.0)  # each group's own multiple of the schedule
         batch = to_device(batch, self.device)
         self.net.train()
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,

@@ -25,6 +25,10 @@ from utils.losses import reprojection_loss, smoothness_loss
 from utils.rasterizer import rasterize
 from utils.vis import depth_to_color, image_to_uint8, mosaic, to_numpy
 
+# What a checkpoint written before an option existed was trained with (options.merge_checkpoint_options).
+CHECKPOINT_DEFAULTS = {"gsp_rot_scale": 1.0}  # the pose net's rotation output was in raw radians
+
+
 def add_args(parser):
     g = parser.add_argument_group("stage 1 (GSP)", "self-supervised depth + metric-scale ego pose (--stage gsp)")
     g.add_argument("--gsp_phase", type=str, default="main", choices=["main", "refine"],

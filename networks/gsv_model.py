@@ -8,7 +8,8 @@ Losses, all at the render size:
     frozen stage-1 pose net (``--pose stage1 --stage1_ckpt PATH``); 0.85 (1-SSIM)/2 + 0.15 L1, per-pixel
     minimum, auto-masking;
   * ``w_smooth`` x edge-aware smoothness of the disparity 1 / depth;
-  * ``w_sem`` x cross-entropy of the rendered semantic logits against ``batch['sem']`` (with ``use_sem``);
+  * ``w_sem`` x cross-entropy of the rendered semantic logits against ``batch['sem']`` (with ``use_sem``),
+    class-weighted as the authors' with ``sem_class_weights inv_sqrt_freq``;
   * ``w_entropy`` x binary entropy of the rendered alpha: pushes every ray to be decidedly empty or decidedly
     hit (the release's extra "last free" term is not used).
 Pixels where the optional ``batch['mask']`` is 0 (DDAD: the ego car's own body) are left out of the reprojection
@@ -32,37 +33,24 @@ from utils.rasterizer import rasterize
 from utils.vis import bev_image, depth_to_color, image_to_uint8, logits_to_color, mosaic
 
 
+# The authors' options.py class_frequencies, one per class id 0..17 (17 = free).
+AUTHORS_CLASS_FREQUENCIES = (0, 18164955800, 734218842, 2336187448, 10996756106, 395414611, 638889260, 651023279,
+                             117046208, 985341947, 7303776233, 43131984997, 0, 9342674867, 9525824742,
+                             51204832885, 22848065525, 31841090018)
+CHECKPOINT_DEFAULTS = {"sem_class_weights": "none"}  # what a checkpoint older than the option was trained with
+
+
 def add_args(parser):
     g = parser.add_argument_group(
-        "stage 2 (GSV)", "voxel occupancy rendered by Gaussian splatting (--stage gsv); also uses min_depth, "
-        "max_depth and w_smooth of stage 1 and input_size, render_size, use_sem of the data group")
+        "stage 2 (GSV)", "voxel occupancy rendered by Gaussian splatting (--stage gsv); the network's options "
+        "are in the OccNet group; also uses min_depth, max_depth and w_smooth of stage 1 and input_size, "
+        "render_size, use_sem of the data group")
     g.add_argument("--pose", type=str, default="stage1", choices=["gt", "stage1"],
                    help="camera motion for the temporal loss: stage1 = the frozen stage-1 pose net of "
                         "--stage1_ckpt (the method: no GT poses); gt = recorded ego poses (ego2global)")
     g.add_argument("--stage1_ckpt", type=str, default=None, help="stage-1 (GSP) checkpoint, for --pose stage1")
     g.add_argument("--render_type", type=str, default="gs", choices=["gs", "volume"],
                    help="gs: voxel Gaussians splatted (GSV); volume: ray-marched volume rendering (baseline)")
-    g.add_argument("--grid_size", type=int, nargs=3, default=[300, 300, 24], metavar=("X", "Y", "Z"),
-                   help="voxels of the predicted volume (paper: 300 300 24 over real_size; on a CPU use e.g. "
-                        "50 50 8)")
-    g.add_argument("--real_size", type=float, nargs=6, default=[-40.0, 40.0, -40.0, 40.0, -1.0, 5.4],
-                   metavar=("XMIN", "XMAX", "YMIN", "YMAX", "ZMIN", "ZMAX"),
-                   help="metric extent of the volume in the ego frame; with --contracted the uniform inner box")
-    g.add_argument("--contracted", type=str2bool, default=False,
-                   help="contract x and y beyond real_size out to contract_outer (see networks/occ_net.py)")
-    g.add_argument("--contract_outer", type=float, default=100.0,
-                   help="contracted grid: outer range, metres from the centre of real_size along x and y")
-    g.add_argument("--contract_ratio", type=float, default=0.8,
-                   help="contracted grid: share of the x / y voxels spent uniformly inside real_size")
-    g.add_argument("--encoder_layers", type=int, default=50, choices=[18, 34, 50], help="image encoder ResNet depth")
-    g.add_argument("--encoder_weights", type=str, default=None,
-                   help="torchvision ImageNet checkpoint of that ResNet (e.g. ckpts/resnet50-0676ba61.pth); "
-                        "nothing is downloaded; unset: random init")
-    g.add_argument("--feat_stride", type=int, default=8, choices=[4, 8, 16],
-                   help="stride of the fused image feature map that is lifted to the voxels")
-    g.add_argument("--feat_dim", type=int, default=64, help="channels of the lifted image features")
-    g.add_argument("--voxel_feat_dim", type=int, default=32, help="channels of the 3D decoder")
-    g.add_argument("--decoder_blocks", type=int, default=2, help="residual 3x3x3 blocks of the 3D decoder")
     g.add_argument("--num_classes", type=int, default=None,
                    help="semantic classes before free (default: 17 Occ3D classes with --use_sem, else 1 = "
                         "occupied vs free)")
@@ -72,7 +60,25 @@ def add_args(parser):
                    help="predict the Gaussian scale per voxel, smoothly clamped at gs_scale_max")
     g.add_argument("--gs_scale_max", type=float, default=0.12, help="cap of the learnt Gaussian scale, metres")
     g.add_argument("--w_sem", type=float, default=0.02, help="weight of the rendered semantic cross-entropy")
+    g.add_argument("--sem_class_weights", type=str, default="inv_sqrt_freq", choices=["inv_sqrt_freq", "none"],
+                   help="class weights of the semantic cross-entropy: inv_sqrt_freq = the authors' (runner.py "
+                        "sem_criterion) 1 / sqrt(--class_frequencies), 0 where a frequency is 0, weighted mean over "
+                        "pixels; none: every labelled pixel counts the same")
+    g.add_argument("--class_frequencies", type=float, nargs="+", default=list(AUTHORS_CLASS_FREQUENCIES),
+                   help="voxel count per class id 0..17 for --sem_class_weights (the authors' options.py "
+                        "default; 0 for others and other_flat, so those 2D labels carry no weight)")
     g.add_argument("--w_entropy", type=float, default=0.1, help="weight of the rendered alpha entropy")
+
+
+def sem_class_weights(opt, n_cls):
+    """(n_cls,) float weights of the semantic cross-entropy, or None (see --sem_class_weights)."""
+    if opt.sem_class_weights == "none":
+        return None
+    freq = torch.tensor(opt.class_frequencies, dtype=torch.float64)
+    if len(freq) < n_cls:
+        raise ValueError(f"--class_frequencies has {len(freq)} values for {n_cls} semantic classes")
+    w = torch.where(freq > 0, freq.clamp(min=1e-300).rsqrt(), torch.zeros_like(freq))
+    return (w / w.mean())[:n_cls].float()  # the scale cancels in the weighted mean; kept as the authors'
 
 
 def occ3d_centres(device=None):
@@ -110,11 +116,14 @@ class GSVModel(nn.Module):
             raise ValueError("--render_type volume works on uniform grids only: set --contracted false")
         self.opt = opt
         self.occ_net = OccNet(opt)
+        w = sem_class_weights(opt, semantic_classes(opt)) if opt.use_sem else None
+        self.register_buffer("sem_weight", w, persistent=False)
         self.rasterize = functools.partial(rasterize, backend=opt.raster_backend)
         self._stage1 = []  # the frozen pose model, loaded at first use; a list keeps it out of the state dict
 
     def trainable_parameters(self):
-        return list(self.occ_net.parameters())
+        """Optimiser parameter groups, dict(params, lr_scale) (see OccNet.param_groups)."""
+        return self.occ_net.param_groups()
 
     def camera_motion(self, batch):
         """(B, 2, 6, 4, 4): current camera -> previous (0) / next (1) camera of the same sensor."""
@@ -187,7 +196,7 @@ class GSVModel(nn.Module):
             labels = batch["sem"].flatten(0, 1)
             if valid is not None:
                 labels = labels.masked_fill(~valid[:, 0], 255)
-            loss_sem = semantic_ce(r["sem"].flatten(0, 1), labels)
+            loss_sem = semantic_ce(r["sem"].flatten(0, 1), labels, weight=self.sem_weight)
             loss = loss + opt.w_sem * loss_sem
             logs["loss_sem"] = loss_sem.detach()
         if valid is not None:

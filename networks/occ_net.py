@@ -1,79 +1,90 @@
 """OccNet: 6 images -> voxel feature volume -> semantic occupancy logits.
 
-ResNet features of three stages are fused into one map at stride ``feat_stride``; every voxel centre (ego
-frame) is projected into every camera and the feature map sampled bilinearly there; the volume holds the mean
-over the cameras that see the voxel plus the fraction of cameras that do. A light 3D CNN of residual blocks
-decodes logits (B, C+1, X, Y, Z) whose last channel is "free".
-
-Voxel layout (``VoxelGrid``): the volume covers ``real_size`` uniformly. With ``contracted``, x and y are
-contracted instead: the box ``real_size`` keeps a uniform share ``contract_ratio`` of the voxels of each of these
-axes and the rest cover, per axis, the distance from the box edge out to ``contract_outer`` metres from the box
-centre, with voxel size growing like the inverse-distance contraction of mip-NeRF 360:
-    u = (x - centre) / half_width,  s = ratio * u                                      for |u| <= 1,
-    s = sign(u) (ratio + (1 - ratio) (1 - 1/|u|) / (1 - half_width/outer))              for |u| > 1,
-so |x - centre| = outer lands on s = +-1. z is never contracted. ``s`` is the grid_sample coordinate
-(align_corners=False): voxel i of n has its centre at s = (2i + 1)/n - 1.
+Image features (``image_neck``): ``fpn`` (this project's) sums 1x1 projections of ResNet stages 3-5 at
+``feat_stride`` and applies one 3x3 convolution; ``upconcat`` (the authors', networks/image_neck.py) fuses stages
+3-4 into one map at stride 4. Every voxel centre (ego frame, ``VoxelGrid`` of networks/voxel_grid.py: uniform or
+contracted) is projected into every camera and the feature map sampled bilinearly there; the volume holds the mean
+over the cameras that see the voxel, plus (``lift_visibility``) the fraction of cameras that do. A 3D CNN
+(``occ_decoder``: this project's ``residual`` blocks with group norm, or the authors' ``hourglass``,
+networks/hourglass3d.py) decodes logits (B, C+1, X, Y, Z) whose last channel is "free".
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from options import str2bool
+from networks.hourglass3d import HourglassTrunk, hourglass_head
+from networks.image_neck import UpConcatNeck
 from networks.resnet_encoder import ResnetEncoder
+from networks.voxel_grid import CONTRACT_MODES, VoxelGrid  # noqa: F401  (VoxelGrid: imported from here too)
 from utils.constants import NUM_SEM_CLASSES
 from utils.precision import full_precision
+
+# What a checkpoint written before an option existed was trained with (options.merge_checkpoint_options).
+CHECKPOINT_DEFAULTS = {"contract_mode": "xy", "image_neck": "fpn", "lift_visibility": True,
+                       "occ_decoder": "residual", "decoder_lr_mult": 1.0}
+# A model rebuilt from a checkpoint takes its weights from there, not from an ImageNet file.
+REBUILD_OVERRIDES = {"encoder_weights": "none"}
+
+
+def add_args(parser):
+    g = parser.add_argument_group(
+        "stage 2 network (OccNet)", "images -> voxel logits; defaults are the authors' configs/nusc-sem-gs.txt "
+        "(see README, 'The authors' options')")
+    g.add_argument("--grid_size", type=int, nargs=3, default=[300, 300, 24], metavar=("X", "Y", "Z"),
+                   help="voxels of the predicted volume (paper: 300 300 24 over real_size; on a CPU use e.g. "
+                        "48 48 8)")
+    g.add_argument("--real_size", type=float, nargs=6, default=[-40.0, 40.0, -40.0, 40.0, -1.0, 5.4],
+                   metavar=("XMIN", "XMAX", "YMIN", "YMAX", "ZMIN", "ZMAX"),
+                   help="metric extent of the volume in the ego frame; with --contracted the uniform inner box")
+    g.add_argument("--contracted", type=str2bool, default=True,
+                   help="contracted coordinates beyond real_size (see --contract_mode, networks/voxel_grid.py); "
+                        "off: the volume covers real_size uniformly")
+    g.add_argument("--contract_mode", type=str, default="xyz", choices=CONTRACT_MODES,
+                   help="xyz: the authors' contraction of all three axes to an infinite range (their "
+                        "world2contracted); xy: this project's, x and y only, out to --contract_outer")
+    g.add_argument("--contract_outer", type=float, default=100.0,
+                   help="contract_mode xy: outer range, metres from the centre of real_size along x and y")
+    g.add_argument("--contract_ratio", type=float, default=0.66667,
+                   help="contracted grid: share of the voxels of each contracted axis spent uniformly inside "
+                        "real_size (authors: 0.66667)")
+    g.add_argument("--encoder_layers", type=int, default=101, choices=[18, 34, 50, 101],
+                   help="image encoder ResNet depth (authors: 101)")
+    g.add_argument("--encoder_weights", type=str, default="imagenet",
+                   help="imagenet: torchvision's ImageNet file of that ResNet (e.g. resnet101-63fe2227.pth) from "
+                        "ckpts/ or torch hub's cache, never downloaded, an error names the file and its URL when "
+                        "missing; or a path to such a file; none: random init")
+    g.add_argument("--image_neck", type=str, default="upconcat", choices=["upconcat", "fpn"],
+                   help="upconcat: the authors' (ResNet stages 3-4 fused to one map at stride 4, needs "
+                        "--feat_stride 4); fpn: this project's (stages 3-5 summed at --feat_stride)")
+    g.add_argument("--feat_stride", type=int, default=4, choices=[4, 8, 16],
+                   help="stride of the image feature map that is lifted to the voxels")
+    g.add_argument("--feat_dim", type=int, default=64, help="channels of the lifted image features")
+    g.add_argument("--lift_visibility", type=str2bool, default=False,
+                   help="append the fraction of cameras that see each voxel to its lifted features (this "
+                        "project's; the authors lift the mean feature only)")
+    g.add_argument("--occ_decoder", type=str, default="hourglass", choices=["hourglass", "residual"],
+                   help="3D CNN: hourglass = the authors' (3 stacked hourglasses, batch norm, grid axes "
+                        "divisible by 4); residual = this project's (--decoder_blocks blocks, group norm)")
+    g.add_argument("--voxel_feat_dim", type=int, default=32,
+                   help="channels of the 3D decoder (authors: 2 x con_channel = 32)")
+    g.add_argument("--decoder_blocks", type=int, default=2, help="occ_decoder residual: 3x3x3 residual blocks")
+    g.add_argument("--decoder_lr_mult", type=float, default=10.0,
+                   help="learning rate of the 3D decoder and heads = lr x this (authors: de_lr 1e-3 = 10 x the "
+                        "encoder's 1e-4); the image encoder and neck train at lr")
+
+
+def encoder_weights(opt):
+    """--encoder_weights -> ResnetEncoder's ``weights`` argument (True = look up the ImageNet file)."""
+    w = opt.encoder_weights
+    if w is None or str(w).lower() in ("none", "", "false"):
+        return None
+    return True if str(w).lower() == "imagenet" else w
 
 
 def semantic_classes(opt):
     """Number of semantic classes C before the free channel: ``num_classes``, else 17 with use_sem, else 1."""
     return opt.num_classes or (NUM_SEM_CLASSES if opt.use_sem else 1)
-
-
-class VoxelGrid:
-    """Maps metric ego points to normalised grid coordinates in [-1, 1] and back (see the module docstring)."""
-
-    def __init__(self, shape, real_size, contracted=False, contract_outer=100.0, contract_ratio=0.8):
-        self.shape = tuple(int(n) for n in shape)
-        lo = torch.tensor(real_size[0::2], dtype=torch.float32)
-        hi = torch.tensor(real_size[1::2], dtype=torch.float32)
-        self.centre, self.half = (lo + hi) / 2, (hi - lo) / 2
-        self.contracted = contracted
-        self.ratio = contract_ratio
-        self.outer = contract_outer
-        if contracted and not (0 < contract_ratio < 1 and contract_outer > self.half[:2].max()):
-            raise ValueError("contracted grid needs 0 < contract_ratio < 1 and contract_outer beyond real_size")
-
-    @classmethod
-    def from_opt(cls, opt):
-        return cls(opt.grid_size, opt.real_size, opt.contracted, opt.contract_outer, opt.contract_ratio)
-
-    def _contract_xy(self, u, half):
-        a = u.abs().clamp(min=1.0)
-        outer = (self.ratio + (1 - self.ratio) * (1 - 1 / a) / (1 - half / self.outer)) * u.sign()
-        return torch.where(u.abs() <= 1, self.ratio * u, outer)
-
-    def _expand_xy(self, s, half):
-        t = ((s.abs() - self.ratio) / (1 - self.ratio)).clamp(0, 1 - 1e-6) * (1 - half / self.outer)
-        return torch.where(s.abs() <= self.ratio, s / self.ratio, s.sign() / (1 - t))
-
-    def normalise(self, pts):
-        """pts (..., 3) metric ego -> (..., 3) grid coordinates, x y z order, inside the volume when in [-1, 1]."""
-        u = (pts - self.centre.to(pts)) / self.half.to(pts)
-        if not self.contracted:
-            return u
-        xy = [self._contract_xy(u[..., i], self.half[i].item()) for i in range(2)]
-        return torch.stack(xy + [u[..., 2]], -1)
-
-    def denormalise(self, s):
-        """Inverse of ``normalise`` for s (..., 3) in [-1, 1]."""
-        if self.contracted:
-            xy = [self._expand_xy(s[..., i], self.half[i].item()) for i in range(2)]
-            s = torch.stack(xy + [s[..., 2]], -1)
-        return s * self.half.to(s) + self.centre.to(s)
-
-    def centres(self, device=None):
-        """Metric ego coordinates of the voxel centres, (X, Y, Z, 3)."""
-        axes = [(2 * torch.arange(n, device=device, dtype=torch.float32) + 1) / n - 1 for n in self.shape]
-        return self.denormalise(torch.stack(torch.meshgrid(*axes, indexing="ij"), -1))
 
 
 @full_precision
@@ -128,28 +139,57 @@ class OccNet(nn.Module):
         self.grid = VoxelGrid.from_opt(opt)
         self.min_depth = opt.min_depth
         self.feat_stride = opt.feat_stride
-        self.encoder = ResnetEncoder(opt.encoder_layers, opt.encoder_weights)
+        self.neck_type = opt.image_neck
+        self.lift_visibility = opt.lift_visibility
+        self.decoder_lr_mult = opt.decoder_lr_mult
         f, v = opt.feat_dim, opt.voxel_feat_dim
-        self.lateral = nn.ModuleList(nn.Conv2d(c, f, 1) for c in self.encoder.num_ch_enc[2:])
-        self.fuse = nn.Sequential(nn.Conv2d(f, f, 3, padding=1), nn.ReLU(inplace=True))
-        self.decoder = nn.Sequential(
-            nn.Conv3d(f + 1, v, 3, padding=1, bias=False), nn.GroupNorm(min(8, v), v), nn.ReLU(inplace=True),
-            *[ResBlock3d(v) for _ in range(opt.decoder_blocks)])
+        if opt.image_neck == "upconcat":
+            if opt.feat_stride != 4:
+                raise ValueError(f"--image_neck upconcat lifts features at stride 4: set --feat_stride 4 (got "
+                                 f"{opt.feat_stride}) or use --image_neck fpn")
+            self.encoder = ResnetEncoder(opt.encoder_layers, encoder_weights(opt), num_stages=4)
+            self.neck = UpConcatNeck(*self.encoder.num_ch_enc[2:4], f)
+        else:
+            self.encoder = ResnetEncoder(opt.encoder_layers, encoder_weights(opt))
+            self.lateral = nn.ModuleList(nn.Conv2d(c, f, 1) for c in self.encoder.num_ch_enc[2:])
+            self.fuse = nn.Sequential(nn.Conv2d(f, f, 3, padding=1), nn.ReLU(inplace=True))
+        lifted = f + int(opt.lift_visibility)
         n_cls = semantic_classes(opt)
-        self.head = nn.Conv3d(v, n_cls + 1, 1)
+        if opt.occ_decoder == "hourglass":
+            self.decoder = HourglassTrunk(lifted, v)
+            self.head = hourglass_head(v, n_cls + 1)
+            logit_bias = self.head[-1][1].bias  # the last batch norm's shift
+        else:
+            self.decoder = nn.Sequential(
+                nn.Conv3d(lifted, v, 3, padding=1, bias=False), nn.GroupNorm(min(8, v), v), nn.ReLU(inplace=True),
+                *[ResBlock3d(v) for _ in range(opt.decoder_blocks)])
+            self.head = nn.Conv3d(v, n_cls + 1, 1)
+            logit_bias = self.head.bias
         with torch.no_grad():
             p = self.INIT_OPACITY
-            self.head.bias.zero_()
-            self.head.bias[-1] = torch.log(torch.tensor((1 - p) * n_cls / p))
+            logit_bias.zero_()
+            logit_bias[-1] = torch.log(torch.tensor((1 - p) * n_cls / p))
         self.scale_head = nn.Conv3d(v, 1, 1) if opt.gs_scale_learn else None
         self.register_buffer("centres", self.grid.centres(), persistent=False)
 
+    def param_groups(self):
+        """Optimiser groups: the 2D part (encoder, neck) at the base lr, the 3D part (decoder, heads) at
+        ``decoder_lr_mult`` x lr (one group when that is 1). Each group: dict(params=[...], lr_scale=float)."""
+        two_d = [p for n, p in self.named_parameters() if n.split(".")[0] in ("encoder", "neck", "lateral", "fuse")]
+        ids = {id(p) for p in two_d}
+        three_d = [p for p in self.parameters() if id(p) not in ids]
+        if self.decoder_lr_mult == 1:
+            return [{"params": two_d + three_d, "lr_scale": 1.0}]
+        return [{"params": two_d, "lr_scale": 1.0}, {"params": three_d, "lr_scale": float(self.decoder_lr_mult)}]
+
     def image_features(self, imgs):
-        """imgs (N, 3, H, W) -> fused features (N, feat_dim, H / feat_stride, W / feat_stride)."""
-        feats = self.encoder(imgs)[2:]
+        """imgs (N, 3, H, W) -> features (N, feat_dim, H / feat_stride, W / feat_stride)."""
+        feats = self.encoder(imgs)
+        if self.neck_type == "upconcat":
+            return self.neck(feats[2], feats[3])
         size = (imgs.shape[-2] // self.feat_stride, imgs.shape[-1] // self.feat_stride)
         fused = sum(F.interpolate(lat(x), size=size, mode="bilinear", align_corners=False)
-                    for lat, x in zip(self.lateral, feats))
+                    for lat, x in zip(self.lateral, feats[2:]))
         return self.fuse(fused)
 
     def forward(self, imgs, K, cam2ego):
@@ -157,6 +197,8 @@ class OccNet(nn.Module):
         feats = self.image_features(imgs.flatten(0, 1))
         feats = feats.view(B, n_cam, *feats.shape[1:])
         vol = lift_features(feats, K, cam2ego, self.centres.view(-1, 3), (H, W), self.min_depth)
+        if not self.lift_visibility:
+            vol = vol[:, :-1]
         x = self.decoder(vol.view(B, -1, *self.grid.shape))
         out = {"logits": self.head(x)}
         if self.scale_head is not None:

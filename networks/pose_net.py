@@ -23,7 +23,8 @@ class PoseNet(nn.Module):
     A frame's rotation is ~0.004 rad and its translation ~1 m; in raw radians the rotation moved ~100x too fast
     next to the translation (measured on exact synthetic depth, pose net alone: rotation error 5-17 degrees for
     ~800 steps and translation scale 0.24-0.31; with 0.01: scale 1.06 within 100 steps). The translation stays in
-    metres because the depth is metric. Checkpoints from before this option load with 1.0 (options.LEGACY).
+    metres because the depth is metric. Checkpoints from before this option load with 1.0
+    (gsp_model.CHECKPOINT_DEFAULTS).
 
     forward(first (B, 6, 3, H, W), second (B, 6, 3, H, W)) -> T_ego (B, 4, 4): maps points in the ego frame of
     first to the ego frame of second. GSPModel passes the earlier frame first (see GSPModel.ego_motion).

@@ -3,6 +3,8 @@
 ImageNet normalisation happens here, so callers pass RGB images in [0, 1]. Pretrained weights are never
 downloaded: ``weights`` is the path of a torchvision ImageNet checkpoint, ``True`` to look for the torchvision
 file (e.g. ``resnet18-f37072fd.pth``) in ``ckpts/`` or in torch hub's cache, or None / False for a random init.
+The files are torchvision's IMAGENET1K_V1 weights (what ``pretrained=True`` loaded in the authors' torchvision):
+``WEIGHTS_URL + WEIGHT_FILES[n]``.
 """
 import os
 
@@ -10,8 +12,10 @@ import torch
 import torch.nn as nn
 from torchvision import models
 
-RESNETS = {18: models.resnet18, 34: models.resnet34, 50: models.resnet50}
-WEIGHT_FILES = {18: "resnet18-f37072fd.pth", 34: "resnet34-b627a593.pth", 50: "resnet50-0676ba61.pth"}
+RESNETS = {18: models.resnet18, 34: models.resnet34, 50: models.resnet50, 101: models.resnet101}
+WEIGHT_FILES = {18: "resnet18-f37072fd.pth", 34: "resnet34-b627a593.pth", 50: "resnet50-0676ba61.pth",
+                101: "resnet101-63fe2227.pth"}
+WEIGHTS_URL = "https://download.pytorch.org/models/"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -24,8 +28,10 @@ def find_weights(num_layers):
     for p in places:
         if os.path.isfile(p):
             return p
-    raise FileNotFoundError(f"ImageNet weights {name} not found in {' or '.join(places)}; nothing is downloaded: "
-                            f"copy the torchvision file there, pass its path, or turn pretrained weights off")
+    raise FileNotFoundError(
+        f"ImageNet weights {name} (ResNet-{num_layers}) not found in {' or '.join(places)}; nothing is downloaded "
+        f"here: fetch {WEIGHTS_URL}{name} on a machine with internet access and copy it to ckpts/{name}, or pass "
+        f"its path, or turn pretrained weights off (stage 2: --encoder_weights none)")
 
 
 def load_imagenet_weights(net, path, num_input_images=1):
@@ -35,7 +41,8 @@ def load_imagenet_weights(net, path, num_input_images=1):
     response to identical images matches the single-image network.
     """
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"ImageNet weights not found: {path} (nothing is downloaded)")
+        raise FileNotFoundError(f"ImageNet weights not found: {path} (nothing is downloaded; the torchvision files "
+                                f"are at {WEIGHTS_URL}<name>, e.g. {WEIGHTS_URL}{WEIGHT_FILES[50]})")
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k: v for k, v in state.get("state_dict", state).items() if not k.startswith("fc.")}
     if "conv1.weight" in state:
@@ -47,13 +54,14 @@ def load_imagenet_weights(net, path, num_input_images=1):
 
 
 class ResnetEncoder(nn.Module):
-    """ResNet-18/34/50 backbone over ``num_input_images`` RGB images stacked along the channels.
+    """ResNet-18/34/50/101 backbone over ``num_input_images`` RGB images stacked along the channels.
 
-    forward(x (B, 3 * num_input_images, H, W) in [0, 1]) -> list of 5 feature maps at strides 2, 4, 8, 16, 32
-    with ``self.num_ch_enc`` channels (64, 64, 128, 256, 512 for 18/34; x4 after the stem for 50).
+    forward(x (B, 3 * num_input_images, H, W) in [0, 1]) -> list of ``num_stages`` (<= 5) feature maps at strides
+    2, 4, 8, 16, 32 with ``self.num_ch_enc`` channels (64, 64, 128, 256, 512 for 18/34; x4 after the stem for
+    50/101). With ``num_stages`` < 5 the unused last stages are not built (no parameters, no compute).
     """
 
-    def __init__(self, num_layers=18, weights=None, num_input_images=1):
+    def __init__(self, num_layers=18, weights=None, num_input_images=1, num_stages=5):
         super().__init__()
         if num_layers not in RESNETS:
             raise ValueError(f"encoder layers must be one of {sorted(RESNETS)}, got {num_layers}")
@@ -65,9 +73,14 @@ class ResnetEncoder(nn.Module):
         if weights:
             load_imagenet_weights(net, weights, num_input_images)
         del net.fc, net.avgpool
+        if not 2 <= num_stages <= 5:
+            raise ValueError(f"num_stages must be in 2..5, got {num_stages}")
+        self.layers = ["layer1", "layer2", "layer3", "layer4"][:num_stages - 1]
+        for name in ["layer2", "layer3", "layer4"][num_stages - 2:]:
+            delattr(net, name)
         self.net = net
-        expansion = 4 if num_layers == 50 else 1
-        self.num_ch_enc = [64, 64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
+        expansion = 4 if num_layers >= 50 else 1
+        self.num_ch_enc = [64, 64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion][:num_stages]
         mean = torch.tensor(IMAGENET_MEAN * num_input_images).view(1, -1, 1, 1)
         std = torch.tensor(IMAGENET_STD * num_input_images).view(1, -1, 1, 1)
         self.register_buffer("mean", mean, persistent=False)
@@ -77,9 +90,8 @@ class ResnetEncoder(nn.Module):
         n = self.net
         x = n.relu(n.bn1(n.conv1((x - self.mean) / self.std)))
         feats = [x]
-        x = n.layer1(n.maxpool(x))
-        feats.append(x)
-        for layer in (n.layer2, n.layer3, n.layer4):
-            x = layer(x)
+        x = n.maxpool(x)
+        for name in self.layers:
+            x = getattr(n, name)(x)
             feats.append(x)
         return feats

@@ -4,8 +4,9 @@ Each voxel becomes an isotropic Gaussian at its (fixed) centre with identity rot
   * opacity  = 1 - softmax(logits)[free],
   * features = the C semantic logits,
   * scale    = ``gs_scale`` metres, or with ``gs_scale_learn`` ``gs_scale_max * sigmoid(raw scale)`` (a smooth
-               clamp at the maximum); with contracted coordinates, x4 beyond 60 m and x8 beyond 80 m of
-               horizontal distance from the ego origin, where the voxels are large.
+               clamp at the maximum); with contracted coordinates, x4 beyond 60 m and x8 beyond 80 m from the
+               ego origin, where the voxels are large: distance along the contracted axes (horizontal for
+               ``contract_mode xy``, 3D for ``xyz``, as the authors' point_distance).
 Two prunings, both exact (they only drop Gaussians the rasteriser would not draw anyway):
   * opacity < 1/255: the rasteriser skips any alpha below 1/255 and alpha <= opacity;
   * behind all cameras: a Gaussian whose mean is closer than ``near`` along the optical axis of every camera
@@ -15,7 +16,9 @@ import torch
 
 from utils.precision import full_precision
 
-FAR_SCALE = ((60.0, 4.0), (80.0, 8.0))  # (horizontal distance in metres, scale factor) for contracted grids
+# (distance in metres, scale factor) for contracted grids; the authors' 1.5 x real_size[1] and max_depth at their
+# nuScenes settings
+FAR_SCALE = ((60.0, 4.0), (80.0, 8.0))
 MIN_OPACITY = 1.0 / 255.0
 
 
@@ -26,7 +29,8 @@ def gaussian_scales(centres, raw_scale, opt):
     else:
         scale = centres.new_full(centres.shape[:1], opt.gs_scale)
     if opt.contracted:
-        dist = centres[:, :2].norm(dim=1)
+        axes = 3 if opt.contract_mode == "xyz" else 2
+        dist = centres[:, :axes].norm(dim=1)
         factor = torch.ones_like(dist)
         for d, f in FAR_SCALE:
             factor = torch.where(dist > d, torch.full_like(dist, f), factor)

@@ -34,3 +34,13 @@ def occ3d_label():
     """One real Occ3D-nuScenes labels.npz."""
     d = _fixture("occ3d-sample")
     return next(d.glob("*/labels.npz"))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors on a shared 2-core machine: one thread is several times faster than two fighting."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

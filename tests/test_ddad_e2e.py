@@ -49,7 +49,7 @@ def test_ddad_export_train_both_stages_and_eval(ddad_root, tmp_path, monkeypatch
     gsv_calls = spy(monkeypatch, GSVModel)
     run(monkeypatch, train_entry.main, "--config", "configs/ddad-gsv.txt", *common, "--exp_name", "gsv",
         "--stage1_ckpt", gsp_ckpt, "--grid_size", 40, 40, 8, "--encoder_layers", 18,
-        "--feat_dim", 16, "--voxel_feat_dim", 8, "--decoder_blocks", 1)
+        "--feat_dim", 16, "--voxel_feat_dim", 8, "--decoder_blocks", 1, "--encoder_weights", "none")
     gsv_ckpt = logs / "gsv" / "ckpt" / "last.pt"
     assert gsv_ckpt.is_file()
 

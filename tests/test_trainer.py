@@ -164,3 +164,22 @@ def test_every_shipped_config_parses():
     for name in names:
         opt = options.parse_args(["--config", os.path.join(root, name)])
         assert opt.stage in ("gsp", "gsv")
+
+
+class GroupToy(ToyModel):
+    """ToyModel whose bias trains at 10x the scheduled lr (like GSVModel's 3D decoder)."""
+
+    def trainable_parameters(self):
+        return [{"params": [self.lin.weight], "lr_scale": 1.0}, {"params": [self.lin.bias], "lr_scale": 10.0}]
+
+
+def test_parameter_groups_follow_the_schedule_at_their_own_scale(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer_mod, "build_model", lambda opt: GroupToy())
+    monkeypatch.setattr(trainer_mod, "build_dataset", lambda opt, split: ToyData())
+    t = trainer_mod.Trainer(make_opt(tmp_path, "--max_steps", "4", "--lr_milestones", "0.5"))
+    assert len(t.optimizer.param_groups) == 2
+    t.train()
+    # the last step (index 3) ran after the milestone at step 2: lr 1e-3, and 10x that for the bias group
+    assert [g["lr"] for g in t.optimizer.param_groups] == pytest.approx([1e-3, 1e-2])
+    plain = trainer_mod.param_groups(torch.nn.Linear(2, 1).requires_grad_(False).parameters())
+    assert plain == []  # nothing trainable: no group (the Trainer then stops with a clear error)

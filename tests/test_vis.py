@@ -132,7 +132,7 @@ def test_visualize_tool_with_checkpoint(nusc_root, tmp_path):
     opt = options.parse_args(["--stage", "gsv", "--pose", "gt", "--grid_size", "20", "20", "4",
                               "--encoder_layers", "18", "--num_classes", "17", "--input_size", "32", "64",
                               "--render_size", "24", "40", "--raster_backend", "torch", "--feat_dim", "8",
-                              "--voxel_feat_dim", "8", "--decoder_blocks", "1"])
+                              "--voxel_feat_dim", "8", "--decoder_blocks", "1", "--encoder_weights", "none"])
     ckpt = tmp_path / "tiny.pt"
     torch.manual_seed(0)
     torch.save({"model": GSVModel(opt).state_dict(), "opt": vars(opt)}, ckpt)

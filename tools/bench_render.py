@@ -79,10 +79,15 @@ SCALE_PER_VOXEL = 0.375  # gs_scale = voxel / 2.67: 0.1 m at 24x300x300
 FULL_DEFAULT_GRIDS = "16x200x200,24x300x300,32x512x512"
 FULL_DEFAULT_SIZES = "180x320,240x520,360x640"
 QUICK_GRIDS, QUICK_SIZES = "8x100x100", "24x40,36x64"  # isotropic 0.8 m voxels: GSV and VR comparable
-# A tiny GSVModel for --quick (the one of tests/test_gsv_model.py).
+# Both renderers see the same uniform volume (volume rendering has no contracted grid); no ImageNet file needed.
+BENCH_NET = ["--encoder_weights", "none", "--contracted", "false"]
+# A tiny GSVModel for --quick (the one of tests/test_gsv_model.py: this project's network).
 QUICK_MODEL = ["--encoder_layers", "18", "--grid_size", "24", "24", "6", "--feat_dim", "16", "--voxel_feat_dim",
-               "8", "--decoder_blocks", "1", "--input_size", "64", "112", "--render_size", "32", "56"]
-PAPER_MODEL = ["--input_size", "384", "640", "--render_size", "180", "320", "--grid_size", "300", "300", "24"]
+               "8", "--decoder_blocks", "1", "--input_size", "64", "112", "--render_size", "32", "56",
+               "--image_neck", "fpn", "--feat_stride", "8", "--lift_visibility", "true", "--occ_decoder", "residual",
+               *BENCH_NET]
+PAPER_MODEL = ["--input_size", "384", "640", "--render_size", "180", "320", "--grid_size", "300", "300", "24",
+               *BENCH_NET]
 
 
 def build_parser():
@@ -319,7 +324,8 @@ class RenderInputs:
         self.voxel_xy = (OCC3D_RANGE[3] - OCC3D_RANGE[0]) / X
         self.voxel_mean = float(np.mean([(OCC3D_RANGE[3 + i] - OCC3D_RANGE[i]) / n for i, n in enumerate((X, Y, Z))]))
         self.gs_scale = args.gs_scale if args.gs_scale is not None else SCALE_PER_VOXEL * self.voxel_xy
-        self.opt = parse_model_args(["--gs_scale", f"{self.gs_scale:.6g}", "--grid_size", str(X), str(Y), str(Z)])
+        self.opt = parse_model_args(["--gs_scale", f"{self.gs_scale:.6g}", "--grid_size", str(X), str(Y), str(Z),
+                                     *BENCH_NET])
 
 
 def render_fn(method, inp, cams, w, h, grad):
@@ -515,7 +521,7 @@ class Bench:
                 with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     loss, logs, _ = model(batch)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, opt.grad_clip)
+                torch.nn.utils.clip_grad_norm_([p for g in params for p in g["params"]], opt.grad_clip)
                 optim.step()
                 return {"loss": float(loss.detach()), "n_gaussians": float(logs["num_gaussians"])}
 

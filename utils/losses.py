@@ -131,23 +131,32 @@ def smoothness_loss(disp, img):
     return (dx_d * torch.exp(-dx_i)).mean() + (dy_d * torch.exp(-dy_i)).mean()
 
 
-def semantic_ce(logits, labels, ignore_index=255):
+def semantic_ce(logits, labels, ignore_index=255, weight=None):
     """Cross-entropy averaged over labelled pixels.
 
     logits: (B, C, H, W). labels: (B, H, W) int64 class ids in [0, C) or ``ignore_index``.
-    Returns a scalar; 0 (with a gradient) when every pixel is ignored.
+    weight: optional (C,) class weights; then the mean is weighted, sum_i w[y_i] ce_i / sum_i w[y_i] (torch's
+    ``cross_entropy(weight=...)``, as the authors' sem_criterion), and classes of weight 0 drop out.
+    Returns a scalar; 0 (with a gradient) when every pixel is ignored or has weight 0.
     """
     if logits.dim() != 4 or labels.shape != (logits.shape[0],) + logits.shape[2:]:
         raise ValueError(f"labels {tuple(labels.shape)} must be (B, H, W) of logits {tuple(logits.shape)}")
     if labels.dtype != torch.int64:
         raise TypeError(f"labels must be int64, got {labels.dtype}")
+    if weight is not None and weight.shape != (logits.shape[1],):
+        raise ValueError(f"class weight {tuple(weight.shape)} must have one value per class ({logits.shape[1]})")
     known = labels != ignore_index
     bad = known & ((labels < 0) | (labels >= logits.shape[1]))
     if bad.any():
         raise ValueError(f"labels contain ids outside [0, {logits.shape[1]}) other than ignore_index "
                          f"{ignore_index}: {labels[bad].unique().tolist()[:10]}")
-    ce = F.cross_entropy(logits, labels, ignore_index=ignore_index, reduction="sum")
-    return ce / known.sum().clamp(min=1)
+    if weight is not None:
+        weight = weight.to(logits.dtype)
+    ce = F.cross_entropy(logits, labels, weight=weight, ignore_index=ignore_index, reduction="sum")
+    if weight is None:
+        return ce / known.sum().clamp(min=1)
+    total = weight[labels.clamp(0, logits.shape[1] - 1)][known].sum()  # ignored pixels indexed harmlessly, dropped
+    return ce / total.clamp(min=1e-12)
 
 
 def opacity_entropy(alpha, eps=1e-6):
