@@ -176,3 +176,13 @@ def test_evaluate_uses_the_authors_mask_and_scene_origins():
     del item["ray_origins"]
     with pytest.raises(ValueError, match="--rayiou_origins fixed"):
         evaluate(model, [item], parse_args(base), "cpu")
+
+
+def test_real_occ3d_sample_masks(occ3d_label):
+    """On the real Occ3D-nuScenes sample every mask_camera voxel is also in mask_lidar (13,246 more are LiDAR-only),
+    so there camera_lidar scores the same voxels as camera; on the synthetic set the two differ."""
+    label = np.load(occ3d_label)
+    cam, lidar = label["mask_camera"], label["mask_lidar"]
+    assert cam.dtype == lidar.dtype == np.uint8 and cam.shape == lidar.shape == (200, 200, 16)
+    both = occ_eval_mask(cam, lidar)
+    assert (both == (cam > 0)).all() and both.sum() == 43355 and (lidar > 0).sum() == 56601

@@ -17,15 +17,8 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from datasets.nuscenes_dataset import load_tables, read_split, resolve, sample_sensor_data  # noqa: E402
 from datasets.pseudo_labels import gsam_path, read_gsam_bin  # noqa: E402
+from tools.export_gt_depth_nusc import image_hw  # noqa: E402
 from utils.constants import CAMS  # noqa: E402
-
-
-def image_size(dataroot, sd):
-    """(h, w) of a camera image: from the sample_data record when it has it, else from the file."""
-    if sd.get("height") and sd.get("width"):
-        return int(sd["height"]), int(sd["width"])
-    with Image.open(os.path.join(dataroot, sd["filename"])) as img:
-        return img.size[1], img.size[0]
 
 
 def convert(dataroot, version, src, out, split=None, overwrite=False):
@@ -46,7 +39,7 @@ def convert(dataroot, version, src, out, split=None, overwrite=False):
             if os.path.isfile(path) and not overwrite:
                 continue
             sd = cams[token][cam]
-            labels = read_gsam_bin(gsam_path(src, sd["filename"]), image_size(dataroot, sd))
+            labels = read_gsam_bin(gsam_path(src, sd["filename"]), image_hw(dataroot, sd))
             os.makedirs(os.path.dirname(path), exist_ok=True)
             Image.fromarray(labels).save(path)
             written += 1
