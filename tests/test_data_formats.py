@@ -1,8 +1,11 @@
 """Data a user of the original release already has: Grounded-SAM ``*_mask.bin`` pseudo-labels (reader and PNG
 converter) and the train split rule behind their nuScenes lists (tools/make_split.py --train_min_motion)."""
+import os
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from datasets.nuscenes_dataset import NuScenesDataset
 from datasets.pseudo_labels import GSAM_TO_OCC, read_gsam_bin, resize_labels
@@ -99,3 +102,24 @@ def test_train_min_motion_drops_static_samples(nusc_root, tmp_path, capsys):
           "--train_min_motion", "0.1"])
     assert "train: 2 static samples dropped" in capsys.readouterr().out
     assert (tmp_path / "v1.0-x_train.txt").read_text().split("\n")[1:-1] == tokens[1:-1]
+
+
+def test_ddad_gsam_files_in_the_release_layout(ddad_root, tmp_path):
+    """DDAD: <sem_root>/<scene>/<CAMERA_xx>/<image name>_mask.bin at the original image size."""
+    import warnings
+    from datasets.ddad_dataset import DDAD_CAMS, DDADDataset
+    from tests.test_ddad import make_opt as ddad_opt
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = DDADDataset(ddad_opt(ddad_root, "--use_sem", "true", "--sem_format", "gsam_bin", "--sem_root",
+                                  str(tmp_path)), "val")
+    m = ds.samples[0]
+    for c, cam in enumerate(DDAD_CAMS):
+        path = ds._gsam_file(m, c)
+        name = m["files"][1][c].replace("\\", "/").split("/")[-1].rsplit(".", 1)[0]
+        assert path == str(tmp_path / m["scene"] / cam / (name + "_mask.bin"))
+        with Image.open(ddad_root / m["files"][1][c]) as img:
+            w, h = img.size
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        np.full((h, w), 6, np.int8).tofile(path)
+    assert (ds[0]["sem"] == OCC_CLASSES.index("vegetation")).all()  # tree -> vegetation
