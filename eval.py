@@ -32,11 +32,28 @@ def _true_motion(ego2global):
     return torch.stack([torch.linalg.inv(e[:, 0]) @ e[:, 1], torch.linalg.inv(e[:, 2]) @ e[:, 1]], 1)
 
 
+MASK_TEXT = {"camera_lidar": "inside mask_camera AND mask_lidar, the authors' protocol",
+             "camera": "inside mask_camera only", "none": "every voxel, no visibility mask"}
+ORIGINS_TEXT = {"scene": "SparseOcc's origins: LiDAR positions of up to 8 keyframes of the scene",
+                "fixed": "one fixed LiDAR origin (0.94, 0, 1.84) m"}
+
+
+def _ray_origins(batch, b, mode):
+    """(K, 3) RayIoU origins of sample ``b`` of the batch, ego frame, metres (``--rayiou_origins``)."""
+    from utils.occ_metrics import NUSC_LIDAR_ORIGIN
+    if mode == "fixed":
+        return [NUSC_LIDAR_ORIGIN]
+    if "ray_origins" not in batch:
+        raise ValueError("--rayiou_origins scene needs the LIDAR_TOP keyframes of each scene in the nuScenes tables "
+                         "(the dataset gave no ray_origins); use --rayiou_origins fixed")
+    return batch["ray_origins"][b].cpu().numpy()
+
+
 @torch.no_grad()
 def evaluate(model, dataset, opt, device):
     """Run every metric the dataset has labels for. Returns {'scalars': {...}, 'text': markdown, ...}."""
     from utils.metrics import DepthEvaluator
-    from utils.occ_metrics import OccEvaluator, RayIoU
+    from utils.occ_metrics import OccEvaluator, RayIoU, occ_eval_mask
     from trainer import to_device
     from utils.pose_metrics import evaluate_scene_poses
 
@@ -53,19 +70,24 @@ def evaluate(model, dataset, opt, device):
     t0 = time.time()
     for n, batch in enumerate(tqdm(loader, desc="eval", disable=not dist.is_main(), dynamic_ncols=True)):
         batch = to_device(batch, device)
-        if opt.eval_depth and "depth_gt" in batch:
-            pred = model.predict_depth(batch)
-            for b in range(pred.shape[0]):
-                depth_ev.update(pred[b].float().cpu(), batch["depth_gt"][b].cpu())
-            seen["depth"] += pred.shape[0]
-        if opt.stage == "gsv" and opt.eval_occ and "occ_semantics" in batch:
-            occ = model.predict_occupancy(batch).cpu().numpy()
+        want_depth = opt.eval_depth and "depth_gt" in batch
+        want_occ = opt.stage == "gsv" and opt.eval_occ and "occ_semantics" in batch
+        if opt.stage == "gsv" and (want_depth or want_occ):  # one network forward for both
+            pred = model.predict(batch, depth=want_depth, occupancy=want_occ)
+        else:
+            pred = {"depth": model.predict_depth(batch)} if want_depth else {}
+        if "depth" in pred:
+            for b in range(pred["depth"].shape[0]):
+                depth_ev.update(pred["depth"][b].float().cpu(), batch["depth_gt"][b].cpu())
+            seen["depth"] += pred["depth"].shape[0]
+        if "occupancy" in pred:
+            occ = pred["occupancy"].cpu().numpy()
             for b in range(occ.shape[0]):
                 gt = batch["occ_semantics"][b].cpu().numpy()
-                mask = batch["occ_mask_camera"][b].cpu().numpy().astype(bool)
-                occ_ev.update(occ[b], gt, mask)
-                if opt.eval_rayiou:
-                    ray_ev.update(occ[b], gt)  # SparseOcc: rays from the LiDAR origin, no camera mask
+                occ_ev.update(occ[b], gt, occ_eval_mask(batch["occ_mask_camera"][b], batch["occ_mask_lidar"][b],
+                                                        opt.occ_eval_mask))
+                if opt.eval_rayiou:  # SparseOcc: no visibility mask
+                    ray_ev.update(occ[b], gt, origins=_ray_origins(batch, b, opt.rayiou_origins))
             seen["occ"] += occ.shape[0]
         if opt.stage == "gsp" and opt.eval_pose:
             pred = model.predict_pose(batch)[:, 1].double().cpu()
@@ -87,14 +109,20 @@ def evaluate(model, dataset, opt, device):
     if seen["occ"]:
         s = occ_ev.summary()
         out["occupancy"] = s
-        out["scalars"].update({"occ/mIoU": s["mIoU"], "occ/mIoU*": s["mIoU_star"], "occ/IoU": s["geo_IoU"]})
-        out["text"] += "### Occupancy (Occ3D, inside mask_camera)\n\n" + occ_ev.table() + "\n\n"
+        out["occ_eval_mask"] = opt.occ_eval_mask
+        out["scalars"].update({"occ/mIoU": s["mIoU"], "occ/mIoU*": s["mIoU_star"], "occ/mIoU_13": s["mIoU_13"],
+                               "occ/IoU": s["geo_IoU"]})
+        out["text"] += f"### Occupancy (Occ3D, {MASK_TEXT[opt.occ_eval_mask]}: --occ_eval_mask " \
+                       f"{opt.occ_eval_mask})\n\n" + occ_ev.table() + "\n\n"
         if opt.eval_rayiou:
             r = ray_ev.summary()
             out["rayiou"] = r
+            out["rayiou_origins"] = opt.rayiou_origins
             out["scalars"]["occ/RayIoU"] = r["RayIoU"]
             out["text"] += f"RayIoU {r['RayIoU']:.2f} (1/2/4 m: " + \
-                           "/".join(f"{r[k]:.2f}" for k in ("RayIoU@1", "RayIoU@2", "RayIoU@4")) + ")\n\n"
+                           "/".join(f"{r[k]:.2f}" for k in ("RayIoU@1", "RayIoU@2", "RayIoU@4")) + \
+                           f"; {ORIGINS_TEXT[opt.rayiou_origins]}: --rayiou_origins {opt.rayiou_origins}; " \
+                           "no visibility mask, as SparseOcc)\n\n"
     if poses:
         gathered = [None] * dist.world_size()
         if torch.distributed.is_initialized():
@@ -125,7 +153,10 @@ def main():
     model = build_model(opt).to(device)
     model.load_state_dict(strip_module_prefix(state["model"]))
     dataset = build_dataset(opt, "val")
-    metrics = evaluate(model, dataset, opt, device)
+    try:
+        metrics = evaluate(model, dataset, opt, device)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     if dist.is_main():
         out_dir = opt.out_dir or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(opt.ckpt))), "eval")
         os.makedirs(out_dir, exist_ok=True)

@@ -79,7 +79,14 @@ def add_base_args(p):
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval_depth", type=str2bool, default=True, help="depth metrics against LiDAR")
     g.add_argument("--eval_occ", type=str2bool, default=True, help="occupancy metrics against Occ3D labels")
+    g.add_argument("--occ_eval_mask", type=str, default="camera_lidar", choices=["camera_lidar", "camera", "none"],
+                   help="voxels scored by mIoU / IoU: camera_lidar = mask_camera AND mask_lidar (the authors' "
+                        "protocol on Occ3D-nuScenes), camera = mask_camera only (Occ3D's own script), none = all")
     g.add_argument("--eval_rayiou", type=str2bool, default=True, help="also RayIoU (slower)")
+    g.add_argument("--rayiou_origins", type=str, default="scene", choices=["scene", "fixed"],
+                   help="RayIoU ray origins: scene = SparseOcc's (LiDAR positions of up to 8 keyframes of the "
+                        "sample's scene in the current ego frame, |x|,|y| < 39 m; needs LIDAR_TOP in the tables); "
+                        "fixed = one nuScenes LiDAR position (0.94, 0, 1.84) m for every sample")
     g.add_argument("--eval_pose", type=str2bool, default=True, help="stage 1: pose against recorded ego poses")
     g.add_argument("--min_depth_eval", type=float, default=0.1, help="depth eval range, metres (low)")
     g.add_argument("--max_depth_eval", type=float, default=80.0, help="depth eval range, metres (high; 200 on DDAD)")

@@ -20,7 +20,7 @@ from datasets import build_dataset, collate
 from networks import build_model
 from options import dump_options
 from utils import dist
-from utils.checkpoint import load_checkpoint, save_checkpoint, strip_module_prefix
+from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint, strip_module_prefix
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -88,10 +88,7 @@ class Trainer:
 
         self.model = build_model(opt).to(self.device)
         if opt.load_weights:
-            state = load_checkpoint(opt.load_weights)
-            missing, unexpected = self.model.load_state_dict(strip_module_prefix(state["model"]), strict=False)
-            if dist.is_main():
-                print(f"loaded weights from {opt.load_weights} ({len(missing)} missing, {len(unexpected)} unexpected keys)")
+            load_weights(self.model, opt.load_weights, log=print if dist.is_main() else lambda msg: None)
         groups = param_groups(self.model.trainable_parameters())
         if not groups:
             raise RuntimeError("the model has no trainable parameters for this phase")

@@ -164,6 +164,7 @@ class DDADDataset(NuScenesDataset):
         self.input_size = tuple(opt.input_size)
         self.render_size = tuple(opt.render_size)
         self.sem_root = resolve(root, opt.sem_root) if opt.use_sem else None
+        self.sem_format = opt.sem_format
         self.occ_root = None
         self.depth_root = resolve(root, opt.depth_root)
         mask_dir = resolve(root, opt.ddad_mask_dir or "masks")
@@ -205,6 +206,11 @@ class DDADDataset(NuScenesDataset):
                     K=np.stack([scene["calib"][c][0] for c in DDAD_CAMS]).astype(np.float32),
                     cam2ego=cam2ego.astype(np.float32), ego2global=ego2global.astype(np.float32),
                     has_prev=i > 0, has_next=i < len(frames) - 1)
+
+    def _gsam_file(self, m, c):
+        """The release's DDAD layout of Grounded-SAM files: <sem_root>/<scene>/<CAMERA_xx>/<image name>_mask.bin."""
+        name = os.path.splitext(os.path.basename(m["files"][1][c]))[0]
+        return os.path.join(self.sem_root, m["scene"], DDAD_CAMS[c], name + "_mask.bin")
 
     def __getitem__(self, index):
         item = super().__getitem__(index)

@@ -12,8 +12,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from datasets.pseudo_labels import SEM_FORMATS, gsam_path, read_gsam_bin, read_png_label, resize_labels
 from utils.geometry import scale_intrinsics
 from utils.constants import CAMS
+from utils.occ_metrics import sparseocc_origins
+
+MAX_RAY_ORIGINS = 8  # SparseOcc's RayIoU casts from up to 8 LiDAR origins a sample
 
 # Fields this code reads from each table.
 TABLE_FIELDS = {
@@ -105,6 +109,30 @@ def scene_samples(tables):
     return out
 
 
+def scene_ray_origins(tables, samples, lidar_data):
+    """``{sample_token: (K, 3) float32}``: the RayIoU origins of every sample (``utils.occ_metrics.
+    sparseocc_origins``) from the LIDAR_TOP keyframes of its scene. ``samples``: ``[(token, scene)]`` of whole
+    scenes in time order; ``lidar_data``: ``{sample_token: {"LIDAR_TOP": sample_data}}``. Scenes with a keyframe
+    without LIDAR_TOP data get no entry."""
+    scenes = {}
+    for token, scene in samples:
+        scenes.setdefault(scene, []).append(token)
+    out = {}
+    for tokens in scenes.values():
+        if any("LIDAR_TOP" not in lidar_data.get(t, {}) for t in tokens):
+            continue
+        lidar2ego, lidar2global = [], []
+        for t in tokens:
+            sd = lidar_data[t]["LIDAR_TOP"]
+            cs = get(tables, "calibrated_sensor", sd["calibrated_sensor_token"], f"sample_data {sd['token']}")
+            pose = get(tables, "ego_pose", sd["ego_pose_token"], f"sample_data {sd['token']}")
+            lidar2ego.append(pose_matrix(cs["translation"], cs["rotation"]))
+            lidar2global.append(pose_matrix(pose["translation"], pose["rotation"]) @ lidar2ego[-1])
+        for i, t in enumerate(tokens):
+            out[t] = sparseocc_origins(np.stack(lidar2global), i, lidar2ego[i], MAX_RAY_ORIGINS).astype(np.float32)
+    return out
+
+
 def read_split(path):
     """Sample tokens of a split file: one per line, '#' starts a comment. A bare name is looked up in
     datasets/splits/ when it does not exist as given."""
@@ -150,7 +178,8 @@ def load_npz(path, keys, what):
 
 class NuScenesDataset(Dataset):
     """Surround-view items as described in docs/ARCHITECTURE.md (``imgs``, ``K``, ``cam2ego``, ``ego2global``,
-    optional ``sem``, ``occ_*``, ``depth_gt``, plus ``token`` and ``scene``).
+    optional ``sem``, ``occ_*`` and ``ray_origins`` (with ``occ_root``), ``depth_gt``, plus ``token`` and
+    ``scene``).
 
     Temporal neighbours follow each camera's sample_data chain: with ``opt.adjacent == "keyframe"`` the chain is
     walked to the previous / next keyframe (= the previous / next sample's image of that camera), with "sweep" the
@@ -164,6 +193,9 @@ class NuScenesDataset(Dataset):
         self.input_size = tuple(opt.input_size)
         self.render_size = tuple(opt.render_size)
         self.sem_root = resolve(opt.dataroot, opt.sem_root) if opt.use_sem else None
+        self.sem_format = opt.sem_format
+        if self.sem_format not in SEM_FORMATS:
+            raise ValueError(f"--sem_format must be one of {SEM_FORMATS}, got {self.sem_format!r}")
         self.occ_root = resolve(opt.dataroot, opt.occ_root)
         self.depth_root = resolve(opt.dataroot, opt.depth_root)
         for name, root in (("sem_root", self.sem_root), ("occ_root", self.occ_root),
@@ -173,6 +205,8 @@ class NuScenesDataset(Dataset):
 
         tables = load_tables(opt.dataroot, opt.version)
         samples = scene_samples(tables)
+        sensor_data = sample_sensor_data(tables, CAMS + ["LIDAR_TOP"])
+        self.ray_origins = scene_ray_origins(tables, samples, sensor_data) if self.occ_root is not None else {}
         split_file = opt.train_split if split == "train" else opt.val_split
         if split_file is not None:
             scene_of = dict(samples)
@@ -183,10 +217,9 @@ class NuScenesDataset(Dataset):
                                  f"{opt.version}, e.g. {unknown[:3]}")
             samples = [(t, scene_of[t]) for t in tokens]
 
-        cam_data = sample_sensor_data(tables, CAMS)
         self.samples = []
         for token, scene in samples:
-            meta = self._sample_meta(tables, cam_data, token, opt.adjacent == "keyframe")
+            meta = self._sample_meta(tables, sensor_data, token, opt.adjacent == "keyframe")
             if split == "train" and opt.require_adjacent and not (meta["has_prev"] and meta["has_next"]):
                 continue
             meta["scene"] = scene
@@ -239,38 +272,42 @@ class NuScenesDataset(Dataset):
         m = self.samples[index]
         imgs = torch.zeros((3, len(CAMS), 3) + self.input_size)
         K = torch.from_numpy(m["K"].copy())
+        sizes = []  # original (h, w) of the current images
         for f in range(3):
             for c in range(len(CAMS)):
                 imgs[f, c], (h0, w0) = load_image(os.path.join(self.dataroot, m["files"][f][c]), self.input_size)
                 if f == 1:  # pixel centres at integer coordinates, as in utils.geometry
                     K[c] = scale_intrinsics(K[c], self.input_size[1] / w0, self.input_size[0] / h0)
+                    sizes.append((h0, w0))
         item = dict(imgs=imgs, K=K, cam2ego=torch.from_numpy(m["cam2ego"]),
                     ego2global=torch.from_numpy(m["ego2global"]), token=m["token"], scene=m["scene"])
         if self.sem_root is not None:
-            item["sem"] = torch.stack([self._load_sem(os.path.join(self.sem_root, m["token"], cam + ".png"))
-                                       for cam in CAMS])
+            item["sem"] = torch.stack([resize_labels(self._read_sem(m, c, sizes[c]), self.render_size)
+                                       for c in range(len(CAMS))])
         if self.occ_root is not None:
             path = os.path.join(self.occ_root, m["scene"], m["token"], "labels.npz")
             keys = ("semantics", "mask_camera", "mask_lidar")
             for key, arr in zip(keys, load_npz(path, keys, "Occ3D labels")):
                 item["occ_" + key] = torch.from_numpy(arr.astype(np.uint8))
+            if m["token"] in self.ray_origins:  # (MAX_RAY_ORIGINS, 3), NaN rows pad
+                origins = torch.full((MAX_RAY_ORIGINS, 3), float("nan"))
+                found = torch.from_numpy(self.ray_origins[m["token"]])
+                origins[:len(found)] = found
+                item["ray_origins"] = origins
         if self.depth_root is not None:
             item["depth_gt"] = torch.stack([self._load_depth(os.path.join(self.depth_root, m["token"], cam + ".npz"))
                                             for cam in CAMS])
         return item
 
-    def _load_sem(self, path):
-        """(h, w) int64 class ids at the render size (nearest)."""
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"semantic label missing: {path}")
-        try:
-            with Image.open(path) as img:
-                if img.mode not in ("L", "P"):
-                    raise ValueError(f"semantic label {path}: expected a single-channel uint8 PNG, got {img.mode}")
-                img = img.resize((self.render_size[1], self.render_size[0]), Image.NEAREST)
-        except OSError as e:
-            raise OSError(f"cannot read semantic label {path}: {e}") from None
-        return torch.from_numpy(np.asarray(img, dtype=np.int64))
+    def _read_sem(self, m, c, image_hw):
+        """(h, w) uint8 Occ3D ids of camera ``c`` of sample ``m`` (datasets/pseudo_labels.py formats)."""
+        if self.sem_format == "png":
+            return read_png_label(os.path.join(self.sem_root, m["token"], CAMS[c] + ".png"))
+        return read_gsam_bin(self._gsam_file(m, c), image_hw)
+
+    def _gsam_file(self, m, c):
+        """Grounded-SAM file of camera ``c`` of sample ``m`` in the release's nuScenes layout."""
+        return gsam_path(self.sem_root, m["files"][1][c])
 
     @staticmethod
     def _load_depth(path):

@@ -27,7 +27,12 @@ def add_args(parser):
                    help="drop training samples that lack a previous or next frame (at validation, and in training "
                         "when off, a missing neighbour is replaced by the current frame)")
     g.add_argument("--use_sem", type=str2bool, default=False,
-                   help="load 2D semantic pseudo-labels <sem_root>/<token>/<CAM>.png (uint8 class ids)")
+                   help="load 2D semantic pseudo-labels (format: --sem_format)")
+    g.add_argument("--sem_format", type=str, default="png", choices=["png", "gsam_bin"],
+                   help="png: <sem_root>/<token>/<CAM>.png, uint8 Occ3D ids, 255 ignore (this project); gsam_bin: "
+                        "the release's Grounded-SAM files <sem_root>/<image path without .jpg>_mask.bin (their "
+                        "sem_root: nuscenes_semantic), int8 ids mapped as theirs, sky -> ignore (see "
+                        "datasets/pseudo_labels.py; tools/convert_gsam_labels.py converts them to png)")
     g.add_argument("--sem_root", type=str, default="sem",
                    help="folder of the 2D semantic labels (relative paths are resolved against dataroot)")
     g.add_argument("--occ_root", type=str, default=None,

@@ -208,15 +208,25 @@ class GSVModel(nn.Module):
         return loss, logs, outputs
 
     @torch.no_grad()
+    def predict(self, batch, depth=True, occupancy=True):
+        """The read-outs asked for, from ONE network forward: {"depth": rendered accumulated depth (B, 6, h, w) at
+        ``render_size``, metres; "occupancy": (B, 200, 200, 16) uint8 Occ3D class ids (17 = free)}."""
+        if depth:
+            r = self.render(batch)
+        else:
+            r = self.occ_net(batch["imgs"][:, 1], batch["K"], batch["cam2ego"])
+        out = {"depth": r["depth"][:, :, 0]} if depth else {}
+        if occupancy:
+            out["occupancy"] = logits_to_occ3d(r["logits"], self.occ_net.grid)
+        return out
+
     def predict_occupancy(self, batch):
         """(B, 200, 200, 16) uint8 Occ3D class ids (17 = free)."""
-        logits = self.occ_net(batch["imgs"][:, 1], batch["K"], batch["cam2ego"])["logits"]
-        return logits_to_occ3d(logits, self.occ_net.grid)
+        return self.predict(batch, depth=False)["occupancy"]
 
-    @torch.no_grad()
     def predict_depth(self, batch):
         """Rendered accumulated depth (B, 6, h, w) at ``render_size``, metres."""
-        return self.render(batch)["depth"][:, :, 0]
+        return self.predict(batch, occupancy=False)["depth"]
 
     def visualise(self, batch, outputs):
         """First sample of the batch -> dict of (3, H, W) uint8 pictures."""

@@ -306,3 +306,23 @@ def test_self_occlusion_mask_leaves_pixels_out_of_the_losses():
     # a mask at another size is resized (nearest) to the render size
     big = mask.repeat_interleave(2, -1).repeat_interleave(2, -2)
     assert losses(changed, big) == pytest.approx(masked, rel=1e-6)
+
+
+def test_evaluation_runs_the_network_once_per_sample():
+    from eval import evaluate
+    torch.manual_seed(0)
+    model = GSVModel(tiny_opt()).eval()
+    calls = []
+    model.occ_net.register_forward_hook(lambda *a: calls.append(1))
+    batch = make_batch()
+    item = {k: v[0] for k, v in batch.items() if k != "sem"}
+    item.update(depth_gt=torch.full((6, 32, 56), 5.0), token="t", scene="s",
+                occ_semantics=torch.full(OCC3D_SHAPE, FREE_ID, dtype=torch.uint8),
+                occ_mask_camera=torch.ones(OCC3D_SHAPE, dtype=torch.uint8),
+                occ_mask_lidar=torch.ones(OCC3D_SHAPE, dtype=torch.uint8))
+    opt = tiny_opt("--num_workers", "0", "--eval_rayiou", "false")
+    out = evaluate(model, [item, item], opt, torch.device("cpu"))
+    assert len(calls) == 2 and out["samples"] == {"depth": 2, "occ": 2}  # depth and occupancy from one forward
+    pred = model.predict(batch)
+    assert torch.equal(pred["occupancy"], model.predict_occupancy(batch))
+    assert torch.equal(pred["depth"], model.predict_depth(batch))

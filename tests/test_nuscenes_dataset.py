@@ -181,6 +181,7 @@ def test_optional_labels(nusc_root, tokens, occ3d_label, tmp_path):
     for key in ("semantics", "mask_camera", "mask_lidar"):
         assert item["occ_" + key].shape == (200, 200, 16) and item["occ_" + key].dtype == torch.uint8
         np.testing.assert_array_equal(item["occ_" + key].numpy(), ref[key])
+    assert item["ray_origins"].shape == (8, 3) and not item["ray_origins"].isnan().all(1).any()  # 8 here
     assert item["depth_gt"].shape == (6, 900, 1600)
     d = np.load(tmp_path / "depth" / tok / "CAM_BACK.npz")
     dense = item["depth_gt"][CAMS.index("CAM_BACK")].numpy()

@@ -183,3 +183,16 @@ def test_parameter_groups_follow_the_schedule_at_their_own_scale(tmp_path, monke
     assert [g["lr"] for g in t.optimizer.param_groups] == pytest.approx([1e-3, 1e-2])
     plain = trainer_mod.param_groups(torch.nn.Linear(2, 1).requires_grad_(False).parameters())
     assert plain == []  # nothing trainable: no group (the Trainer then stops with a clear error)
+
+
+def test_load_weights_names_missing_unexpected_and_mismatched_keys(tmp_path, toy, capsys):
+    src = torch.nn.Sequential(torch.nn.Linear(4, 1))
+    weights = {"lin.weight": torch.full((1, 4), 0.5), "head.bias": torch.zeros(3)}  # lin.bias missing
+    save_checkpoint({"model": weights}, str(tmp_path / "w.pt"))
+    t = trainer_mod.Trainer(make_opt(tmp_path, "--load_weights", str(tmp_path / "w.pt")))
+    out = capsys.readouterr().out
+    assert "1 missing, 1 unexpected" in out and "missing (left as initialised): lin.bias" in out
+    assert "unexpected (ignored): head.bias" in out and torch.equal(t.model.lin.weight.detach(), weights["lin.weight"])
+    save_checkpoint({"model": {"module.lin.weight": torch.zeros(2, 4), **src.state_dict()}}, str(tmp_path / "b.pt"))
+    with pytest.raises(ValueError, match=r"lin.weight: checkpoint \(2, 4\) vs model \(1, 4\)"):
+        trainer_mod.Trainer(make_opt(tmp_path, "--load_weights", str(tmp_path / "b.pt")))

@@ -50,6 +50,9 @@ FREE_ID = 17
 IGNORE_ID = 255
 # mIoU* leaves out "others" and "other_flat" (GaussianOcc / OccNeRF convention).
 MIOU_STAR_EXCLUDE = (0, 12)
+# The release's runner.py also logs a 13-class mean ("mIoU without empty") without others, bicycle, motorcycle
+# and other_flat.
+MIOU_13_EXCLUDE = (0, 2, 6, 12)
 
 # Occ3D-nuScenes grid: 200 x 200 x 16 voxels of 0.4 m.
 OCC3D_RANGE = (-40.0, -40.0, -1.0, 40.0, 40.0, 5.4)  # xmin, ymin, zmin, xmax, ymax, zmax

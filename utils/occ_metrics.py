@@ -1,24 +1,29 @@
-"""Occupancy metrics on Occ3D-nuScenes: one confusion matrix (mIoU, mIoU*, geometric IoU) and RayIoU.
+"""Occupancy metrics on Occ3D-nuScenes: one confusion matrix (mIoU, mIoU*, 13-class mIoU, geometric IoU) and RayIoU.
 
 Voxel metrics (``OccEvaluator``), Occ3D convention: every sample adds to ONE 18x18 int64 confusion matrix inside
-``mask_camera``; processes sum their matrices (``all_reduce``) before any IoU is taken. IoU_c = TP / (TP + FP + FN)
-from that matrix. A class with TP + FP + FN = 0 (absent from both GT and prediction) has IoU NaN and is left out of
+the evaluation mask (``occ_eval_mask``: by default ``mask_camera AND mask_lidar`` as the authors' nuScenes loader
+does); processes sum their matrices (``all_reduce``) before any IoU is taken. IoU_c = TP / (TP + FP + FN) from
+that matrix. A class with TP + FP + FN = 0 (absent from both GT and prediction) has IoU NaN and is left out of
 the means (``nanmean``, as the official Occ3D script does); a class predicted but absent from GT counts with IoU 0.
 mIoU averages the 17 semantic classes, mIoU* the 15 without ``others`` and ``other_flat``
-(``MIOU_STAR_EXCLUDE``), with the same NaN rule. Geometric IoU: occupied (any class but free) against free.
+(``MIOU_STAR_EXCLUDE``), mIoU_13 the 13 without ``others``, ``bicycle``, ``motorcycle`` and ``other_flat``
+(``MIOU_13_EXCLUDE``, the release's "mIoU without empty"), with the same NaN rule. Geometric IoU: occupied (any
+class but free) against free.
 
-Ray metric (``RayIoU``) after SparseOcc (Liu et al., "Fully Sparse 3D Occupancy Prediction"), see its docstring.
-All numbers are reported in percent.
+Ray metric (``RayIoU``) after SparseOcc (Liu et al., "Fully Sparse 3D Occupancy Prediction"), see its docstring;
+its ray origins per sample: ``sparseocc_origins``. All numbers are reported in percent.
 """
 import numpy as np
 import torch
 
-from utils.constants import FREE_ID, MIOU_STAR_EXCLUDE, NUM_SEM_CLASSES, OCC3D_RANGE, OCC_CLASSES
+from utils.constants import FREE_ID, MIOU_13_EXCLUDE, MIOU_STAR_EXCLUDE, NUM_SEM_CLASSES, OCC3D_RANGE, OCC_CLASSES
 from utils.metrics import SummedState
 
-# nuScenes LIDAR_TOP position in the ego frame (calibrated_sensor of scene-0916): the default RayIoU origin;
-# pass the sample's own lidar2ego translation when it is at hand.
+# nuScenes LIDAR_TOP position in the ego frame (calibrated_sensor of scene-0916): the RayIoU origin of
+# ``--rayiou_origins fixed``; the default casts from ``sparseocc_origins`` of each sample.
 NUSC_LIDAR_ORIGIN = (0.943713, 0.0, 1.84023)
+# Voxels evaluated (``occ_eval_mask``): the authors' nuScenes loader evaluates inside mask_camera AND mask_lidar.
+OCC_EVAL_MASKS = ("camera_lidar", "camera", "none")
 
 
 def _np(x):
@@ -36,6 +41,24 @@ def _iou(tp, gt_count, pred_count):
     union = gt_count + pred_count - tp
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(union > 0, 100.0 * tp / union, np.nan)
+
+
+def occ_eval_mask(mask_camera, mask_lidar, mode="camera_lidar"):
+    """Bool mask of the evaluated voxels, same shape as the inputs ((..., 200, 200, 16), non-zero = visible).
+
+    ``camera_lidar``: mask_camera AND mask_lidar (the authors' loader, datasets/nusc_dataset.py of the release);
+    ``camera``: mask_camera only (the Occ3D challenge script); ``none``: every voxel (mask_lidar may be None).
+    """
+    if mode not in OCC_EVAL_MASKS:
+        raise ValueError(f"--occ_eval_mask must be one of {OCC_EVAL_MASKS}, got {mode!r}")
+    cam = _np(mask_camera) > 0
+    if mode == "none":
+        return np.ones_like(cam)
+    if mode == "camera":
+        return cam
+    if mask_lidar is None:
+        raise ValueError("--occ_eval_mask camera_lidar needs mask_lidar in the Occ3D labels (or use camera)")
+    return cam & (_np(mask_lidar) > 0)
 
 
 def _md_table(header, rows):
@@ -77,27 +100,30 @@ class OccEvaluator(SummedState):
         self.hist += torch.from_numpy(counts.reshape(n, n))
 
     def summary(self):
-        """Returns {"IoU": {class: %} for the 17 semantic classes, "mIoU", "mIoU_star", "geo_IoU" (%),
+        """Returns {"IoU": {class: %} for the 17 semantic classes, "mIoU", "mIoU_star", "mIoU_13", "geo_IoU" (%),
         "num_voxels"}. Absent classes (empty union) are NaN and left out of the means."""
         h = self.hist.numpy().astype(np.float64)
         tp = np.diag(h)
         iou = _iou(tp, h.sum(1), h.sum(0))[:NUM_SEM_CLASSES]
         star = [c for c in range(NUM_SEM_CLASSES) if c not in MIOU_STAR_EXCLUDE]
+        thirteen = [c for c in range(NUM_SEM_CLASSES) if c not in MIOU_13_EXCLUDE]
         occ_tp = h[:FREE_ID, :FREE_ID].sum()
         geo_union = h.sum() - h[FREE_ID, FREE_ID]
         return {
             "IoU": dict(zip(OCC_CLASSES[:NUM_SEM_CLASSES], iou.tolist())),
             "mIoU": _nanmean(iou),
             "mIoU_star": _nanmean(iou[star]),
+            "mIoU_13": _nanmean(iou[thirteen]),
             "geo_IoU": float(100.0 * occ_tp / geo_union) if geo_union > 0 else float("nan"),
             "num_voxels": int(h.sum()),
         }
 
     def table(self):
-        """Markdown table: per-class IoU then mIoU, mIoU*, geometric IoU."""
+        """Markdown table: per-class IoU then mIoU, mIoU*, 13-class mIoU, geometric IoU."""
         s = self.summary()
         rows = [(k, [v]) for k, v in s["IoU"].items()]
-        rows += [("**mIoU**", [s["mIoU"]]), ("**mIoU***", [s["mIoU_star"]]), ("**geo IoU**", [s["geo_IoU"]])]
+        rows += [("**mIoU**", [s["mIoU"]]), ("**mIoU***", [s["mIoU_star"]]),
+                 ("**mIoU (13 classes)**", [s["mIoU_13"]]), ("**geo IoU**", [s["geo_IoU"]])]
         return _md_table(["class", "IoU"], rows)
 
 
@@ -168,7 +194,10 @@ def first_hits(labels, origin, dirs, grid_range=OCC3D_RANGE, free_id=FREE_ID):
         a_dist = np.where(hit, t_exit, np.where(pending & out, t_prev, a_dist))
         a_cls = np.where(hit, lab, a_cls)
         pending &= ~(hit | out)
-        cross = t_max == t_exit  # the axis (or axes, on an exact tie) whose voxel border comes first
+        # One axis a step; on an exact tie the later axis (z before y before x) steps first, as SparseOcc's dvr.
+        tx, ty, tz = t_max
+        axis = np.where(tx < ty, np.where(tx < tz, 0, 2), np.where(ty < tz, 1, 2))
+        cross = np.arange(3)[:, None] == axis
         lin = lin + (lin_step * cross).sum(0)
         t_max = np.where(cross, t_max + t_delta, t_max)
         t_prev = t_exit
@@ -182,8 +211,35 @@ def first_hits(labels, origin, dirs, grid_range=OCC3D_RANGE, free_id=FREE_ID):
     return dist, cls
 
 
+def sparseocc_origins(lidar2global, ref, lidar2ego, max_origins=8, max_xy=39.0):
+    """RayIoU origins of one sample as SparseOcc computes them (its EgoPoseDataset, run by the authors).
+
+    Every keyframe of the sample's scene contributes its LiDAR position, expressed in the current (``ref``) ego
+    frame: lidar2ego_ref @ inv(lidar2global_ref) @ lidar2global_k applied to the origin. Positions with
+    |x| >= max_xy or |y| >= max_xy are dropped; of more than ``max_origins`` left, the ones at
+    round(linspace(0, n - 1, max_origins)) are kept (numpy rounding, time order).
+
+    Args:
+        lidar2global: (T, 4, 4) LIDAR_TOP -> world of the scene's T keyframes in time order (ego2global of the
+            LiDAR sample_data @ its lidar2ego).
+        ref: index of the current keyframe in that list.
+        lidar2ego: (4, 4) LIDAR_TOP -> ego of the current keyframe.
+    Returns:
+        (K, 3) float64 origins in the current ego frame, metres, 1 <= K <= max_origins in time order (the current
+        keyframe gives lidar2ego's translation).
+    """
+    poses = np.asarray(lidar2global, np.float64)
+    lidar2ego = np.asarray(lidar2ego, np.float64)
+    origins = (lidar2ego @ np.linalg.inv(poses[ref]) @ poses[:, :, 3:])[:, :3, 0]
+    origins[ref] = lidar2ego[:3, 3]
+    origins = origins[(np.abs(origins[:, 0]) < max_xy) & (np.abs(origins[:, 1]) < max_xy)]
+    if len(origins) > max_origins:
+        origins = origins[np.round(np.linspace(0, len(origins) - 1, max_origins)).astype(np.int64)]
+    return origins
+
+
 class RayIoU(SummedState):
-    """RayIoU at 1, 2 and 4 m, following SparseOcc's definition with the origins available here.
+    """RayIoU at 1, 2 and 4 m, SparseOcc's definition (its ray_metrics, as the authors run it).
 
     What is computed, per sample and per origin (``update``):
       * rays of ``lidar_ray_directions()`` (39 pitches x 360 azimuths = 14,040) are cast from the origin through
@@ -196,10 +252,10 @@ class RayIoU(SummedState):
         |dist_pred - dist_gt| < d;
       * counts are summed over rays, origins and samples; IoU_c = TP / (GT + pred - TP); RayIoU@d = nanmean over the
         17 semantic classes (NaN when a class has no GT and no predicted ray); RayIoU = mean of the 3.
-    Where it may differ from SparseOcc: SparseOcc casts from the LiDAR origins of up to 8 keyframes of the scene
-    (expressed in the current ego frame, kept when |x|, |y| < 39 m); here the caller passes the origins it has,
-    by default the current LiDAR origin only (``NUSC_LIDAR_ORIGIN``), which sees fewer occluded surfaces. The
-    optional ``mask`` (not in SparseOcc) turns voxels outside it into free in both volumes.
+    Origins: SparseOcc casts from the LiDAR positions of up to 8 keyframes of the scene in the current ego frame
+    (``sparseocc_origins``; the datasets give them as ``ray_origins``); ``NUSC_LIDAR_ORIGIN`` alone is the
+    ``--rayiou_origins fixed`` variant, which sees fewer occluded surfaces. The optional ``mask`` (not in
+    SparseOcc) turns voxels outside it into free in both volumes.
     """
 
     STATE = ("gt_count", "pred_count", "tp")
@@ -218,7 +274,8 @@ class RayIoU(SummedState):
 
         Args:
             pred, gt: (X, Y, Z) class ids (free = ``FREE_ID``), e.g. (200, 200, 16).
-            origins: (K, 3) ray origins in the ego frame (metres), inside the grid.
+            origins: (K, 3) ray origins in the ego frame (metres), inside the grid; rows with NaN (padding of
+                the batched ``ray_origins``) are skipped.
             mask: optional (X, Y, Z), voxels where it is 0 become free in both volumes.
         Ids outside [0, num_classes) (e.g. 255) are treated as free.
         """
@@ -227,7 +284,8 @@ class RayIoU(SummedState):
         if mask is not None:
             vols[:, _np(mask) == 0] = FREE_ID
         n = self.num_classes
-        for origin in _np(origins).astype(np.float64).reshape(-1, 3):
+        origins = _np(origins).astype(np.float64).reshape(-1, 3)
+        for origin in origins[~np.isnan(origins).any(1)]:
             dist, cls = first_hits(vols, origin, self.dirs, self.grid_range)
             keep = cls[1] != FREE_ID
             (d_pred, d_gt), (c_pred, c_gt) = dist[:, keep], cls[:, keep]
