@@ -26,12 +26,6 @@ def _shard(n):
     return list(range(rank, n, dist.world_size()))
 
 
-def _true_motion(ego2global):
-    """(B, 3, 6, 4, 4) per-frame ego poses -> (B, 2, 4, 4) ego motion current -> prev / next (CAM_FRONT clock)."""
-    e = ego2global[:, :, 0].double()
-    return torch.stack([torch.linalg.inv(e[:, 0]) @ e[:, 1], torch.linalg.inv(e[:, 2]) @ e[:, 1]], 1)
-
-
 MASK_TEXT = {"camera_lidar": "inside mask_camera AND mask_lidar, the authors' protocol",
              "camera": "inside mask_camera only", "none": "every voxel, no visibility mask"}
 ORIGINS_TEXT = {"scene": "SparseOcc's origins: LiDAR positions of up to 8 keyframes of the scene",
@@ -54,7 +48,8 @@ def evaluate(model, dataset, opt, device):
     """Run every metric the dataset has labels for. Returns {'scalars': {...}, 'text': markdown, ...}."""
     from utils.metrics import DepthEvaluator
     from utils.occ_metrics import OccEvaluator, RayIoU, occ_eval_mask
-    from trainer import to_device
+    from utils.batch import to_device
+    from utils.geometry import recorded_ego_motion
     from utils.pose_metrics import evaluate_scene_poses
 
     model.eval()
@@ -91,7 +86,7 @@ def evaluate(model, dataset, opt, device):
             seen["occ"] += occ.shape[0]
         if opt.stage == "gsp" and opt.eval_pose:
             pred = model.predict_pose(batch)[:, 1].double().cpu()
-            true = _true_motion(batch["ego2global"])[:, 1].cpu()
+            true = recorded_ego_motion(batch["ego2global"])[:, 1].cpu()
             for b in range(pred.shape[0]):
                 poses.append((idx[n], batch["scene"][b], batch["token"][b], pred[b].numpy(), true[b].numpy()))
 

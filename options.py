@@ -18,6 +18,7 @@ OPTION_MODULES = [
     "datasets.options",
     "networks.occ_net",
     "networks.gsv_model",
+    "networks.gsv_loss",
     "networks.gsp_model",
     "utils.rasterizer",
 ]

@@ -20,6 +20,8 @@ from datasets import build_dataset, collate
 from networks import build_model
 from options import dump_options
 from utils import dist
+from utils.batch import to_device
+from utils.health import TrainingHealth
 from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint, strip_module_prefix
 
 
@@ -47,16 +49,6 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __len__(self):
         return self.per_rank() - self.skip
-
-
-def to_device(batch, device):
-    if torch.is_tensor(batch):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, list):
-        return [to_device(v, device) for v in batch]
-    return batch
 
 
 def param_groups(params):
@@ -115,6 +107,7 @@ class Trainer:
         self.milestones = [int(f * self.total_steps) for f in opt.lr_milestones]
 
         self.step, self.epoch = 0, 0
+        self.health = TrainingHealth(after=opt.lr_warmup)  # reads the logged rows, warns when a run has failed
         self.writer = None
         if dist.is_main():
             from tensorboardX import SummaryWriter
@@ -236,8 +229,13 @@ class Trainer:
                 for k, v in logs.items():
                     row[k] = float(v)
                     self.writer.add_scalar(f"train/{k}", row[k], self.step)
+                rows = [row] + [{"step": self.step, "warning": kind, "message": msg}
+                                for kind, msg in self.health.check(row)]
+                for r in rows[1:]:
+                    tqdm.write(f"[health] step {self.step}: {r['message']}")
+                    self.writer.add_text("health", r["message"], self.step)
                 with open(os.path.join(self.run_dir, "train_log.jsonl"), "a") as f:  # the same, for plain plots
-                    f.write(json.dumps(row) + "\n")
+                    f.writelines(json.dumps(r) + "\n" for r in rows)
             if opt.image_every > 0 and self.step % opt.image_every == 0:
                 with torch.no_grad():
                     for k, img in self.model.visualise(batch, outputs).items():

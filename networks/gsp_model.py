@@ -19,7 +19,7 @@ from networks.depth_net import NUM_SCALES, DepthNet, disp_to_depth
 from networks.pose_net import PoseNet
 from options import str2bool
 from utils.checkpoint import load_checkpoint, strip_module_prefix
-from utils.geometry import ego_motion_to_cam, inverse_rigid, warp
+from utils.geometry import ego_motion_to_cam, inverse_rigid, recorded_ego_motion, warp
 from utils.gsp import cross_view_loss
 from utils.losses import reprojection_loss, smoothness_loss
 from utils.rasterizer import rasterize
@@ -162,6 +162,9 @@ class GSPModel(nn.Module):
         logs["loss"] = loss.detach()
         logs["mean_depth"] = outputs["depth"].mean()
         logs["ego_translation"] = poses[:, :, :3, 3].detach().norm(dim=-1).mean()
+        if "ego2global" in batch:  # a diagnostic only: the recorded motion never reaches a loss
+            true = recorded_ego_motion(batch["ego2global"])[:, :, :3, 3].norm(dim=-1)
+            logs["trans_ratio"] = (poses[:, :, :3, 3].detach().double().norm(dim=-1) / true.clamp(min=1e-3)).mean()
         return loss, logs, outputs
 
     @torch.no_grad()

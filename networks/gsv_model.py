@@ -1,19 +1,9 @@
 """Stage 2 (GSV): semantic occupancy from 6 images, supervised by rendering its voxel Gaussians.
 
-OccNet -> logits (B, C+1, X, Y, Z) -> one Gaussian per voxel -> ONE rasterize call per sample for the 6 cameras
-at ``render_size`` -> accumulated depth (sum w_i z_i, not divided by alpha), alpha and C semantic channels.
-Losses, all at the render size:
-  * temporal reprojection of the previous / next frame into the current one through the rendered depth
-    (clamped to [min_depth, max_depth]), camera motion from the recorded ego poses (``--pose gt``) or from the
-    frozen stage-1 pose net (``--pose stage1 --stage1_ckpt PATH``); 0.85 (1-SSIM)/2 + 0.15 L1, per-pixel
-    minimum, auto-masking;
-  * ``w_smooth`` x edge-aware smoothness of the disparity 1 / depth;
-  * ``w_sem`` x cross-entropy of the rendered semantic logits against ``batch['sem']`` (with ``use_sem``),
-    class-weighted as the authors' with ``sem_class_weights inv_sqrt_freq``;
-  * ``w_entropy`` x binary entropy of the rendered alpha: pushes every ray to be decidedly empty or decidedly
-    hit (the release's extra "last free" term is not used).
-Pixels where the optional ``batch['mask']`` is 0 (DDAD: the ego car's own body) are left out of the reprojection
-and semantic terms, as in stage 1.
+OccNet -> logits (B, C+1, X, Y, Z) -> one Gaussian per voxel (opacity 1 - p(free)) -> ONE rasterize call per
+sample for the 6 cameras at ``render_size`` -> accumulated depth (sum w_i z_i, not divided by alpha), alpha and C
+semantic channels -> the criterion of ``networks/gsv_loss.py`` with the camera motion of a pose source
+(``networks/pose_source.py``: recorded ego poses or the frozen stage-1 pose net).
 ``render_type volume`` renders the same volume by ray marching instead (the OccNeRF baseline).
 """
 import functools
@@ -23,21 +13,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from networks.gsv_loss import GSVLoss
 from networks.occ_net import OccNet, semantic_classes
-from networks.voxel_gaussians import voxels_to_gaussians
+from networks.pose_source import build_pose_source
+from networks.voxel_gaussians import voxel_opacity, voxels_to_gaussians
 from options import str2bool
 from utils.constants import FREE_ID, OCC3D_RANGE, OCC3D_SHAPE
-from utils.geometry import ego_motion_to_cam, inverse_rigid, rel_cam_pose, rescale_K_to, warp
-from utils.losses import opacity_entropy, reprojection_loss, semantic_ce, smoothness_loss
+from utils.geometry import inverse_rigid, rescale_K_to
 from utils.rasterizer import rasterize
 from utils.vis import bev_image, depth_to_color, image_to_uint8, logits_to_color, mosaic
 
-
-# The authors' options.py class_frequencies, one per class id 0..17 (17 = free).
-AUTHORS_CLASS_FREQUENCIES = (0, 18164955800, 734218842, 2336187448, 10996756106, 395414611, 638889260, 651023279,
-                             117046208, 985341947, 7303776233, 43131984997, 0, 9342674867, 9525824742,
-                             51204832885, 22848065525, 31841090018)
-CHECKPOINT_DEFAULTS = {"sem_class_weights": "none"}  # what a checkpoint older than the option was trained with
+CHECKPOINT_DEFAULTS = {"opacity": "softmax"}  # what a checkpoint older than the option was trained with
 
 
 def add_args(parser):
@@ -59,26 +45,9 @@ def add_args(parser):
     g.add_argument("--gs_scale_learn", type=str2bool, default=False,
                    help="predict the Gaussian scale per voxel, smoothly clamped at gs_scale_max")
     g.add_argument("--gs_scale_max", type=float, default=0.12, help="cap of the learnt Gaussian scale, metres")
-    g.add_argument("--w_sem", type=float, default=0.02, help="weight of the rendered semantic cross-entropy")
-    g.add_argument("--sem_class_weights", type=str, default="inv_sqrt_freq", choices=["inv_sqrt_freq", "none"],
-                   help="class weights of the semantic cross-entropy: inv_sqrt_freq = the authors' (runner.py "
-                        "sem_criterion) 1 / sqrt(--class_frequencies), 0 where a frequency is 0, weighted mean over "
-                        "pixels; none: every labelled pixel counts the same")
-    g.add_argument("--class_frequencies", type=float, nargs="+", default=list(AUTHORS_CLASS_FREQUENCIES),
-                   help="voxel count per class id 0..17 for --sem_class_weights (the authors' options.py "
-                        "default; 0 for others and other_flat, so those 2D labels carry no weight)")
-    g.add_argument("--w_entropy", type=float, default=0.1, help="weight of the rendered alpha entropy")
-
-
-def sem_class_weights(opt, n_cls):
-    """(n_cls,) float weights of the semantic cross-entropy, or None (see --sem_class_weights)."""
-    if opt.sem_class_weights == "none":
-        return None
-    freq = torch.tensor(opt.class_frequencies, dtype=torch.float64)
-    if len(freq) < n_cls:
-        raise ValueError(f"--class_frequencies has {len(freq)} values for {n_cls} semantic classes")
-    w = torch.where(freq > 0, freq.clamp(min=1e-300).rsqrt(), torch.zeros_like(freq))
-    return (w / w.mean())[:n_cls].float()  # the scale cancels in the weighted mean; kept as the authors'
+    g.add_argument("--opacity", type=str, default="sigmoid", choices=["sigmoid", "softmax"],
+                   help="voxel opacity: 1 - sigmoid(free logit) (the authors': the free channel alone decides "
+                        "occupancy) or 1 - softmax(logits)[free]")
 
 
 def occ3d_centres(device=None):
@@ -88,121 +57,90 @@ def occ3d_centres(device=None):
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).to(device)
 
 
-def logits_to_occ3d(logits, grid):
+def logits_to_occ3d(logits, grid, opacity="softmax"):
     """Sample logits (B, C+1, X, Y, Z) on ``grid`` (VoxelGrid) trilinearly at the Occ3D voxel centres.
 
-    Returns (B, 200, 200, 16) uint8 class ids: argmax over C+1, the last channel (and anything outside the
-    volume) -> FREE_ID. With C = 1 the occupied class comes out as 0 ("others").
+    Returns (B, 200, 200, 16) uint8 class ids (anything outside the volume -> FREE_ID):
+      * ``opacity softmax``: argmax over the C+1 channels, the last (free) -> FREE_ID;
+      * ``opacity sigmoid``: free where the rendered opacity 1 - sigmoid(free logit) is below 0.5, else the argmax
+        of the C semantic channels: the same occupancy the rendering sees. (The authors take the argmax over all
+        C+1 channels although their rendering reads the free channel alone through a sigmoid.)
+    With C = 1 the occupied class comes out as 0 ("others").
     """
     s = grid.normalise(occ3d_centres(logits.device))  # (200, 200, 16, 3) x y z in [-1, 1]
     # grid_sample indexes the last volume dim (Z) with the first grid coordinate: pass z y x
     samples = F.grid_sample(logits, s.flip(-1)[None].expand(len(logits), *s.shape).to(logits.dtype),
                             align_corners=False, padding_mode="border")
-    cls = samples.argmax(1)
-    cls[(cls == logits.shape[1] - 1) | ~(s.abs() <= 1).all(-1)] = FREE_ID
+    if opacity == "sigmoid":
+        cls = samples[:, :-1].argmax(1)
+        free = samples[:, -1] >= 0
+    else:
+        cls = samples.argmax(1)
+        free = cls == logits.shape[1] - 1
+    cls[free | ~(s.abs() <= 1).all(-1)] = FREE_ID
     return cls.to(torch.uint8)
 
 
 class GSVModel(nn.Module):
     """Stage 2. Batch (docs/ARCHITECTURE.md): imgs (B,3,6,3,H,W), K (B,6,3,3), cam2ego (B,6,4,4),
     ego2global (B,3,6,4,4), optional sem (B,6,h,w), optional mask (B,6,h,w) {0, 1} self-occlusion masks
-    (DDAD, 0 = ego car body), left out of the reprojection and semantic losses like in stage 1."""
+    (DDAD, 0 = ego car body), optional imgs_net: the network's (colour-augmented) copy of imgs.
 
-    def __init__(self, opt):
+    pose_source: callable batch -> (B, 2, 6, 4, 4) camera motion (networks/pose_source.py); default: the one
+    ``opt.pose`` names. It is only called in training.
+    """
+
+    def __init__(self, opt, pose_source=None):
         super().__init__()
-        if opt.pose == "stage1" and not opt.stage1_ckpt:
-            raise ValueError("--pose stage1 needs --stage1_ckpt PATH (a stage-1 checkpoint); or use --pose gt")
         if opt.render_type == "volume" and opt.contracted:
             raise ValueError("--render_type volume works on uniform grids only: set --contracted false")
         self.opt = opt
+        self.pose_source = pose_source if pose_source is not None else build_pose_source(opt)
         self.occ_net = OccNet(opt)
-        w = sem_class_weights(opt, semantic_classes(opt)) if opt.use_sem else None
-        self.register_buffer("sem_weight", w, persistent=False)
+        self.criterion = GSVLoss(opt, semantic_classes(opt))
         self.rasterize = functools.partial(rasterize, backend=opt.raster_backend)
-        self._stage1 = []  # the frozen pose model, loaded at first use; a list keeps it out of the state dict
 
     def trainable_parameters(self):
         """Optimiser parameter groups, dict(params, lr_scale) (see OccNet.param_groups)."""
         return self.occ_net.param_groups()
 
-    def camera_motion(self, batch):
-        """(B, 2, 6, 4, 4): current camera -> previous (0) / next (1) camera of the same sensor."""
-        cam2ego, e2g = batch["cam2ego"], batch["ego2global"]
-        if self.opt.pose == "gt":
-            return torch.stack([rel_cam_pose(cam2ego, e2g[:, 1], e2g[:, k]) for k in (0, 2)], 1)
-        if not self._stage1:
-            from networks.gsp_model import load_gsp_from_checkpoint
-            model = load_gsp_from_checkpoint(self.opt.stage1_ckpt, cam2ego.device).requires_grad_(False)
-            self._stage1.append(model)
-        poses = self._stage1[0].predict_pose(batch)
-        return torch.stack([ego_motion_to_cam(poses[:, k], cam2ego) for k in range(2)], 1)
-
     def render(self, batch):
         """Predict the volume and render the current frame's 6 cameras at ``render_size``.
 
-        Returns dict: logits (B, C+1, X, Y, Z), depth / alpha (B, 6, 1, h, w), sem (B, 6, C, h, w),
-        K (B, 6, 3, 3) at the render size, num_gaussians (float tensor).
+        Returns dict: logits (B, C+1, X, Y, Z), opacity (B, X, Y, Z), depth / alpha (B, 6, 1, h, w),
+        sem (B, 6, C, h, w), K (B, 6, 3, 3) at the render size, num_gaussians (float tensor).
         """
-        imgs, K, cam2ego = batch["imgs"][:, 1], batch["K"], batch["cam2ego"]
+        imgs, K, cam2ego = batch.get("imgs_net", batch["imgs"])[:, 1], batch["K"], batch["cam2ego"]
         h, w = self.opt.render_size
         out = self.occ_net(imgs, K, cam2ego)
+        opacity = voxel_opacity(out["logits"], self.opt.opacity)
         Kr = rescale_K_to(K, imgs.shape[-2:], (h, w))
         viewmats = inverse_rigid(cam2ego)
         if self.opt.render_type == "volume":
-            renders = self._render_volume(out["logits"], viewmats, Kr, w, h)
+            renders = self._render_volume(out["logits"], opacity, viewmats, Kr, w, h)
             n_gauss = out["logits"].new_zeros(())
         else:
             gaussians = voxels_to_gaussians(out["logits"], self.occ_net.centres, self.opt, out.get("scale"),
-                                            viewmats, self.opt.min_depth)
+                                            viewmats, self.opt.min_depth, opacity=opacity)
             renders = [self.rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["features"],
                                       viewmats[b], Kr[b], w, h, near=self.opt.min_depth)
                        for b, g in enumerate(gaussians)]
             n_gauss = out["logits"].new_tensor(sum(len(g["means"]) for g in gaussians) / len(gaussians))
-        return {"logits": out["logits"], "K": Kr, "num_gaussians": n_gauss,
+        return {"logits": out["logits"], "opacity": opacity, "K": Kr, "num_gaussians": n_gauss,
                 **{k: torch.stack([r[key] for r in renders]) for k, key in
                    (("depth", "depth"), ("alpha", "alpha"), ("sem", "features"))}}
 
-    def _render_volume(self, logits, viewmats, Ks, w, h):
+    def _render_volume(self, logits, opacity, viewmats, Ks, w, h):
         from networks.volume_render import render_volume
-        probs = torch.softmax(logits, 1)
         rs = self.opt.real_size  # xmin xmax ymin ymax zmin zmax -> xmin ymin zmin xmax ymax zmax
         grid_range = (rs[0], rs[2], rs[4], rs[1], rs[3], rs[5])
-        return [render_volume(1 - probs[b, -1], logits[b, :-1], grid_range, viewmats[b], Ks[b], w, h,
+        return [render_volume(opacity[b], logits[b, :-1], grid_range, viewmats[b], Ks[b], w, h,
                               near=self.opt.min_depth, far=self.opt.max_depth) for b in range(len(logits))]
 
     def forward(self, batch):
-        opt = self.opt
         r = self.render(batch)
-        B, n = r["depth"].shape[:2]
-        h, w = opt.render_size
-        imgs = F.interpolate(batch["imgs"].flatten(0, 2), (h, w), mode="area").view(B, 3, n, 3, h, w)
-        target, sources = imgs[:, 1].flatten(0, 1), [imgs[:, 0].flatten(0, 1), imgs[:, 2].flatten(0, 1)]
-        depth = r["depth"].flatten(0, 1).clamp(opt.min_depth, opt.max_depth)
-        T = self.camera_motion(batch)
-        Kf = r["K"].flatten(0, 1)
-        warped = [warp(src, depth, Kf, T[:, k].flatten(0, 1)) for k, src in enumerate(sources)]
-        valid = None
-        if "mask" in batch:  # (B,6,h',w') self-occlusion mask, 0 = ego car body -> (B*6,1,h,w) bool
-            valid = F.interpolate(batch["mask"].flatten(0, 1)[:, None].float(), (h, w), mode="nearest") > 0.5
-        loss_reproj, maps = reprojection_loss(target, [wp for wp, _ in warped], sources, [v for _, v in warped],
-                                              target_mask=valid)
-        loss_smooth = smoothness_loss(1 / depth, target)
-        loss_entropy = opacity_entropy(r["alpha"])
-        loss = loss_reproj + opt.w_smooth * loss_smooth + opt.w_entropy * loss_entropy
-        logs = {"loss_reproj": loss_reproj.detach(), "automask_kept": maps["mask"].float().mean(),
-                "loss_smooth": loss_smooth.detach(),
-                "loss_entropy": loss_entropy.detach()}
-        if opt.use_sem and "sem" in batch:
-            labels = batch["sem"].flatten(0, 1)
-            if valid is not None:
-                labels = labels.masked_fill(~valid[:, 0], 255)
-            loss_sem = semantic_ce(r["sem"].flatten(0, 1), labels, weight=self.sem_weight)
-            loss = loss + opt.w_sem * loss_sem
-            logs["loss_sem"] = loss_sem.detach()
-        if valid is not None:
-            logs["mask_visible"] = valid.float().mean()  # share of pixels left in by the self-occlusion mask
-        logs.update(loss=loss.detach(), num_gaussians=r["num_gaussians"], mean_depth=depth.detach().mean(),
-                    mean_alpha=r["alpha"].detach().mean())
+        loss, logs = self.criterion(r, batch, self.pose_source(batch))
+        logs["num_gaussians"] = r["num_gaussians"]
         outputs = {"depth": r["depth"].detach()[:, :, 0], "alpha": r["alpha"].detach()[:, :, 0],
                    "sem": r["sem"].detach(), "logits": r["logits"].detach()}
         return loss, logs, outputs
@@ -217,7 +155,7 @@ class GSVModel(nn.Module):
             r = self.occ_net(batch["imgs"][:, 1], batch["K"], batch["cam2ego"])
         out = {"depth": r["depth"][:, :, 0]} if depth else {}
         if occupancy:
-            out["occupancy"] = logits_to_occ3d(r["logits"], self.occ_net.grid)
+            out["occupancy"] = logits_to_occ3d(r["logits"], self.occ_net.grid, self.opt.opacity)
         return out
 
     def predict_occupancy(self, batch):
@@ -233,7 +171,8 @@ class GSVModel(nn.Module):
         chw = lambda img: np.ascontiguousarray(img.transpose(2, 0, 1))  # noqa: E731
         vis = {"images": chw(mosaic([image_to_uint8(im) for im in batch["imgs"][0, 1]])),
                "depth": chw(mosaic([depth_to_color(d) for d in outputs["depth"][0]])),
-               "occ_bev": chw(bev_image(logits_to_occ3d(outputs["logits"][:1], self.occ_net.grid)[0]))}
+               "occ_bev": chw(bev_image(logits_to_occ3d(outputs["logits"][:1], self.occ_net.grid,
+                                                          self.opt.opacity)[0]))}
         if semantic_classes(self.opt) > 1:
             vis["semantics"] = chw(mosaic([logits_to_color(s, a) for s, a in
                                            zip(outputs["sem"][0], outputs["alpha"][0])]))

@@ -165,10 +165,10 @@ class OccNet(nn.Module):
                 *[ResBlock3d(v) for _ in range(opt.decoder_blocks)])
             self.head = nn.Conv3d(v, n_cls + 1, 1)
             logit_bias = self.head.bias
-        with torch.no_grad():
+        with torch.no_grad():  # the free logit's bias that gives opacity INIT_OPACITY under opt.opacity
             p = self.INIT_OPACITY
             logit_bias.zero_()
-            logit_bias[-1] = torch.log(torch.tensor((1 - p) * n_cls / p))
+            logit_bias[-1] = torch.log(torch.tensor((1 - p) / p * (n_cls if opt.opacity == "softmax" else 1)))
         self.scale_head = nn.Conv3d(v, 1, 1) if opt.gs_scale_learn else None
         self.register_buffer("centres", self.grid.centres(), persistent=False)
 

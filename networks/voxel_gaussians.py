@@ -1,7 +1,7 @@
 """One Gaussian per voxel: the bridge from the occupancy volume to the rasteriser.
 
 Each voxel becomes an isotropic Gaussian at its (fixed) centre with identity rotation and
-  * opacity  = 1 - softmax(logits)[free],
+  * opacity  = 1 - p(free): ``voxel_opacity``, 1 - sigmoid(free logit) (the authors') or 1 - softmax(logits)[free],
   * features = the C semantic logits,
   * scale    = ``gs_scale`` metres, or with ``gs_scale_learn`` ``gs_scale_max * sigmoid(raw scale)`` (a smooth
                clamp at the maximum); with contracted coordinates, x4 beyond 60 m and x8 beyond 80 m from the
@@ -20,6 +20,16 @@ from utils.precision import full_precision
 # nuScenes settings
 FAR_SCALE = ((60.0, 4.0), (80.0, 8.0))
 MIN_OPACITY = 1.0 / 255.0
+
+
+def voxel_opacity(logits, mode="sigmoid"):
+    """Opacity (B, X, Y, Z) of the voxels of logits (B, C+1, X, Y, Z), last channel free: 1 - sigmoid(free logit)
+    (``sigmoid``, the authors': the free channel alone decides occupancy) or 1 - softmax(logits)[free]."""
+    if mode == "sigmoid":
+        return 1 - torch.sigmoid(logits[:, -1])
+    if mode == "softmax":
+        return 1 - torch.softmax(logits, dim=1)[:, -1]
+    raise ValueError(f"unknown opacity mode {mode!r} (expected sigmoid or softmax)")
 
 
 def gaussian_scales(centres, raw_scale, opt):
@@ -45,21 +55,24 @@ def in_front_of_any(centres, viewmats, near):
     return (z >= near).any(1)
 
 
-def voxels_to_gaussians(logits, centres, opt, raw_scale=None, viewmats=None, near=0.1):
+def voxels_to_gaussians(logits, centres, opt, raw_scale=None, viewmats=None, near=0.1, opacity=None):
     """Turn logit volumes into per-sample Gaussian sets.
 
-    logits (B, C+1, X, Y, Z), last channel free; centres (X, Y, Z, 3) or (P, 3) metric ego coordinates;
+    logits (B, C+1, X, Y, Z), last channel free; opacity (B, X, Y, Z) (default ``voxel_opacity(logits,
+    opt.opacity)``); centres (X, Y, Z, 3) or (P, 3) metric ego coordinates;
     raw_scale (B, 1, X, Y, Z) when ``opt.gs_scale_learn``; viewmats (B, N_cam, 4, 4) ego -> camera enable the
     behind-all-cameras cull at depth ``near``.
     Returns a list of B dicts: means (N, 3), quats (N, 4) wxyz, scales (N, 3), opacities (N,),
     features (N, C), index (N,) flat voxel index of each Gaussian.
     """
     centres = centres.reshape(-1, 3)
+    if opacity is None:
+        opacity = voxel_opacity(logits, opt.opacity)
     out = []
     for b in range(logits.shape[0]):
         lg = logits[b].flatten(1).t()  # (P, C+1)
-        opacity = 1 - torch.softmax(lg, dim=1)[:, -1]
-        keep = opacity.detach() >= MIN_OPACITY
+        op = opacity[b].flatten()
+        keep = op.detach() >= MIN_OPACITY
         if viewmats is not None:
             keep &= in_front_of_any(centres, viewmats[b], near)
         index = keep.nonzero()[:, 0]
@@ -68,6 +81,6 @@ def voxels_to_gaussians(logits, centres, opt, raw_scale=None, viewmats=None, nea
         scales = gaussian_scales(means, raw, opt)[:, None].expand(-1, 3)
         quats = means.new_zeros(len(index), 4)
         quats[:, 0] = 1
-        out.append(dict(means=means, quats=quats, scales=scales, opacities=opacity[index],
+        out.append(dict(means=means, quats=quats, scales=scales, opacities=op[index],
                         features=lg[index, :-1], index=index))
     return out

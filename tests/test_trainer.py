@@ -176,7 +176,7 @@ class GroupToy(ToyModel):
 def test_parameter_groups_follow_the_schedule_at_their_own_scale(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_mod, "build_model", lambda opt: GroupToy())
     monkeypatch.setattr(trainer_mod, "build_dataset", lambda opt, split: ToyData())
-    t = trainer_mod.Trainer(make_opt(tmp_path, "--max_steps", "4", "--lr_milestones", "0.5"))
+    t = trainer_mod.Trainer(make_opt(tmp_path, "--max_steps", "4", "--lr_milestones", "0.5", "--lr_warmup", "0"))
     assert len(t.optimizer.param_groups) == 2
     t.train()
     # the last step (index 3) ran after the milestone at step 2: lr 1e-3, and 10x that for the bias group

@@ -133,6 +133,13 @@ def rel_cam_pose(cam2ego, ego2global_tgt, ego2global_src, cam2ego_src=None):
     return inverse_rigid(cam2ego_src) @ inverse_rigid(ego2global_src) @ ego2global_tgt @ cam2ego
 
 
+def recorded_ego_motion(ego2global):
+    """(B, 3, 6, 4, 4) per-frame ego poses -> (B, 2, 4, 4) float64 ego motion current -> previous (0) / next (1),
+    on the CAM_FRONT clock (camera 0), computed in float64 (global coordinates are hundreds of metres)."""
+    e = ego2global[:, :, 0].double()
+    return torch.stack([torch.linalg.inv(e[:, 0]) @ e[:, 1], torch.linalg.inv(e[:, 2]) @ e[:, 1]], 1)
+
+
 @full_precision
 def ego_motion_to_cam(T_ego, cam2ego):
     """Express an ego motion in each camera frame.

@@ -1,0 +1,147 @@
+"""Stage-2 (GSV) criterion: rendered maps + batch + camera motion -> loss and logs, all at the render size.
+
+  * temporal reprojection of the previous / next frame into the current one through the rendered depth
+    (clamped to [min_depth, max_depth]); 0.85 (1-SSIM)/2 + 0.15 L1, per-pixel minimum, auto-masking
+    (utils/losses.reprojection_loss);
+  * ``w_smooth`` x edge-aware smoothness of the disparity 1 / depth;
+  * ``w_sem`` x cross-entropy of the rendered semantic logits against ``batch['sem']`` (with ``use_sem``),
+    class-weighted as the authors' with ``sem_class_weights inv_sqrt_freq``;
+  * ``w_entropy`` x an entropy term that makes occupancy decided, on ``entropy_on``:
+      - ``gaussians`` (default, the authors' GS version): mean over ALL voxel Gaussians of -o log o, o the
+        opacity. Its gradient -(log o + 1) pushes opacities below 1/e towards 0 and above 1/e towards 1, the same
+        for every voxel wherever it sits along a ray;
+      - ``alpha`` (this project's first version): binary entropy of the rendered alpha per pixel. Measured to
+        start the collapse of stage 2 without labels: at initialisation every ray's alpha is ~0.99 (hundreds of
+        voxels of opacity 0.1 on it), the entropy pushes it to 1, and d alpha / d o_i is largest for the first
+        Gaussians on the ray (transmittance ~1), so the voxels next to the cameras turn opaque first and the
+        rendered depth falls to ~0.3 m; then every warp leaves the image or is worse than no motion, the
+        reprojection loss takes the identity error (no gradient) and nothing pulls the depth back;
+  * ``w_tv`` x total variation of the voxel logits (mean |difference| of neighbouring voxels along x, y and z,
+    all channels), the authors' ``weight_distortion`` in GS mode.
+Pixels where ``batch['mask']`` is 0 (DDAD: the ego car's own body) are left out of the reprojection and semantic
+terms.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from options import str2bool
+from utils.geometry import warp
+from utils.losses import opacity_entropy, reprojection_loss, semantic_ce, smoothness_loss
+
+# The authors' options.py class_frequencies, one per class id 0..17 (17 = free).
+AUTHORS_CLASS_FREQUENCIES = (0, 18164955800, 734218842, 2336187448, 10996756106, 395414611, 638889260, 651023279,
+                             117046208, 985341947, 7303776233, 43131984997, 0, 9342674867, 9525824742,
+                             51204832885, 22848065525, 31841090018)
+# What a checkpoint older than an option was trained with (options.merge_checkpoint_options).
+CHECKPOINT_DEFAULTS = {"sem_class_weights": "none", "entropy_on": "alpha", "w_tv": 0.0,
+                       "reproj_invalid": "identity"}
+
+
+def add_args(parser):
+    g = parser.add_argument_group("stage 2 (GSV) losses", "the criterion of networks/gsv_loss.py (also uses "
+                                  "w_smooth, min_depth and max_depth of stage 1)")
+    g.add_argument("--w_sem", type=float, default=0.02, help="weight of the rendered semantic cross-entropy")
+    g.add_argument("--sem_class_weights", type=str, default="inv_sqrt_freq", choices=["inv_sqrt_freq", "none"],
+                   help="class weights of the semantic cross-entropy: inv_sqrt_freq = the authors' (runner.py "
+                        "sem_criterion) 1 / sqrt(--class_frequencies), 0 where a frequency is 0, weighted mean over "
+                        "pixels; none: every labelled pixel counts the same")
+    g.add_argument("--class_frequencies", type=float, nargs="+", default=list(AUTHORS_CLASS_FREQUENCIES),
+                   help="voxel count per class id 0..17 for --sem_class_weights (the authors' options.py "
+                        "default; 0 for others and other_flat, so those 2D labels carry no weight)")
+    g.add_argument("--w_entropy", type=float, default=0.1, help="weight of the opacity entropy term")
+    g.add_argument("--entropy_on", type=str, default="gaussians", choices=["gaussians", "alpha"],
+                   help="gaussians: mean -o log o over every voxel Gaussian (the authors'); alpha: binary entropy "
+                        "of the rendered alpha per pixel (starts a collapse of the depth towards the cameras "
+                        "without labels, see networks/gsv_loss.py)")
+    g.add_argument("--w_tv", type=float, default=0.1,
+                   help="weight of the total variation of the voxel logits (the authors' weight_distortion)")
+    g.add_argument("--reproj_invalid", type=str, default="identity", choices=["identity", "keep"],
+                   help="a warp that lands outside the source image or behind its camera: identity = it cannot be "
+                        "the per-pixel minimum (the pixel falls back to the no-motion error); keep = its "
+                        "border-padded error counts like any other (monodepth2, the authors)")
+
+
+def sem_class_weights(opt, n_cls):
+    """(n_cls,) float weights of the semantic cross-entropy, or None (see --sem_class_weights)."""
+    if opt.sem_class_weights == "none":
+        return None
+    freq = torch.tensor(opt.class_frequencies, dtype=torch.float64)
+    if len(freq) < n_cls:
+        raise ValueError(f"--class_frequencies has {len(freq)} values for {n_cls} semantic classes")
+    w = torch.where(freq > 0, freq.clamp(min=1e-300).rsqrt(), torch.zeros_like(freq))
+    return (w / w.mean())[:n_cls].float()  # the scale cancels in the weighted mean; kept as the authors'
+
+
+def gaussian_entropy(opacity, eps=1e-8):
+    """Mean of -o log(o + eps) over every entry of ``opacity`` (any shape, values in [0, 1]): the authors' term."""
+    return -(opacity * torch.log(opacity + eps)).mean()
+
+
+def total_variation(volume):
+    """Mean |difference| of neighbours along the last three dims of ``volume`` (B, C, X, Y, Z), averaged."""
+    return sum(volume.diff(dim=d).abs().mean() for d in (2, 3, 4)) / 3
+
+
+class GSVLoss(nn.Module):
+    """forward(r, batch, T) -> (loss scalar, logs dict of detached scalars).
+
+    r: the model's render dict: depth / alpha (B, 6, 1, h, w), sem (B, 6, C, h, w), logits (B, C+1, X, Y, Z),
+    opacity (B, X, Y, Z), K (B, 6, 3, 3) at the render size. batch: imgs (B, 3, 6, 3, H, W) and the optional sem
+    (B, 6, h, w), mask (B, 6, h', w'). T (B, 2, 6, 4, 4): current camera -> previous / next camera.
+    """
+
+    def __init__(self, opt, n_sem_classes):
+        super().__init__()
+        self.opt = opt
+        w = sem_class_weights(opt, n_sem_classes) if opt.use_sem else None
+        self.register_buffer("sem_weight", w, persistent=False)
+
+    def forward(self, r, batch, T):
+        terms, logs = self.terms(r, batch, T)
+        loss = sum(terms.values())
+        logs["loss"] = loss.detach()
+        return loss, logs
+
+    def terms(self, r, batch, T):
+        """The weighted loss terms, dict name -> scalar tensor (their sum is the loss), and the logs."""
+        opt = self.opt
+        B, n = r["depth"].shape[:2]
+        h, w = r["depth"].shape[-2:]
+        imgs = F.interpolate(batch["imgs"].flatten(0, 2), (h, w), mode="area").view(B, 3, n, 3, h, w)
+        target, sources = imgs[:, 1].flatten(0, 1), [imgs[:, 0].flatten(0, 1), imgs[:, 2].flatten(0, 1)]
+        depth = r["depth"].flatten(0, 1).clamp(opt.min_depth, opt.max_depth)
+        Kf = r["K"].flatten(0, 1)
+        warped, ok = zip(*[warp(src, depth, Kf, T[:, k].flatten(0, 1)) for k, src in enumerate(sources)])
+        valid = None
+        if "mask" in batch:  # (B,6,h',w') self-occlusion mask, 0 = ego car body -> (B*6,1,h,w) bool
+            valid = F.interpolate(batch["mask"].flatten(0, 1)[:, None].float(), (h, w), mode="nearest") > 0.5
+        raw = {}  # unweighted
+        raw["reproj"], maps = reprojection_loss(target, list(warped), sources,
+                                                list(ok) if opt.reproj_invalid == "identity" else None,
+                                                target_mask=valid)
+        raw["smooth"] = smoothness_loss(1 / depth, target)
+        if opt.entropy_on == "gaussians":
+            raw["entropy"] = gaussian_entropy(r["opacity"])
+        else:
+            raw["entropy"] = opacity_entropy(r["alpha"])
+        if opt.w_tv > 0:
+            raw["tv"] = total_variation(r["logits"])
+        if opt.use_sem and "sem" in batch:
+            labels = batch["sem"].flatten(0, 1)
+            if valid is not None:
+                labels = labels.masked_fill(~valid[:, 0], 255)
+            raw["sem"] = semantic_ce(r["sem"].flatten(0, 1), labels, weight=self.sem_weight)
+        weights = {"reproj": 1.0, "smooth": opt.w_smooth, "entropy": opt.w_entropy, "tv": opt.w_tv, "sem": opt.w_sem}
+        terms = {k: weights[k] * v for k, v in raw.items()}
+        logs = {f"loss_{k}": v.detach() for k, v in raw.items()}
+        logs.update(automask_kept=maps["mask"].float().mean(),
+                    warp_valid=torch.cat(ok, 1).any(1).float().mean())  # pixels with a source inside its image
+        if valid is not None:
+            logs["mask_visible"] = valid.float().mean()  # share of pixels left in by the self-occlusion mask
+        d = depth.detach()
+        q = torch.quantile(d.flatten()[:: max(1, d.numel() // 100000)].float(),
+                           torch.tensor([0.1, 0.5, 0.9], device=d.device))
+        logs.update(mean_depth=d.mean(), depth_p10=q[0], depth_p50=q[1], depth_p90=q[2],
+                    mean_alpha=r["alpha"].detach().mean(), mean_opacity=r["opacity"].detach().mean())
+        return terms, logs

@@ -1,0 +1,48 @@
+"""Where stage 2 gets the camera motion of its temporal loss: recorded ego poses or the frozen stage-1 pose net.
+
+A pose source is a callable ``source(batch) -> T (B, 2, 6, 4, 4)``: per camera, current camera -> previous (0) /
+next (1) camera of the same sensor, the ``T_tgt2src`` of ``utils.geometry.warp``. Built once by the caller
+(``build_pose_source``) and handed to the model, so a test can swap it without checkpoints on disk.
+"""
+import torch
+
+from utils.geometry import ego_motion_to_cam, rel_cam_pose
+
+
+class RecordedPoses:
+    """The dataset's ego poses (``--pose gt``): for ablations, or to isolate stage 2 from stage 1."""
+
+    def __call__(self, batch):
+        cam2ego, e2g = batch["cam2ego"], batch["ego2global"]
+        return torch.stack([rel_cam_pose(cam2ego, e2g[:, 1], e2g[:, k]) for k in (0, 2)], 1)
+
+
+class Stage1Poses:
+    """The frozen stage-1 pose net of a GSP checkpoint (``--pose stage1``: the method, no ground-truth pose).
+
+    The checkpoint is read at the first call, on the device of the batch, and never enters the stage-2 state dict
+    (this is not an nn.Module), so evaluation and visualisation of a stage-2 checkpoint do not need it.
+    """
+
+    def __init__(self, ckpt):
+        if not ckpt:
+            raise ValueError("--pose stage1 needs --stage1_ckpt PATH (a stage-1 checkpoint); or use --pose gt")
+        self.ckpt = ckpt
+        self.model = None
+
+    def __call__(self, batch):
+        cam2ego = batch["cam2ego"]
+        if self.model is None:
+            from networks.gsp_model import load_gsp_from_checkpoint
+            self.model = load_gsp_from_checkpoint(self.ckpt, cam2ego.device).requires_grad_(False)
+        poses = self.model.predict_pose(batch)  # (B, 2, 4, 4) ego motion current -> previous / next
+        return torch.stack([ego_motion_to_cam(poses[:, k], cam2ego) for k in range(2)], 1)
+
+
+def build_pose_source(opt):
+    """The pose source that ``opt.pose`` names."""
+    if opt.pose == "gt":
+        return RecordedPoses()
+    if opt.pose == "stage1":
+        return Stage1Poses(opt.stage1_ckpt)
+    raise ValueError(f"unknown --pose {opt.pose!r} (expected gt or stage1)")

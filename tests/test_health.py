@@ -1,0 +1,35 @@
+"""The training-log reader: each failure pattern of a run is named once, healthy rows raise nothing."""
+from utils.health import TrainingHealth
+
+
+def feed(health, rows):
+    out = []
+    for r in rows:
+        out += [k for k, _ in health.check(r)]
+    return out
+
+
+def test_a_healthy_run_raises_nothing():
+    h = TrainingHealth(window=3)
+    rows = [dict(step=10 * i, loss=0.2 - 0.01 * i, mean_depth=10 + i, depth_p50=8.0 + i, automask_kept=0.6,
+                 ego_translation=1.2) for i in range(10)]
+    assert feed(h, rows) == []
+
+
+def test_the_collapsed_stage2_run_of_issue_11_is_named():
+    """The log of the real-fixture run that collapsed: depth 0.2967 m from step 20 on, loss repeating."""
+    h = TrainingHealth(window=3)
+    rows = [dict(step=1, loss=0.31, mean_depth=1.55, automask_kept=0.4)]
+    rows += [dict(step=20 * i, loss=0.1734, mean_depth=0.2967, automask_kept=0.10) for i in range(1, 6)]
+    kinds = feed(h, rows)
+    assert kinds == ["depth_collapsed", "depth_frozen", "loss_flat"]  # each once, in the order they appear
+
+
+def test_stage1_translation_near_zero_and_an_empty_automask_after_warmup_only():
+    h = TrainingHealth(window=3, after=100)
+    early = [dict(step=s, loss=0.1 + s * 1e-3, mean_depth=10 + s, ego_translation=0.0, automask_kept=0.0)
+             for s in (20, 40, 60, 80, 100)]
+    assert feed(h, early) == []  # the warm-up is not judged
+    late = [dict(step=s, loss=0.1 + s * 1e-3, mean_depth=10 + s, ego_translation=0.01, automask_kept=0.005)
+            for s in (120, 140, 160)]
+    assert sorted(feed(h, late)) == ["automask_empty", "translation_zero"]

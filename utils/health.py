@@ -1,0 +1,59 @@
+"""Reads the training log as a reviewer would and says when a run has failed although it still runs.
+
+``TrainingHealth.check(row)`` takes each logged row (the dict written to train_log.jsonl) and returns the
+warnings it triggers, each once per kind:
+  * ``depth_frozen``: the logged mean depth has not changed (relative 1e-4) over ``window`` logged rows: the
+    network output no longer changes (a stage-2 collapse ends like this);
+  * ``depth_collapsed``: the median rendered / predicted depth is below ``min_depth`` metres: the scene has
+    fallen onto the cameras;
+  * ``automask_empty``: the auto-mask keeps fewer than ``min_kept`` of the pixels over ``window`` rows: almost no
+    warp beats "no motion", the temporal loss has no gradient;
+  * ``translation_zero`` (stage 1): the predicted ego translation stays below ``min_translation`` metres per
+    frame pair over ``window`` rows after the lr warm-up;
+  * ``loss_flat``: the loss has not changed (relative 1e-6) over ``window`` rows.
+Rows logged during the lr warm-up (``after`` steps) are not judged. Keys missing from a row are skipped.
+"""
+
+
+class TrainingHealth:
+    def __init__(self, window=5, after=0, min_depth=1.0, min_kept=0.02, min_translation=0.05):
+        self.window, self.after = window, after
+        self.min_depth, self.min_kept, self.min_translation = min_depth, min_kept, min_translation
+        self.history = []
+        self.raised = set()
+
+    def _recent(self, key):
+        vals = [r[key] for r in self.history[-self.window:] if key in r]
+        return vals if len(vals) == self.window else None
+
+    def check(self, row):
+        """row: dict with 'step' and logged scalars. Returns a list of (kind, message) raised by this row."""
+        self.history.append(row)
+        if row.get("step", 0) <= self.after:
+            return []
+        found = []
+
+        def frozen(key, tol):
+            v = self._recent(key)
+            return v is not None and max(v) - min(v) <= tol * max(abs(x) for x in v)
+
+        if frozen("mean_depth", 1e-4):
+            found.append(("depth_frozen", f"the mean depth has stayed at {row['mean_depth']:.4f} m for {self.window} "
+                                          "logged steps: the network output no longer changes"))
+        depth = row.get("depth_p50", row.get("mean_depth"))
+        if depth is not None and depth < self.min_depth:
+            found.append(("depth_collapsed", f"the median depth is {depth:.3f} m: the scene has fallen onto the "
+                                             "cameras (stage 2: try --entropy_on gaussians, see gsv_loss.py)"))
+        kept = self._recent("automask_kept")
+        if kept is not None and max(kept) < self.min_kept:
+            found.append(("automask_empty", f"the auto-mask keeps {max(kept):.4f} of the pixels or fewer: almost no "
+                                            "warp beats no motion, the temporal loss has no gradient"))
+        trans = self._recent("ego_translation")
+        if trans is not None and max(trans) < self.min_translation:
+            found.append(("translation_zero", f"the predicted ego translation stays below {self.min_translation} m "
+                                              "per frame pair: the pose net has settled on no motion"))
+        if frozen("loss", 1e-6):
+            found.append(("loss_flat", f"the loss has stayed at {row['loss']:.6f} for {self.window} logged steps"))
+        new = [(k, m) for k, m in found if k not in self.raised]
+        self.raised.update(k for k, _ in new)
+        return new
