@@ -7,6 +7,9 @@
 #   sh tools/run_benchmarks.sh synthetic   # stage 1 with and without GSP, stage 2 with GT pose and with stage-1 pose
 #   sh tools/run_benchmarks.sh fixture     # real nuScenes scene-0916: stage 1 with / without GSP, stage 2 with GT pose
 #   sh tools/run_benchmarks.sh fixture-stage1   # the same, stage 1 only
+#   sh tools/run_benchmarks.sh fixture-gsv # real scene-0916, stage 2, recorded poses, no labels: the default criterion
+#                                          # vs the collapsing one (alpha entropy) vs no entropy, untrained baseline,
+#                                          # and tools/gsv_diagnose.py on the first two (all at once on one GPU)
 #   sh tools/run_benchmarks.sh landscape   # stage-1 losses vs a depth scale factor on exact synthetic depth (CPU)
 #
 # FIXTURE=<nuScenes fixture root> (default ../shared/fixtures/nuscenes-scene-0916); PY=<python> (default python3);
@@ -59,11 +62,29 @@ fixture|fixture-stage1)
     train_eval fixture-gsp --config configs/fixture-gsp.txt --dataroot "$FIXTURE" --max_minutes "$GSP_MIN"
     wait
     ;;
+fixture-gsv)
+    [ -d "$FIXTURE/depth_gt" ] || $PY tools/export_gt_depth_nusc.py --dataroot "$FIXTURE" --version v1.0-mini \
+        --out depth_gt
+    C="--config configs/fixture-gsv.txt --dataroot $FIXTURE --num_workers ${WORKERS:-3}"
+    OLD="--opacity softmax --entropy_on alpha --w_tv 0"  # the criterion that collapsed (issue 11)
+    for v in "default:" "alpha-entropy:$OLD" "no-entropy:--opacity softmax --w_entropy 0 --w_tv 0"; do
+        train_eval "fixture-gsv-${v%%:*}" $C ${v#*:} --max_minutes "$GSV_MIN" &
+    done
+    $PY train.py $C --exp_name fixture-gsv-untrained --num_epochs 0 --val_every -1 > logs/fixture-gsv-untrained.log 2>&1
+    $PY eval.py $C --ckpt logs/fixture-gsv-untrained/ckpt/last.pt --out_dir logs/fixture-gsv-untrained/eval \
+        >> logs/fixture-gsv-untrained.log 2>&1
+    for v in "default:" "alpha-entropy:$OLD"; do
+        $PY tools/gsv_diagnose.py $C ${v#*:} --steps "${DIAG_STEPS:-150}" --out "logs/diag-${v%%:*}" \
+            > "logs/diag-${v%%:*}.log" 2>&1 &
+    done
+    wait
+    ;;
 landscape)
     $PY tools/gsp_landscape.py --out_dir logs/landscape
     $PY tools/gsp_landscape.py --out_dir logs/landscape-bf16 --amp bf16
     ;;
 *)
-    echo "usage: sh tools/run_benchmarks.sh data|bench|synthetic|fixture|fixture-stage1|landscape" >&2; exit 1
+    echo "usage: sh tools/run_benchmarks.sh data|bench|synthetic|fixture|fixture-stage1|fixture-gsv|landscape" >&2
+    exit 1
     ;;
 esac
