@@ -1,7 +1,8 @@
 """Stage 2 (GSV): semantic occupancy from 6 images, supervised by rendering its voxel Gaussians.
 
 OccNet -> logits (B, C+1, X, Y, Z) -> one Gaussian per voxel (opacity 1 - p(free)) -> ONE rasterize call per
-sample for the 6 cameras at ``render_size`` -> accumulated depth (sum w_i z_i, not divided by alpha), alpha and C
+sample for the 6 cameras at ``render_size`` -> depth (sum w_i z_i, not divided by alpha, plus (1 - alpha) max_depth
+with ``depth_background far``), alpha and C
 semantic channels -> the criterion of ``networks/gsv_loss.py`` with the camera motion of a pose source
 (``networks/pose_source.py``: recorded ego poses or the frozen stage-1 pose net).
 ``render_type volume`` renders the same volume by ray marching instead (the OccNeRF baseline).
@@ -23,7 +24,7 @@ from utils.geometry import inverse_rigid, rescale_K_to
 from utils.rasterizer import rasterize
 from utils.vis import bev_image, depth_to_color, image_to_uint8, logits_to_color, mosaic
 
-CHECKPOINT_DEFAULTS = {"opacity": "softmax"}  # what a checkpoint older than the option was trained with
+CHECKPOINT_DEFAULTS = {"opacity": "softmax", "depth_background": "none"}  # what a checkpoint older than the option was trained with
 
 
 def add_args(parser):
@@ -45,6 +46,12 @@ def add_args(parser):
     g.add_argument("--gs_scale_learn", type=str2bool, default=False,
                    help="predict the Gaussian scale per voxel, smoothly clamped at gs_scale_max")
     g.add_argument("--gs_scale_max", type=float, default=0.12, help="cap of the learnt Gaussian scale, metres")
+    g.add_argument("--depth_background", type=str, default="far", choices=["far", "none"],
+                   help="far: every ray ends at max_depth, rendered depth = sum_i w_i z_i + (1 - alpha) max_depth, so "
+                        "a transparent ray reads as far away (sky), as in volume rendering with a last, opaque "
+                        "sample; none: sum_i w_i z_i only (the authors' GS depth, whose contracted infinite-range "
+                        "grid makes every ray end on the outer shell; in an 80 m box a ray that leaves it reads as "
+                        "close to the camera, and measured on the real fixture the depth collapsed with it)")
     g.add_argument("--opacity", type=str, default="sigmoid", choices=["sigmoid", "softmax"],
                    help="voxel opacity: 1 - sigmoid(free logit) (the authors': the free channel alone decides "
                         "occupancy) or 1 - softmax(logits)[free]")
@@ -107,7 +114,8 @@ class GSVModel(nn.Module):
     def render(self, batch):
         """Predict the volume and render the current frame's 6 cameras at ``render_size``.
 
-        Returns dict: logits (B, C+1, X, Y, Z), opacity (B, X, Y, Z), depth / alpha (B, 6, 1, h, w),
+        Returns dict: logits (B, C+1, X, Y, Z), opacity (B, X, Y, Z), depth / alpha (B, 6, 1, h, w) (depth with the
+        ``depth_background``),
         sem (B, 6, C, h, w), K (B, 6, 3, 3) at the render size, num_gaussians (float tensor).
         """
         imgs, K, cam2ego = batch.get("imgs_net", batch["imgs"])[:, 1], batch["K"], batch["cam2ego"]
@@ -126,9 +134,12 @@ class GSVModel(nn.Module):
                                       viewmats[b], Kr[b], w, h, near=self.opt.min_depth)
                        for b, g in enumerate(gaussians)]
             n_gauss = out["logits"].new_tensor(sum(len(g["means"]) for g in gaussians) / len(gaussians))
-        return {"logits": out["logits"], "opacity": opacity, "K": Kr, "num_gaussians": n_gauss,
-                **{k: torch.stack([r[key] for r in renders]) for k, key in
-                   (("depth", "depth"), ("alpha", "alpha"), ("sem", "features"))}}
+        r = {"logits": out["logits"], "opacity": opacity, "K": Kr, "num_gaussians": n_gauss,
+             **{k: torch.stack([r[key] for r in renders]) for k, key in
+                (("depth", "depth"), ("alpha", "alpha"), ("sem", "features"))}}
+        if self.opt.depth_background == "far":
+            r["depth"] = r["depth"] + (1 - r["alpha"]).clamp(min=0) * self.opt.max_depth
+        return r
 
     def _render_volume(self, logits, opacity, viewmats, Ks, w, h):
         from networks.volume_render import render_volume

@@ -272,10 +272,8 @@ def room_batch(H=32, W=56, h=16, w=28, step=0.3):
 
 def test_overfit_one_batch_lowers_the_loss():
     torch.manual_seed(0)
-    # softmax opacity: over 15 steps in this 16 x 16 x 6 room the rendered depth follows the motion faster with
-    # it (reprojection ratio 0.55 vs 0.66 with the sigmoid default); the test is about the rendering and warp
     opt = tiny_opt("--input_size", "32", "56", "--render_size", "16", "28", "--real_size", "-6", "6", "-6", "6",
-                   "-1", "3", "--grid_size", "16", "16", "6", "--gs_scale", "0.3", "--opacity", "softmax")
+                   "-1", "3", "--grid_size", "16", "16", "6", "--gs_scale", "0.3")
     model = GSVModel(opt)
     batch = room_batch(step=1.0)
     optim = torch.optim.Adam(model.trainable_parameters(), lr=5e-3)
@@ -293,7 +291,7 @@ def test_overfit_one_batch_lowers_the_loss():
     # the rendered depth explains the motion: the loss over ALL pixels falls and the warp beats "no motion" on
     # most pixels (a 0.3 m step moves the 16x28 render by < 1 px: there no warp beats no motion, nothing is learnt)
     assert np.mean(reproj[-3:]) < 0.6 * np.mean(reproj[:3]), reproj
-    assert kept[0] < 0.4 and kept[-1] > 0.7, kept
+    assert kept[-1] > 0.7, kept
 
 
 def test_self_occlusion_mask_leaves_pixels_out_of_the_losses():
@@ -350,3 +348,17 @@ def test_evaluation_runs_the_network_once_per_sample():
     pred = model.predict(batch)
     assert torch.equal(pred["occupancy"], model.predict_occupancy(batch))
     assert torch.equal(pred["depth"], model.predict_depth(batch))
+
+
+def test_a_transparent_ray_reads_as_far_with_the_depth_background():
+    """Every voxel free: with --depth_background far each ray ends at max_depth (sky), without it at 0 m, which
+    the clamp of the losses turns into min_depth: the scene on the cameras (the collapse of issue 11)."""
+    batch = make_batch()
+    for background, want in (("far", 80.0), ("none", 0.0)):
+        model = GSVModel(tiny_opt("--depth_background", background))
+        logits = torch.zeros(1, 18, 24, 24, 6)
+        logits[:, -1] = 20.0  # free everywhere: opacity 1 - sigmoid(20) < 1/255, every Gaussian pruned
+        model.occ_net.forward = lambda *a: {"logits": logits}
+        r = model.render(batch)
+        assert r["num_gaussians"] == 0 and torch.all(r["alpha"] == 0)
+        torch.testing.assert_close(r["depth"], torch.full_like(r["depth"], want))
