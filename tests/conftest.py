@@ -44,3 +44,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+SYNTH_SEED, SYNTH_FRAMES, SYNTH_HW, SYNTH_SWEEPS = 3, 3, (90, 160), 5
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory):
+    """A generated synthetic set: 1 training + 1 validation scene of 3 samples (keyframes) at 90 x 160, with 5
+    camera sweeps between keyframes (shared by the synthetic-data tests)."""
+    from datasets.synthetic.generate import generate
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, num_scenes=2, frames_per_scene=SYNTH_FRAMES, img_hw=SYNTH_HW, seed=SYNTH_SEED, val_scenes=1,
+             progress=False, sweeps_per_keyframe=SYNTH_SWEEPS)
+    return out

@@ -78,7 +78,7 @@ def test_relative_motion_of_global_poses_under_bf16():
     between frames): an undecorated bf16 product gives (0.93, 0.76, 0) m; rel_cam_pose gives the float32 answer."""
     from datasets.synthetic.scene import make_scene
     from utils.geometry import rel_cam_pose
-    E = torch.tensor(make_scene(0, 0, 3).ego2global[:2], dtype=torch.float32)
+    E = torch.tensor(make_scene(0, 0, 3, dt=0.25).ego2global[:2], dtype=torch.float32)
     E_prev, E_cur = (e.expand(1, 6, 4, 4) for e in E)
     truth = torch.linalg.inv(E[0].double()) @ E[1].double()
     c2e = torch.eye(4).repeat(1, 6, 1, 1)

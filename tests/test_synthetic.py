@@ -1,32 +1,30 @@
-"""The synthetic nuScenes-format set: devkit loading, determinism, Occ3D labels, masks, 2D semantics, LiDAR, rig."""
+"""The synthetic nuScenes-format set: devkit loading with the 12 Hz camera sweep chain, determinism, 2D semantics,
+LiDAR, rig, images, and the loader's temporal neighbours on it (the Occ3D label rules: test_synthetic_labels.py)."""
+import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from utils.constants import CAMS, FREE_ID, OCC3D_RANGE, OCC3D_VOXEL
-from datasets.synthetic import occupancy, rig, writer
-from datasets.synthetic.frame import MASK_HW
-from datasets.synthetic.generate import generate, render_job
-from datasets.synthetic.scene import make_scene
+from conftest import SYNTH_FRAMES as FRAMES, SYNTH_HW as HW, SYNTH_SEED as SEED, SYNTH_SWEEPS as SWEEPS
+from datasets import options as data_options
+from datasets.nuscenes_dataset import NuScenesDataset
+from datasets.synthetic import rig, writer
+from datasets.synthetic.generate import render_job
+from datasets.synthetic.scene import SAMPLE_DT, make_scene
+from utils.constants import CAMS, FREE_ID, OCC3D_LABEL_RANGE, OCC3D_VOXEL
 
-SEED, FRAMES, HW = 3, 3, (90, 160)
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    """1 training scene + 1 validation scene of 3 frames at 90 x 160."""
-    out = tmp_path_factory.mktemp("synth")
-    generate(out, num_scenes=2, frames_per_scene=FRAMES, img_hw=HW, seed=SEED, val_scenes=1, progress=False)
-    return out
+N_CAM = (FRAMES - 1) * (SWEEPS + 1) + 1  # camera frames per scene
 
 
 @pytest.fixture(scope="module")
-def nusc(root):
+def nusc(synth_root):
     from nuscenes.nuscenes import NuScenes
-    return NuScenes(writer.VERSION, str(root), verbose=False)
+    return NuScenes(writer.VERSION, str(synth_root), verbose=False)
 
 
 def _labels(root, scene, k):
@@ -34,167 +32,107 @@ def _labels(root, scene, k):
 
 
 def _voxel(p):
-    """Occ3D index of ego-frame points (N, 3)."""
-    return np.floor((p - np.array(OCC3D_RANGE[:3])) / OCC3D_VOXEL).astype(int)
+    """Occ3D label index of ego-frame points (N, 3)."""
+    return np.floor((p - np.array(OCC3D_LABEL_RANGE[:3])) / OCC3D_VOXEL).astype(int)
 
 
-def test_devkit_loads_all_tables(root, nusc):
+def _chain(nusc, sd):
+    out = [sd]
+    while out[-1]["next"]:
+        out.append(nusc.get("sample_data", out[-1]["next"]))
+    return out
+
+
+def test_devkit_loads_the_sweep_chain(synth_root, nusc):
+    """nuscenes-devkit loads the set: per scene 3 samples, 13 camera frames per camera 1/12 s apart linked by
+    prev / next with is_key_frame on every 6th, LiDAR at the keyframes only; sweeps belong to the next sample."""
     assert len(nusc.table_names) == 13 and len(nusc.scene) == 2 and len(nusc.sample) == 2 * FRAMES
-    assert len(nusc.sample_data) == len(nusc.ego_pose) == 2 * FRAMES * 7
+    assert len(nusc.sample_data) == len(nusc.ego_pose) == 2 * (N_CAM * 6 + FRAMES)
     assert len(nusc.sample_annotation) > 0 and len(nusc.instance) > 0
-    scene = nusc.scene[0]
-    sample = nusc.get("sample", scene["first_sample_token"])
-    assert set(sample["data"]) == set(CAMS + ["LIDAR_TOP"])
-    sd = nusc.get("sample_data", sample["data"]["CAM_FRONT"])
-    chain = [sd]
-    while chain[-1]["next"]:
-        chain.append(nusc.get("sample_data", chain[-1]["next"]))
-    assert len(chain) == FRAMES and all(r["is_key_frame"] for r in chain) and chain[1]["prev"] == sd["token"]
-    assert Image.open(Path(root) / sd["filename"]).size == (HW[1], HW[0])
+    samples = [nusc.get("sample", nusc.scene[0]["first_sample_token"])]
+    while samples[-1]["next"]:
+        samples.append(nusc.get("sample", samples[-1]["next"]))
+    assert set(samples[0]["data"]) == set(CAMS + ["LIDAR_TOP"])
+    for cam in CAMS:
+        chain = _chain(nusc, nusc.get("sample_data", samples[0]["data"][cam]))
+        assert chain[0]["prev"] == "" and len(chain) == N_CAM
+        assert [r["is_key_frame"] for r in chain] == [f % (SWEEPS + 1) == 0 for f in range(N_CAM)]
+        assert [r["token"] for r in chain[::SWEEPS + 1]] == [s["data"][cam] for s in samples]
+        dt = np.diff([r["timestamp"] for r in chain])
+        assert np.all(np.abs(dt - 1e6 * SAMPLE_DT / (SWEEPS + 1)) <= 1)
+        assert [r["sample_token"] for r in chain[1:SWEEPS + 2]] == [samples[1]["token"]] * (SWEEPS + 1)
+        assert all(r["filename"].startswith("samples/" if r["is_key_frame"] else "sweeps/") for r in chain)
+        assert all((Path(synth_root) / r["filename"]).is_file() for r in chain)
+    lidar = _chain(nusc, nusc.get("sample_data", samples[0]["data"]["LIDAR_TOP"]))
+    assert len(lidar) == FRAMES and all(r["is_key_frame"] for r in lidar)
+    sd = nusc.get("sample_data", samples[0]["data"]["CAM_FRONT"])
+    assert Image.open(Path(synth_root) / sd["filename"]).size == (HW[1], HW[0])
     cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
     np.testing.assert_allclose(cs["camera_intrinsic"], rig.intrinsics(*HW, "CAM_FRONT"))
     pose = nusc.get("ego_pose", sd["ego_pose_token"])
     assert pose["translation"][2] == 0.0 and pose["timestamp"] == sd["timestamp"]
-    train = (Path(root) / "splits" / "train.txt").read_text().split()
-    val = (Path(root) / "splits" / "val.txt").read_text().split()
+    sweep = _chain(nusc, sd)[2]
+    assert len(nusc.get_boxes(sweep["token"])) == len(samples[1]["anns"])  # boxes interpolated to the sweep
+    train = (Path(synth_root) / "splits" / "train.txt").read_text().split()
+    val = (Path(synth_root) / "splits" / "val.txt").read_text().split()
     assert len(train) == len(val) == FRAMES and val[0] == nusc.scene[1]["first_sample_token"]
-    boxes = nusc.get_boxes(sample["data"]["LIDAR_TOP"])
-    assert all(b.name in {"vehicle.car", "vehicle.truck", "vehicle.bus.rigid", "human.pedestrian.adult",
-                          "movable_object.barrier", "movable_object.trafficcone", "vehicle.bicycle",
-                          "vehicle.motorcycle"} for b in boxes)
 
 
-def test_deterministic(root, tmp_path):
-    """Same seed: identical bytes (rendering a frame again, alone, reproduces its files exactly)."""
-    for c in writer.CHANNELS:
-        (tmp_path / "samples" / c).mkdir(parents=True)
-    render_job((str(tmp_path), SEED, 0, 1, FRAMES, HW))
-    tok = writer.sample_token(SEED, 0, 1)
-    files = [writer.data_filename(SEED, 0, 1, c) for c in writer.CHANNELS] + [f"sem/{tok}/{c}.png" for c in CAMS]
-    files.append(f"gts/{writer.scene_name(0)}/{tok}/labels.npz")
-    for f in files:
-        assert (Path(root) / f).read_bytes() == (tmp_path / f).read_bytes(), f
-    other = np.array(Image.open(Path(root) / writer.data_filename(SEED, 1, 0, "CAM_FRONT")))
-    assert not np.array_equal(other, np.array(Image.open(tmp_path / files[0])))
-
-
-def test_occ3d_labels(root):
-    lab = _labels(root, 0, 1)
-    sem = lab["semantics"]
-    assert sem.shape == (200, 200, 16) and sem.dtype == np.uint8 and set(lab) >= {"mask_camera", "mask_lidar"}
-    present = set(np.unique(sem).tolist())
-    assert {4, 11, 15, FREE_ID} <= present
-    # under the ego: road fills layers 0-2 (up to the surface layer [-0.2, 0.2]), free above
-    assert (sem[98:108, 99:101, :3] == 11).all() and (sem[98:108, 99:101, 3:] == FREE_ID).all()
+@pytest.mark.parametrize("sweeps", [0, 2])
+def test_timeline_options(sweeps):
+    """--sweeps_per_keyframe S: S camera frames between samples 0.5 s apart (S = 0: keyframes only); keyframe poses
+    equal the world's sample poses exactly."""
     world = make_scene(SEED, 0, FRAMES)
-    g2e = np.linalg.inv(world.ego2global[1])
-    checked = 0
-    for obj in world.instances:
-        c = g2e[:3, :3] @ obj["center"] + g2e[:3, 3]
-        if obj["cls"] in (3, 4, 10, 15) and (np.abs(c[:2]) < 38).all():
-            c[2] = min(c[2], 4.0)  # tall buildings: a point inside, within the grid
-            assert sem[tuple(_voxel(c[None])[0])] == obj["cls"], obj
-            checked += 1
-    assert checked >= 3
+    stats = [[dict(visible={}, crossed={}, lidar_pts={})] * FRAMES]
+    t = writer.build_tables(SEED, [world], stats, HW, sweeps)
+    n_cam = (FRAMES - 1) * (sweeps + 1) + 1
+    assert len(t["sample_data"]) == len(t["ego_pose"]) == 6 * n_cam + FRAMES
+    assert sum(not r["is_key_frame"] for r in t["sample_data"]) == 6 * (n_cam - FRAMES)
+    assert all(r["filename"].startswith("samples/") == r["is_key_frame"] for r in t["sample_data"])
+    assert np.allclose(np.diff([s["timestamp"] for s in t["sample"]]), 1e6 * SAMPLE_DT)
+    front = [r for r in t["sample_data"] if r["filename"].split("/")[1] == "CAM_FRONT" and r["is_key_frame"]]
+    poses = {p["token"]: p for p in t["ego_pose"]}
+    for r, E in zip(front, world.ego2global):
+        assert poses[r["ego_pose_token"]]["translation"] == E[:3, 3].tolist()
 
 
-def test_masks(root):
-    lab = _labels(root, 0, 1)
-    cam, lidar, sem = lab["mask_camera"].astype(bool), lab["mask_lidar"].astype(bool), lab["semantics"]
-    assert 0.02 < cam.mean() < 0.6 and 0.02 < lidar.mean() < 0.6
-    ahead = _voxel(np.array([[6.0, 0.2, 1.0]]))[0]  # free air in front of the ego, seen by both sensors
-    assert sem[tuple(ahead)] == FREE_ID and cam[tuple(ahead)] and lidar[tuple(ahead)]
-    road = sem[:, :, 2] == 11
-    assert cam[:, :, 2][road].mean() > 0.2 and not cam[:, :, 0][road].any()  # the buried layer is never seen
-    assert not cam[:, :, :2].any()  # the ground fills layers 0-2 everywhere: layers 0 and 1 are buried
+def test_deterministic(synth_root, tmp_path):
+    """Same seed: identical bytes (rendering a sweep and a keyframe again, alone, reproduces their files)."""
+    for folder in ("samples", "sweeps"):
+        for c in writer.CHANNELS:
+            (tmp_path / folder / c).mkdir(parents=True)
+    files = []
+    for f in (1, SWEEPS + 1):  # a sweep, then the second keyframe with its labels
+        render_job((str(tmp_path), SEED, 0, f, FRAMES, SWEEPS, HW))
+        files += [writer.data_filename(SEED, 0, f, c, SWEEPS) for c in CAMS]
+    tok = writer.sample_token(SEED, 0, 1)
+    files += [writer.data_filename(SEED, 0, SWEEPS + 1, "LIDAR_TOP", SWEEPS)]
+    files += [f"sem/{tok}/{c}.png" for c in CAMS] + [f"gts/{writer.scene_name(0)}/{tok}/labels.npz"]
+    for f in files:
+        assert (Path(synth_root) / f).read_bytes() == (tmp_path / f).read_bytes(), f
 
 
-def _occluded(sem, a, b):
-    """Whether the segment from a to b (ego frame) crosses an occupied voxel before its last 2 cm."""
-    n = int(np.linalg.norm(b - a) / 0.01) + 2
-    t = np.linspace(0.0, 1.0 - 0.02 / np.linalg.norm(b - a), n)
-    idx = _voxel(a + t[:, None] * (b - a))
-    inside = ((idx >= 0) & (idx < np.array(sem.shape))).all(1)
-    return bool((sem[tuple(idx[inside].T)] != FREE_ID).any())
+def test_images_textured_and_moving(synth_root):
+    """Textured images; a sweep 1/12 s later differs a little, the next keyframe (0.5 s) more."""
+    a = [np.asarray(Image.open(Path(synth_root) / writer.data_filename(SEED, 0, f, "CAM_FRONT", SWEEPS))
+                    .convert("L"), float) for f in (0, 1, SWEEPS + 1)]
+    grad = np.abs(np.diff(a[0], axis=1)).mean() + np.abs(np.diff(a[0], axis=0)).mean()
+    assert grad > 3.0, grad
+    ground = a[0][HW[0] * 2 // 3:]  # the road ahead carries texture, not a flat colour
+    assert np.abs(np.diff(ground, axis=1)).mean() > 0.5
+    assert 0.3 < np.abs(a[0] - a[1]).mean() < np.abs(a[0] - a[2]).mean()
 
 
-def test_camera_mask_dense(root):
-    """Road voxels 8-40 m ahead of CAM_FRONT whose top face the camera sees are all in mask_camera:
-    no gaps between the rows of a finite image (the old ray-marched mask had stripes beyond ~20 m)."""
-    lab = _labels(root, 0, 1)
-    cam, sem = lab["mask_camera"].astype(bool), lab["semantics"]
-    origin = rig.cam2ego()[0][:3, 3]
-    checked = far = 0
-    for y in (-1.0, 0.2, 1.4):
-        j = _voxel(np.array([[0.0, y, 0.0]]))[0, 1]
-        for i in range(_voxel(np.array([[8.0, 0.0, 0.0]]))[0, 0], 200):  # CAM_FRONT sees the road from 6 m
-            if sem[i, j, 2] != 11 or sem[i, j, 3] != FREE_ID:
-                continue
-            top = np.array([OCC3D_RANGE[0] + (i + 0.5) * OCC3D_VOXEL,
-                            OCC3D_RANGE[1] + (j + 0.5) * OCC3D_VOXEL, 0.2])
-            if not _occluded(sem, origin, top):
-                assert cam[i, j, 2] and cam[i, j, 3], (i, j, top)
-                checked += 1
-                far += top[0] > 30
-    assert checked > 150 and far > 30, (checked, far)
-
-
-def test_camera_mask_buildings(root):
-    """Voxels inside a building, or on its face turned away from the street, are not camera-visible; its street
-    face is."""
-    lab = _labels(root, 0, 1)
-    cam, sem = lab["mask_camera"].astype(bool), lab["semantics"]
-    occ = np.pad(sem != FREE_ID, 1, constant_values=True)
-    inner = np.ones(sem.shape, bool)
-    for a in range(3):
-        for s in (-1, 1):
-            inner &= np.roll(occ, s, axis=a)[1:-1, 1:-1, 1:-1]
-    assert inner[sem == 15].sum() > 100 and not cam[inner].any()
-    # building voxels whose only free neighbour is the one away from the street (|y| larger): the back faces
-    free = ~occ
-    ys = (np.arange(200) + 0.5) * OCC3D_VOXEL + OCC3D_RANGE[1]
-    nb = {(a, s): np.roll(free, -s, axis=a)[1:-1, 1:-1, 1:-1] for a in range(3) for s in (-1, 1)}
-    away = np.where(ys[None, :, None] > 0, nb[1, 1], nb[1, -1])
-    others = sum(nb[k].astype(int) for k in nb) - away
-    back = (sem == 15) & away & (others == 0) & (np.abs(ys)[None, :, None] > 6)
-    assert back.sum() > 20 and not cam[back].any()
-    toward = np.where(ys[None, :, None] > 0, nb[1, -1], nb[1, 1])
-    front = (sem == 15) & toward & (np.arange(16) >= 3)
-    assert cam[front].mean() > 0.3
-
-
-def test_camera_mask_box_on_ground():
-    """camera_mask on a hand-made grid: flat ground (layers 0-2) and a solid box ahead of CAM_FRONT."""
-    occ = np.zeros((200, 200, 16), bool)
-    occ[:, :, :3] = True
-    occ[150:160, 95:105, 3:10] = True  # x 20-24 m, y -2..2 m, z 0.2-3 m
-    cams = [(rig.intrinsics(*MASK_HW, c), c2e, *MASK_HW) for c, c2e in zip(CAMS, rig.cam2ego())]
-    vis = occupancy.camera_mask(occ, cams)
-    assert vis[vis].size and not vis[:, :, :2].any()
-    assert vis[116:150, 97:103, 2:6].all()  # road and air from 6.4 m (CAM_FRONT's lowest ray) up to the box
-    assert vis[160:200, 80:120, 2].any() and not vis[162:200, 98:102, 2].any()  # its ground shadow is hidden
-    assert vis[150, 96:104, 3:9].all() and not vis[151:160, 96:104, 3:9].any()  # front face seen, inside not
-    assert vis[175:200, 70:80, 2].all()  # far road beside the shadow: dense out to the grid edge
-    # the voxels the buffer's rays cross are a subset (the old, ray-marched mask)
-    d = np.concatenate([_rays(rig.intrinsics(*MASK_HW, c), c2e) for c, c2e in zip(CAMS, rig.cam2ego())])
-    o = np.concatenate([np.broadcast_to(c2e[:3, 3], (MASK_HW[0] * MASK_HW[1], 3)) for c2e in rig.cam2ego()])
-    crossed = occupancy.observed(occ, o, d)
-    assert (vis | ~crossed).all() and vis.sum() > crossed.sum()
-
-
-def _rays(K, c2e):
-    v, u = np.mgrid[0:MASK_HW[0], 0:MASK_HW[1]]
-    d = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones(u.shape)], -1).reshape(-1, 3)
-    return d / np.linalg.norm(d, axis=1, keepdims=True) @ c2e[:3, :3].T
-
-
-def test_semantic_maps_match_labels(root, nusc):
-    """The first occupied voxel along a pixel's ray carries the pixel's 2D class in a large majority."""
+def test_semantic_maps_match_labels(synth_root, nusc):
+    """The first occupied voxel along a pixel's ray carries the pixel's 2D class in a large majority (the rest:
+    0.4 m voxels around class borders; a voxel that a surface only clips is occupied, so rays graze voxels of
+    objects they pass: tools/synthetic_label_check.py measures 97 % agreement where the first voxel is at the
+    surface)."""
     sample = nusc.get("sample", nusc.scene[0]["first_sample_token"])
-    lab = _labels(root, 0, 0)["semantics"]
+    lab = _labels(synth_root, 0, 0)["semantics"]
     agree = total = 0
     for c, c2e in zip(CAMS, rig.cam2ego()):
-        sem2d = np.array(Image.open(Path(root) / "sem" / sample["token"] / f"{c}.png"))
+        sem2d = np.array(Image.open(Path(synth_root) / "sem" / sample["token"] / f"{c}.png"))
         K = rig.intrinsics(*HW, c)
         v, u = np.mgrid[1:HW[0]:3, 1:HW[1]:3]
         d = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones(u.shape)], -1).reshape(-1, 3)
@@ -210,13 +148,13 @@ def test_semantic_maps_match_labels(root, nusc):
         ok = hit & (pix != 255)
         agree += (first[ok] == pix[ok]).sum()
         total += ok.sum()
-    assert total > 1000 and agree / total > 0.85, agree / total
+    assert total > 1000 and agree / total > 0.8, agree / total
 
 
-def test_lidar_on_surfaces(root, nusc):
+def test_lidar_on_surfaces(synth_root, nusc):
     sample = nusc.get("sample", nusc.scene[0]["first_sample_token"])
     sd = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
-    pts = np.fromfile(Path(root) / sd["filename"], dtype=np.float32).reshape(-1, 5)
+    pts = np.fromfile(Path(synth_root) / sd["filename"], dtype=np.float32).reshape(-1, 5)
     assert len(pts) > 5000 and set(np.unique(pts[:, 4])) <= set(range(32)) and pts[:, 3].max() <= 255
     assert np.linalg.norm(pts[:, :3], axis=1).max() <= 70.0 + 1e-3
     l2e = rig.lidar2ego()
@@ -245,11 +183,42 @@ def test_rig_matches_fixture(nusc_root):
             np.testing.assert_allclose(rig.intrinsics(900, 1600, ch), rec["camera_intrinsic"], atol=1e-9)
 
 
-def test_images_textured_and_moving(root):
-    a = [np.asarray(Image.open(Path(root) / writer.data_filename(SEED, 0, k, "CAM_FRONT")).convert("L"), float)
-         for k in range(2)]
-    grad = np.abs(np.diff(a[0], axis=1)).mean() + np.abs(np.diff(a[0], axis=0)).mean()
-    assert grad > 3.0, grad
-    ground = a[0][HW[0] * 2 // 3:]  # the road ahead carries texture, not a flat colour
-    assert np.abs(np.diff(ground, axis=1)).mean() > 0.5
-    assert np.abs(a[0] - a[1]).mean() > 2.0
+def _opt(root, **kw):
+    p = argparse.ArgumentParser()
+    data_options.add_args(p)
+    opt = p.parse_args(["--dataroot", str(root), "--version", writer.VERSION, "--input_size", "48", "80",
+                        "--val_split", str(Path(root) / "splits" / "val.txt")])
+    for k, v in kw.items():
+        setattr(opt, k, v)
+    return opt
+
+
+def test_loader_takes_the_sweeps(synth_root, capsys):
+    """Default --adjacent auto: the 12 Hz sweeps (logged); the neighbours' poses are the recorded ones, 1/12 s of
+    motion away (keyframes: 0.5 s)."""
+    world = make_scene(SEED, 1, FRAMES)
+    ds = NuScenesDataset(_opt(synth_root), "val")
+    assert ds.adjacent == "sweep" and "adjacent camera sweeps" in capsys.readouterr().out
+    assert [m["token"] for m in ds.samples] == [writer.sample_token(SEED, 1, k) for k in range(FRAMES)]
+    E = ds[1]["ego2global"].double().numpy()  # sample 1 of the validation scene
+    dt = SAMPLE_DT / (SWEEPS + 1)
+    truth = world.ego_pose([SAMPLE_DT - dt, SAMPLE_DT, SAMPLE_DT + dt])
+    for c in range(len(CAMS)):
+        np.testing.assert_allclose(E[:, c], truth, atol=1e-4)
+    step = np.linalg.norm(E[1, 0, :3, 3] - E[0, 0, :3, 3])
+    assert step == pytest.approx(world.speed * dt, rel=1e-4) and 0.3 < step < 0.7
+    key = NuScenesDataset(_opt(synth_root, adjacent="keyframe"), "val")[1]["ego2global"].double().numpy()
+    assert np.linalg.norm(key[1, 0, :3, 3] - key[0, 0, :3, 3]) == pytest.approx(world.speed * SAMPLE_DT, rel=1e-4)
+    first = ds.samples[0]  # the first sample has no earlier sweep
+    assert not first["has_prev"] and first["has_next"]
+
+
+def test_loader_falls_back_without_sweep_files(synth_root, tmp_path, capsys):
+    """Tables that list sweeps whose files are missing (nuScenes without its sweeps/ folder): keyframes."""
+    for name in os.listdir(synth_root):
+        if name != "sweeps":
+            os.symlink(Path(synth_root) / name, tmp_path / name)
+    ds = NuScenesDataset(_opt(tmp_path), "val")
+    assert ds.adjacent == "keyframe" and "files are absent" in capsys.readouterr().out
+    E = ds[1]["ego2global"]
+    assert torch.linalg.norm(E[1, 0, :3, 3] - E[0, 0, :3, 3]) > 1.5

@@ -36,7 +36,7 @@ def landscape(scene=0, frame=1, size=(112, 176), seed=0, scales=SCALES, gs_scale
               masks=("rendered", "geometric")):
     """Dict: scales and one list of loss values per term (see module docstring)."""
     h, w = size
-    world = make_scene(seed, scene, frame + 2)
+    world = make_scene(seed, scene, frame + 2, dt=0.25)  # frames 0.25 s apart, as the sets the results came from
     imgs, depths = zip(*[render_rgbd(world, world.ego2global[k], h, w) for k in (frame - 1, frame, frame + 1)])
     K, c2e = rig_tensors(h, w)
     motion = [ego_motion(world.ego2global, frame, frame + k) for k in (-1, 1)]  # current ego -> prev / next ego

@@ -55,7 +55,12 @@ MIOU_STAR_EXCLUDE = (0, 12)
 MIOU_13_EXCLUDE = (0, 2, 6, 12)
 
 # Occ3D-nuScenes grid: 200 x 200 x 16 voxels of 0.4 m.
+# OCC3D_RANGE is the documented range (Occ3D README, the authors' read-out, SparseOcc's RayIoU). The released labels
+# sit two voxels higher in the ego frame: layer 0 holds the road surface (ego z = 0), so voxel k spans
+# z = 0.4 k +- 0.2 m, i.e. OCC3D_LABEL_RANGE (evidence: docs/occ3d_convention.md). Synthetic labels and the
+# occupancy read-out use OCC3D_LABEL_RANGE.
 OCC3D_RANGE = (-40.0, -40.0, -1.0, 40.0, 40.0, 5.4)  # xmin, ymin, zmin, xmax, ymax, zmax
+OCC3D_LABEL_RANGE = (-40.0, -40.0, -0.2, 40.0, 40.0, 6.2)
 OCC3D_VOXEL = 0.4
 OCC3D_SHAPE = (200, 200, 16)
 

@@ -1,4 +1,4 @@
-"""Everything the sensors of one synthetic sample record: 6 images, 2D semantics, a LiDAR sweep, Occ3D labels.
+"""Everything the sensors of one synthetic frame record: 6 images, 2D semantics, a LiDAR sweep, Occ3D labels.
 
 Pixel convention: OpenCV, the ray of pixel column u, row v goes through (u, v) with the intrinsics scaled to
 the image size (``rig.intrinsics``), i.e. integer pixel coordinates are pixel centres.
@@ -6,7 +6,7 @@ the image size (``rig.intrinsics``), i.e. integer pixel coordinates are pixel ce
 import numpy as np
 
 from utils.constants import CAMS, FREE_ID
-from datasets.synthetic import occupancy, rig
+from datasets.synthetic import occupancy, rig, visibility
 from datasets.synthetic.raycast import cast, cull
 from datasets.synthetic.texture import shade
 
@@ -73,23 +73,40 @@ def render_lidar(world, ego2global):
     return pts.astype(np.float32), hit["inst"][ok]
 
 
-def occ3d_labels(world, ego2global):
-    """Occ3D ``semantics``, ``mask_lidar``, ``mask_camera`` (200, 200, 16) uint8 around the ego pose."""
-    sem = occupancy.semantics(world, ego2global)
-    occupied = sem != FREE_ID
+def lidar_in_ego(world, sensor_pose, ego2global):
+    """The LiDAR sweep taken at ego pose ``sensor_pose`` in the ego frame of ``ego2global``: (origin (3,),
+    returned points (N, 3))."""
+    pts = render_lidar(world, sensor_pose)[0][:, :3].astype(np.float64)
+    T = np.linalg.inv(ego2global) @ sensor_pose @ rig.lidar2ego()
+    return T[:3, 3], pts @ T[:3, :3].T + T[:3, 3]
+
+
+def occ3d_labels(world, k):
+    """Occ3D ``semantics``, ``mask_lidar``, ``mask_camera`` (200, 200, 16) uint8 of sample ``k``. mask_lidar
+    accumulates the LiDAR sweeps of all the scene's samples whose sensor lies over the grid (|x|, |y| < 40 m in the
+    current ego frame), as Occ3D accumulates a scene's sweeps; mask_camera is the part of it the cameras see."""
+    ego = world.ego2global[k]
+    sem = occupancy.semantics(world, ego)
+    origins, points = [], []
+    for pose in world.ego2global:
+        o = (np.linalg.inv(ego) @ pose @ rig.lidar2ego())[:3, 3]
+        if (np.abs(o[:2]) < visibility.GMAX[:2]).all():
+            o, p = lidar_in_ego(world, pose, ego)
+            origins.append(o)
+            points.append(p)
+    mask_lidar = visibility.lidar_mask(origins, points)
     cams = [(rig.intrinsics(*MASK_HW, cam), c2e, *MASK_HW) for cam, c2e in zip(CAMS, rig.cam2ego())]
-    mask_camera = occupancy.camera_mask(occupied, cams)
-    l2e = rig.lidar2ego()
-    mask_lidar = occupancy.observed(occupied, l2e[:3, 3], lidar_rays()[0] @ l2e[:3, :3].T)
+    mask_camera = visibility.camera_mask(sem != FREE_ID, cams) & mask_lidar
     return dict(semantics=sem, mask_lidar=mask_lidar.astype(np.uint8), mask_camera=mask_camera.astype(np.uint8))
 
 
-def render_frame(world, k, h, w):
-    """All sensor data and labels of frame ``k`` of ``world`` at image size h x w."""
-    ego = world.ego2global[k]
-    imgs, sems, visible, crossed = render_cameras(world, ego, h, w)
-    points, point_inst = render_lidar(world, ego)
-    return dict(imgs=imgs, sems=sems, points=points, labels=occ3d_labels(world, ego),
-                visible=visible, crossed=crossed,
+def render_frame(world, ego2global, h, w, keyframe):
+    """Sensor data of one frame at image size h x w: ``imgs``, and for a keyframe also ``sems``, LiDAR
+    ``points`` and the per-instance pixel / point counts the annotations need."""
+    imgs, sems, visible, crossed = render_cameras(world, ego2global, h, w)
+    if not keyframe:
+        return dict(imgs=imgs)
+    points, point_inst = render_lidar(world, ego2global)
+    return dict(imgs=imgs, sems=sems, points=points, visible=visible, crossed=crossed,
                 lidar_pts=dict(zip(*[a.tolist() for a in np.unique(point_inst[point_inst >= 0],
                                                                    return_counts=True)])))

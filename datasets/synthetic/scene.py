@@ -11,7 +11,8 @@ import numpy as np
 
 from datasets.synthetic.road import Road
 
-SAMPLE_DT = 0.25  # seconds between samples (4 Hz): 1-2 m of motion at 4-8 m/s, strong overlap
+SAMPLE_DT = 0.5  # seconds between samples (keyframes, 2 Hz as in nuScenes): 2-4 m of motion at 4-8 m/s
+CAMERA_HZ = 12  # camera frame rate with the default 5 sweeps between keyframes, as in nuScenes
 EGO_LANE_D = -1.75  # the ego drives in the right-hand lane
 BOX, ELLIPSOID = 0, 1
 # materials
@@ -40,8 +41,12 @@ class World:
     color: np.ndarray  # (M, 3) base colour in [0, 1]
     instances: list  # dicts: id, cls, center, size (w, l, h), yaw
     sun: np.ndarray  # (3,) unit vector towards the sun
-    ego2global: np.ndarray  # (F, 4, 4)
-    speed: float
+    ego2global: np.ndarray  # (F, 4, 4) at the samples (keyframes), SAMPLE_DT apart
+    speed: float  # m/s along the right lane, from t = 0 at the first sample
+
+    def ego_pose(self, t):
+        """(len(t), 4, 4) ego -> global poses at times ``t`` (seconds after the first sample), float64."""
+        return _ego_poses(self.road, self.speed * np.asarray(t, dtype=np.float64))
 
     @property
     def radius(self):
@@ -82,7 +87,7 @@ def _car(rng):
     l, w = rng.uniform(3.9, 4.9), rng.uniform(1.7, 1.95)
     col = rng.choice([[0.75, 0.1, 0.1], [0.1, 0.2, 0.6], [0.85, 0.85, 0.85], [0.15, 0.15, 0.15],
                       [0.5, 0.5, 0.55], [0.1, 0.45, 0.3], [0.9, 0.7, 0.2]]) * rng.uniform(0.85, 1.1)
-    parts = [(BOX, (0, 0, 0.6), (l / 2, w / 2, 0.4), M_CAR, col),
+    parts = [(BOX, (0, 0, 0.575), (l / 2, w / 2, 0.425), M_CAR, col),  # body 0.15-1.0 m: 0.15 m clearance
              (BOX, (-0.1 * l, 0, 1.25), (0.28 * l, 0.45 * w, 0.25), M_GLASS, col)]
     return 4, parts, (w, l, 1.5)
 
@@ -90,15 +95,15 @@ def _car(rng):
 def _truck(rng):
     l, w = rng.uniform(6.5, 8.5), 2.4
     col = rng.choice([[0.9, 0.9, 0.88], [0.2, 0.3, 0.7], [0.7, 0.2, 0.15]])
-    parts = [(BOX, (0.5 * l - 1.0, 0, 1.45), (1.0, w / 2, 1.05), M_GLASS, col),
-             (BOX, (-1.0, 0, 1.9), (0.5 * l - 1.0, w / 2, 1.5), M_METAL, col * 0.9)]
+    parts = [(BOX, (0.5 * l - 1.0, 0, 1.325), (1.0, w / 2, 1.175), M_GLASS, col),
+             (BOX, (-1.0, 0, 1.775), (0.5 * l - 1.0, w / 2, 1.625), M_METAL, col * 0.9)]
     return 10, parts, (w, l, 3.4)
 
 
 def _bus(rng):
     l, w = rng.uniform(10.5, 12.5), 2.55
     col = rng.choice([[0.85, 0.15, 0.1], [0.95, 0.75, 0.1], [0.2, 0.45, 0.8]])
-    return 3, [(BOX, (0, 0, 1.85), (l / 2, w / 2, 1.55), M_METAL, col)], (w, l, 3.4)
+    return 3, [(BOX, (0, 0, 1.775), (l / 2, w / 2, 1.625), M_METAL, col)], (w, l, 3.4)
 
 
 def _person(rng):
@@ -147,11 +152,21 @@ def _row(b, rng, make, side, d, s_lo, s_hi, gap, p, yaw=0.0, avoid=(), kerbside=
         s += max(gap, size[1] + 1.0) * rng.uniform(0.8, 1.3)
 
 
-def make_scene(seed, scene_idx, num_frames):
-    """The deterministic world of scene ``scene_idx`` of a set with seed ``seed``."""
+def _ego_poses(road, s):
+    """(N, 4, 4) ego -> global poses in the right lane at arc lengths ``s`` (N,)."""
+    ego = np.tile(np.eye(4), (len(s), 1, 1))
+    ego[:, :2, 3] = road.point(s, np.full(len(s), EGO_LANE_D))
+    phi = road.frame(s)[1]
+    ego[:, 0, 0], ego[:, 0, 1], ego[:, 1, 0], ego[:, 1, 1] = np.cos(phi), -np.sin(phi), np.sin(phi), np.cos(phi)
+    return ego
+
+
+def make_scene(seed, scene_idx, num_frames, dt=SAMPLE_DT):
+    """The deterministic world of scene ``scene_idx`` of a set with seed ``seed``: ``num_frames`` samples ``dt``
+    seconds apart (sweeps in between come from ``World.ego_pose``)."""
     rng = np.random.default_rng([seed, scene_idx])
     speed = rng.uniform(4.0, 8.0)
-    s_end = speed * SAMPLE_DT * (num_frames - 1)
+    s_end = speed * dt * (num_frames - 1)
     kappa = 0.0 if rng.random() < 0.5 else rng.choice([-1, 1]) * rng.uniform(1 / 400, 1 / 150)
     half_width, sidewalk = rng.uniform(5.5, 7.0), rng.uniform(2.0, 4.0)
     s_lo, s_hi = -55.0, s_end + 55.0
@@ -179,12 +194,7 @@ def make_scene(seed, scene_idx, num_frames):
     # stopped traffic: oncoming lane, and the ego lane only well before / after the ego's path
     _row(b, rng, _car, 1, -EGO_LANE_D, s_lo, s_hi, 14.0, 0.4, yaw=np.pi)
     _row(b, rng, _car, -1, -EGO_LANE_D, s_lo, s_hi, 16.0, 0.5, avoid=[(-8.0, s_end + 9.0)])
-    F = num_frames
-    ego = np.tile(np.eye(4), (F, 1, 1))
-    s = np.arange(F) * speed * SAMPLE_DT
-    ego[:, :2, 3] = road.point(s, np.full(F, EGO_LANE_D))
-    phi = road.frame(s)[1]
-    ego[:, 0, 0], ego[:, 0, 1], ego[:, 1, 0], ego[:, 1, 1] = np.cos(phi), -np.sin(phi), np.sin(phi), np.cos(phi)
+    ego = _ego_poses(road, np.arange(num_frames) * speed * dt)
     az, el = rng.uniform(-np.pi, np.pi), rng.uniform(np.radians(30), np.radians(60))
     sun = np.array([np.cos(az) * np.cos(el), np.sin(az) * np.cos(el), np.sin(el)])
     cols = list(zip(*b.prims))

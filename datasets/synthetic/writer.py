@@ -3,6 +3,9 @@
 The devkit loads any table folder name (``NuScenes('v1.0-synthetic', root)``); it needs every log to have a map
 record whose ``filename`` is an existing image (read lazily as a 0.1 m / pixel mask). Each scene gets its own log
 and a map PNG of its driveable surface in global coordinates (origin at the image's bottom-left corner).
+Timeline of a scene with S sweeps per keyframe: camera frames f = 0, 1, ... at f * SAMPLE_DT / (S + 1) seconds
+(12 Hz for S = 5, as nuScenes); every (S + 1)-th is a keyframe = a sample (2 Hz), with the LiDAR sweep. As in
+nuScenes, a sweep's ``sample_token`` is the next sample's and its file lies under ``sweeps/<CHANNEL>/``.
 """
 import hashlib
 import io
@@ -43,14 +46,24 @@ def sample_token(seed, scene, k):
     return token(seed, "sample", scene, k)
 
 
-def timestamp(scene, k):
-    return T0_US + scene * 10 ** 9 + int(round(k * SAMPLE_DT * 1e6))
+def frame_time(f, sweeps):
+    """Seconds from the first sample to camera frame ``f`` with ``sweeps`` sweeps between keyframes (keyframes at
+    exactly k * SAMPLE_DT, so their poses equal ``World.ego2global``)."""
+    k, j = divmod(f, sweeps + 1)
+    return k * SAMPLE_DT + j * SAMPLE_DT / (sweeps + 1)
 
 
-def data_filename(seed, scene, k, channel):
-    """Path of a sensor file relative to the dataroot, nuScenes style."""
+def timestamp(scene, f, sweeps):
+    """Microseconds of camera frame ``f`` of ``scene``."""
+    return T0_US + scene * 10 ** 9 + int(round(frame_time(f, sweeps) * 1e6))
+
+
+def data_filename(seed, scene, f, channel, sweeps):
+    """Path of a sensor file of camera frame ``f`` relative to the dataroot, nuScenes style (keyframes under
+    samples/, sweeps under sweeps/)."""
     ext = "pcd.bin" if channel == "LIDAR_TOP" else "jpg"
-    return f"samples/{channel}/{log_name(seed, scene)}__{channel}__{timestamp(scene, k)}.{ext}"
+    folder = "samples" if f % (sweeps + 1) == 0 else "sweeps"
+    return f"{folder}/{channel}/{log_name(seed, scene)}__{channel}__{timestamp(scene, f, sweeps)}.{ext}"
 
 
 def save_npz(path, **arrays):
@@ -93,9 +106,10 @@ def _chain(records):
     return records
 
 
-def build_tables(seed, worlds, stats, img_hw):
-    """All 13 tables of the set. ``stats[scene][k]``: the per-frame dict of ``frame.render_frame`` (visible,
-    crossed, lidar_pts), used for the annotations' visibility and point counts."""
+def build_tables(seed, worlds, stats, img_hw, sweeps=0):
+    """All 13 tables of the set. ``stats[scene][k]``: the per-sample dict of ``frame.render_frame`` (visible,
+    crossed, lidar_pts), used for the annotations' visibility and point counts; ``sweeps``: camera sweeps between
+    two keyframes."""
     h, w = img_hw
     sensors = [dict(token=token("sensor", c), channel=c, modality="lidar" if c == "LIDAR_TOP" else "camera")
                for c in CHANNELS]
@@ -119,25 +133,31 @@ def build_tables(seed, worlds, stats, img_hw):
                              location="synthetic-town"))
         t["map"].append(dict(token=token(seed, "map", i), log_tokens=[log_tok], category="semantic_prior",
                              filename=f"maps/{token(seed, 'map', i)}.png"))
-        samples = [dict(token=sample_token(seed, i, k), timestamp=timestamp(i, k), prev="", next="",
-                        scene_token=token(seed, "scene", i)) for k in range(len(world.ego2global))]
+        n_key = len(world.ego2global)
+        samples = [dict(token=sample_token(seed, i, k), timestamp=timestamp(i, k * (sweeps + 1), sweeps), prev="",
+                        next="", scene_token=token(seed, "scene", i)) for k in range(n_key)]
         t["sample"] += _chain(samples)
         t["scene"].append(dict(token=token(seed, "scene", i), log_token=log_tok, nbr_samples=len(samples),
                                first_sample_token=samples[0]["token"], last_sample_token=samples[-1]["token"],
                                name=scene_name(i),
                                description=f"synthetic street, {world.speed:.1f} m/s, curvature "
                                            f"{world.road.kappa:.4f} 1/m, static world"))
+        frames = range((n_key - 1) * (sweeps + 1) + 1)
+        poses = world.ego_pose([frame_time(f, sweeps) for f in frames])
         for c, cal in zip(CHANNELS, calib):
             recs = []
-            for k, E in enumerate(world.ego2global):
-                tok = token(seed, "sample_data", i, k, c)
-                t["ego_pose"].append(dict(token=tok, timestamp=timestamp(i, k), rotation=_quat(E[:3, :3]),
+            for f, E in zip(frames, poses):
+                if c == "LIDAR_TOP" and f % (sweeps + 1):
+                    continue  # LiDAR at the keyframes only
+                tok, ts = token(seed, "sample_data", i, f, c), timestamp(i, f, sweeps)
+                t["ego_pose"].append(dict(token=tok, timestamp=ts, rotation=_quat(E[:3, :3]),
                                           translation=E[:3, 3].tolist()))
-                recs.append(dict(token=tok, sample_token=samples[k]["token"], ego_pose_token=tok,
-                                 calibrated_sensor_token=cal["token"], timestamp=timestamp(i, k),
-                                 fileformat="pcd" if c == "LIDAR_TOP" else "jpg", is_key_frame=True,
+                recs.append(dict(token=tok, sample_token=samples[-(-f // (sweeps + 1))]["token"], ego_pose_token=tok,
+                                 calibrated_sensor_token=cal["token"], timestamp=ts,
+                                 fileformat="pcd" if c == "LIDAR_TOP" else "jpg",
+                                 is_key_frame=f % (sweeps + 1) == 0,
                                  height=0 if c == "LIDAR_TOP" else h, width=0 if c == "LIDAR_TOP" else w,
-                                 filename=data_filename(seed, i, k, c), prev="", next=""))
+                                 filename=data_filename(seed, i, f, c, sweeps), prev="", next=""))
             t["sample_data"] += _chain(recs)
         _annotations(t, seed, i, world, stats[i], samples)
     return t
