@@ -20,9 +20,10 @@ def add_args(parser):
                    help="network input image size, height width (intrinsics are rescaled to it)")
     g.add_argument("--render_size", type=int, nargs=2, default=[180, 320], metavar=("H", "W"),
                    help="size of the rendered views and of the 2D semantic labels, height width")
-    g.add_argument("--adjacent", type=str, default="keyframe", choices=["keyframe", "sweep"],
-                   help="temporal neighbours: the previous / next keyframe of each camera (2 Hz on nuScenes) or "
-                        "the directly adjacent camera sweep (12 Hz; needs the sweeps)")
+    g.add_argument("--adjacent", type=str, default="auto", choices=["auto", "keyframe", "sweep"],
+                   help="temporal neighbours: the previous / next keyframe of each camera (2 Hz on nuScenes, 0.5 s) "
+                        "or the directly adjacent camera sweep (12 Hz, ~0.08 s, as the authors' loader); auto: "
+                        "sweeps when the tables list them and their files exist, else keyframes (logged)")
     g.add_argument("--require_adjacent", type=str2bool, default=True,
                    help="drop training samples that lack a previous or next frame (at validation, and in training "
                         "when off, a missing neighbour is replaced by the current frame)")
@@ -38,6 +39,11 @@ def add_args(parser):
     g.add_argument("--occ_root", type=str, default=None,
                    help="Occ3D folder <occ_root>/<scene>/<token>/labels.npz (relative to dataroot unless "
                         "absolute); unset: no occupancy labels")
+    g.add_argument("--occ_label_zmin", type=float, default=-0.2,
+                   help="ego-frame height (metres) where Occ3D label layer 0 starts, for reading the predicted "
+                        "volume out at the label voxels: -0.2 = the released Occ3D-nuScenes labels and the synthetic "
+                        "ones (road surface in layer 0, docs/occ3d_convention.md); -1.0 = Occ3D's documented range, "
+                        "as the GaussianOcc authors read out")
     g.add_argument("--depth_root", type=str, default=None,
                    help="LiDAR depth from tools/export_gt_depth_nusc.py, <depth_root>/<token>/<CAM>.npz (relative "
                         "to dataroot unless absolute); unset: no depth_gt")

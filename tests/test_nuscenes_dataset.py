@@ -139,10 +139,14 @@ def test_require_adjacent_drops_first_and_last(nusc_root, tokens):
     assert len(build_dataset(make_opt(nusc_root, require_adjacent=False), "train")) == 41
 
 
-def test_sweep_mode_on_keyframes_only(nusc_root, val_set):
-    """Without sweeps in the tables the adjacent sweep is the adjacent keyframe."""
+def test_sweep_mode_on_keyframes_only(nusc_root, val_set, capsys):
+    """Without sweeps in the tables the adjacent sweep is the adjacent keyframe, and the default (auto) says it
+    takes the keyframes."""
     sweep = NuScenesDataset(make_opt(nusc_root, adjacent="sweep"), "val")
     assert [m["files"] for m in sweep.samples] == [m["files"] for m in val_set.samples]
+    assert val_set.adjacent == "keyframe" and sweep.adjacent == "sweep"
+    NuScenesDataset(make_opt(nusc_root), "val")
+    assert "adjacent keyframes (the tables hold camera keyframes only)" in capsys.readouterr().out
 
 
 def test_split_file_and_collate(nusc_root, tokens, tmp_path):
