@@ -19,7 +19,7 @@ from networks.occ_net import OccNet, semantic_classes
 from networks.pose_source import build_pose_source
 from networks.voxel_gaussians import voxel_opacity, voxels_to_gaussians
 from options import str2bool
-from utils.constants import FREE_ID, OCC3D_RANGE, OCC3D_SHAPE
+from utils.constants import FREE_ID, OCC3D_LABEL_RANGE, OCC3D_SHAPE, OCC3D_VOXEL
 from utils.geometry import inverse_rigid, rescale_K_to
 from utils.rasterizer import rasterize
 from utils.vis import bev_image, depth_to_color, image_to_uint8, logits_to_color, mosaic
@@ -57,15 +57,17 @@ def add_args(parser):
                         "occupancy) or 1 - softmax(logits)[free]")
 
 
-def occ3d_centres(device=None):
-    """Metric centres of the Occ3D voxels, (200, 200, 16, 3)."""
-    lo, hi = torch.tensor(OCC3D_RANGE[:3]), torch.tensor(OCC3D_RANGE[3:])
-    axes = [lo[i] + (hi[i] - lo[i]) * (torch.arange(n) + 0.5) / n for i, n in enumerate(OCC3D_SHAPE)]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).to(device)
+def occ3d_centres(device=None, zmin=OCC3D_LABEL_RANGE[2]):
+    """Metric centres (ego frame) of the Occ3D label voxels, (200, 200, 16, 3); layer 0 starts at ``zmin``: -0.2
+    for the released labels (road surface in layer 0, docs/occ3d_convention.md), -1.0 for the documented range."""
+    lo = torch.tensor([OCC3D_LABEL_RANGE[0], OCC3D_LABEL_RANGE[1], zmin], dtype=torch.float64)
+    axes = [lo[i] + OCC3D_VOXEL * (torch.arange(n, dtype=torch.float64) + 0.5) for i, n in enumerate(OCC3D_SHAPE)]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).float().to(device)
 
 
-def logits_to_occ3d(logits, grid, opacity="softmax"):
-    """Sample logits (B, C+1, X, Y, Z) on ``grid`` (VoxelGrid) trilinearly at the Occ3D voxel centres.
+def logits_to_occ3d(logits, grid, opacity="softmax", zmin=OCC3D_LABEL_RANGE[2]):
+    """Sample logits (B, C+1, X, Y, Z) on ``grid`` (VoxelGrid) trilinearly at the Occ3D voxel centres
+    (``occ3d_centres(zmin=zmin)``).
 
     Returns (B, 200, 200, 16) uint8 class ids (anything outside the volume -> FREE_ID):
       * ``opacity softmax``: argmax over the C+1 channels, the last (free) -> FREE_ID;
@@ -74,7 +76,7 @@ def logits_to_occ3d(logits, grid, opacity="softmax"):
         C+1 channels although their rendering reads the free channel alone through a sigmoid.)
     With C = 1 the occupied class comes out as 0 ("others").
     """
-    s = grid.normalise(occ3d_centres(logits.device))  # (200, 200, 16, 3) x y z in [-1, 1]
+    s = grid.normalise(occ3d_centres(logits.device, zmin))  # (200, 200, 16, 3) x y z in [-1, 1]
     # grid_sample indexes the last volume dim (Z) with the first grid coordinate: pass z y x
     samples = F.grid_sample(logits, s.flip(-1)[None].expand(len(logits), *s.shape).to(logits.dtype),
                             align_corners=False, padding_mode="border")
@@ -166,7 +168,8 @@ class GSVModel(nn.Module):
             r = self.occ_net(batch["imgs"][:, 1], batch["K"], batch["cam2ego"])
         out = {"depth": r["depth"][:, :, 0]} if depth else {}
         if occupancy:
-            out["occupancy"] = logits_to_occ3d(r["logits"], self.occ_net.grid, self.opt.opacity)
+            out["occupancy"] = logits_to_occ3d(r["logits"], self.occ_net.grid, self.opt.opacity,
+                                               self.opt.occ_label_zmin)
         return out
 
     def predict_occupancy(self, batch):
@@ -183,7 +186,7 @@ class GSVModel(nn.Module):
         vis = {"images": chw(mosaic([image_to_uint8(im) for im in batch["imgs"][0, 1]])),
                "depth": chw(mosaic([depth_to_color(d) for d in outputs["depth"][0]])),
                "occ_bev": chw(bev_image(logits_to_occ3d(outputs["logits"][:1], self.occ_net.grid,
-                                                          self.opt.opacity)[0]))}
+                                                          self.opt.opacity, self.opt.occ_label_zmin)[0]))}
         if semantic_classes(self.opt) > 1:
             vis["semantics"] = chw(mosaic([logits_to_color(s, a) for s, a in
                                            zip(outputs["sem"][0], outputs["alpha"][0])]))

@@ -152,10 +152,16 @@ def test_voxels_to_gaussians_opacity_scale_and_pruning():
 
 
 def test_occupancy_readout_reproduces_aligned_labels(occ3d_label):
+    """A volume aligned with the label voxels (z in [-0.2, 6.2]: layer 0 holds the road) reads back exactly; a
+    volume over the documented range [-1, 5.4] reads back exactly with --occ_label_zmin -1 (the authors' read-out)."""
     labels = torch.from_numpy(np.load(occ3d_label)["semantics"]).long()
     logits = torch.nn.functional.one_hot(labels, 18).permute(3, 0, 1, 2)[None].float() * 10
-    grid = VoxelGrid(OCC3D_SHAPE, (-40, 40, -40, 40, -1, 5.4))
-    assert torch.equal(logits_to_occ3d(logits, grid)[0].long(), labels)
+    assert torch.equal(logits_to_occ3d(logits, VoxelGrid(OCC3D_SHAPE, (-40, 40, -40, 40, -0.2, 6.2)))[0].long(), labels)
+    documented = VoxelGrid(OCC3D_SHAPE, (-40, 40, -40, 40, -1, 5.4))
+    assert torch.equal(logits_to_occ3d(logits, documented, zmin=-1.0)[0].long(), labels)
+    # the default read-out of that volume: label layer k is read 0.8 m higher, at the volume's layer k + 2
+    shifted = logits_to_occ3d(logits, documented)[0].long()
+    assert torch.equal(shifted[:, :, :14], labels[:, :, 2:]) and (shifted[:, :, 14:] == FREE_ID).all()
 
 
 def test_occupancy_readout_hand_set_and_contracted():
@@ -163,15 +169,17 @@ def test_occupancy_readout_hand_set_and_contracted():
     logits = torch.zeros(1, 18, *OCC3D_SHAPE)
     logits[0, 17] = 5.0
     logits[0, 4, 120, 90, 3] = 20.0
-    occ = logits_to_occ3d(logits, VoxelGrid(OCC3D_SHAPE, (-40, 40, -40, 40, -1, 5.4)))
+    occ = logits_to_occ3d(logits, VoxelGrid(OCC3D_SHAPE, (-40, 40, -40, 40, -1, 5.4)), zmin=-1.0)
     assert occ.dtype == torch.uint8 and occ[0, 120, 90, 3] == 4 and (occ == FREE_ID).sum() == 200 * 200 * 16 - 1
+    assert occ3d_centres()[0, 0, :, 2].tolist() == pytest.approx([0.4 * k for k in range(16)])  # label layer k
     # contracted grid, one class per half space x > 0 (car, 4) / x < 0 (road, 11), read at the Occ3D centres
     grid = VoxelGrid((60, 60, 16), (-40, 40, -40, 40, -1, 5.4), True, 100.0, 0.8, "xy")
     cls = torch.where(grid.centres()[..., 0] > 0, 4, 11)
     logits = torch.nn.functional.one_hot(cls, 18).permute(3, 0, 1, 2)[None].float()
     occ = logits_to_occ3d(logits, grid)[0]
-    x = occ3d_centres()[..., 0]
-    assert torch.all(occ[x > 1] == 4) and torch.all(occ[x < -1] == 11)
+    x, z = occ3d_centres()[..., 0], occ3d_centres()[..., 2]
+    assert torch.all(occ[(x > 1) & (z < 5.4)] == 4) and torch.all(occ[(x < -1) & (z < 5.4)] == 11)
+    assert torch.all(occ[z > 5.4] == FREE_ID)  # label layers 14-15 (5.6, 6.0 m) lie above this volume
     # voxels outside a smaller volume are free
     small = VoxelGrid((10, 10, 4), (-10, 10, -10, 10, -1, 5.4))
     occ = logits_to_occ3d(torch.zeros(1, 2, 10, 10, 4), small)[0]

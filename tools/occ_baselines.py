@@ -1,7 +1,8 @@
 """Occupancy scores of trivial predictions, the floor a trained model must clear, and of the protocols.
 
 For every sample of a split, predict one constant class everywhere (each of the 17 semantic classes, and free),
-a "ground only" guess (driveable_surface in the voxel layer that holds z = 0, free elsewhere) and the ground
+a "ground only" guess (driveable_surface in the label layer that holds the road surface, ego z = 0: layer 0 in the
+released Occ3D-nuScenes labels and the synthetic ones, ``--occ_label_zmin``; free elsewhere) and the ground
 truth lifted by one voxel (0.4 m). Scores use the evaluators of eval.py (one confusion matrix inside the
 ``--occ_eval_mask`` mask); with ``--rayiou`` the last two also get RayIoU from SparseOcc's scene origins and from
 the fixed origin, side by side. Prints a markdown table and writes JSON.
@@ -19,7 +20,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from datasets.nuscenes_dataset import (load_npz, load_tables, read_split, resolve, sample_sensor_data,  # noqa: E402
                                        scene_ray_origins, scene_samples)
-from utils.constants import FREE_ID, OCC3D_RANGE, OCC3D_VOXEL, OCC_CLASSES  # noqa: E402
+from utils.constants import FREE_ID, OCC3D_LABEL_RANGE, OCC3D_VOXEL, OCC_CLASSES  # noqa: E402
 from utils.occ_metrics import NUSC_LIDAR_ORIGIN, OCC_EVAL_MASKS, OccEvaluator, RayIoU, occ_eval_mask  # noqa: E402
 
 
@@ -42,9 +43,10 @@ def lifted(gt):
     return pred
 
 
-def ground_only(shape):
+def ground_only(shape, zmin=OCC3D_LABEL_RANGE[2]):
+    """driveable_surface in the layer that holds ego z = 0 when layer 0 starts at ``zmin`` metres, free elsewhere."""
     pred = np.full(shape, FREE_ID, np.uint8)
-    k = int(np.floor((0.0 - OCC3D_RANGE[2]) / OCC3D_VOXEL))
+    k = int(np.floor((0.0 - zmin) / OCC3D_VOXEL))
     pred[:, :, k] = OCC_CLASSES.index("driveable_surface")
     return pred
 
@@ -59,12 +61,16 @@ def main():
     p.add_argument("--rayiou", action="store_true", help="also RayIoU of 'ground only' and 'GT lifted 0.4 m' "
                    "from the scene origins and from the fixed origin")
     p.add_argument("--out", default=None, help="JSON file for the results")
+    p.add_argument("--occ_label_zmin", type=float, default=OCC3D_LABEL_RANGE[2],
+                   help="ego height (m) where label layer 0 starts: -0.2 released Occ3D / synthetic labels (road in "
+                        "layer 0), -1.0 Occ3D's documented range (road in layer 2)")
     args = p.parse_args()
 
     files = label_files(args.dataroot, args.version, args.split, args.occ_root)
     guesses = {f"constant {OCC_CLASSES[c]}": (lambda gt, c=c: np.full(gt.shape, c, np.uint8))
                for c in range(len(OCC_CLASSES))}
-    guesses.update({"ground only": lambda gt: ground_only(gt.shape), "GT lifted 0.4 m": lifted})
+    guesses.update({"ground only": lambda gt: ground_only(gt.shape, args.occ_label_zmin),
+                    "GT lifted 0.4 m": lifted})
     evals = {name: OccEvaluator() for name in guesses}
     rays = {(n, o): RayIoU() for n in ("ground only", "GT lifted 0.4 m") for o in ("scene", "fixed")}
     for path, origins in files:

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from matplotlib import colormaps
 
-from utils.constants import CAMS, FREE_ID, IGNORE_ID, OCC3D_RANGE, OCC_COLORS
+from utils.constants import CAMS, FREE_ID, IGNORE_ID, OCC3D_LABEL_RANGE, OCC_COLORS
 
 # 2x3 mosaic in the nuScenes layout (names index into utils.constants.CAMS).
 MOSAIC_LAYOUT = [
@@ -187,7 +187,7 @@ def _visible_faces(occ_mask, lo, size, eye):
     return np.concatenate(corners), np.concatenate(cells), np.concatenate(shades)
 
 
-def render_voxels(occ, width=640, height=360, camera=None, grid_range=OCC3D_RANGE, background=BACKGROUND,
+def render_voxels(occ, width=640, height=360, camera=None, grid_range=OCC3D_LABEL_RANGE, background=BACKGROUND,
                   edges=True, ego_box=True):
     """3D view of an (X, Y, Z) grid of class ids: coloured, shaded cubes seen by ``camera`` = (K, ego2cam)
     (default ``chase_camera``). ``ego_box`` draws the ego car as a dark box at the origin."""
