@@ -32,10 +32,10 @@ def observed(occupied, origins, dirs, t_max=None, first_hits=False):
     """Voxels crossed by rays (origins (N, 3) or (3,) inside the grid, unit dirs (N, 3), ego frame, metres) as a
     bool grid: up to and including the first occupied voxel (``occupied`` (200, 200, 16) bool; None: never stop),
     and with ``t_max`` (N,) up to and including the voxel that holds origin + t_max dir (both voxels when that
-    point lies on a face between them). A vectorised 3D DDA
-    (Amanatides & Woo) over all rays at once. With ``first_hits``, also the flat index of each ray's first occupied
-    voxel (-1: none, the ray leaves the grid or reaches t_max) and the axis (0, 1, 2) of the face it enters that
-    voxel through (-1: none, or the ray starts inside it)."""
+    point lies on a face between them). A vectorised 3D DDA (Amanatides & Woo) over all rays at once. With
+    ``first_hits``, also the flat index of each ray's first occupied voxel (-1: none, the ray leaves the grid or
+    reaches t_max) and the axis (0, 1, 2) of the face it enters that voxel through (-1: none, or the ray starts
+    inside it)."""
     n_vox = int(np.prod(SHAPE))
     occ = None if occupied is None else np.append(occupied.reshape(-1), False)  # last entry: a sink
     seen = np.zeros(n_vox + 1, dtype=bool)
