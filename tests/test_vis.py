@@ -75,9 +75,9 @@ def test_voxel_view_single_voxel_and_empty():
     empty = render_voxels(free_grid(), 320, 180, ego_box=False)
     assert (empty == empty[0, 0]).all()
     occ = free_grid()
-    occ[120, 100, 3] = PED  # centre (8.2, 0.2, 0.6) m in the ego frame
+    occ[120, 100, 3] = PED  # centre (8.2, 0.2, 1.2) m in the ego frame (label voxel k at z = 0.4 k)
     img = render_voxels(occ, 320, 180, ego_box=False)
-    centre = view[:3, :3] @ np.array([8.2, 0.2, 0.6]) + view[:3, 3]
+    centre = view[:3, :3] @ np.array([8.2, 0.2, 1.2]) + view[:3, 3]
     u, v = (K @ centre)[:2] / centre[2]
     drawn = np.argwhere((img != empty).any(2))
     assert len(drawn) > 4
