@@ -66,16 +66,16 @@ def render_job(job):
     root, seed, scene, f, frames, sweeps, hw = job
     world = _world(seed, scene, frames)
     k, j = divmod(f, sweeps + 1)
-    key = j == 0
-    out = render_frame(world, world.ego_pose([writer.frame_time(f, sweeps)])[0], *hw, keyframe=key)
+    is_key = j == 0
+    out = render_frame(world, world.ego_pose([writer.frame_time(f, sweeps)])[0], *hw, keyframe=is_key)
     root = Path(root)
     tok = writer.sample_token(seed, scene, k)
     for i, c in enumerate(CAMS):
         Image.fromarray(out["imgs"][i]).save(root / writer.data_filename(seed, scene, f, c, sweeps), quality=95)
-        if key:
+        if is_key:
             (root / "sem" / tok).mkdir(parents=True, exist_ok=True)
             Image.fromarray(out["sems"][i]).save(root / "sem" / tok / f"{c}.png")
-    if not key:
+    if not is_key:
         return scene, f, None
     out["points"].tofile(root / writer.data_filename(seed, scene, f, "LIDAR_TOP", sweeps))
     gt = root / "gts" / writer.scene_name(scene) / tok
