@@ -70,18 +70,18 @@ def logits_to_occ3d(logits, grid, opacity="softmax", zmin=OCC3D_LABEL_RANGE[2]):
     (``occ3d_centres(zmin=zmin)``).
 
     Returns (B, 200, 200, 16) uint8 class ids (anything outside the volume -> FREE_ID):
-      * ``opacity softmax``: argmax over the C+1 channels, the last (free) -> FREE_ID;
-      * ``opacity sigmoid``: free where the rendered opacity 1 - sigmoid(free logit) is below 0.5, else the argmax
-        of the C semantic channels: the same occupancy the rendering sees. (The authors take the argmax over all
-        C+1 channels although their rendering reads the free channel alone through a sigmoid.)
-    With C = 1 the occupied class comes out as 0 ("others").
+      * C > 1 (semantics): argmax over the C+1 channels, the last (free) -> FREE_ID, with either opacity: the
+        authors' read-out, also with their sigmoid opacity (which reads the free channel alone);
+      * C = 1 (occupied vs free) with ``opacity sigmoid``: free where the opacity 1 - sigmoid(free logit) is below
+        0.5 (the channel of the occupied class is not rendered, so its logit means nothing), else class 0
+        ("others"); with ``opacity softmax`` the argmax as above.
     """
     s = grid.normalise(occ3d_centres(logits.device, zmin))  # (200, 200, 16, 3) x y z in [-1, 1]
     # grid_sample indexes the last volume dim (Z) with the first grid coordinate: pass z y x
     samples = F.grid_sample(logits, s.flip(-1)[None].expand(len(logits), *s.shape).to(logits.dtype),
                             align_corners=False, padding_mode="border")
-    if opacity == "sigmoid":
-        cls = samples[:, :-1].argmax(1)
+    if opacity == "sigmoid" and logits.shape[1] == 2:
+        cls = torch.zeros_like(samples[:, 0], dtype=torch.long)
         free = samples[:, -1] >= 0
     else:
         cls = samples.argmax(1)

@@ -370,3 +370,19 @@ def test_a_transparent_ray_reads_as_far_with_the_depth_background():
         r = model.render(batch)
         assert r["num_gaussians"] == 0 and torch.all(r["alpha"] == 0)
         torch.testing.assert_close(r["depth"], torch.full_like(r["depth"], want))
+
+
+def test_occupancy_readout_without_semantics_follows_the_rendered_opacity():
+    """C = 1 with sigmoid opacity: only the free channel is rendered, so it alone decides (opacity >= 0.5 ->
+    class 0), whatever the other channel holds; with semantics the authors' argmax over C + 1 channels."""
+    grid = VoxelGrid(OCC3D_SHAPE, (-40, 40, -40, 40, -1, 5.4))
+    logits = torch.zeros(1, 2, 200, 200, 16)
+    logits[:, 0] = 5.0  # the unrendered channel would win an argmax everywhere
+    logits[:, 1, :100] = 1.0  # free (opacity 0.27) in the back half, occupied (opacity 0.73) in the front half
+    logits[:, 1, 100:] = -1.0
+    occ = logits_to_occ3d(logits, grid, "sigmoid", zmin=-0.8)[0]
+    assert (occ[:100] == FREE_ID).all() and (occ[101:] == 0).all()
+    sem = torch.zeros(1, 18, 200, 200, 16)
+    sem[:, 4], sem[:, 17, :100] = 1.0, 2.0
+    occ = logits_to_occ3d(sem, grid, "sigmoid", zmin=-0.8)[0]
+    assert (occ[:99] == FREE_ID).all() and (occ[101:] == 4).all()
