@@ -30,6 +30,7 @@ from PIL import Image
 
 from datasets.nuscenes_dataset import NuScenesDataset, read_split, resolve
 from utils.constants import CAMS
+from utils.errors import BadData, MissingFile
 
 DDAD_CAMS = ["CAMERA_01", "CAMERA_06", "CAMERA_08", "CAMERA_09", "CAMERA_07", "CAMERA_05"]
 RING_NAME = dict(zip(DDAD_CAMS, CAMS))  # DDAD camera -> ring-position name used in file names
@@ -40,14 +41,14 @@ SPLIT_IDS = {"train": "0", "val": "1", "test": "2"}
 
 def _read_json(path, what):
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"DDAD: {what} not found: {path}")
+        raise MissingFile(f"DDAD: {what} not found: {path}")
     with open(path) as f:
         return json.load(f)
 
 
 def _field(d, key, where):
     if key not in d:
-        raise ValueError(f"DDAD: field '{key}' missing in {where}")
+        raise BadData(f"DDAD: field '{key}' missing in {where}")
     return d[key]
 
 
@@ -76,10 +77,12 @@ def find_dataset_json(root):
     """Absolute path of the dataset JSON inside ``root`` (or of ``root`` itself when it is a JSON file)."""
     if os.path.isfile(root):
         return os.path.abspath(root)
+    if not os.path.isdir(root):
+        raise MissingFile(f"DDAD: --dataroot not found: {root} (the folder of ddad.json)")
     for name in DATASET_JSONS:
         if os.path.isfile(os.path.join(root, name)):
             return os.path.abspath(os.path.join(root, name))
-    raise FileNotFoundError(f"DDAD: no dataset JSON ({' or '.join(DATASET_JSONS)}) in {root}")
+    raise MissingFile(f"DDAD: no dataset JSON ({' or '.join(DATASET_JSONS)}) in {root}")
 
 
 def split_scene_files(ds_json, split):
@@ -101,10 +104,10 @@ def load_scene(scene_json):
     datums = {d["key"]: d for d in _field(scene, "data", scene_json)}
     samples = sorted(_field(scene, "samples", scene_json), key=lambda s: s["id"]["timestamp"])
     if not samples:
-        raise ValueError(f"DDAD: scene {name} has no samples ({scene_json})")
+        raise BadData(f"DDAD: scene {name} has no samples ({scene_json})")
     calib_keys = {s["calibration_key"] for s in samples}
     if len(calib_keys) != 1:
-        raise ValueError(f"DDAD: scene {name} uses several calibrations {sorted(calib_keys)}")
+        raise BadData(f"DDAD: scene {name} uses several calibrations {sorted(calib_keys)}")
     calib_path = os.path.join(scene_dir, "calibration", calib_keys.pop() + ".json")
     cal = _read_json(calib_path, f"calibration of scene {name}")
     calib = {n: (intrinsics_to_matrix(i), pose_to_matrix(e)) for n, i, e in
@@ -114,7 +117,7 @@ def load_scene(scene_json):
         frame = {}
         for key in s["datum_keys"]:
             if key not in datums:
-                raise ValueError(f"DDAD: scene {name}: datum {key} listed in a sample but not in 'data'")
+                raise BadData(f"DDAD: scene {name}: datum {key} listed in a sample but not in 'data'")
             d = datums[key]
             value = next(iter(d["datum"].values()))
             frame[d["id"]["name"]] = dict(file=os.path.join(scene_dir, value["filename"]),
@@ -130,7 +133,7 @@ def sample_token(scene_name, index):
 
 def _existing(path):
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"DDAD: file not found: {path}")
+        raise MissingFile(f"DDAD: file not found: {path}")
     return path
 
 
@@ -150,26 +153,28 @@ class DDADDataset(NuScenesDataset):
     ``mask`` (6, h, w) when masks are found. Cameras come in ``DDAD_CAMS`` order, tokens are
     ``<scene>_<sample index>`` (``sample_token``).
 
+    ``eval_labels`` and ``uint8_images`` as in NuScenesDataset.
     Options: dataroot (folder of the dataset JSON, or the JSON itself), input_size, render_size, train_split /
     val_split (token files), require_adjacent, use_sem / sem_root, depth_root (files of
     tools/export_gt_depth_ddad.py; unset: no depth_gt), ddad_mask_dir (unset: ``<root>/masks`` when present).
     Reuses the nuScenes item reader: only the metadata differs.
     """
 
-    def __init__(self, opt, split):
+    def __init__(self, opt, split, eval_labels=True, uint8_images=False):
         if split not in SPLIT_IDS:
-            raise ValueError(f"DDAD: unknown split {split!r} (expected one of {sorted(SPLIT_IDS)})")
+            raise BadData(f"DDAD: unknown split {split!r} (expected one of {sorted(SPLIT_IDS)})")
         ds_json = find_dataset_json(opt.dataroot)
         root = self.dataroot = os.path.dirname(ds_json)
         self.input_size = tuple(opt.input_size)
         self.render_size = tuple(opt.render_size)
+        self.eval_labels, self.uint8_images = eval_labels, uint8_images
         self.sem_root = resolve(root, opt.sem_root) if opt.use_sem else None
         self.sem_format = opt.sem_format
         self.occ_root = None
         self.depth_root = resolve(root, opt.depth_root)
         mask_dir = resolve(root, opt.ddad_mask_dir or "masks")
         if opt.ddad_mask_dir and not os.path.isdir(mask_dir):
-            raise FileNotFoundError(f"DDAD: --ddad_mask_dir folder not found: {mask_dir}")
+            raise MissingFile(f"DDAD: --ddad_mask_dir folder not found: {mask_dir}")
         self.masks = load_masks(mask_dir, self.render_size) if os.path.isdir(mask_dir) else None
 
         split_file = opt.train_split if split == "train" else opt.val_split
@@ -190,8 +195,8 @@ class DDADDataset(NuScenesDataset):
                 if wanted is None or meta["token"] in wanted:
                     self.samples.append(meta)
         if not self.samples:
-            raise ValueError(f"DDAD: no usable sample in split '{split}' of {ds_json} (every scene needs "
-                             f"{', '.join(DDAD_CAMS)} and LIDAR)")
+            raise BadData(f"DDAD: no usable sample in split '{split}' of {ds_json} (every scene needs "
+                          f"{', '.join(DDAD_CAMS)} and LIDAR)")
 
     @staticmethod
     def _sample_meta(scene, i):

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from datasets.pseudo_labels import SEM_FORMATS, gsam_path, read_gsam_bin, read_png_label, resize_labels
 from utils.geometry import scale_intrinsics
 from utils.constants import CAMS
+from utils.errors import BadData, MissingFile, UnreadableFile
 from utils.occ_metrics import sparseocc_origins
 
 MAX_RAY_ORIGINS = 8  # SparseOcc's RayIoU casts from up to 8 LiDAR origins a sample
@@ -34,27 +35,27 @@ TABLE_FIELDS = {
 def load_tables(dataroot, version, names=tuple(TABLE_FIELDS)):
     """Read nuScenes tables into ``{table: {token: record}}``, checking that every needed field is present."""
     if not os.path.isdir(dataroot):
-        raise FileNotFoundError(f"nuScenes dataroot not found: {dataroot}")
+        raise MissingFile(f"nuScenes --dataroot not found: {dataroot}")
     table_root = os.path.join(dataroot, version)
     if not os.path.isdir(table_root):
         present = sorted(d for d in os.listdir(dataroot) if os.path.isdir(os.path.join(dataroot, d))
                          and os.path.isfile(os.path.join(dataroot, d, "sample.json")))
-        raise FileNotFoundError(f"nuScenes table folder not found: {table_root} (versions under {dataroot}: "
-                                f"{present or 'none'})")
+        raise MissingFile(f"nuScenes table folder not found: {table_root} (versions under {dataroot}: "
+                          f"{present or 'none'})")
     tables = {}
     for name in names:
         path = os.path.join(table_root, name + ".json")
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"nuScenes table missing: {path}")
+            raise MissingFile(f"nuScenes table missing: {path}")
         try:
             with open(path) as f:
                 records = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"nuScenes table {path} is not valid JSON: {e}") from None
+            raise BadData(f"nuScenes table {path} is not valid JSON: {e}") from None
         for field in TABLE_FIELDS.get(name, ("token",)):
             bad = next((r for r in records if field not in r), None)
             if bad is not None:
-                raise ValueError(f"nuScenes table {path}: record {bad.get('token', bad)} has no field '{field}'")
+                raise BadData(f"nuScenes table {path}: record {bad.get('token', bad)} has no field '{field}'")
         tables[name] = {r["token"]: r for r in records}
     return tables
 
@@ -64,7 +65,7 @@ def get(tables, name, token, referrer):
     try:
         return tables[name][token]
     except KeyError:
-        raise ValueError(f"nuScenes table {name}.json has no record '{token}' (referenced by {referrer})") from None
+        raise BadData(f"nuScenes table {name}.json has no record '{token}' (referenced by {referrer})") from None
 
 
 def pose_matrix(translation, rotation):
@@ -162,7 +163,7 @@ def read_split(path):
     if not os.path.isfile(path):
         alt = os.path.join(os.path.dirname(__file__), "splits", path)
         if not os.path.isfile(alt):
-            raise FileNotFoundError(f"split file not found: {path} (nor {alt})")
+            raise MissingFile(f"split file not found: {path} (nor {alt})")
         path = alt
     with open(path) as f:
         tokens = [line.split("#", 1)[0].strip() for line in f]
@@ -174,29 +175,38 @@ def resolve(dataroot, path):
     return None if path is None else os.path.join(dataroot, os.path.expanduser(path))
 
 
-def load_image(path, size_hw):
-    """RGB image resized to ``size_hw`` -> ((3, H, W) float in [0, 1], original (h, w))."""
+def load_image(path, size_hw, uint8=False):
+    """RGB image resized to ``size_hw`` -> ((3, H, W) float in [0, 1], or uint8 0-255 with ``uint8``, original
+    (h, w)). The float image is exactly the uint8 one divided by 255."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"image missing: {path}")
+        raise MissingFile(f"image missing: {path}")
     try:
         with Image.open(path) as img:
             w0, h0 = img.size
             img.draft("RGB", (size_hw[1], size_hw[0]))  # JPEG: decode at a reduced scale when that is enough
             img = img.convert("RGB").resize((size_hw[1], size_hw[0]), Image.BILINEAR)
     except OSError as e:
-        raise OSError(f"cannot read image {path}: {e}") from None
+        raise UnreadableFile(f"cannot read image {path}: {e}") from None
+    if uint8:
+        return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1), (h0, w0)
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1), (h0, w0)
 
 
 def load_npz(path, keys, what):
-    """Arrays ``keys`` of an npz file, with clear errors for a missing file or key."""
+    """Arrays ``keys`` of an npz file, with clear errors for a missing, unreadable (e.g. truncated) file or key."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} missing: {path}")
-    with np.load(path) as data:
-        missing = [k for k in keys if k not in data.files]
-        if missing:
-            raise ValueError(f"{what} {path} lacks {missing} (has {data.files})")
-        return [data[k] for k in keys]
+        raise MissingFile(f"{what} missing: {path}")
+    try:
+        with np.load(path) as data:
+            missing = [k for k in keys if k not in data.files]
+            if missing:
+                raise BadData(f"{what} {path} lacks {missing} (has {data.files})")
+            return [data[k] for k in keys]
+    except BadData:
+        raise
+    except Exception as e:  # zipfile.BadZipFile, EOFError, zlib.error, ValueError (pickled data), ...
+        raise UnreadableFile(f"cannot read {what} {path} ({type(e).__name__}: {e}): the file is truncated or not "
+                             f"an npz; copy or export it again") from None
 
 
 class NuScenesDataset(Dataset):
@@ -204,41 +214,48 @@ class NuScenesDataset(Dataset):
     optional ``sem``, ``occ_*`` and ``ray_origins`` (with ``occ_root``), ``depth_gt``, plus ``token`` and
     ``scene``).
 
+    ``eval_labels=False`` (training) leaves out the evaluation-only labels (``EVAL_ONLY_KEYS``: the dense LiDAR
+    depth, ~35 MB a sample at 1600x900, and the Occ3D volumes); their folders are still checked at start.
+    ``uint8_images=True`` returns ``imgs`` as uint8 0-255 (4x less to move between processes and to the GPU;
+    ``datasets.to_device`` turns them into the same float images there).
+
     Temporal neighbours follow each camera's sample_data chain: with ``opt.adjacent == "keyframe"`` the chain is
     walked to the previous / next keyframe (= the previous / next sample's image of that camera), with "sweep" the
     directly adjacent image is taken (on nuScenes the 12 Hz camera sweep, ~0.08 s away, as the authors' loader);
     "auto" (default) takes the sweeps when the data has them (``resolve_adjacent``) and says which in the log.
     """
 
-    def __init__(self, opt, split):
+    def __init__(self, opt, split, eval_labels=True, uint8_images=False):
         if split not in ("train", "val"):
-            raise ValueError(f"split must be train or val, got {split!r}")
+            raise BadData(f"split must be train or val, got {split!r}")
         self.dataroot = opt.dataroot
         self.input_size = tuple(opt.input_size)
         self.render_size = tuple(opt.render_size)
+        self.eval_labels, self.uint8_images = eval_labels, uint8_images
+        tables = load_tables(opt.dataroot, opt.version)  # first: a wrong --dataroot is reported as such
         self.sem_root = resolve(opt.dataroot, opt.sem_root) if opt.use_sem else None
         self.sem_format = opt.sem_format
         if self.sem_format not in SEM_FORMATS:
-            raise ValueError(f"--sem_format must be one of {SEM_FORMATS}, got {self.sem_format!r}")
+            raise BadData(f"--sem_format must be one of {SEM_FORMATS}, got {self.sem_format!r}")
         self.occ_root = resolve(opt.dataroot, opt.occ_root)
         self.depth_root = resolve(opt.dataroot, opt.depth_root)
         for name, root in (("sem_root", self.sem_root), ("occ_root", self.occ_root),
                            ("depth_root", self.depth_root)):
             if root is not None and not os.path.isdir(root):
-                raise FileNotFoundError(f"--{name} folder not found: {root}")
+                raise MissingFile(f"--{name} folder not found: {root}")
 
-        tables = load_tables(opt.dataroot, opt.version)
         samples = scene_samples(tables)
         sensor_data = sample_sensor_data(tables, CAMS + ["LIDAR_TOP"])
-        self.ray_origins = scene_ray_origins(tables, samples, sensor_data) if self.occ_root is not None else {}
+        self.ray_origins = (scene_ray_origins(tables, samples, sensor_data)
+                            if self.occ_root is not None and eval_labels else {})
         split_file = opt.train_split if split == "train" else opt.val_split
         if split_file is not None:
             scene_of = dict(samples)
             tokens = read_split(split_file)
             unknown = [t for t in tokens if t not in scene_of]
             if unknown:
-                raise ValueError(f"split file {split_file}: {len(unknown)} tokens are not samples of "
-                                 f"{opt.version}, e.g. {unknown[:3]}")
+                raise BadData(f"split file {split_file}: {len(unknown)} tokens are not samples of "
+                              f"{opt.version}, e.g. {unknown[:3]}")
             samples = [(t, scene_of[t]) for t in tokens]
 
         self.adjacent, why = resolve_adjacent(opt.adjacent, tables, opt.dataroot)
@@ -259,7 +276,7 @@ class NuScenesDataset(Dataset):
         cams = cam_data.get(token, {})
         missing = [c for c in CAMS if c not in cams]
         if missing:
-            raise ValueError(f"sample {token} has no keyframe sample_data for {missing}")
+            raise BadData(f"sample {token} has no keyframe sample_data for {missing}")
 
         def step(sd, direction):
             nxt = sd[direction]
@@ -279,7 +296,7 @@ class NuScenesDataset(Dataset):
             cur = cams[cam]
             cs = get(tables, "calibrated_sensor", cur["calibrated_sensor_token"], f"sample_data {cur['token']}")
             if np.shape(cs["camera_intrinsic"]) != (3, 3):
-                raise ValueError(f"calibrated_sensor {cs['token']} ({cam}): camera_intrinsic is not 3x3")
+                raise BadData(f"calibrated_sensor {cs['token']} ({cam}): camera_intrinsic is not 3x3")
             cam2ego[c] = pose_matrix(cs["translation"], cs["rotation"])
             K[c] = cs["camera_intrinsic"]
             for f, direction in enumerate(("prev", None, "next")):
@@ -297,12 +314,13 @@ class NuScenesDataset(Dataset):
 
     def __getitem__(self, index):
         m = self.samples[index]
-        imgs = torch.zeros((3, len(CAMS), 3) + self.input_size)
+        imgs = torch.zeros((3, len(CAMS), 3) + self.input_size, dtype=torch.uint8 if self.uint8_images else None)
         K = torch.from_numpy(m["K"].copy())
         sizes = []  # original (h, w) of the current images
         for f in range(3):
             for c in range(len(CAMS)):
-                imgs[f, c], (h0, w0) = load_image(os.path.join(self.dataroot, m["files"][f][c]), self.input_size)
+                imgs[f, c], (h0, w0) = load_image(os.path.join(self.dataroot, m["files"][f][c]), self.input_size,
+                                                  self.uint8_images)
                 if f == 1:  # pixel centres at integer coordinates, as in utils.geometry
                     K[c] = scale_intrinsics(K[c], self.input_size[1] / w0, self.input_size[0] / h0)
                     sizes.append((h0, w0))
@@ -311,7 +329,7 @@ class NuScenesDataset(Dataset):
         if self.sem_root is not None:
             item["sem"] = torch.stack([resize_labels(self._read_sem(m, c, sizes[c]), self.render_size)
                                        for c in range(len(CAMS))])
-        if self.occ_root is not None:
+        if self.occ_root is not None and self.eval_labels:
             path = os.path.join(self.occ_root, m["scene"], m["token"], "labels.npz")
             keys = ("semantics", "mask_camera", "mask_lidar")
             for key, arr in zip(keys, load_npz(path, keys, "Occ3D labels")):
@@ -321,7 +339,7 @@ class NuScenesDataset(Dataset):
                 found = torch.from_numpy(self.ray_origins[m["token"]])
                 origins[:len(found)] = found
                 item["ray_origins"] = origins
-        if self.depth_root is not None:
+        if self.depth_root is not None and self.eval_labels:
             item["depth_gt"] = torch.stack([self._load_depth(os.path.join(self.depth_root, m["token"], cam + ".npz"))
                                             for cam in CAMS])
         return item

@@ -245,3 +245,34 @@ def test_missing_and_corrupt_image(nusc_root, nusc, tokens, tmp_path):
     with pytest.raises(OSError, match="cannot read image .*" + re.escape(os.path.basename(name))):
         ds[2]
     assert ds[5]["token"] == tokens[5]  # samples that do not use the file still load
+
+
+def test_truncated_occ3d_labels_name_the_file(nusc_root, tokens, occ3d_label, tmp_path):
+    """A labels.npz cut short (an interrupted copy): one message naming the file, also from a DataLoader
+    worker (where it used to be a bare BadZipFile traceback)."""
+    from utils.errors import UnreadableFile, message
+    path = tmp_path / "gts" / "scene-0916" / tokens[0] / "labels.npz"
+    path.parent.mkdir(parents=True)
+    data = occ3d_label.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    ds = NuScenesDataset(make_opt(nusc_root, occ_root=str(tmp_path / "gts")), "val")
+    with pytest.raises(UnreadableFile, match=re.escape(str(path)) + ".*truncated"):
+        ds[0]
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, [0]), num_workers=1, collate_fn=collate)
+    with pytest.raises(UnreadableFile) as err:
+        next(iter(loader))
+    assert message(err.value).startswith(f"cannot read Occ3D labels {path} (BadZipFile")
+
+
+def test_training_items_leave_out_eval_labels_and_carry_uint8_images(nusc_root, tmp_path):
+    from datasets import EVAL_ONLY_KEYS, to_device
+    (tmp_path / "depth").mkdir()  # exists but empty: reading any depth file would fail
+    opt = make_opt(nusc_root, depth_root=str(tmp_path / "depth"))
+    val = NuScenesDataset(opt, "val")
+    with pytest.raises(FileNotFoundError, match="LiDAR depth missing"):
+        val[3]
+    train = NuScenesDataset(opt, "val", eval_labels=False, uint8_images=True)
+    item = train[3]
+    assert not set(EVAL_ONLY_KEYS) & set(item) and item["imgs"].dtype == torch.uint8
+    floats = NuScenesDataset(make_opt(nusc_root), "val")[3]["imgs"]
+    assert torch.equal(to_device({"imgs": item["imgs"]}, torch.device("cpu"))["imgs"], floats)
