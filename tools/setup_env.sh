@@ -1,7 +1,11 @@
 # Sourced by run_gs_occ.sh, run_vis.sh and run_tests.sh: makes sure a Python with the requirements exists and
 # exports PY. Set GSOCC_PYTHON to use an existing interpreter as is (e.g. a cluster module or a GPU image).
+# On a machine with an NVIDIA GPU (nvidia-smi found) it also installs requirements-cuda.txt (gsplat) into .venv,
+# builds gsplat's CUDA kernels once under a file lock (tools/gsplat_build.py) and says which rasteriser will
+# run. GSOCC_SKIP_GSPLAT=1 skips that part. On a CPU machine nothing of it runs.
 if [ -n "${GSOCC_PYTHON:-}" ]; then
     PY="$GSOCC_PYTHON"
+    VENV=""
 else
     VENV="${GSOCC_VENV:-.venv}"
     STAMP="$VENV/.requirements.sha"
@@ -16,3 +20,20 @@ else
     PY="$VENV/bin/python"
 fi
 export PY
+
+if command -v nvidia-smi >/dev/null 2>&1 && [ "${GSOCC_SKIP_GSPLAT:-0}" != 1 ]; then
+    if [ -n "$VENV" ]; then
+        WANT_CUDA=$(sha1sum requirements-cuda.txt | cut -d' ' -f1)
+        if [ "$(cat "$VENV/.requirements-cuda.sha" 2>/dev/null)" != "$WANT_CUDA" ]; then
+            echo "[setup] NVIDIA GPU found: installing requirements-cuda.txt (gsplat)"
+            if "$PY" -m pip install -q -r requirements-cuda.txt; then
+                echo "$WANT_CUDA" > "$VENV/.requirements-cuda.sha"
+            else
+                echo "[setup] pip install -r requirements-cuda.txt failed (see above)" >&2
+            fi
+        fi
+    fi
+    # Builds the kernels once (about 90 s the first time) and prints the rasteriser; a failure is reported with
+    # its fix here, and training with --raster_backend auto stops with the same message.
+    "$PY" tools/gsplat_build.py || true
+fi

@@ -30,43 +30,14 @@ import math
 
 import torch
 
+from utils.raster_backend import add_args, gsplat_available, resolve_backend  # noqa: F401 (re-exported)
+
 EPS2D = 0.3              # px^2 added to the diagonal of every projected covariance
 ALPHA_MIN = 1.0 / 255.0  # weaker pixel alphas (and opacities) are skipped
 ALPHA_MAX = 0.999        # alpha clamp (gsplat 1.5.3 kernels)
 T_MIN = 1e-4             # a pixel stops before the Gaussian that would bring its transmittance to <= T_MIN
 EXTEND_MAX = 3.33        # bounding box half-size in standard deviations (before the opacity-aware bound)
 FOV_CLIP = 1.3           # Jacobian evaluated at most this many half fields of view off the optical axis
-
-
-def add_args(parser):
-    g = parser.add_argument_group("rasteriser", "Gaussian splatting backend (utils/rasterizer.py)")
-    g.add_argument("--raster_backend", type=str, default="auto", choices=["auto", "gsplat", "torch"],
-                   help="auto: gsplat for CUDA tensors when it imports, else the pure PyTorch reference; "
-                        "gsplat: CUDA only (error otherwise); torch: pure PyTorch on any device (slow, exact)")
-
-
-def gsplat_available():
-    try:
-        import gsplat  # noqa: F401
-    except Exception:  # ImportError, or a broken CUDA build
-        return False
-    return True
-
-
-def resolve_backend(backend, device):
-    """'auto' | 'gsplat' | 'torch' + tensor device -> 'gsplat' | 'torch' (clear error if gsplat can't run)."""
-    if backend not in ("auto", "gsplat", "torch"):
-        raise ValueError(f"raster backend must be auto, gsplat or torch, got {backend!r}")
-    if backend == "auto":
-        return "gsplat" if device.type == "cuda" and gsplat_available() else "torch"
-    if backend == "gsplat":
-        if device.type != "cuda":
-            raise RuntimeError(f"raster backend 'gsplat' needs CUDA tensors, got device {device}; "
-                               "use --raster_backend torch (or auto) on the CPU")
-        if not gsplat_available():
-            raise RuntimeError("raster backend 'gsplat' asked but `import gsplat` fails; "
-                               "pip install gsplat==1.5.3, or use --raster_backend torch")
-    return backend
 
 
 def rasterize(means, quats, scales, opacities, features, viewmats, Ks, width, height, *,

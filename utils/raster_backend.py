@@ -1,0 +1,126 @@
+"""Which rasteriser runs: gsplat's CUDA kernels or the pure-PyTorch reference (``--raster_backend``).
+
+gsplat 1.5.3 from PyPI ships CUDA sources: the first process that calls it JIT-compiles them (about 90 s, needs
+nvcc) into torch's extension cache (``TORCH_EXTENSIONS_DIR``, default ~/.cache/torch_extensions). Two processes
+that build at once break each other (gsplat deletes an unfinished build folder before it builds), so every
+process here loads the kernels under one file lock: the first builds, the others wait, then load the result.
+``tools/setup_env.sh`` does it once at set-up (``tools/gsplat_build.py``), before any training job starts.
+
+Rules of ``resolve_backend``: ``torch`` always runs the reference; ``gsplat`` needs CUDA tensors and working
+kernels; ``auto`` takes the reference on the CPU and gsplat on CUDA, and on CUDA without working gsplat it stops
+with the reason and the fix instead of training 3-10x slower (pass ``--raster_backend torch`` to do that on
+purpose). The choice of ``auto`` is printed once per process (rank 0).
+"""
+import contextlib
+import fcntl
+import os
+import time
+
+import torch
+
+from utils.errors import UserError
+
+GSPLAT_VERSION = "1.5.3"  # the version this project checked against its reference (tools/check_gsplat.py)
+FIX = (f"run `sh tools/setup_env.sh` (installs gsplat=={GSPLAT_VERSION} on a GPU machine and builds its kernels; "
+       f"needs the CUDA toolkit's nvcc), or `pip install gsplat=={GSPLAT_VERSION}`; or pass --raster_backend torch "
+       "to use the pure-PyTorch rasteriser (3-10x slower)")
+_status = {}  # load_kernels -> (ok, detail), once per process
+_announced = set()
+
+
+def add_args(parser):
+    g = parser.add_argument_group("rasteriser", "Gaussian splatting backend (utils/rasterizer.py)")
+    g.add_argument("--raster_backend", type=str, default="auto", choices=["auto", "gsplat", "torch"],
+                   help="auto: gsplat for CUDA tensors (an error with the fix when it cannot run there), the pure "
+                        "PyTorch reference on the CPU; gsplat: CUDA only; torch: pure PyTorch on any device "
+                        "(slow, exact)")
+
+
+class BackendError(UserError, RuntimeError):
+    """The asked-for rasteriser cannot run here (the message says why and what to do)."""
+
+
+def build_lock_path():
+    """The lock file every process takes while it loads (and maybe builds) gsplat's kernels."""
+    import torch.utils.cpp_extension
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or torch.utils.cpp_extension.get_default_build_root()
+    return os.path.join(root, "gsplat_build.lock")
+
+
+@contextlib.contextmanager
+def file_lock(path, waiting_message=None):
+    """Exclusive advisory lock on ``path`` (created if missing) for the duration of the block."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting_message:
+                print(waiting_message, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def gsplat_status(load_kernels=True):
+    """(ok, detail): whether gsplat imports and, with ``load_kernels``, whether its CUDA kernels load (built once,
+    under the lock, when missing). ``detail`` is the version when ok, else the reason. Cached per process."""
+    if load_kernels in _status:
+        return _status[load_kernels]
+    try:
+        import gsplat
+        ok, detail = True, f"gsplat {gsplat.__version__}"
+    except Exception as e:  # ImportError, or a broken install
+        ok, detail = False, f"`import gsplat` fails ({type(e).__name__}: {e})"
+    if ok and load_kernels:
+        t0 = time.perf_counter()
+        with file_lock(build_lock_path(), "[rasteriser] waiting for another process that builds gsplat's CUDA "
+                                          "kernels"):
+            try:
+                from gsplat.cuda._backend import _C
+            except Exception as e:
+                _C, detail = None, f"gsplat's CUDA kernels do not build ({type(e).__name__}: {e})"
+        if _C is None:
+            ok = False
+            if detail.startswith("gsplat "):
+                detail = "gsplat found no CUDA toolkit (nvcc) to build its kernels"
+        elif time.perf_counter() - t0 > 5:
+            detail += f" (CUDA kernels built in {time.perf_counter() - t0:.0f} s)"
+    _status[load_kernels] = (ok, detail)
+    return ok, detail
+
+
+def gsplat_available():
+    """True when gsplat imports and its CUDA kernels load."""
+    return gsplat_status()[0]
+
+
+def resolve_backend(backend, device):
+    """'auto' | 'gsplat' | 'torch' + tensor device -> 'gsplat' | 'torch' (BackendError when it cannot run)."""
+    if backend not in ("auto", "gsplat", "torch"):
+        raise ValueError(f"raster backend must be auto, gsplat or torch, got {backend!r}")
+    if backend == "torch":
+        return backend
+    if device.type != "cuda":
+        if backend == "gsplat":
+            raise BackendError(f"--raster_backend gsplat needs CUDA tensors, got device {device}; use "
+                               "--raster_backend torch (or auto) on the CPU")
+        _announce("auto -> torch (pure PyTorch reference; no CUDA device)")
+        return "torch"
+    ok, detail = gsplat_status()
+    if not ok:
+        raise BackendError(f"--raster_backend {backend} on {device}: {detail}. Fix: {FIX}")
+    if backend == "auto":
+        _announce(f"auto -> gsplat ({detail}) on {device}")
+    return "gsplat"
+
+
+def _announce(text):
+    if text in _announced:
+        return
+    _announced.add(text)
+    from utils.dist import is_main
+    if is_main():
+        print(f"[rasteriser] {text}", flush=True)
