@@ -135,6 +135,7 @@ def main():
     from networks import build_model
     from options import ConfigError, merge_checkpoint_options, parse_args
     from utils.checkpoint import load_checkpoint, strip_module_prefix
+    from utils.errors import UserError, message
 
     try:
         cli = parse_args()
@@ -144,14 +145,14 @@ def main():
         opt = merge_checkpoint_options(state["opt"])
     except (ConfigError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"error: {e}")
-    _, _, device = dist.init_distributed(opt.device)
-    model = build_model(opt).to(device)
-    model.load_state_dict(strip_module_prefix(state["model"]))
-    dataset = build_dataset(opt, "val")
-    try:
+    try:  # bad data (a wrong --dataroot, a truncated label file, ...) ends with one line, no traceback
+        _, _, device = dist.init_distributed(opt.device)
+        model = build_model(opt).to(device)
+        model.load_state_dict(strip_module_prefix(state["model"]))
+        dataset = build_dataset(opt, "val")
         metrics = evaluate(model, dataset, opt, device)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+    except (UserError, ValueError) as e:
+        sys.exit(f"error: {message(e)}")
     if dist.is_main():
         out_dir = opt.out_dir or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(opt.ckpt))), "eval")
         os.makedirs(out_dir, exist_ok=True)

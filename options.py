@@ -11,6 +11,8 @@ import importlib
 import os
 import shlex
 
+from utils.errors import UserError
+
 # Modules that own options; each defines ``add_args(parser)``, and may define CHECKPOINT_DEFAULTS (the value an
 # option had in effect before it existed, for checkpoints that predate it) and REBUILD_OVERRIDES (values that always
 # hold when a model is rebuilt from a checkpoint, e.g. no ImageNet file: the weights come from the checkpoint).
@@ -20,7 +22,8 @@ OPTION_MODULES = [
     "networks.gsv_model",
     "networks.gsv_loss",
     "networks.gsp_model",
-    "utils.rasterizer",
+    "utils.raster_backend",
+    "utils.speed",
 ]
 
 
@@ -35,8 +38,8 @@ def str2bool(v):
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {v!r}")
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UserError, ValueError):
+    """A bad option or config file (train.py / eval.py print it without a traceback)."""
 
 
 def add_base_args(p):
@@ -76,6 +79,8 @@ def add_base_args(p):
     g.add_argument("--load_weights", type=str, default=None, help="initialise model weights from a checkpoint")
     g.add_argument("--max_nan_skips", type=int, default=20,
                    help="non-finite losses in a row that are skipped before training stops with an error")
+    g.add_argument("--sync_bn", type=str2bool, default=True,
+                   help="under DDP on GPUs, BatchNorm statistics over the batch of all processes (SyncBatchNorm)")
 
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval_depth", type=str2bool, default=True, help="depth metrics against LiDAR")

@@ -5,8 +5,11 @@
 #   sh run_gs_occ.sh                       # synthetic set (generated on first use), or nuScenes if data/nuscenes exists
 #   sh run_gs_occ.sh synthetic|nuscenes|ddad [train.py options...]
 #
-# Environment: PROFILE=quick|full (default: quick on a CPU, full with CUDA), REFINE_STEPS (stage-1 refine length).
-# Sets up .venv on first use (tools/setup_env.sh). Runs resume from their last checkpoint when restarted.
+# Environment: PROFILE=quick|full (default: quick on a CPU, full with CUDA), REFINE_STEPS (stage-1 refine length),
+# NGPU (processes = GPUs used; default: every GPU torch sees, through torchrun when more than one; NGPU=1 for one).
+# Sets up .venv on first use (tools/setup_env.sh; on a GPU machine also gsplat and its CUDA kernels). Runs resume
+# from their last checkpoint when restarted. With N GPUs each process takes batch_size samples a step: the
+# effective batch is N x batch_size and an epoch has 1/N of the steps.
 set -e
 cd "$(dirname "$0")"
 . tools/setup_env.sh
@@ -16,9 +19,18 @@ DATA=${1:-auto}
 if [ "$DATA" = auto ]; then
     if [ -d data/nuscenes/v1.0-trainval ]; then DATA=nuscenes; else DATA=synthetic; fi
 fi
-HAS_CUDA=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))")
-if [ "$HAS_CUDA" = 1 ]; then PROFILE=${PROFILE:-full}; else PROFILE=${PROFILE:-quick}; fi
-echo "[run_gs_occ] data=$DATA profile=$PROFILE cuda=$HAS_CUDA python=$PY"
+GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)")
+if [ "$GPUS" -gt 0 ]; then PROFILE=${PROFILE:-full}; else PROFILE=${PROFILE:-quick}; fi
+NGPU=${NGPU:-$GPUS}
+if [ "$NGPU" -gt "$GPUS" ]; then
+    echo "NGPU=$NGPU but torch sees $GPUS GPU(s)" >&2; exit 1
+fi
+if [ "$NGPU" -gt 1 ]; then
+    RUN="$PY -m torch.distributed.run --standalone --nproc_per_node $NGPU"  # = torchrun, one process per GPU
+else
+    RUN="$PY"
+fi
+echo "[run_gs_occ] data=$DATA profile=$PROFILE gpus=$GPUS NGPU=$NGPU python=$PY"
 
 case "$DATA" in
 synthetic)
@@ -56,12 +68,12 @@ esac
 
 S1=$(basename "$C1" .txt); S2=$(basename "$C2" .txt)
 echo "[run_gs_occ] stage 1 (GSP): $C1"
-"$PY" train.py --config "$C1" --exp_name "$S1" "$@"
+$RUN train.py --config "$C1" --exp_name "$S1" "$@"
 echo "[run_gs_occ] stage 1 refine (pose net frozen, no cross-view term)"
-"$PY" train.py --config "$C1" --exp_name "$S1-refine" --gsp_phase refine --load_weights "logs/$S1/ckpt/last.pt" \
+$RUN train.py --config "$C1" --exp_name "$S1-refine" --gsp_phase refine --load_weights "logs/$S1/ckpt/last.pt" \
     --max_steps "$REFINE_STEPS" "$@"
 echo "[run_gs_occ] stage 2 (GSV) with the stage-1 pose: $C2"
-"$PY" train.py --config "$C2" --exp_name "$S2" --pose stage1 --stage1_ckpt "logs/$S1-refine/ckpt/last.pt" \
+$RUN train.py --config "$C2" --exp_name "$S2" --pose stage1 --stage1_ckpt "logs/$S1-refine/ckpt/last.pt" \
     --val_every -1 "$@"
 echo "[run_gs_occ] evaluation"
-"$PY" eval.py --config "$C2" --ckpt "logs/$S2/ckpt/last.pt"
+$RUN eval.py --config "$C2" --ckpt "logs/$S2/ckpt/last.pt"

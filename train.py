@@ -10,18 +10,19 @@ import json
 import os
 import sys
 
-from options import ConfigError, parse_args
+from options import parse_args
 from trainer import Trainer
 from utils import dist
+from utils.errors import UserError, message
 
 
-def main():
+def main(argv=None):
+    """Bad input (options, data, device, rasteriser) ends with ``error: <what and the fix>``, no traceback."""
     try:
-        opt = parse_args()
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
-    trainer = Trainer(opt)
-    metrics = trainer.train()
+        trainer = Trainer(parse_args(argv))
+        metrics = trainer.train()
+    except UserError as e:
+        sys.exit(f"error: {message(e)}")
     if metrics is not None and dist.is_main():
         with open(os.path.join(trainer.run_dir, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=1)

@@ -1,9 +1,16 @@
 """The training loop shared by stage 1 (GSP) and stage 2 (GSV).
 
-One process or torchrun (DDP, one or several nodes); AMP (bf16 / fp16); tqdm progress; tensorboardX scalars and
-images; checkpoints written atomically every ``save_every`` steps and at the end, resumed automatically from
-``<run>/ckpt/last.pt``; a guard that skips non-finite losses and stops with an error after too many in a row;
-periodic validation with the metrics of ``eval.py``. A run killed by SIGTERM / Ctrl-C saves a checkpoint first.
+One process or torchrun (DDP, one or several nodes; SyncBatchNorm across GPUs); AMP (bf16 / fp16); tqdm
+progress; tensorboardX scalars and images, the same scalars in ``<run>/train_log.jsonl`` with the throughput
+(steps/s, data-wait time, peak GPU memory); checkpoints written atomically every ``save_every`` steps and at the
+end, resumed automatically from ``<run>/ckpt/last.pt`` at the exact position in the epoch (the batches consumed
+are stored, so a batch skipped by the guard that skips non-finite losses does not shift it); periodic
+validation with the metrics of ``eval.py`` on a validation set built once. A run killed by SIGTERM / Ctrl-C saves
+a checkpoint first.
+
+Data path: the training set leaves out the evaluation-only labels (dense LiDAR depth, Occ3D volumes) and hands
+over uint8 images (float on the GPU); one DataLoader with persistent workers and prefetching lives for the whole
+run; the speed options of ``utils/speed.py`` apply on CUDA.
 """
 import json
 import math
@@ -16,39 +23,31 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from datasets import build_dataset, collate
+from datasets import EVAL_ONLY_KEYS, build_dataset, collate, to_device  # noqa: F401 (to_device: old import path)
+from datasets.sampler import EpochSampler
 from networks import build_model
-from options import dump_options
+from options import ConfigError, dump_options
 from utils import dist
-from utils.batch import to_device
 from utils.health import TrainingHealth
 from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint, strip_module_prefix
+from utils.speed import prepare_model
+from utils.throughput import Throughput
 
 
-class EpochSampler(torch.utils.data.Sampler):
-    """Seeded shuffle per epoch, split over ranks (drop_last), able to skip the first ``skip`` items on resume."""
-
-    def __init__(self, n, rank=0, world=1, seed=0, shuffle=True):
-        self.n, self.rank, self.world, self.seed, self.shuffle = n, rank, world, seed, shuffle
-        self.epoch, self.skip = 0, 0
-
-    def set_epoch(self, epoch, skip=0):
-        self.epoch, self.skip = epoch, skip
-
-    def per_rank(self):
-        return self.n // self.world
-
-    def __iter__(self):
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        mine = order[self.rank::self.world][: self.per_rank()]
-        return iter(mine[self.skip:])
-
-    def __len__(self):
-        return self.per_rank() - self.skip
+def check_options(opt):
+    """Stop before any work, with the fix, when the options cannot work (ConfigError)."""
+    if opt.stage == "gsv" and opt.pose == "stage1":
+        if not opt.stage1_ckpt:
+            raise ConfigError(
+                "stage 2 with --pose stage1 (the default) needs --stage1_ckpt PATH, a stage-1 checkpoint. Start from "
+                "a config instead: `sh run_gs_occ.sh` trains stage 1 then stage 2 and evaluates; `python train.py "
+                "--config configs/quick-gsp.txt` trains stage 1 alone; `--pose gt` uses the recorded ego poses "
+                "(an ablation). `python train.py --help` lists every option")
+        if not os.path.isfile(opt.stage1_ckpt):
+            raise ConfigError(f"--stage1_ckpt {opt.stage1_ckpt} not found: train stage 1 and its refine phase first "
+                              "(sh run_gs_occ.sh does both), or use --pose gt")
+    if opt.load_weights and not os.path.isfile(opt.load_weights):
+        raise ConfigError(f"--load_weights {opt.load_weights} not found")
 
 
 def param_groups(params):
@@ -68,10 +67,16 @@ def param_groups(params):
 
 class Trainer:
     def __init__(self, opt):
+        check_options(opt)
         self.opt = opt
         self.rank, self.world, self.device = dist.init_distributed(opt.device)
         torch.manual_seed(opt.seed + self.rank)
         np.random.seed(opt.seed + self.rank)
+        self.train_set = self._dataset("train")  # before anything slow: bad data paths fail at once
+        self.val_set = None  # built at the first validation, then kept
+        if len(self.train_set) < self.world * opt.batch_size:
+            raise ConfigError(f"the train split has {len(self.train_set)} samples: fewer than one batch of "
+                              f"--batch_size {opt.batch_size} per process ({self.world})")
         self.run_dir = os.path.join(opt.log_dir, opt.exp_name)
         self.ckpt_dir = os.path.join(self.run_dir, "ckpt")
         if dist.is_main():
@@ -81,6 +86,7 @@ class Trainer:
         self.model = build_model(opt).to(self.device)
         if opt.load_weights:
             load_weights(self.model, opt.load_weights, log=print if dist.is_main() else lambda msg: None)
+        self._speed_up()
         groups = param_groups(self.model.trainable_parameters())
         if not groups:
             raise RuntimeError("the model has no trainable parameters for this phase")
@@ -96,9 +102,6 @@ class Trainer:
             self.amp_dtype = None
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
-        self.train_set = build_dataset(opt, "train")
-        if len(self.train_set) < self.world * opt.batch_size:
-            raise RuntimeError(f"the train split has {len(self.train_set)} samples: fewer than one batch per process")
         self.sampler = EpochSampler(len(self.train_set), self.rank, self.world, opt.seed)
         self.steps_per_epoch = self.sampler.per_rank() // opt.batch_size
         self.total_steps = opt.num_epochs * self.steps_per_epoch
@@ -106,7 +109,7 @@ class Trainer:
             self.total_steps = min(self.total_steps, opt.max_steps)
         self.milestones = [int(f * self.total_steps) for f in opt.lr_milestones]
 
-        self.step, self.epoch = 0, 0
+        self.step, self.epoch, self.epoch_batches = 0, 0, 0  # epoch_batches: batches of this epoch consumed
         self.health = TrainingHealth(after=opt.lr_warmup)  # reads the logged rows, warns when a run has failed
         self.writer = None
         if dist.is_main():
@@ -115,10 +118,33 @@ class Trainer:
         self.stop_signal = None
         self._resume()
 
+    def _speed_up(self):
+        """SyncBatchNorm under DDP on GPUs, then the speed options (utils/speed.py); says what it did."""
+        self.model, n_bn = dist.sync_batchnorm(self.model, self.world, self.device, self.opt.sync_bn)
+        done = prepare_model(self.model, self.opt, self.device)
+        if n_bn:
+            done.append(f"SyncBatchNorm ({n_bn} layers, {self.world} processes)")
+        if done and dist.is_main():
+            print(f"[speed] {'; '.join(done)}")
+
+    def _dataset(self, split):
+        """Training: without the evaluation-only labels, uint8 images; validation: every label, as eval.py."""
+        train = split == "train"
+        return build_dataset(self.opt, split, eval_labels=not train, uint8_images=train)
+
+    def _loader(self):
+        """One DataLoader for the whole run: its workers persist across epochs (the sampler changes the order)."""
+        opt, workers = self.opt, self.opt.num_workers
+        return torch.utils.data.DataLoader(
+            self.train_set, batch_size=opt.batch_size, sampler=self.sampler, num_workers=workers,
+            collate_fn=collate, drop_last=True, pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0, prefetch_factor=opt.prefetch_factor if workers > 0 else None)
+
     # ---------------------------------------------------------------- checkpoints
     def _state(self):
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
+                "epoch_batches": self.epoch_batches, "world": self.world, "batch_size": self.opt.batch_size,
                 "opt": vars(self.opt)}
 
     def save(self, name="last.pt"):
@@ -134,8 +160,16 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = state["step"], state["epoch"]
+        # Checkpoints from before the position was stored: derived from the step count (exact without NaN skips).
+        self.epoch_batches = state.get("epoch_batches", self.step - self.epoch * self.steps_per_epoch)
+        same_split = (state.get("world", self.world), state.get("batch_size", self.opt.batch_size)) == \
+            (self.world, self.opt.batch_size)
+        if not (same_split and 0 <= self.epoch_batches <= self.steps_per_epoch):
+            if dist.is_main():
+                print(f"resume: processes / batch size changed since the checkpoint: epoch {self.epoch} restarts")
+            self.epoch_batches = 0
         if dist.is_main():
-            print(f"resumed from {path} at step {self.step} (epoch {self.epoch})")
+            print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.epoch_batches})")
 
     # ---------------------------------------------------------------- loop
     def lr_factor(self, step):
@@ -156,15 +190,14 @@ class Trainer:
         nan_run = 0
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not dist.is_main(), desc=f"train {opt.stage}",
                    dynamic_ncols=True)
+        loader, self.perf = self._loader(), Throughput(self.device)
         try:
-            while self.step < self.total_steps and self.stop_signal is None:
-                done_in_epoch = self.step - self.epoch * self.steps_per_epoch
-                self.sampler.set_epoch(self.epoch, skip=done_in_epoch * opt.batch_size)
-                loader = torch.utils.data.DataLoader(
-                    self.train_set, batch_size=opt.batch_size, sampler=self.sampler, num_workers=opt.num_workers,
-                    collate_fn=collate, drop_last=True, pin_memory=self.device.type == "cuda",
-                    persistent_workers=False)
-                for batch in loader:
+            while self.step < self.total_steps and self.epoch < opt.num_epochs and self.stop_signal is None:
+                self.sampler.set_epoch(self.epoch, skip=self.epoch_batches * opt.batch_size)
+                for batch in self._timed(loader):
+                    self.epoch_batches += 1  # consumed, whatever the NaN guard does with it
+                    if self.epoch_batches == self.steps_per_epoch:
+                        self.epoch, self.epoch_batches = self.epoch + 1, 0
                     nan_run = self._train_step(batch, nan_run, bar)
                     if self.step >= self.total_steps or self.stop_signal is not None:
                         break
@@ -173,9 +206,6 @@ class Trainer:
                             print(f"\n--max_minutes {opt.max_minutes} reached at step {self.step}")
                         self.total_steps = self.step
                         break
-                else:
-                    self.epoch += 1
-                    self.save()
         finally:
             bar.close()
             for s, h in old_handlers.items():
@@ -190,11 +220,23 @@ class Trainer:
             self.writer.close()
         return metrics
 
+    def _timed(self, loader):
+        """The loader's batches; the time spent waiting for each goes to the throughput log."""
+        batches = iter(loader)
+        while True:
+            t = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                return
+            self.perf.waited(time.perf_counter() - t)
+            yield batch
+
     def _train_step(self, batch, nan_run, bar):
         opt = self.opt
+        self.perf.stepped()
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr_at(self.step) * g.get("lr_scale", 1.0)  # each group's own multiple of the schedule
-        batch = to_device(batch, self.device)
+        batch = to_device(batch, self.device, skip=EVAL_ONLY_KEYS)
         self.net.train()
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
@@ -229,6 +271,7 @@ class Trainer:
                 for k, v in logs.items():
                     row[k] = float(v)
                     self.writer.add_scalar(f"train/{k}", row[k], self.step)
+                self._log_throughput(row)
                 rows = [row] + [{"step": self.step, "warning": kind, "message": msg}
                                 for kind, msg in self.health.check(row)]
                 for r in rows[1:]:
@@ -246,10 +289,19 @@ class Trainer:
             self.validate()
         return 0
 
+    def _log_throughput(self, row):
+        """Adds steps/s, data wait, peak memory (this process) and the samples seen (all processes) to ``row``."""
+        perf = self.perf.report()
+        perf["samples"] = self.step * self.opt.batch_size * self.world
+        for k, v in perf.items():
+            self.writer.add_scalar(f"perf/{k}", v, self.step)
+        row.update(perf)
+
     def validate(self):
         from eval import evaluate
-        val_set = build_dataset(self.opt, "val")
-        metrics = evaluate(self.model, val_set, self.opt, self.device)
+        if self.val_set is None:
+            self.val_set = self._dataset("val")
+        metrics = evaluate(self.model, self.val_set, self.opt, self.device)
         if dist.is_main():
             for k, v in metrics.get("scalars", {}).items():
                 if v is not None and math.isfinite(v):

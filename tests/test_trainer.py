@@ -1,5 +1,8 @@
 """The training loop and the options: config files, resume, atomic checkpoints, the NaN guard, the sampler."""
+import json
 import os
+
+import numpy as np
 
 import pytest
 import torch
@@ -10,26 +13,37 @@ from utils.checkpoint import load_checkpoint, save_checkpoint
 
 
 class ToyData(torch.utils.data.Dataset):
+    """8 items; like the real training sets, the evaluation-only labels only with ``eval_labels``."""
+
+    def __init__(self, eval_labels=True):
+        self.eval_labels = eval_labels
+
     def __len__(self):
         return 8
 
     def __getitem__(self, i):
         g = torch.Generator().manual_seed(i)
-        return {"x": torch.randn(4, generator=g), "token": f"t{i}"}
+        item = {"x": torch.randn(4, generator=g), "token": f"t{i}"}
+        if self.eval_labels:
+            item["depth_gt"] = torch.zeros(2, 3)
+        return item
 
 
 class ToyModel(torch.nn.Module):
-    """Fits y = sum(x) with a linear layer; ``nan_steps`` calls return a NaN loss."""
+    """Fits y = sum(x) with a linear layer; ``nan_steps`` calls return a NaN loss; ``seen`` lists the tokens of
+    every batch it was called with."""
 
     def __init__(self, nan_steps=()):
         super().__init__()
         self.lin = torch.nn.Linear(4, 1)
-        self.calls, self.nan_steps = 0, set(nan_steps)
+        self.calls, self.nan_steps, self.seen = 0, set(nan_steps), []
 
     def trainable_parameters(self):
         return self.parameters()
 
     def forward(self, batch):
+        assert "depth_gt" not in batch, "evaluation-only labels reached the training step"
+        self.seen.append(list(batch["token"]))
         x = batch["x"]
         loss = ((self.lin(x)[:, 0] - x.sum(1)) ** 2).mean()
         if self.calls in self.nan_steps:
@@ -44,7 +58,7 @@ class ToyModel(torch.nn.Module):
 def make_opt(tmp_path, *extra):
     argv = ["--log_dir", str(tmp_path), "--exp_name", "toy", "--num_workers", "0", "--val_every", "-1",
             "--device", "cpu", "--batch_size", "2", "--num_epochs", "10", "--log_every", "1", "--image_every", "0",
-            "--lr", "1e-2", *extra]
+            "--lr", "1e-2", "--pose", "gt", *extra]
     return options.parse_args(argv)
 
 
@@ -57,7 +71,8 @@ def toy(monkeypatch):
         return models[-1]
 
     monkeypatch.setattr(trainer_mod, "build_model", build_model)
-    monkeypatch.setattr(trainer_mod, "build_dataset", lambda opt, split: ToyData())
+    monkeypatch.setattr(trainer_mod, "build_dataset",
+                        lambda opt, split, eval_labels=True, uint8_images=False: ToyData(eval_labels))
     return models
 
 
@@ -175,7 +190,7 @@ class GroupToy(ToyModel):
 
 def test_parameter_groups_follow_the_schedule_at_their_own_scale(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_mod, "build_model", lambda opt: GroupToy())
-    monkeypatch.setattr(trainer_mod, "build_dataset", lambda opt, split: ToyData())
+    monkeypatch.setattr(trainer_mod, "build_dataset", lambda opt, split, **kw: ToyData())
     t = trainer_mod.Trainer(make_opt(tmp_path, "--max_steps", "4", "--lr_milestones", "0.5", "--lr_warmup", "0"))
     assert len(t.optimizer.param_groups) == 2
     t.train()
@@ -196,3 +211,67 @@ def test_load_weights_names_missing_unexpected_and_mismatched_keys(tmp_path, toy
     save_checkpoint({"model": {"module.lin.weight": torch.zeros(2, 4), **src.state_dict()}}, str(tmp_path / "b.pt"))
     with pytest.raises(ValueError, match=r"lin.weight: checkpoint \(2, 4\) vs model \(1, 4\)"):
         trainer_mod.Trainer(make_opt(tmp_path, "--load_weights", str(tmp_path / "b.pt")))
+
+
+def epochs_of(seen, per_epoch=4):
+    """The tokens a model saw, grouped by epoch (``per_epoch`` batches each)."""
+    flat = [t for batch in seen for t in batch]
+    return [sorted(flat[i:i + 2 * per_epoch]) for i in range(0, len(flat), 2 * per_epoch)]
+
+
+def test_a_skipped_nan_step_does_not_shift_the_epochs(tmp_path, toy):
+    """The NaN guard consumes a batch without an optimiser step: the next epoch must still be a whole epoch
+    (deriving the position from the step count made it a 1-batch epoch followed by an extra epoch)."""
+    opt = make_opt(tmp_path, "--num_epochs", "2")
+    opt._nan_steps = (1,)
+    t = trainer_mod.Trainer(opt)
+    t.train()
+    everything = sorted(f"t{i}" for i in range(8))
+    assert epochs_of(toy[-1].seen) == [everything, everything]  # two whole epochs, nothing more
+    assert t.step == 7 and t.epoch == 2 and toy[-1].calls == 8
+
+
+def test_resume_after_a_skipped_step_continues_where_the_epoch_stopped(tmp_path, toy):
+    opt = make_opt(tmp_path, "--max_steps", "2", "--num_epochs", "2")
+    opt._nan_steps = (1,)
+    trainer_mod.Trainer(opt).train()  # 3 batches consumed (one NaN), 2 steps
+    first = toy[-1].seen
+    saved = load_checkpoint(os.path.join(tmp_path, "toy", "ckpt", "last.pt"))
+    t2 = trainer_mod.Trainer(make_opt(tmp_path, "--num_epochs", "2"))
+    t2.train()
+    everything = sorted(f"t{i}" for i in range(8))
+    assert epochs_of(first + toy[-1].seen) == [everything, everything]
+    assert t2.step == 7 and len(toy[-1].seen) == 5  # the 4th batch of epoch 0, then epoch 1
+    assert (saved["step"], saved["epoch"], saved["epoch_batches"]) == (2, 0, 3)
+
+
+def test_throughput_is_logged(tmp_path, toy):
+    t = trainer_mod.Trainer(make_opt(tmp_path, "--max_steps", "3"))
+    t.train()
+    rows = [json.loads(line) for line in open(os.path.join(tmp_path, "toy", "train_log.jsonl"))]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert r["steps_per_s"] > 0 and r["data_wait_s"] >= 0 and 0 <= r["data_wait_frac"] <= 1
+        assert r["samples"] == 2 * r["step"] and r["time_s"] > 0
+    assert rows[-1]["time_s"] >= rows[0]["time_s"]
+
+
+def test_validation_set_is_built_once(tmp_path, toy, monkeypatch):
+    import eval as eval_mod
+    built = []
+    monkeypatch.setattr(trainer_mod, "build_dataset",
+                        lambda opt, split, eval_labels=True, uint8_images=False: built.append(split) or ToyData())
+    monkeypatch.setattr(eval_mod, "evaluate", lambda model, ds, opt, device: {"scalars": {}, "text": ""})
+    t = trainer_mod.Trainer(make_opt(tmp_path, "--max_steps", "6", "--val_every", "2"))
+    t.train()
+    assert built == ["train", "val"]  # validations at steps 2 and 4, and at the end: one val set
+
+
+def test_to_device_drops_eval_labels_and_turns_uint8_images_into_the_same_floats():
+    from datasets import EVAL_ONLY_KEYS, to_device
+    imgs = torch.randint(0, 256, (1, 3, 6, 3, 4, 5), dtype=torch.uint8)
+    batch = {"imgs": imgs, "depth_gt": torch.ones(1, 6, 9, 16), "occ_semantics": torch.zeros(1, 2), "token": ["a"]}
+    out = to_device(batch, torch.device("cpu"), skip=EVAL_ONLY_KEYS)
+    assert set(out) == {"imgs", "token"}
+    expected = torch.from_numpy(imgs.numpy().astype(np.float32) / 255.0)  # what the float loader computes
+    assert out["imgs"].dtype == torch.float32 and torch.equal(out["imgs"], expected)

@@ -4,24 +4,67 @@ import os
 import torch
 import torch.distributed as dist
 
+from utils.errors import UserError
+
+
+class DeviceError(UserError, RuntimeError):
+    """A --device that cannot work here (the message gives the fix)."""
+
+
+def resolve_device(device_opt, local_rank=0, world=1, cuda_count=0):
+    """``--device`` (auto, cpu, cuda, cuda:N) for the process of local rank ``local_rank`` -> torch.device.
+
+    Under torchrun (world > 1) each process takes GPU ``local_rank`` of the ones it sees (CUDA_VISIBLE_DEVICES
+    chooses them); an explicit ``cuda:N`` there would put every process on GPU N and is refused. ``cuda_count``:
+    the GPUs torch sees (0 without CUDA). Raises DeviceError with the fix for anything that cannot work.
+    """
+    if device_opt == "auto":
+        device_opt = "cuda" if cuda_count > 0 else "cpu"
+    try:
+        device = torch.device(device_opt)
+    except RuntimeError:
+        raise DeviceError(f"--device {device_opt!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type != "cuda":
+        return device
+    if cuda_count == 0:
+        raise DeviceError(f"--device {device_opt} asked for, but torch sees no CUDA device (use --device cpu)")
+    if device.index is not None and world > 1:
+        raise DeviceError(f"--device {device_opt} with {world} processes would put every process on GPU "
+                          f"{device.index}: use --device cuda (process i takes GPU LOCAL_RANK i) and choose the GPUs "
+                          f"with CUDA_VISIBLE_DEVICES")
+    index = local_rank if device.index is None else device.index
+    if index >= cuda_count:
+        raise DeviceError(f"GPU {index} asked for (--device {device_opt}, LOCAL_RANK {local_rank}) but torch sees "
+                          f"{cuda_count}: start at most {cuda_count} processes per machine (NGPU / --nproc_per_node)")
+    return torch.device("cuda", index)
+
 
 def init_distributed(device_opt="auto"):
     """Initialise torch.distributed when launched by torchrun. Returns (rank, world_size, device)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_opt == "auto":
-        device_opt = "cuda" if torch.cuda.is_available() else "cpu"
-    if device_opt == "cuda":
-        device = torch.device("cuda", local_rank)
+    cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    device = resolve_device(device_opt, local_rank, world, cuda_count)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-    else:
-        device = torch.device(device_opt)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device_opt} asked for, but torch sees no CUDA device")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank, world, device
+
+
+def sync_batchnorm(model, world, device, enabled=True):
+    """Under DDP on GPUs, every BatchNorm layer of ``model`` becomes a SyncBatchNorm (statistics over the batch
+    of all processes, not each process's own 6 images); returns (model, number of layers converted).
+
+    Only the ResNet encoders have BatchNorm (the 3D decoder uses GroupNorm, which needs no sync). The state dict
+    keeps the same keys, so checkpoints load either way. Frozen models held outside the module tree (the stage-1
+    pose net of stage 2) are left alone; they run in eval mode.
+    """
+    n = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if not (enabled and world > 1 and device.type == "cuda" and n):
+        return model, 0
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model), n
 
 
 def is_main():
