@@ -16,8 +16,6 @@ import fcntl
 import os
 import time
 
-import torch
-
 from utils.errors import UserError
 
 GSPLAT_VERSION = "1.5.3"  # the version this project checked against its reference (tools/check_gsplat.py)

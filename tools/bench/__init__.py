@@ -1,0 +1,1 @@
+"""Parts of tools/bench_render.py: scene builder, timing harness, report, training-step comparison."""
