@@ -65,6 +65,16 @@ def param_groups(params):
     return groups
 
 
+def make_loader(dataset, sampler, opt, device):
+    """The training DataLoader, made once a run: its workers persist across epochs (``sampler.set_epoch`` changes
+    the order), each prepares ``prefetch_factor`` batches ahead, batches come in pinned memory on CUDA."""
+    workers = opt.num_workers
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=opt.batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+        drop_last=True, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        prefetch_factor=opt.prefetch_factor if workers > 0 else None)
+
+
 class Trainer:
     def __init__(self, opt):
         check_options(opt)
@@ -132,14 +142,6 @@ class Trainer:
         train = split == "train"
         return build_dataset(self.opt, split, eval_labels=not train, uint8_images=train)
 
-    def _loader(self):
-        """One DataLoader for the whole run: its workers persist across epochs (the sampler changes the order)."""
-        opt, workers = self.opt, self.opt.num_workers
-        return torch.utils.data.DataLoader(
-            self.train_set, batch_size=opt.batch_size, sampler=self.sampler, num_workers=workers,
-            collate_fn=collate, drop_last=True, pin_memory=self.device.type == "cuda",
-            persistent_workers=workers > 0, prefetch_factor=opt.prefetch_factor if workers > 0 else None)
-
     # ---------------------------------------------------------------- checkpoints
     def _state(self):
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -190,7 +192,8 @@ class Trainer:
         nan_run = 0
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not dist.is_main(), desc=f"train {opt.stage}",
                    dynamic_ncols=True)
-        loader, self.perf = self._loader(), Throughput(self.device)
+        loader = make_loader(self.train_set, self.sampler, opt, self.device)
+        self.perf = Throughput(self.device)
         try:
             while self.step < self.total_steps and self.epoch < opt.num_epochs and self.stop_signal is None:
                 self.sampler.set_epoch(self.epoch, skip=self.epoch_batches * opt.batch_size)

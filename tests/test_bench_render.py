@@ -85,3 +85,21 @@ def test_parse_triplets():
     assert bench_render.parse_triplets("24x300x300,16x200x200", 3) == [(24, 300, 300), (16, 200, 200)]
     with pytest.raises(ValueError):
         bench_render.parse_triplets("180x320x1", 2)
+
+
+def test_step_compare_old_and_new_paths_give_the_same_loss(tmp_path):
+    """--step_compare on the CPU: both paths run, the report is written, and the first step's loss is the same
+    (on the CPU the new path differs only in the data path: uint8 images, no eval-only labels)."""
+    n = torch.get_num_threads()
+    try:
+        res = bench_render.main(["--step_compare", "--quick", "--device", "cpu", "--warmup", "0", "--step_repeats",
+                                 "1", "--step_iters", "2", "--threads", "1", "--out_dir", str(tmp_path)])
+    finally:
+        torch.set_num_threads(n)
+    rows = {r["variant"]: r for r in res["step"]}
+    assert set(rows) == {"old", "new"} and all(r["status"] == "ok" for r in rows.values())
+    assert rows["new"]["loss_rel_diff"] == 0 and math.isfinite(rows["old"]["loss_first"])
+    for r in rows.values():
+        assert r["model_s"] > 0 and r["loop_s"] > 0 and r["data_wait_s"] >= 0
+    md = (tmp_path / "bench_step.md").read_text()
+    assert "| old |" in md and "| new |" in md and json.loads((tmp_path / "bench_step.json").read_text())["rows"]

@@ -6,6 +6,8 @@ with Gaussian splatting than with volume rendering (0.17 s vs 0.85 s on an A100)
     python tools/bench_render.py --out_dir bench                    # CUDA + gsplat: the full benchmark (~5-6 min)
     python tools/bench_render.py --out_dir bench --skip_full_iter   # render part only
     python tools/bench_render.py --quick --device cpu --out_dir /tmp/b   # CPU smoke run (tiny sizes, < 1 min)
+    python tools/bench_render.py --step_compare --out_dir bench_step  # training step, old vs new code path
+                                                                      # (tools/bench/step_compare.py)
 
 1. Render benchmark. For every grid (Z x X x Y, as the paper writes them; the volume is (X, Y, Z), X forward,
    over the Occ3D range [-40, 40]^2 x [-1, 5.4] m) and every render size (H x W), the 6 cameras of the real
@@ -91,6 +93,19 @@ def build_parser():
                    help="also time the training iteration with the torch rasteriser (always when gsplat is "
                         "unavailable); on the GPU at the paper config it is slow (2M Gaussians at init)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
+    g = p.add_argument_group("step comparison", "--step_compare: the training step, old code path vs new "
+                             "(tools/bench/step_compare.py); the render benchmark is not run then")
+    g.add_argument("--step_compare", action="store_true", help="time the old vs the new training step")
+    g.add_argument("--step_amp", type=str, default=None, help="comma-separated amp modes (default none,bf16; "
+                   "--quick or CPU: none)")
+    g.add_argument("--step_repeats", type=int, default=None, help="timed model steps (default 10; --quick 2)")
+    g.add_argument("--step_iters", type=int, default=None,
+                   help="timed steps fed by the DataLoader (default 24; --quick 4)")
+    g.add_argument("--step_workers", type=int, default=None, help="DataLoader workers (default 4; --quick 0)")
+    g.add_argument("--step_ablations", action="store_true", help="also 'new' without each speed option")
+    g.add_argument("--step_compile", action="store_true", help="also 'new' with torch.compile (slow to start)")
+    g.add_argument("--profile", action="store_true",
+                   help="top operators of the new step (torch.profiler) to bench_step_profile.txt")
     p.add_argument("--no_plot", action="store_true", help="do not write bench_render.png")
     return p
 
@@ -104,6 +119,11 @@ def resolve_args(argv=None):
     args.max_seconds_per_case = args.max_seconds_per_case or (10.0 if q else 20.0)
     args.time_budget = args.time_budget or (120.0 if q else 330.0)
     args.full_iter_repeats = args.full_iter_repeats or (1 if q else 3)
+    cpu = args.device == "cpu" or not torch.cuda.is_available()
+    args.step_amp = (args.step_amp or ("none" if q or cpu else "none,bf16")).split(",")
+    args.step_repeats = args.step_repeats or (2 if q else 10)
+    args.step_iters = args.step_iters or (4 if q else 24)
+    args.step_workers = args.step_workers if args.step_workers is not None else (0 if q else 4)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in args.methods:
         if m not in METHODS:
@@ -120,6 +140,11 @@ def main(argv=None):
     os.makedirs(args.out_dir, exist_ok=True)
     bench = Bench(args, device)
     bench.warm_gsplat()
+    if args.step_compare:
+        from tools.bench.step_compare import run
+        meta = environment(device, bench)
+        meta["command"] = "python tools/bench_render.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        return {"meta": meta, "step": run(args, device, meta)}
 
     def work(c):
         (Z, X, Y), (h, w) = c
