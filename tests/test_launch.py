@@ -1,6 +1,7 @@
 """Starting a run: the rasteriser choice, gsplat's build lock, the GPU of each torchrun process, SyncBatchNorm,
 the set-up script, and clear one-line errors for a bare `python train.py` and a wrong --dataroot (CPU only: GPUs
 and torchrun are faked where needed)."""
+import json
 import os
 import subprocess
 import sys
@@ -172,3 +173,20 @@ def test_wrong_dataroot_is_named_as_such(tmp_path, capsys):
         train.main(["--pose", "gt", "--dataset", "ddad", "--dataroot", str(missing), "--device", "cpu",
                     "--log_dir", str(tmp_path / "logs")])
     assert str(stop.value.code).startswith(f"error: DDAD: --dataroot not found: {missing}")
+
+
+def test_ddp_report_compares_throughput_and_metrics(tmp_path):
+    from tools.ddp_report import main
+    for name, procs, seconds, miou in (("one", 1, 10.0, 10.0), ("two", 2, 6.0, 9.0)):
+        run = tmp_path / name
+        (run / "eval").mkdir(parents=True)
+        (run / "options.txt").write_text("batch_size = 1\nlr = 0.0002\n")
+        rows = [{"step": s, "samples": s * procs, "time_s": 1.0 + seconds * (s - 5) / 95, "data_wait_frac": 0.1,
+                 "peak_mem_gib": 3.0, "steps_per_s": 9.0} for s in (5, 50, 100)]
+        (run / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (run / "eval" / "metrics.json").write_text(json.dumps({"scalars": {"occ/mIoU*": miou, "depth/abs_rel": 0.2}}))
+    one, two = main([str(tmp_path / "one"), str(tmp_path / "two"), "--out", str(tmp_path / "r")])
+    assert one["samples_per_s"] == pytest.approx(95 / 10) and two["samples_per_s"] == pytest.approx(190 / 6)
+    assert (one["processes"], two["processes"]) == (1, 2) and two["metrics"]["mIoU*"] == 9.0
+    md = (tmp_path / "r.md").read_text()
+    assert "| two | 2 | 100 | 200 | 6 | 31.7 | 3.33x | 10 % | 3.0 | 9.00 |" in md

@@ -4,6 +4,10 @@
 #
 #   sh tools/run_benchmarks.sh data        # synthetic benchmark set (18 scenes x 30 frames, 270x480) + LiDAR depth
 #   sh tools/run_benchmarks.sh bench       # render / training-iteration speed: GSV (gsplat, torch) vs volume rendering
+#   sh tools/run_benchmarks.sh step        # stage-2 training step at the paper config: old code path vs new (+ profile)
+#   sh tools/run_benchmarks.sh ddp         # 2 GPUs vs 1 (tools/bench_ddp.sh; needs a machine with >= 2 GPUs)
+#   sh tools/run_benchmarks.sh cpu-default # the README's CPU default (sh run_gs_occ.sh without GPU, from scratch)
+#                                          #   -> docs/results/cpu_default/{metrics.json,metrics.md,run.md}
 #   sh tools/run_benchmarks.sh synthetic   # stage 1 with and without GSP, stage 2 with GT pose and with stage-1 pose
 #   sh tools/run_benchmarks.sh fixture     # real nuScenes scene-0916: stage 1 with / without GSP, stage 2 with GT pose
 #   sh tools/run_benchmarks.sh fixture-stage1   # the same, stage 1 only
@@ -39,6 +43,26 @@ data)
     ;;
 bench)
     $PY tools/bench_render.py --out_dir logs/bench
+    ;;
+step)
+    $PY tools/bench_render.py --step_compare --step_ablations --profile --out_dir logs/bench_step
+    ;;
+ddp)
+    PY=$PY sh tools/bench_ddp.sh
+    ;;
+cpu-default)
+    rm -rf logs/quick-gsp logs/quick-gsp-refine logs/quick-gsv  # from scratch (the generated data is deterministic)
+    start=$(date +%s)
+    CUDA_VISIBLE_DEVICES="" sh run_gs_occ.sh synthetic > logs/cpu-default.log 2>&1
+    out=docs/results/cpu_default
+    mkdir -p $out
+    cp logs/quick-gsv/eval/metrics.json logs/quick-gsv/eval/metrics.md $out/
+    { echo "# The CPU default: \`sh run_gs_occ.sh\` without a GPU"; echo
+      echo "- command: \`sh tools/run_benchmarks.sh cpu-default\` (stage 1, refine, stage 2 with the stage-1 pose, eval)"
+      echo "- machine: $(nproc) CPU cores, $(uname -m); wall time $(( ($(date +%s) - start) / 60 )) min; $(date -u +%F)"
+      echo "- code: commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"; echo
+      cat $out/metrics.md; } > $out/run.md
+    cat $out/run.md
     ;;
 synthetic)
     # both stage-2 runs train at the same time for the same number of steps (GSV_STEPS) when it is set
@@ -84,7 +108,7 @@ landscape)
     $PY tools/gsp_landscape.py --out_dir logs/landscape-bf16 --amp bf16
     ;;
 *)
-    echo "usage: sh tools/run_benchmarks.sh data|bench|synthetic|fixture|fixture-stage1|fixture-gsv|landscape" >&2
+    echo "usage: sh tools/run_benchmarks.sh data|bench|step|ddp|cpu-default|synthetic|fixture|fixture-stage1|fixture-gsv|landscape" >&2
     exit 1
     ;;
 esac

@@ -1,0 +1,37 @@
+#!/bin/sh
+# N GPUs (torchrun, DDP + SyncBatchNorm) against 1 GPU: stage 2 on the same synthetic data, the same epochs and
+# the same options, then the same evaluation; a table of throughput (samples/s), data wait, peak memory and the
+# metrics (tools/ddp_report.py). Both runs see the same samples; the N-GPU run makes 1/N of the optimiser steps
+# with an N times larger effective batch (same lr).
+#
+#   sh tools/bench_ddp.sh          # on a machine with >= 2 GPUs: about 5-7 minutes on H200s, plus gsplat's
+#                                  # first build (~90 s) on a fresh machine
+#
+# Environment: PY (default python3), NGPU (default 2), EPOCHS (default 16), DATA (default data/synthetic-ddp,
+# generated when missing: 6 scenes x 12 frames at 270x480, 1 held out), OUT (default logs/bench_ddp),
+# WORKERS (generator processes, default 16). Results: $OUT/bench_ddp.{md,json}, logs $OUT/ddp-*.log.
+set -e
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}; NGPU=${NGPU:-2}; EPOCHS=${EPOCHS:-16}; DATA=${DATA:-data/synthetic-ddp}; OUT=${OUT:-logs/bench_ddp}
+mkdir -p "$OUT"
+GPUS=$($PY -c "import torch; print(torch.cuda.device_count())")
+if [ "$GPUS" -lt "$NGPU" ]; then echo "bench_ddp.sh: NGPU=$NGPU but torch sees $GPUS GPU(s)" >&2; exit 1; fi
+if [ ! -f "$DATA/v1.0-synthetic/sample.json" ]; then
+    $PY tools/make_synthetic_nusc.py --out "$DATA" --num_scenes 6 --frames_per_scene 12 --img_size 270 480 \
+        --val_scenes 1 --workers "${WORKERS:-16}"
+fi
+[ -d "$DATA/depth_gt" ] || $PY tools/export_gt_depth_nusc.py --dataroot "$DATA" --version v1.0-synthetic --out depth_gt
+$PY tools/gsplat_build.py  # gsplat's kernels once, before any training process starts
+ARGS="--config configs/synthetic-gsv.txt --dataroot $DATA --train_split $DATA/splits/train.txt \
+    --val_split $DATA/splits/val.txt --pose gt --num_epochs $EPOCHS --max_minutes 0 --val_every -1 --log_every 5 \
+    --image_every 0 --save_every 1000000 --resume false --log_dir $OUT"
+for n in 1 "$NGPU"; do
+    if [ "$n" = 1 ]; then LAUNCH="$PY"; else LAUNCH="$PY -m torch.distributed.run --standalone --nproc_per_node $n"; fi
+    echo "[bench_ddp] $n GPU(s): training"
+    # shellcheck disable=SC2086
+    $LAUNCH train.py $ARGS --exp_name "ddp-${n}gpu" > "$OUT/ddp-${n}gpu.log" 2>&1 || { tail -30 "$OUT/ddp-${n}gpu.log"; exit 1; }
+    echo "[bench_ddp] $n GPU(s): evaluation"
+    $PY eval.py --ckpt "$OUT/ddp-${n}gpu/ckpt/last.pt" --out_dir "$OUT/ddp-${n}gpu/eval" >> "$OUT/ddp-${n}gpu.log" 2>&1 \
+        || { tail -30 "$OUT/ddp-${n}gpu.log"; exit 1; }
+done
+$PY tools/ddp_report.py "$OUT/ddp-1gpu" "$OUT/ddp-${NGPU}gpu" --out "$OUT/bench_ddp"
