@@ -31,7 +31,7 @@ from utils import dist
 from utils.health import TrainingHealth
 from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint, strip_module_prefix
 from utils.speed import prepare_model
-from utils.throughput import Throughput
+from utils.throughput import Throughput, timed_batches
 
 
 def check_options(opt):
@@ -197,7 +197,7 @@ class Trainer:
         try:
             while self.step < self.total_steps and self.epoch < opt.num_epochs and self.stop_signal is None:
                 self.sampler.set_epoch(self.epoch, skip=self.epoch_batches * opt.batch_size)
-                for batch in self._timed(loader):
+                for batch in timed_batches(loader, self.perf.waited):
                     self.epoch_batches += 1  # consumed, whatever the NaN guard does with it
                     if self.epoch_batches == self.steps_per_epoch:
                         self.epoch, self.epoch_batches = self.epoch + 1, 0
@@ -222,17 +222,6 @@ class Trainer:
         if self.writer:
             self.writer.close()
         return metrics
-
-    def _timed(self, loader):
-        """The loader's batches; the time spent waiting for each goes to the throughput log."""
-        batches = iter(loader)
-        while True:
-            t = time.perf_counter()
-            batch = next(batches, None)
-            if batch is None:
-                return
-            self.perf.waited(time.perf_counter() - t)
-            yield batch
 
     def _train_step(self, batch, nan_run, bar):
         opt = self.opt

@@ -4,6 +4,18 @@ import time
 import torch
 
 
+def timed_batches(loader, waited):
+    """The batches of ``loader``; ``waited(seconds)`` is called with the time spent waiting for each."""
+    batches = iter(loader)
+    while True:
+        t = time.perf_counter()
+        batch = next(batches, None)
+        if batch is None:
+            return
+        waited(time.perf_counter() - t)
+        yield batch
+
+
 class Throughput:
     """Counts the batches a process trains on and the seconds it waits for them.
 

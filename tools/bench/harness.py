@@ -86,6 +86,28 @@ def time_case(fn, device, warmup, repeats, cap):
     return {"times": times, "peak_mb": peak, "base_mb": base, "note": note, "last": last}
 
 
+def make_train_step(model, opt, device):
+    """The trainer's optimiser step (zero_grad, forward under autocast ``opt.amp``, backward, grad clip, AdamW)
+    as ``step(batch on the device) -> (loss as a float, logs)``."""
+    from trainer import param_groups
+    groups = param_groups(model.trainable_parameters())
+    for g in groups:  # the trainer's lr of each group at a step without warm-up or decay
+        g["lr"] = opt.lr * g["lr_scale"]
+    params = [p for g in groups for p in g["params"]]
+    optim = torch.optim.AdamW(groups, lr=opt.lr, weight_decay=opt.weight_decay)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opt.amp)
+
+    def step(batch):
+        optim.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss, logs, _ = model(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, opt.grad_clip)
+        optim.step()
+        return float(loss.detach()), logs
+    return step
+
+
 def summary(times):
     return {"median_s": statistics.median(times), "min_s": min(times), "n_runs": len(times)}
 
@@ -286,7 +308,7 @@ class Bench:
         argv = ["--stage", "gsv", "--pose", "gt", "--use_sem", "true", "--render_type", render_type,
                 "--raster_backend", backend, "--amp", amp or "none", "--seed", str(args.seed)]
         argv += QUICK_MODEL if args.quick else PAPER_MODEL
-        model = optim = batch = None
+        model = train_step = batch = None
         try:
             self._inputs = None
             free_memory(dev)
@@ -294,19 +316,12 @@ class Bench:
             opt = parse_model_args(argv)
             torch.manual_seed(args.seed)
             model = GSVModel(opt).to(dev).train()
-            params = model.trainable_parameters()
-            optim = torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
+            train_step = make_train_step(model, opt, dev)
             batch = train_batch(opt, dev, args.seed)
-            amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
 
             def step():
-                optim.zero_grad(set_to_none=True)
-                with torch.autocast(dev.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    loss, logs, _ = model(batch)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for g in params for p in g["params"]], opt.grad_clip)
-                optim.step()
-                return {"loss": float(loss.detach()), "n_gaussians": float(logs["num_gaussians"])}
+                loss, logs = train_step(batch)
+                return {"loss": loss, "n_gaussians": float(logs["num_gaussians"])}
 
             res = time_case(step, dev, max(args.warmup, 1), args.full_iter_repeats,
                             min(3 * args.max_seconds_per_case, max(left, 0.0)))
@@ -316,7 +331,7 @@ class Bench:
             print(row["status"], row["note"], flush=True)
             return row
         finally:
-            model = optim = batch = step = None  # noqa: F841
+            model = train_step = batch = step = None  # noqa: F841
             free_memory(dev)
         row.update(summary(res["times"]), peak_mem_mb=_r(res["peak_mb"]), note=res["note"],
                    n_gaussians=int(res["last"]["n_gaussians"]) if render_type == "gs" else None,

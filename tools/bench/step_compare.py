@@ -33,10 +33,11 @@ import torch
 from datasets import EVAL_ONLY_KEYS, collate, to_device
 from datasets.sampler import EpochSampler
 from options import parse_args as parse_model_args
-from tools.bench.harness import PAPER_MODEL, QUICK_MODEL, free_memory, sync
+from tools.bench.harness import PAPER_MODEL, QUICK_MODEL, free_memory, make_train_step, sync
 from tools.bench.scene import train_batch
 from utils.constants import CAMS
 from utils.speed import prepare_model
+from utils.throughput import timed_batches
 
 N_ITEMS = 8
 OLD = {"cudnn_benchmark": False, "channels_last": False, "compile": False}
@@ -97,40 +98,17 @@ def new_loaders(dataset, opt, device):
         epoch += 1
 
 
-def make_step(model, opt, device):
-    """The trainer's optimiser step on a batch already on the device; returns the loss (a float)."""
-    params = model.trainable_parameters()
-    optim = torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opt.amp)
-
-    def step(batch):
-        optim.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            loss, _, _ = model(batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, opt.grad_clip)
-        optim.step()
-        return float(loss.detach())
-    return step
-
-
 def time_loop(step, loaders, move, iters, warmup):
-    """Steps fed by the loaders (one per epoch): (mean seconds a step, mean data wait, first loss)."""
-    times, waits, first = [], [], None
+    """Steps fed by the loaders (one per epoch): (mean seconds a step, data wait included; mean data wait)."""
+    times, waits = [], []
     for loader in loaders:
-        batches = iter(loader)
-        while True:
-            t0 = time.perf_counter()
-            batch = next(batches, None)
-            if batch is None:
-                break
-            t1 = time.perf_counter()
-            loss = step(move(batch))
-            first = loss if first is None else first
-            waits.append(t1 - t0)
+        t0 = time.perf_counter()
+        for batch in timed_batches(loader, waits.append):
+            step(move(batch))
             times.append(time.perf_counter() - t0)
             if len(times) >= warmup + iters:
-                return statistics.mean(times[warmup:]), statistics.mean(waits[warmup:]), first
+                return statistics.mean(times[warmup:]), statistics.mean(waits[warmup:])
+            t0 = time.perf_counter()
     raise RuntimeError("the loaders ran out")
 
 
@@ -147,7 +125,8 @@ def run_variant(name, amp, settings, args, device, base_argv):
     row["speed"] = "; ".join(prepare_model(model, opt, device)) or "-"
     if old:  # prepare_model sets the flag from the options; the old trainer never touched it
         torch.backends.cudnn.benchmark = False
-    step = make_step(model, opt, device)
+    train_step = make_train_step(model, opt, device)
+    step = lambda b: train_step(b)[0]  # noqa: E731
     batch = train_batch(opt, device, args.seed)
     hw = (900, 1600) if not args.quick else (90, 160)
     data = MemoryItems(batch, eval_labels=old, uint8_images=not old, depth_hw=hw)
@@ -167,7 +146,7 @@ def run_variant(name, amp, settings, args, device, base_argv):
             times.append(time.perf_counter() - t0)
     row["model_s"] = statistics.median(times)
     loaders = (old_loaders if old else new_loaders)(data, opt, device)
-    row["loop_s"], row["data_wait_s"], _ = time_loop(step, loaders, move, args.step_iters, max(args.warmup, 1))
+    row["loop_s"], row["data_wait_s"] = time_loop(step, loaders, move, args.step_iters, max(args.warmup, 1))
     if device.type == "cuda":
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     if args.profile and name == "new":
