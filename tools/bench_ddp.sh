@@ -8,12 +8,12 @@
 #                                  # first build (~90 s) on a fresh machine
 #
 # Environment: PY (default python3), NGPU (default 2), EPOCHS (default 16), DATA (default data/synthetic-ddp,
-# generated when missing: 6 scenes x 12 frames at 270x480, 1 held out), OUT (default logs/bench_ddp),
-# WORKERS (generator processes, default 16). Results: $OUT/bench_ddp.{md,json}, logs $OUT/ddp-*.log.
+# generated when missing: 6 scenes x 12 frames at 270x480, 1 held out), BENCH_OUT (default logs/bench_ddp),
+# WORKERS (generator processes, default 16). Results: $BENCH_OUT/bench_ddp.{md,json}, logs $BENCH_OUT/ddp-*.log.
 set -e
 cd "$(dirname "$0")/.."
-PY=${PY:-python3}; NGPU=${NGPU:-2}; EPOCHS=${EPOCHS:-16}; DATA=${DATA:-data/synthetic-ddp}; OUT=${OUT:-logs/bench_ddp}
-mkdir -p "$OUT"
+PY=${PY:-python3}; NGPU=${NGPU:-2}; EPOCHS=${EPOCHS:-16}; DATA=${DATA:-data/synthetic-ddp}; RES=${BENCH_OUT:-logs/bench_ddp}
+mkdir -p "$RES"
 GPUS=$($PY -c "import torch; print(torch.cuda.device_count())")
 if [ "$GPUS" -lt "$NGPU" ]; then echo "bench_ddp.sh: NGPU=$NGPU but torch sees $GPUS GPU(s)" >&2; exit 1; fi
 if [ ! -f "$DATA/v1.0-synthetic/sample.json" ]; then
@@ -24,14 +24,14 @@ fi
 $PY tools/gsplat_build.py  # gsplat's kernels once, before any training process starts
 ARGS="--config configs/synthetic-gsv.txt --dataroot $DATA --train_split $DATA/splits/train.txt \
     --val_split $DATA/splits/val.txt --pose gt --num_epochs $EPOCHS --max_minutes 0 --val_every -1 --log_every 5 \
-    --image_every 0 --save_every 1000000 --resume false --log_dir $OUT"
+    --image_every 0 --save_every 1000000 --resume false --log_dir $RES"
 for n in 1 "$NGPU"; do
     if [ "$n" = 1 ]; then LAUNCH="$PY"; else LAUNCH="$PY -m torch.distributed.run --standalone --nproc_per_node $n"; fi
     echo "[bench_ddp] $n GPU(s): training"
     # shellcheck disable=SC2086
-    $LAUNCH train.py $ARGS --exp_name "ddp-${n}gpu" > "$OUT/ddp-${n}gpu.log" 2>&1 || { tail -30 "$OUT/ddp-${n}gpu.log"; exit 1; }
+    $LAUNCH train.py $ARGS --exp_name "ddp-${n}gpu" > "$RES/ddp-${n}gpu.log" 2>&1 || { tail -30 "$RES/ddp-${n}gpu.log"; exit 1; }
     echo "[bench_ddp] $n GPU(s): evaluation"
-    $PY eval.py --ckpt "$OUT/ddp-${n}gpu/ckpt/last.pt" --out_dir "$OUT/ddp-${n}gpu/eval" >> "$OUT/ddp-${n}gpu.log" 2>&1 \
-        || { tail -30 "$OUT/ddp-${n}gpu.log"; exit 1; }
+    $PY eval.py --ckpt "$RES/ddp-${n}gpu/ckpt/last.pt" --out_dir "$RES/ddp-${n}gpu/eval" >> "$RES/ddp-${n}gpu.log" 2>&1 \
+        || { tail -30 "$RES/ddp-${n}gpu.log"; exit 1; }
 done
-$PY tools/ddp_report.py "$OUT/ddp-1gpu" "$OUT/ddp-${NGPU}gpu" --out "$OUT/bench_ddp"
+$PY tools/ddp_report.py "$RES/ddp-1gpu" "$RES/ddp-${NGPU}gpu" --out "$RES/bench_ddp"
