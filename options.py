@@ -49,7 +49,9 @@ def add_base_args(p):
                    help="gsp: stage 1 (depth + metric-scale pose, no GT pose); gsv: stage 2 (voxel Gaussians)")
     g.add_argument("--exp_name", type=str, default="debug", help="run name; outputs go to <log_dir>/<exp_name>")
     g.add_argument("--log_dir", type=str, default="logs", help="root folder of runs (checkpoints, tensorboard)")
-    g.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--device", type=str, default="auto",
+                   help="auto, cpu, cuda or cuda:N (one process); under torchrun process i takes GPU LOCAL_RANK i "
+                        "of CUDA_VISIBLE_DEVICES")
     g.add_argument("--seed", type=int, default=0, help="random seed")
     g.add_argument("--num_workers", type=int, default=2, help="data loader workers per process")
 

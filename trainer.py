@@ -168,7 +168,8 @@ class Trainer:
             (self.world, self.opt.batch_size)
         if not (same_split and 0 <= self.epoch_batches <= self.steps_per_epoch):
             if dist.is_main():
-                print(f"resume: processes / batch size changed since the checkpoint: epoch {self.epoch} restarts")
+                print(f"resume: the position in epoch {self.epoch} cannot be restored (another number of processes or "
+                      f"batch size, or an old checkpoint after a skipped step): the epoch restarts")
             self.epoch_batches = 0
         if dist.is_main():
             print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.epoch_batches})")
