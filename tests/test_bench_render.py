@@ -100,6 +100,6 @@ def test_step_compare_old_and_new_paths_give_the_same_loss(tmp_path):
     assert set(rows) == {"old", "new"} and all(r["status"] == "ok" for r in rows.values())
     assert rows["new"]["loss_rel_diff"] == 0 and math.isfinite(rows["old"]["loss_first"])
     for r in rows.values():
-        assert r["model_s"] > 0 and r["loop_s"] > 0 and r["data_wait_s"] >= 0
+        assert r["model_s"] > 0 and r["loop_s"] > 0 and r["data_wait_s"] >= 0 and r["epoch_start_s"] >= 0
     md = (tmp_path / "bench_step.md").read_text()
     assert "| old |" in md and "| new |" in md and json.loads((tmp_path / "bench_step.json").read_text())["rows"]
