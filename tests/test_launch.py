@@ -53,6 +53,37 @@ def test_auto_announces_its_choice_once(fresh_backend, capsys):
                      "[rasteriser] auto -> torch (pure PyTorch reference; no CUDA device)"]
 
 
+@pytest.mark.parametrize("backend_py, ok, detail", [
+    ("_C = object()", True, "gsplat 9.9.9"),
+    ("_C = None", False, "gsplat found no CUDA toolkit (nvcc) to build its kernels"),
+    ("raise OSError('nvcc failed')", False, "gsplat's CUDA kernels do not build (OSError: nvcc failed)")])
+def test_gsplat_status_loads_the_kernels_under_the_lock(tmp_path, monkeypatch, fresh_backend, backend_py, ok, detail):
+    """A stand-in gsplat package: importing gsplat.cuda._backend is where the real one builds its kernels."""
+    pkg = tmp_path / "site" / "gsplat"
+    (pkg / "cuda").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("__version__ = '9.9.9'\n")
+    (pkg / "cuda" / "__init__.py").write_text("")
+    (pkg / "cuda" / "_backend.py").write_text(
+        "import os, fcntl\n"
+        "with open(os.environ['TORCH_EXTENSIONS_DIR'] + '/gsplat_build.lock') as f:\n"
+        "    try:\n"
+        "        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+        "        raise RuntimeError('the build ran without the lock held')\n"
+        "    except BlockingIOError:\n"
+        "        pass\n" + backend_py + "\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    def forget_gsplat():
+        for name in [m for m in sys.modules if m == "gsplat" or m.startswith("gsplat.")]:
+            del sys.modules[name]
+    forget_gsplat()
+    try:
+        assert raster_backend.gsplat_status() == (ok, detail)
+        assert raster_backend.gsplat_status(load_kernels=False) == (True, "gsplat 9.9.9")
+    finally:
+        forget_gsplat()  # the stand-in must not serve later tests
+
+
 def test_build_lock_makes_a_second_builder_wait(tmp_path, capsys):
     path, events = tmp_path / "ext" / "gsplat_build.lock", []
 
