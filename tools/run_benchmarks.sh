@@ -52,15 +52,16 @@ ddp)
     ;;
 cpu-default)
     rm -rf logs/quick-gsp logs/quick-gsp-refine logs/quick-gsv  # from scratch (the generated data is deterministic)
-    start=$(date +%s)
+    start=$(date +%s); commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
     CUDA_VISIBLE_DEVICES="" sh run_gs_occ.sh synthetic > logs/cpu-default.log 2>&1
     out=docs/results/cpu_default
     mkdir -p $out
     cp logs/quick-gsv/eval/metrics.json logs/quick-gsv/eval/metrics.md $out/
     { echo "# The CPU default: \`sh run_gs_occ.sh\` without a GPU"; echo
       echo "- command: \`sh tools/run_benchmarks.sh cpu-default\` (stage 1, refine, stage 2 with the stage-1 pose, eval)"
-      echo "- machine: $(nproc) CPU cores, $(uname -m); wall time $(( ($(date +%s) - start) / 60 )) min; $(date -u +%F)"
-      echo "- code: commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"; echo
+      echo "- machine: $(nproc) CPU cores, $(uname -m); wall time $(( ($(date +%s) - start) / 60 )) min; $(date -u +%F);" \
+           "load average at the end $(cut -d' ' -f1-3 /proc/loadavg) (other jobs on the same cores make it slower)"
+      echo "- code: commit $commit; after so few steps the metrics only show that every stage runs"; echo
       cat $out/metrics.md; } > $out/run.md
     cat $out/run.md
     ;;
