@@ -23,7 +23,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from datasets import EVAL_ONLY_KEYS, build_dataset, collate, to_device  # noqa: F401 (to_device: old import path)
+from datasets import EVAL_ONLY_KEYS, build_dataset, collate, to_device
 from datasets.sampler import EpochSampler
 from networks import build_model
 from options import ConfigError, dump_options

@@ -3,7 +3,7 @@ docs/ARCHITECTURE.md)."""
 import torch
 
 # Keys only the evaluation reads: training datasets leave them out (``eval_labels=False``).
-EVAL_ONLY_KEYS = ("depth_gt", "occ_semantics", "occ_mask_camera", "occ_mask_lidar")
+EVAL_ONLY_KEYS = ("depth_gt", "occ_semantics", "occ_mask_camera", "occ_mask_lidar", "ray_origins")
 
 
 def build_dataset(opt, split, eval_labels=True, uint8_images=False):

@@ -215,7 +215,7 @@ class NuScenesDataset(Dataset):
     ``scene``).
 
     ``eval_labels=False`` (training) leaves out the evaluation-only labels (``EVAL_ONLY_KEYS``: the dense LiDAR
-    depth, ~35 MB a sample at 1600x900, and the Occ3D volumes); their folders are still checked at start.
+    depth, ~35 MB a sample at 1600x900, the Occ3D volumes and ray origins); their folders are still checked.
     ``uint8_images=True`` returns ``imgs`` as uint8 0-255 (4x less to move between processes and to the GPU;
     ``datasets.to_device`` turns them into the same float images there).
 

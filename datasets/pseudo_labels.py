@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from utils.constants import IGNORE_ID
+from utils.errors import BadData, MissingFile, UnreadableFile
 
 SEM_FORMATS = ("png", "gsam_bin")
 GSAM_NAMES = ("nothing", "sedan", "highway", "bus", "truck", "terrain", "tree", "sidewalk", "bicycle", "barrier",
@@ -36,28 +37,28 @@ GSAM_TO_OCC = np.array([0, 4, 11, 3, 10, 14, 16, 13, 2, 1, 7, 15, 6, 5, 9, 8, IG
 def read_png_label(path):
     """(h, w) uint8 class ids of a single-channel PNG label."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"semantic label missing: {path}")
+        raise MissingFile(f"semantic label missing: {path}")
     try:
         with Image.open(path) as img:
             if img.mode not in ("L", "P"):
-                raise ValueError(f"semantic label {path}: expected a single-channel uint8 PNG, got {img.mode}")
+                raise BadData(f"semantic label {path}: expected a single-channel uint8 PNG, got {img.mode}")
             return np.asarray(img, dtype=np.uint8)
     except OSError as e:
-        raise OSError(f"cannot read semantic label {path}: {e}") from None
+        raise UnreadableFile(f"cannot read semantic label {path}: {e}") from None
 
 
 def read_gsam_bin(path, image_hw):
     """(h, w) uint8 Occ3D class ids of a Grounded-SAM ``*_mask.bin`` file of an image of ``image_hw`` pixels."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Grounded-SAM label missing: {path}")
+        raise MissingFile(f"Grounded-SAM label missing: {path}")
     h, w = (int(s) for s in image_hw)
     raw = np.fromfile(path, dtype=np.int8)
     if raw.size != h * w:
-        raise ValueError(f"Grounded-SAM label {path}: {raw.size} bytes, expected {h} x {w} = {h * w} (int8, one id "
-                         f"per pixel of the {w} x {h} image it belongs to)")
+        raise BadData(f"Grounded-SAM label {path}: {raw.size} bytes, expected {h} x {w} = {h * w} (int8, one id "
+                      f"per pixel of the {w} x {h} image it belongs to)")
     if raw.min() < 0 or raw.max() >= len(GSAM_TO_OCC):
-        raise ValueError(f"Grounded-SAM label {path}: ids outside 0..{len(GSAM_TO_OCC) - 1}: "
-                         f"{sorted(set(np.unique(raw).tolist()) - set(range(len(GSAM_TO_OCC))))[:10]}")
+        raise BadData(f"Grounded-SAM label {path}: ids outside 0..{len(GSAM_TO_OCC) - 1}: "
+                      f"{sorted(set(np.unique(raw).tolist()) - set(range(len(GSAM_TO_OCC))))[:10]}")
     return GSAM_TO_OCC[raw.reshape(h, w)]
 
 

@@ -103,3 +103,16 @@ def test_step_compare_old_and_new_paths_give_the_same_loss(tmp_path):
         assert r["model_s"] > 0 and r["loop_s"] > 0 and r["data_wait_s"] >= 0 and r["epoch_start_s"] >= 0
     md = (tmp_path / "bench_step.md").read_text()
     assert "| old |" in md and "| new |" in md and json.loads((tmp_path / "bench_step.json").read_text())["rows"]
+
+
+def test_step_compare_networks_parse():
+    """The two networks of --step_net: the one issue 5 timed (0.163 s) and today's defaults (the authors')."""
+    from options import parse_args
+    from tools.bench.harness import PAPER_MODEL
+    from tools.bench.step_compare import NETS
+    project, authors = (parse_args(["--stage", "gsv", "--pose", "gt", *PAPER_MODEL, *NETS[n]]) for n in ("project",
+                                                                                                     "authors"))
+    assert (project.encoder_layers, project.image_neck, project.feat_stride, project.occ_decoder) == \
+        (50, "fpn", 8, "residual") and project.lift_visibility
+    assert (authors.encoder_layers, authors.occ_decoder) == (101, "hourglass")
+    assert project.grid_size == authors.grid_size == [300, 300, 24] and project.input_size == [384, 640]

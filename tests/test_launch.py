@@ -160,16 +160,18 @@ def test_init_distributed_reads_torchrun_variables(monkeypatch):
 
 def test_sync_batchnorm_only_under_ddp_on_gpus():
     from networks.gsv_model import GSVModel
-    opt = options.parse_args(["--stage", "gsv", "--pose", "gt", "--encoder_layers", "18", "--grid_size", "8", "8",
-                              "4", "--feat_dim", "8", "--voxel_feat_dim", "4", "--decoder_blocks", "1"])
+    opt = options.parse_args(["--stage", "gsv", "--pose", "gt", "--encoder_layers", "18", "--encoder_weights", "none",
+                              "--grid_size", "8", "8", "4", "--contracted", "false", "--feat_dim", "8",
+                              "--voxel_feat_dim", "4"])  # the authors' network: BatchNorm in the encoder and the 3D CNN
     model = GSVModel(opt)
     keys = list(model.state_dict())
-    bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-    assert bn == 20  # ResNet-18: all BatchNorm layers are in the image encoder (the 3D decoder uses GroupNorm)
+    bn2d, bn3d = (sum(isinstance(m, t) for m in model.modules()) for t in (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d))
+    assert bn2d > 0 and bn3d > 0
     assert dist.sync_batchnorm(model, 1, CUDA)[1] == 0 and dist.sync_batchnorm(model, 2, torch.device("cpu"))[1] == 0
     assert dist.sync_batchnorm(model, 2, CUDA, enabled=False)[1] == 0
     model, n = dist.sync_batchnorm(model, 2, CUDA)
-    assert n == 20 and sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()) == 20
+    assert n == bn2d + bn3d and sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()) == n
+    assert not any(type(m) in (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d) for m in model.modules())
     assert list(model.state_dict()) == keys  # checkpoints load either way
 
 

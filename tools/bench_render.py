@@ -98,6 +98,9 @@ def build_parser():
     g.add_argument("--step_compare", action="store_true", help="time the old vs the new training step")
     g.add_argument("--step_amp", type=str, default=None, help="comma-separated amp modes (default none,bf16; "
                    "--quick or CPU: none)")
+    g.add_argument("--step_net", type=str, default="project",
+                   help="comma-separated networks: project (the one issue 5 measured, 0.163 s), authors (today's "
+                        "defaults); --quick uses a tiny one")
     g.add_argument("--step_repeats", type=int, default=None, help="timed model steps (default 10; --quick 2)")
     g.add_argument("--step_iters", type=int, default=None,
                    help="timed steps fed by the DataLoader (default 24; --quick 4)")
@@ -122,6 +125,7 @@ def resolve_args(argv=None):
     cpu = args.device == "cpu" or not torch.cuda.is_available()
     args.step_amp = (args.step_amp or ("none" if q or cpu else "none,bf16")).split(",")
     args.step_repeats = args.step_repeats or (2 if q else 10)
+    args.step_net = args.step_net.split(",")
     args.step_iters = args.step_iters or (4 if q else 24)
     args.step_workers = args.step_workers if args.step_workers is not None else (0 if q else 4)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]

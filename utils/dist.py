@@ -57,9 +57,10 @@ def sync_batchnorm(model, world, device, enabled=True):
     """Under DDP on GPUs, every BatchNorm layer of ``model`` becomes a SyncBatchNorm (statistics over the batch
     of all processes, not each process's own 6 images); returns (model, number of layers converted).
 
-    Only the ResNet encoders have BatchNorm (the 3D decoder uses GroupNorm, which needs no sync). The state dict
-    keeps the same keys, so checkpoints load either way. Frozen models held outside the module tree (the stage-1
-    pose net of stage 2) are left alone; they run in eval mode.
+    BatchNorm sits in the ResNet encoders and in the authors' hourglass 3D decoder (BatchNorm3d); this project's
+    residual decoder and the image necks use GroupNorm / InstanceNorm, which need no sync. The state dict keeps the
+    same keys, so checkpoints load either way. Frozen models held outside the module tree (the stage-1 pose net of
+    stage 2) are left alone; they run in eval mode.
     """
     n = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     if not (enabled and world > 1 and device.type == "cuda" and n):

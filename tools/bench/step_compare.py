@@ -3,9 +3,10 @@
     python tools/bench_render.py --step_compare --out_dir logs/bench_step               # CUDA, paper config
     python tools/bench_render.py --step_compare --quick --device cpu --out_dir /tmp/s   # CPU smoke run
 
-Both paths train the same GSVModel (paper config: input 384x640, render 180x320, grid 300 300 24, ResNet-50,
-``--pose gt --use_sem true``, random init with the same seed) with the trainer's step: zero_grad, forward
-under autocast (``--amp``), backward, grad clip, AdamW. What differs is everything around the network:
+Both paths train the same GSVModel (paper sizes: input 384x640, render 180x320, grid 300 300 24; ``--step_net``:
+the network measured in issue 5 ("project") and / or the authors' ("authors", today's defaults), see ``NETS``;
+``--pose gt --use_sem true``, random init with the same seed) with the trainer's step: zero_grad, forward under
+autocast (``--amp``), backward, grad clip, AdamW. What differs is everything around the network:
 
 * old (the trainer of commit 5356495): a new DataLoader every epoch (workers restarted), items with the
   evaluation-only labels (dense LiDAR depth 6x900x1600 float32, Occ3D volumes) and float32 images, every
@@ -43,6 +44,12 @@ from utils.throughput import timed_batches
 
 N_ITEMS = 12
 OLD = {"cudnn_benchmark": False, "channels_last": False, "compile": False}
+# --step_net: "project" = the network the 0.163 s of issue 5 was measured on (this project's: ResNet-50, fpn neck
+# at stride 8, visibility channel, residual 3D decoder); "authors" = the option defaults (configs/nusc-gsv.txt:
+# ResNet-101, upconcat neck at stride 4, hourglass decoder). Both on the paper's sizes (PAPER_MODEL).
+NETS = {"project": ["--encoder_layers", "50", "--image_neck", "fpn", "--feat_stride", "8", "--lift_visibility",
+                    "true", "--occ_decoder", "residual"],
+        "authors": []}
 
 
 class MemoryItems(torch.utils.data.Dataset):
@@ -124,7 +131,7 @@ def time_loop(step, loaders, move, iters, warmup):
 
 def run_variant(name, amp, settings, args, device, base_argv):
     """One row: model step and loop timings of a variant (``settings``: speed options, or OLD)."""
-    old = name.startswith("old")
+    old = settings is OLD
     argv = base_argv + ["--amp", amp, "--num_workers", str(args.step_workers),
                         *[x for k, v in settings.items() for x in (f"--{k}", str(v).lower())]]
     opt = parse_model_args(argv)
@@ -159,7 +166,7 @@ def run_variant(name, amp, settings, args, device, base_argv):
     row.update(time_loop(step, loaders, move, args.step_iters, max(args.warmup, 1)))
     if device.type == "cuda":
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    if args.profile and name == "new":
+    if args.profile and not settings and amp == args.step_amp[0]:
         row["profile"] = profile_step(step, fixed, device)
     return row
 
@@ -177,16 +184,17 @@ def profile_step(step, batch, device, n=3):
 
 
 def variants(args):
-    """(name, amp, speed settings) in the order they run."""
+    """(network, name, amp, speed settings) in the order they run."""
     out = []
-    for amp in args.step_amp:
-        out += [(f"old{'' if amp == 'none' else ' ' + amp}", amp, OLD),
-                (f"new{'' if amp == 'none' else ' ' + amp}", amp, {})]
-        if args.step_ablations:
-            out += [(f"new{' ' + amp if amp != 'none' else ''} -{k}", amp, {k: False})
-                    for k in ("cudnn_benchmark", "channels_last")]
-        if args.step_compile:
-            out.append((f"new{' ' + amp if amp != 'none' else ''} +compile", amp, {"compile": True}))
+    for net in (["quick"] if args.quick else args.step_net):
+        pre = f"{net}: " if len(args.step_net) > 1 and not args.quick else ""
+        for amp in args.step_amp:
+            a = "" if amp == "none" else " " + amp
+            out += [(net, f"{pre}old{a}", amp, OLD), (net, f"{pre}new{a}", amp, {})]
+            if args.step_ablations:
+                out += [(net, f"{pre}new{a} -{k}", amp, {k: False}) for k in ("cudnn_benchmark", "channels_last")]
+            if args.step_compile:
+                out.append((net, f"{pre}new{a} +compile", amp, {"compile": True}))
     return out
 
 
@@ -194,20 +202,21 @@ def run(args, device, meta):
     """All variants; writes bench_step.{md,json} (and bench_step_profile.txt) to ``args.out_dir``."""
     base = ["--stage", "gsv", "--pose", "gt", "--use_sem", "true", "--seed", str(args.seed),
             "--raster_backend", "torch" if args.quick or device.type != "cuda" else "gsplat"]
-    base += QUICK_MODEL if args.quick else PAPER_MODEL
     rows = []
-    for name, amp, settings in variants(args):
+    for net, name, amp, settings in variants(args):
         print(f"step_compare: {name}", end=" ", flush=True)
+        argv = base + (QUICK_MODEL if net == "quick" else PAPER_MODEL + NETS[net])
         try:
-            row = run_variant(name, amp, settings, args, device, base)
+            row = run_variant(name, amp, settings, args, device, argv)
         except Exception as err:
             row = {"variant": name, "amp": amp, "status": f"error: {type(err).__name__}: {str(err)[:160]}"}
+        row.update(net=net, old=settings is OLD)
         free_memory(device)
         rows.append(row)
         print(row["status"] if row["status"] != "ok" else
               f"model {row['model_s']:.4f} s, loop {row['loop_s']:.4f} s/step", flush=True)
     for r in rows:
-        ref = next((x for x in rows if x["variant"].startswith("old") and x["amp"] == r["amp"]
+        ref = next((x for x in rows if x["old"] and (x["net"], x["amp"]) == (r["net"], r["amp"])
                     and x["status"] == "ok"), None)
         if ref and r["status"] == "ok":
             r["model_speedup"] = ref["model_s"] / r["model_s"]
@@ -228,7 +237,8 @@ def run(args, device, meta):
 
 
 def markdown(rows, meta, args):
-    cfg = "tiny --quick config" if args.quick else "paper config: input 384x640, render 180x320, grid 300 300 24"
+    cfg = "tiny --quick config" if args.quick else (f"paper sizes: input 384x640, render 180x320, grid 300 300 24; "
+                                                    f"network {' and '.join(args.step_net)}")
     L = [f"# Stage-2 training step: old code path vs new ({cfg})", "",
          f"- device: {meta['device']}; torch {meta['torch']} (CUDA {meta['cuda']}); gsplat {meta['gsplat']}",
          f"- date: {meta['date']}; command: `{meta['command']}`",
