@@ -23,11 +23,12 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from datasets import EVAL_ONLY_KEYS, build_dataset, collate, to_device
+from datasets import EVAL_ONLY_KEYS, build_dataset, collate
 from datasets.sampler import EpochSampler
 from networks import build_model
 from options import ConfigError, dump_options
 from utils import dist
+from utils.batch import to_device
 from utils.health import TrainingHealth
 from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint, strip_module_prefix
 from utils.speed import prepare_model

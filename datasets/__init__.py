@@ -1,5 +1,4 @@
-"""Datasets: ``build_dataset(opt, split)``, the batch ``collate`` and ``to_device`` (item layout:
-docs/ARCHITECTURE.md)."""
+"""Datasets: ``build_dataset(opt, split)`` and the batch ``collate`` (item layout: docs/ARCHITECTURE.md)."""
 import torch
 
 # Keys only the evaluation reads: training datasets leave them out (``eval_labels=False``).
@@ -8,7 +7,8 @@ EVAL_ONLY_KEYS = ("depth_gt", "occ_semantics", "occ_mask_camera", "occ_mask_lida
 
 def build_dataset(opt, split, eval_labels=True, uint8_images=False):
     """The dataset named by ``opt.dataset`` for ``split`` ("train" or "val"). ``eval_labels=False`` leaves out
-    ``EVAL_ONLY_KEYS``; ``uint8_images=True`` returns ``imgs`` as uint8 (``to_device`` makes them float)."""
+    ``EVAL_ONLY_KEYS``; ``uint8_images=True`` returns ``imgs`` as uint8 (``utils.batch.to_device`` makes them
+    float)."""
     if opt.dataset == "nuscenes":
         from datasets.nuscenes_dataset import NuScenesDataset
         return NuScenesDataset(opt, split, eval_labels, uint8_images)
@@ -16,21 +16,6 @@ def build_dataset(opt, split, eval_labels=True, uint8_images=False):
         from datasets.ddad_dataset import DDADDataset
         return DDADDataset(opt, split, eval_labels, uint8_images)
     raise ValueError(f"unknown dataset '{opt.dataset}' (expected nuscenes or ddad)")
-
-
-def to_device(batch, device, skip=()):
-    """Tensors of a (nested) batch moved to ``device`` (non-blocking from pinned memory), keys in ``skip``
-    dropped; uint8 ``imgs`` become float in [0, 1] there (the same values as the dataset's float images)."""
-    if torch.is_tensor(batch):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        out = {k: to_device(v, device) for k, v in batch.items() if k not in skip}
-        if torch.is_tensor(out.get("imgs")) and out["imgs"].dtype == torch.uint8:
-            out["imgs"] = out["imgs"].float().div_(255.0)
-        return out
-    if isinstance(batch, list):
-        return [to_device(v, device) for v in batch]
-    return batch
 
 
 def collate(batch):

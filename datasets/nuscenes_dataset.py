@@ -217,7 +217,7 @@ class NuScenesDataset(Dataset):
     ``eval_labels=False`` (training) leaves out the evaluation-only labels (``EVAL_ONLY_KEYS``: the dense LiDAR
     depth, ~35 MB a sample at 1600x900, the Occ3D volumes and ray origins); their folders are still checked.
     ``uint8_images=True`` returns ``imgs`` as uint8 0-255 (4x less to move between processes and to the GPU;
-    ``datasets.to_device`` turns them into the same float images there).
+    ``utils.batch.to_device`` turns them into the same float images there).
 
     Temporal neighbours follow each camera's sample_data chain: with ``opt.adjacent == "keyframe"`` the chain is
     walked to the previous / next keyframe (= the previous / next sample's image of that camera), with "sweep" the

@@ -265,7 +265,8 @@ def test_truncated_occ3d_labels_name_the_file(nusc_root, tokens, occ3d_label, tm
 
 
 def test_training_items_leave_out_eval_labels_and_carry_uint8_images(nusc_root, tmp_path):
-    from datasets import EVAL_ONLY_KEYS, to_device
+    from datasets import EVAL_ONLY_KEYS
+    from utils.batch import to_device
     (tmp_path / "depth").mkdir()  # exists but empty: reading any depth file would fail
     opt = make_opt(nusc_root, depth_root=str(tmp_path / "depth"))
     val = NuScenesDataset(opt, "val")

@@ -2,11 +2,17 @@
 import torch
 
 
-def to_device(batch, device):
+def to_device(batch, device, skip=()):
+    """Tensors of a (nested) batch moved to ``device`` (non-blocking from pinned memory), top-level keys in ``skip``
+    dropped (the trainer skips ``datasets.EVAL_ONLY_KEYS``); uint8 ``imgs`` become float in [0, 1] there (the same
+    values as the dataset's float images: uint8 / 255)."""
     if torch.is_tensor(batch):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
+        out = {k: to_device(v, device) for k, v in batch.items() if k not in skip}
+        if torch.is_tensor(out.get("imgs")) and out["imgs"].dtype == torch.uint8:
+            out["imgs"] = out["imgs"].float().div_(255.0)
+        return out
     if isinstance(batch, list):
         return [to_device(v, device) for v in batch]
     return batch

@@ -12,7 +12,7 @@ autocast (``--amp``), backward, grad clip, AdamW. What differs is everything aro
   evaluation-only labels (dense LiDAR depth 6x900x1600 float32, Occ3D volumes) and float32 images, every
   tensor of the batch sent to the GPU, cuDNN's default algorithm choice, default memory layout;
 * new (the trainer now): ``trainer.make_loader`` (persistent workers, prefetching), training items without the
-  evaluation-only labels and with uint8 images, ``datasets.to_device(..., skip=EVAL_ONLY_KEYS)``, and
+  evaluation-only labels and with uint8 images, ``utils.batch.to_device(..., skip=EVAL_ONLY_KEYS)``, and
   ``utils.speed.prepare_model`` with the option defaults (cudnn.benchmark, channels_last).
 With ``--step_ablations``, "new" minus each speed option; with ``--step_compile``, "new" + torch.compile.
 
@@ -33,11 +33,12 @@ import time
 import numpy as np
 import torch
 
-from datasets import EVAL_ONLY_KEYS, collate, to_device
+from datasets import EVAL_ONLY_KEYS, collate
 from datasets.sampler import EpochSampler
 from options import parse_args as parse_model_args
 from tools.bench.harness import PAPER_MODEL, QUICK_MODEL, free_memory, make_train_step, sync
 from tools.bench.scene import train_batch
+from utils.batch import to_device
 from utils.constants import CAMS
 from utils.speed import prepare_model
 from utils.throughput import timed_batches
