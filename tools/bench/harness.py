@@ -10,7 +10,7 @@ import torch
 
 from networks.occ_net import VoxelGrid
 from networks.volume_render import render_volume
-from networks.voxel_gaussians import voxels_to_gaussians
+from networks.voxel_gaussians import voxel_opacity, voxels_to_gaussians
 from options import parse_args as parse_model_args
 from tools.bench.scene import rig_cameras, scene_labels, scene_logits, train_batch
 from utils.constants import OCC3D_RANGE
@@ -129,8 +129,9 @@ class RenderInputs:
         self.voxel_xy = (OCC3D_RANGE[3] - OCC3D_RANGE[0]) / X
         self.voxel_mean = float(np.mean([(OCC3D_RANGE[3 + i] - OCC3D_RANGE[i]) / n for i, n in enumerate((X, Y, Z))]))
         self.gs_scale = args.gs_scale if args.gs_scale is not None else SCALE_PER_VOXEL * self.voxel_xy
+        # the scene's logits are built for opacity 1 - softmax[free] (scene.py), and both renderers read it
         self.opt = parse_model_args(["--gs_scale", f"{self.gs_scale:.6g}", "--grid_size", str(X), str(Y), str(Z),
-                                     *BENCH_NET])
+                                     "--opacity", "softmax", *BENCH_NET])
 
 
 def render_fn(method, inp, cams, w, h, grad):
@@ -142,8 +143,8 @@ def render_fn(method, inp, cams, w, h, grad):
         inp.logits.grad = None
         with torch.set_grad_enabled(grad):
             if method == "volume":
-                probs = torch.softmax(inp.logits, 0)
-                out = render_volume(1 - probs[-1], inp.logits[:-1], OCC3D_RANGE, viewmats, Ks, w, h,
+                opacity = voxel_opacity(inp.logits[None], inp.opt.opacity)[0]
+                out = render_volume(opacity, inp.logits[:-1], OCC3D_RANGE, viewmats, Ks, w, h,
                                     near=NEAR, far=FAR)
                 n = 0
             else:
