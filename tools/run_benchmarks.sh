@@ -2,6 +2,7 @@
 # The GPU benchmarks of the README, one phase at a time (each phase fits a 10-minute slot or runs in the
 # background; results land in logs/<run>/eval/metrics.{json,md} and logs/bench/).
 #
+#   sh tools/run_benchmarks.sh pipeline    # 2 GPUs, ~10 min: no-GT-pose pipeline on a small synthetic set + fixture
 #   sh tools/run_benchmarks.sh data        # synthetic benchmark set (18 scenes x 30 frames, 270x480) + LiDAR depth
 #   sh tools/run_benchmarks.sh bench       # render / training-iteration speed: GSV (gsplat, torch) vs volume rendering
 #   sh tools/run_benchmarks.sh step        # stage-2 training step at the paper config: old code path vs new (+ profile)
@@ -34,7 +35,41 @@ train_eval() {  # $1 = run name, rest = train.py options; evaluates the last che
     echo "[done] $name"
 }
 
+on_gpu() {  # $1 = GPU id, rest = a command (train_eval ...) run with only that GPU visible
+    gpu=$1; shift
+    (export CUDA_VISIBLE_DEVICES=$gpu; "$@")
+}
+
 case "$1" in
+pipeline)
+    # The method without any ground-truth pose on a small synthetic set (SYN_SCENES streets x SYN_FRAMES keyframes
+    # with 12 Hz camera sweeps, 2 held out), beside stage 2 on recorded poses (same steps), and the real-fixture
+    # stage-2 variants: two GPUs (G0, G1), about 10 minutes. Stage 1 (S1_MIN) | fixture stage 2, then stage 2 on
+    # stage-1 poses | recorded poses (with and without 2D labels) | the stage-1 refine phase (GSV_STEPS steps).
+    SYNP=${SYNP:-data/synthetic-pipe}; G0=${G0:-0}; G1=${G1:-1}; S1_MIN=${S1_MIN:-4}; N=${GSV_STEPS:-800}
+    [ -f $SYNP/v1.0-synthetic/sample.json ] || $PY tools/make_synthetic_nusc.py --out $SYNP \
+        --num_scenes "${SYN_SCENES:-8}" --frames_per_scene "${SYN_FRAMES:-12}" --img_size 270 480 --val_scenes 2 \
+        --workers "${WORKERS:-28}" > logs/pipe-data.log 2>&1
+    mkdir -p $SYNP/depth_gt  # training reads no depth; the held-out scenes' LiDAR depth is exported meanwhile
+    $PY tools/export_gt_depth_nusc.py --dataroot $SYNP --version v1.0-synthetic --out depth_gt \
+        --split $SYNP/splits/val.txt >> logs/pipe-data.log 2>&1 &
+    SD="--dataroot $SYNP --train_split $SYNP/splits/train.txt --val_split $SYNP/splits/val.txt"
+    FX="--config configs/fixture-gsv.txt --dataroot $FIXTURE --num_workers 3"
+    on_gpu "$G1" train_eval pipe-gsp --config configs/synthetic-gsp.txt $SD --max_minutes "$S1_MIN" &
+    for v in "default:" "no-entropy:--w_entropy 0" "softmax:--opacity softmax"; do
+        on_gpu "$G0" train_eval "fixture-gsv-${v%%:*}" $FX ${v#*:} --max_minutes "$S1_MIN" &
+    done
+    wait
+    $PY eval.py --config configs/synthetic-gsp.txt $SD --adjacent keyframe --ckpt logs/pipe-gsp/ckpt/last.pt \
+        --out_dir logs/pipe-gsp/eval-keyframes > logs/pipe-gsp-keyframes.log 2>&1 &
+    C2="--config configs/synthetic-gsv.txt $SD --max_steps $N --max_minutes ${S2_MIN:-4}"
+    on_gpu "$G1" train_eval pipe-gsv --pose stage1 --stage1_ckpt logs/pipe-gsp/ckpt/last.pt $C2 &
+    on_gpu "$G1" train_eval pipe-gsp-refine --config configs/synthetic-gsp.txt $SD --gsp_phase refine \
+        --load_weights logs/pipe-gsp/ckpt/last.pt --max_minutes 1.5 &
+    on_gpu "$G0" train_eval pipe-gsv-gtpose --pose gt $C2 &
+    on_gpu "$G0" train_eval pipe-gsv-gtpose-nosem --pose gt --use_sem false $C2 &
+    wait
+    ;;
 data)
     [ -f $SYN/v1.0-synthetic/sample.json ] || $PY tools/make_synthetic_nusc.py --out $SYN --num_scenes "${SYN_SCENES:-18}" \
         --frames_per_scene "${SYN_FRAMES:-30}" --img_size 270 480 --val_scenes 2 --workers "${WORKERS:-12}"
