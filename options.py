@@ -64,6 +64,10 @@ def add_base_args(p):
     g.add_argument("--max_steps", type=int, default=0, help="stop after this many optimiser steps (0 = no limit)")
     g.add_argument("--max_minutes", type=float, default=0.0, help="stop (with a checkpoint) after this many "
                    "minutes of training (0 = no limit)")
+    g.add_argument("--color_aug", type=float, default=0.5,
+                   help="probability of a colour jitter (brightness, contrast, saturation 0.2, hue 0.1; one per "
+                        "sample) of the networks' input images in training; the losses see the originals "
+                        "(monodepth2's and the authors' augmentation; 0 = off)")
     g.add_argument("--lr_warmup", type=int, default=300,
                    help="linear learning-rate warm-up over this many first steps (0 = off): the first Adam steps "
                         "otherwise throw the stage-1 motion far out, where the auto-masked loss has no gradient")

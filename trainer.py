@@ -28,6 +28,7 @@ from datasets.sampler import EpochSampler
 from networks import build_model
 from options import ConfigError, dump_options
 from utils import dist
+from utils.augment import color_jitter
 from utils.batch import to_device
 from utils.health import TrainingHealth
 from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint, strip_module_prefix
@@ -121,6 +122,7 @@ class Trainer:
         self.milestones = [int(f * self.total_steps) for f in opt.lr_milestones]
 
         self.step, self.epoch, self.epoch_batches = 0, 0, 0  # epoch_batches: batches of this epoch consumed
+        self.aug_generator = torch.Generator().manual_seed(opt.seed * 1000003 + self.rank)
         self.health = TrainingHealth(after=opt.lr_warmup)  # reads the logged rows, warns when a run has failed
         self.writer = None
         if dist.is_main():
@@ -231,6 +233,8 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr_at(self.step) * g.get("lr_scale", 1.0)  # each group's own multiple of the schedule
         batch = to_device(batch, self.device, skip=EVAL_ONLY_KEYS)
+        if opt.color_aug > 0:
+            batch["imgs_net"] = color_jitter(batch["imgs"], opt.color_aug, self.aug_generator)
         self.net.train()
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):

@@ -73,7 +73,8 @@ def scale_locked(depth):
 class GSPModel(nn.Module):
     """Depth net + pose net trained by temporal and cross-view (GSP) photometric losses.
 
-    Batch: imgs (B,3,6,3,H,W) prev / current / next, K (B,6,3,3) at the input size, cam2ego (B,6,4,4), optional
+    Batch: imgs (B,3,6,3,H,W) prev / current / next (optional imgs_net: the networks' colour-augmented copy), K
+    (B,6,3,3) at the input size, cam2ego (B,6,4,4), optional
     mask (B,6,h,w) {0, 1} self-occlusion masks (DDAD, 0 = ego car body), left out of every loss.
     """
 
@@ -116,8 +117,9 @@ class GSPModel(nn.Module):
     def forward(self, batch):
         imgs, K, cam2ego = batch["imgs"], batch["K"], batch["cam2ego"]
         b, _, n, _, h, w = imgs.shape
-        out = self.depth_outputs(imgs[:, 1])
-        poses = self.ego_motion(imgs)
+        net_imgs = batch.get("imgs_net", imgs)  # the networks' (colour-augmented) copy; the losses use imgs
+        out = self.depth_outputs(net_imgs[:, 1])
+        poses = self.ego_motion(net_imgs)
         T_cam = torch.stack([ego_motion_to_cam(poses[:, k], cam2ego) for k in range(2)], 1)  # (B,2,6,4,4)
 
         target = imgs[:, 1].flatten(0, 1)
