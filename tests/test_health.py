@@ -29,7 +29,8 @@ def test_stage1_translation_near_zero_and_an_empty_automask_after_warmup_only():
     h = TrainingHealth(window=3, after=100)
     early = [dict(step=s, loss=0.1 + s * 1e-3, mean_depth=10 + s, ego_translation=0.0, automask_kept=0.0)
              for s in (20, 40, 60, 80, 100)]
-    assert feed(h, early) == []  # the warm-up is not judged
+    assert feed(h, early) == []  # no motion and an empty auto-mask are expected during the warm-up
+    assert feed(TrainingHealth(window=3, after=100), [dict(step=20, loss=0.2, depth_p50=0.3)]) == ["depth_collapsed"]
     late = [dict(step=s, loss=0.1 + s * 1e-3, mean_depth=10 + s, ego_translation=0.01, automask_kept=0.005)
             for s in (120, 140, 160)]
     assert sorted(feed(h, late)) == ["automask_empty", "translation_zero"]

@@ -11,7 +11,8 @@ warnings it triggers, each once per kind:
   * ``translation_zero`` (stage 1): the predicted ego translation stays below ``min_translation`` metres per
     frame pair over ``window`` rows after the lr warm-up;
   * ``loss_flat``: the loss has not changed (relative 1e-6) over ``window`` rows.
-Rows logged during the lr warm-up (``after`` steps) are not judged. Keys missing from a row are skipped.
+Rows logged during the lr warm-up (``after`` steps) are judged for ``depth_collapsed`` only (the others are
+expected early). Keys missing from a row are skipped.
 """
 
 
@@ -29,9 +30,13 @@ class TrainingHealth:
     def check(self, row):
         """row: dict with 'step' and logged scalars. Returns a list of (kind, message) raised by this row."""
         self.history.append(row)
-        if row.get("step", 0) <= self.after:
-            return []
         found = []
+        depth = row.get("depth_p50", row.get("mean_depth"))
+        if depth is not None and depth < self.min_depth:  # a failure at any step, warm-up or not
+            found.append(("depth_collapsed", f"the median depth is {depth:.3f} m: the scene has fallen onto the "
+                                             "cameras (stage 2: see --depth_background in networks/gsv_model.py)"))
+        if row.get("step", 0) <= self.after:
+            return self._new(found)
 
         def frozen(key, tol):
             v = self._recent(key)
@@ -40,10 +45,6 @@ class TrainingHealth:
         if frozen("mean_depth", 1e-4):
             found.append(("depth_frozen", f"the mean depth has stayed at {row['mean_depth']:.4f} m for {self.window} "
                                           "logged steps: the network output no longer changes"))
-        depth = row.get("depth_p50", row.get("mean_depth"))
-        if depth is not None and depth < self.min_depth:
-            found.append(("depth_collapsed", f"the median depth is {depth:.3f} m: the scene has fallen onto the "
-                                             "cameras (stage 2: try --entropy_on gaussians, see gsv_loss.py)"))
         kept = self._recent("automask_kept")
         if kept is not None and max(kept) < self.min_kept:
             found.append(("automask_empty", f"the auto-mask keeps {max(kept):.4f} of the pixels or fewer: almost no "
@@ -54,6 +55,10 @@ class TrainingHealth:
                                               "per frame pair: the pose net has settled on no motion"))
         if frozen("loss", 1e-6):
             found.append(("loss_flat", f"the loss has stayed at {row['loss']:.6f} for {self.window} logged steps"))
+        return self._new(found)
+
+    def _new(self, found):
+        """The warnings of ``found`` not raised before (each kind once)."""
         new = [(k, m) for k, m in found if k not in self.raised]
         self.raised.update(k for k, _ in new)
         return new
