@@ -233,7 +233,7 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr_at(self.step) * g.get("lr_scale", 1.0)  # each group's own multiple of the schedule
         batch = to_device(batch, self.device, skip=EVAL_ONLY_KEYS)
-        if opt.color_aug > 0:
+        if opt.color_aug > 0 and "imgs" in batch:
             batch["imgs_net"] = color_jitter(batch["imgs"], opt.color_aug, self.aug_generator)
         self.net.train()
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
