@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from datasets import build_dataset, collate  # noqa: E402
 from networks.gsv_model import GSVModel  # noqa: E402
 from options import parse_args  # noqa: E402
+from trainer import param_groups  # noqa: E402
 from utils.batch import to_device  # noqa: E402
 
 DEPTH_BINS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 1e9)
@@ -48,10 +49,7 @@ def main(argv=None):
     torch.manual_seed(opt.seed)
     device = torch.device("cuda" if torch.cuda.is_available() and opt.device != "cpu" else "cpu")
     model = GSVModel(opt).to(device).train()
-    optim = torch.optim.AdamW([dict(g, lr=opt.lr * g.get("lr_scale", 1.0)) for g in model.trainable_parameters()],
-                              lr=opt.lr)
-    for g in optim.param_groups:
-        g["base_lr"] = g["lr"]
+    optim = torch.optim.AdamW(param_groups(model.trainable_parameters()), lr=opt.lr)
     data = build_dataset(opt, "train")
     near_mask = model.occ_net.centres[..., :2].norm(dim=-1) < a.near  # (X, Y, Z)
     os.makedirs(a.out, exist_ok=True)
@@ -70,7 +68,7 @@ def main(argv=None):
             row["depth_hist"] = (np.histogram(d, DEPTH_BINS)[0] / d.size).round(4).tolist()
             warm = min(1.0, (step + 1) / opt.lr_warmup) if opt.lr_warmup > 0 else 1.0
             for g in optim.param_groups:
-                g["lr"] = g["base_lr"] * warm
+                g["lr"] = opt.lr * g["lr_scale"] * warm  # the trainer's schedule before its milestones
             optim.zero_grad(set_to_none=True)
             sum(terms.values()).backward()
             if opt.grad_clip > 0:
