@@ -28,6 +28,7 @@ def _shard(n):
 
 MASK_TEXT = {"camera_lidar": "inside mask_camera AND mask_lidar, the authors' protocol",
              "camera": "inside mask_camera only", "none": "every voxel, no visibility mask"}
+FOG_KEYS = ("seen_opacity", "faint_alpha_share", "voxels_to_half")  # networks/gsv_loss.fog_stats
 ORIGINS_TEXT = {"scene": "SparseOcc's origins: LiDAR positions of up to 8 keyframes of the scene",
                 "fixed": "one fixed LiDAR origin (0.94, 0, 1.84) m"}
 
@@ -47,7 +48,7 @@ def _ray_origins(batch, b, mode):
 def evaluate(model, dataset, opt, device):
     """Run every metric the dataset has labels for. Returns {'scalars': {...}, 'text': markdown, ...}."""
     from utils.metrics import DepthEvaluator
-    from utils.occ_metrics import OccEvaluator, RayIoU, occ_eval_mask
+    from utils.occ_metrics import OccEvaluator, OpacityStats, RayIoU, occ_eval_mask
     from utils.batch import to_device
     from utils.geometry import recorded_ego_motion
     from utils.pose_metrics import evaluate_scene_poses
@@ -59,7 +60,8 @@ def evaluate(model, dataset, opt, device):
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, idx), batch_size=1,
                                          num_workers=opt.num_workers, collate_fn=collate)
     depth_ev = DepthEvaluator(opt.min_depth_eval, opt.max_depth_eval, num_cams=len(CAMS))
-    occ_ev, ray_ev = OccEvaluator(), RayIoU()
+    occ_ev, ray_ev, opa_ev = OccEvaluator(), RayIoU(), OpacityStats()
+    fog = torch.zeros(len(FOG_KEYS), 2, dtype=torch.float64)  # sum and count of each fog statistic (stage 2)
     poses = []  # (dataset index, scene, token, predicted next-motion, true next-motion)
     seen = {"depth": 0, "occ": 0}
     t0 = time.time()
@@ -71,6 +73,9 @@ def evaluate(model, dataset, opt, device):
             pred = model.predict(batch, depth=want_depth, occupancy=want_occ)
         else:
             pred = {"depth": model.predict_depth(batch)} if want_depth else {}
+        for j, k in enumerate(FOG_KEYS):
+            if k in pred.get("fog", {}):
+                fog[j] += torch.tensor([float(pred["fog"][k]), 1.0], dtype=torch.float64)
         if "depth" in pred:
             for b in range(pred["depth"].shape[0]):
                 depth_ev.update(pred["depth"][b].float().cpu(), batch["depth_gt"][b].cpu())
@@ -79,8 +84,10 @@ def evaluate(model, dataset, opt, device):
             occ = pred["occupancy"].cpu().numpy()
             for b in range(occ.shape[0]):
                 gt = batch["occ_semantics"][b].cpu().numpy()
-                occ_ev.update(occ[b], gt, occ_eval_mask(batch["occ_mask_camera"][b], batch["occ_mask_lidar"][b],
-                                                        opt.occ_eval_mask))
+                mask = occ_eval_mask(batch["occ_mask_camera"][b], batch["occ_mask_lidar"][b], opt.occ_eval_mask)
+                occ_ev.update(occ[b], gt, mask)
+                if "occ_opacity" in pred:
+                    opa_ev.update(pred["occ_opacity"][b], pred["occ_sem"][b], gt, mask)
                 if opt.eval_rayiou:  # SparseOcc: no visibility mask
                     ray_ev.update(occ[b], gt, origins=_ray_origins(batch, b, opt.rayiou_origins))
             seen["occ"] += occ.shape[0]
@@ -91,11 +98,19 @@ def evaluate(model, dataset, opt, device):
                 poses.append((idx[n], batch["scene"][b], batch["token"][b], pred[b].numpy(), true[b].numpy()))
 
     counts = dist.all_reduce_sum(torch.tensor([seen["depth"], seen["occ"]], device=device))
+    fog = dist.all_reduce_sum(fog.to(device)).cpu()
     seen = {"depth": int(counts[0]), "occ": int(counts[1])}
     out = {"scalars": {}, "text": "", "samples": seen, "seconds": time.time() - t0}
     depth_ev.all_reduce()
     occ_ev.all_reduce()
     ray_ev.all_reduce()
+    opa_ev.all_reduce()
+    if fog[:, 1].sum() > 0:
+        out["fog"] = {k: float(s / n) for k, (s, n) in zip(FOG_KEYS, fog) if n > 0}
+        out["scalars"].update({f"fog/{k}": v for k, v in out["fog"].items()})
+        out["text"] += "### Occupancy health of the renders (no labels needed)\n\n" + ", ".join(
+            f"{k} {v:.3f}" for k, v in out["fog"].items()) + " (mean over samples; a fog: seen_opacity near the " \
+            "voxel opacities, faint_alpha_share near 1, voxels_to_half in the tens)\n\n"
     if seen["depth"]:
         s = depth_ev.summary()
         out["depth"] = s
@@ -108,7 +123,15 @@ def evaluate(model, dataset, opt, device):
         out["scalars"].update({"occ/mIoU": s["mIoU"], "occ/mIoU*": s["mIoU_star"], "occ/mIoU_13": s["mIoU_13"],
                                "occ/IoU": s["geo_IoU"]})
         out["text"] += f"### Occupancy (Occ3D, {MASK_TEXT[opt.occ_eval_mask]}: --occ_eval_mask " \
-                       f"{opt.occ_eval_mask})\n\n" + occ_ev.table() + "\n\n"
+                       f"{opt.occ_eval_mask}; read-out: --occ_readout {opt.occ_readout}" + \
+                       (f", --occ_threshold {opt.occ_threshold:g}" if opt.occ_readout == "opacity" else "") + \
+                       ")\n\n" + occ_ev.table() + "\n\n"
+        o = opa_ev.summary()
+        if o["thresholds"] and opa_ev.hist.sum() > 0:
+            out["opacity"] = o
+            out["scalars"].update({"occ/opacity_AUC": 100 * o["auc"], "occ/best_t_mIoU*": o["best"]["mIoU_star"],
+                                   "occ/best_t": o["best"]["t"]})
+            out["text"] += "### Occupancy health: opacity of occupied and free voxels\n\n" + opa_ev.table() + "\n\n"
         if opt.eval_rayiou:
             r = ray_ev.summary()
             out["rayiou"] = r

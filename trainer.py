@@ -236,6 +236,8 @@ class Trainer:
         if opt.color_aug > 0 and "imgs" in batch:
             batch["imgs_net"] = color_jitter(batch["imgs"], opt.color_aug, self.aug_generator)
         self.net.train()
+        if hasattr(self.model, "set_step"):  # schedules inside the criterion
+            self.model.set_step(self.step)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             loss, logs, outputs = self.net(batch)

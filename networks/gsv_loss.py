@@ -21,6 +21,8 @@
 Pixels where ``batch['mask']`` is 0 (DDAD: the ego car's own body) are left out of the reprojection and semantic
 terms.
 """
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -35,7 +37,7 @@ AUTHORS_CLASS_FREQUENCIES = (0, 18164955800, 734218842, 2336187448, 10996756106,
                              51204832885, 22848065525, 31841090018)
 # What a checkpoint older than an option was trained with (options.merge_checkpoint_options).
 CHECKPOINT_DEFAULTS = {"sem_class_weights": "none", "entropy_on": "alpha", "w_tv": 0.0,
-                       "reproj_invalid": "identity"}
+                       "reproj_invalid": "identity", "entropy_schedule": [0, 0], "w_dist": 0.0}
 
 
 def add_args(parser):
@@ -50,10 +52,17 @@ def add_args(parser):
                    help="voxel count per class id 0..17 for --sem_class_weights (the authors' options.py "
                         "default; 0 for others and other_flat, so those 2D labels carry no weight)")
     g.add_argument("--w_entropy", type=float, default=0.1, help="weight of the opacity entropy term")
-    g.add_argument("--entropy_on", type=str, default="gaussians", choices=["gaussians", "alpha"],
-                   help="gaussians: mean -o log o over every voxel Gaussian (the authors'); alpha: binary entropy "
-                        "of the rendered alpha per pixel (starts a collapse of the depth towards the cameras "
-                        "without labels, see networks/gsv_loss.py)")
+    g.add_argument("--entropy_on", type=str, default="gaussians", choices=["gaussians", "gaussians_binary", "alpha"],
+                   help="gaussians: mean -o log o over every voxel Gaussian (the authors'); gaussians_binary: mean "
+                        "binary entropy -o log o - (1-o) log(1-o) over the Gaussians (decides at 0.5 instead of 1/e); "
+                        "alpha: binary entropy of the rendered alpha per pixel (starts a collapse of the depth "
+                        "towards the cameras without labels, see networks/gsv_loss.py)")
+    g.add_argument("--entropy_schedule", type=int, nargs=2, default=[0, 0], metavar=("START", "RAMP"),
+                   help="the entropy weight is 0 before step START and rises linearly to --w_entropy over RAMP steps")
+    g.add_argument("--w_dist", type=float, default=0.0,
+                   help="weight of the depth spread along each ray: alpha Var(z) / E[z]^2 of the rendered weights of "
+                        "the Gaussians (a distortion loss: small when each ray ends in one place, large for a fog; "
+                        "0 for a transparent ray)")
     g.add_argument("--w_tv", type=float, default=0.1,
                    help="weight of the total variation of the voxel logits (the authors' weight_distortion)")
     g.add_argument("--reproj_invalid", type=str, default="identity", choices=["identity", "keep"],
@@ -78,6 +87,22 @@ def gaussian_entropy(opacity, eps=1e-8):
     return -(opacity * torch.log(opacity + eps)).mean()
 
 
+def binary_entropy(opacity, eps=1e-6):
+    """Mean binary entropy -o log o - (1 - o) log(1 - o) over every entry of ``opacity`` (values in [0, 1])."""
+    o = opacity.clamp(eps, 1 - eps)
+    return -(o * o.log() + (1 - o) * (1 - o).log()).mean()
+
+
+def depth_spread(depth_acc, zsq_acc, alpha, min_depth=0.1):
+    """Mean over pixels of alpha Var(z) / E[z]^2 of the Gaussians' weights on each ray: depth_acc = sum_i w_i z_i,
+    zsq_acc = sum_i w_i z_i^2, alpha = sum_i w_i (any equal shapes; no background). 0 where the weights sit at one
+    depth or the ray is transparent; for a fog spread evenly over [0, 2 E[z]], 1/3 alpha."""
+    a = alpha.clamp(min=1e-4)
+    mean = depth_acc / a
+    var = (zsq_acc / a - mean * mean).clamp(min=0)
+    return (alpha * var / mean.clamp(min=min_depth) ** 2).mean()
+
+
 def total_variation(volume):
     """Mean |difference| of neighbours along the last three dims of ``volume`` (B, C, X, Y, Z), averaged."""
     return sum(volume.diff(dim=d).abs().mean() for d in (2, 3, 4)) / 3
@@ -94,8 +119,19 @@ class GSVLoss(nn.Module):
     def __init__(self, opt, n_sem_classes):
         super().__init__()
         self.opt = opt
+        self.step = 0  # the trainer's step (set_step), for --entropy_schedule
         w = sem_class_weights(opt, n_sem_classes) if opt.use_sem else None
         self.register_buffer("sem_weight", w, persistent=False)
+
+    def set_step(self, step):
+        self.step = step
+
+    def entropy_ramp(self):
+        """Factor of --w_entropy at the current step (--entropy_schedule)."""
+        start, ramp = self.opt.entropy_schedule
+        if self.step < start:
+            return 0.0
+        return min(1.0, (self.step - start + 1) / ramp) if ramp > 0 else 1.0
 
     def forward(self, r, batch, T):
         terms, logs = self.terms(r, batch, T)
@@ -123,8 +159,12 @@ class GSVLoss(nn.Module):
         raw["smooth"] = smoothness_loss(1 / depth, target)
         if opt.entropy_on == "gaussians":
             raw["entropy"] = gaussian_entropy(r["opacity"])
+        elif opt.entropy_on == "gaussians_binary":
+            raw["entropy"] = binary_entropy(r["opacity"])
         else:
             raw["entropy"] = opacity_entropy(r["alpha"])
+        if opt.w_dist > 0:
+            raw["dist"] = depth_spread(r["depth_acc"], r["zsq"], r["alpha"], opt.min_depth)
         if opt.w_tv > 0:
             raw["tv"] = total_variation(r["logits"])
         if opt.use_sem and "sem" in batch:
@@ -132,7 +172,8 @@ class GSVLoss(nn.Module):
             if valid is not None:
                 labels = labels.masked_fill(~valid[:, 0], 255)
             raw["sem"] = semantic_ce(r["sem"].flatten(0, 1), labels, weight=self.sem_weight)
-        weights = {"reproj": 1.0, "smooth": opt.w_smooth, "entropy": opt.w_entropy, "tv": opt.w_tv, "sem": opt.w_sem}
+        weights = {"reproj": 1.0, "smooth": opt.w_smooth, "entropy": opt.w_entropy * self.entropy_ramp(),
+                   "tv": opt.w_tv, "sem": opt.w_sem, "dist": opt.w_dist}
         terms = {k: weights[k] * v for k, v in raw.items()}
         logs = {f"loss_{k}": v.detach() for k, v in raw.items()}
         logs.update(automask_kept=maps["mask"].float().mean(),
@@ -144,4 +185,27 @@ class GSVLoss(nn.Module):
                            torch.tensor([0.1, 0.5, 0.9], device=d.device))
         logs.update(mean_depth=d.mean(), depth_p10=q[0], depth_p50=q[1], depth_p90=q[2],
                     mean_alpha=r["alpha"].detach().mean(), mean_opacity=r["opacity"].detach().mean())
+        logs.update(fog_stats(r))
         return terms, logs
+
+
+def fog_stats(r):
+    """What tells a fog from occupancy without labels, from a render dict with ``seen_opacity`` and
+    ``faint_alpha`` (networks/gsv_model.py; {} without them): scalars
+      * seen_opacity: the alpha-weighted mean opacity of the Gaussians that make the pixels' alpha (crisp surfaces:
+        near 1; a fog of faint Gaussians: near their opacity);
+      * faint_alpha_share: the share of all rendered alpha carried by Gaussians of opacity below FAINT_OPACITY;
+      * voxels_to_half: median over pixels with alpha > 0.5 of the number of Gaussians of the pixel's seen opacity
+        that a ray needs to reach alpha 0.5, ln 0.5 / ln(1 - seen opacity) (1 for a surface, tens for a fog).
+    """
+    if "seen_opacity" not in r:
+        return {}
+    alpha = r["alpha"].detach().float()
+    seen, faint = r["seen_opacity"].float(), r["faint_alpha"].float()
+    total = alpha.sum().clamp(min=1e-6)
+    out = {"seen_opacity": seen.sum() / total, "faint_alpha_share": faint.sum() / total}
+    solid = alpha > 0.5
+    if solid.any():
+        o = (seen[solid] / alpha[solid]).clamp(1e-4, 1 - 1e-4)
+        out["voxels_to_half"] = (math.log(0.5) / torch.log1p(-o)).clamp(min=1).median()
+    return out

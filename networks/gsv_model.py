@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from networks.gsv_loss import GSVLoss
+from networks.gsv_loss import GSVLoss, fog_stats
 from networks.occ_net import OccNet, semantic_classes
 from networks.pose_source import build_pose_source
 from networks.voxel_gaussians import voxel_opacity, voxels_to_gaussians
@@ -25,6 +25,7 @@ from utils.rasterizer import rasterize
 from utils.vis import bev_image, depth_to_color, image_to_uint8, logits_to_color, mosaic
 
 CHECKPOINT_DEFAULTS = {"opacity": "softmax", "depth_background": "none"}  # what a checkpoint older than the option was trained with
+FAINT_OPACITY = 0.1  # a Gaussian fainter than this is "fog" in the occupancy health statistics
 
 
 def add_args(parser):
@@ -52,6 +53,11 @@ def add_args(parser):
                         "sample; none: sum_i w_i z_i only (the authors' GS depth, whose contracted infinite-range "
                         "grid makes every ray end on the outer shell; in an 80 m box a ray that leaves it reads as "
                         "close to the camera, and measured on the real fixture the depth collapsed with it)")
+    g.add_argument("--occ_readout", type=str, default="argmax", choices=["argmax", "opacity"],
+                   help="occupancy read-out at the Occ3D voxels: argmax = the authors' argmax over the C+1 channels "
+                        "(free last); opacity = occupied where the voxel opacity exceeds --occ_threshold, class = "
+                        "the semantic argmax")
+    g.add_argument("--occ_threshold", type=float, default=0.5, help="opacity threshold of --occ_readout opacity")
     g.add_argument("--opacity", type=str, default="sigmoid", choices=["sigmoid", "softmax"],
                    help="voxel opacity: 1 - sigmoid(free logit) (the authors': the free channel alone decides "
                         "occupancy) or 1 - softmax(logits)[free]")
@@ -65,29 +71,42 @@ def occ3d_centres(device=None, zmin=OCC3D_LABEL_RANGE[2]):
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).float().to(device)
 
 
-def logits_to_occ3d(logits, grid, opacity="softmax", zmin=OCC3D_LABEL_RANGE[2]):
+def occ3d_readout(logits, grid, opacity="softmax", zmin=OCC3D_LABEL_RANGE[2]):
     """Sample logits (B, C+1, X, Y, Z) on ``grid`` (VoxelGrid) trilinearly at the Occ3D voxel centres
-    (``occ3d_centres(zmin=zmin)``).
-
-    Returns (B, 200, 200, 16) uint8 class ids (anything outside the volume -> FREE_ID):
-      * C > 1 (semantics): argmax over the C+1 channels, the last (free) -> FREE_ID, with either opacity: the
-        authors' read-out, also with their sigmoid opacity (which reads the free channel alone);
-      * C = 1 (occupied vs free) with ``opacity sigmoid``: free where the opacity 1 - sigmoid(free logit) is below
-        0.5 (the channel of the occupied class is not rendered, so its logit means nothing), else class 0
-        ("others"); with ``opacity softmax`` the argmax as above.
-    """
+    (``occ3d_centres(zmin=zmin)``). Returns dict of (B, 200, 200, 16): ``opacity`` (float, ``voxel_opacity`` of the
+    sampled logits), ``sem`` (long, argmax over the C semantic channels), ``argmax`` (long, argmax over all C+1
+    channels, C = free) and ``inside`` (bool, the centre lies inside the volume); and ``num_semantic`` = C."""
     s = grid.normalise(occ3d_centres(logits.device, zmin))  # (200, 200, 16, 3) x y z in [-1, 1]
     # grid_sample indexes the last volume dim (Z) with the first grid coordinate: pass z y x
     samples = F.grid_sample(logits, s.flip(-1)[None].expand(len(logits), *s.shape).to(logits.dtype),
                             align_corners=False, padding_mode="border")
-    if opacity == "sigmoid" and logits.shape[1] == 2:
-        cls = torch.zeros_like(samples[:, 0], dtype=torch.long)
-        free = samples[:, -1] >= 0
+    return {"opacity": voxel_opacity(samples.float(), opacity), "sem": samples[:, :-1].argmax(1),
+            "argmax": samples.argmax(1), "inside": (s.abs() <= 1).all(-1).expand(len(logits), *s.shape[:3]),
+            "num_semantic": logits.shape[1] - 1}
+
+
+def readout_classes(ro, readout="argmax", threshold=0.5, opacity="softmax"):
+    """Occ3D class ids (B, 200, 200, 16) uint8 (17 = free, also outside the volume) from ``occ3d_readout`` (with
+    ``num_semantic`` = C):
+      * ``opacity``: occupied where the opacity exceeds ``threshold``, class = the semantic argmax there;
+      * ``argmax`` (the authors'): the argmax over the C+1 channels, the last (free) -> FREE_ID, with either
+        opacity (with their sigmoid opacity it compares the free logit with the semantic ones); with C = 1 and
+        sigmoid opacity the occupied channel is not rendered and its logit means nothing: opacity > 0.5 decides.
+    """
+    if readout not in ("opacity", "argmax"):
+        raise ValueError(f"unknown --occ_readout {readout!r} (expected opacity or argmax)")
+    free = torch.full_like(ro["sem"], FREE_ID)
+    if readout == "argmax" and not (opacity == "sigmoid" and ro["num_semantic"] == 1):
+        cls = torch.where(ro["argmax"] == ro["num_semantic"], free, ro["argmax"])
     else:
-        cls = samples.argmax(1)
-        free = cls == logits.shape[1] - 1
-    cls[free | ~(s.abs() <= 1).all(-1)] = FREE_ID
-    return cls.to(torch.uint8)
+        cls = torch.where(ro["opacity"] > (threshold if readout == "opacity" else 0.5), ro["sem"], free)
+    return torch.where(ro["inside"], cls, free).to(torch.uint8)
+
+
+def logits_to_occ3d(logits, grid, opacity="softmax", zmin=OCC3D_LABEL_RANGE[2], readout="argmax", threshold=0.5):
+    """(B, 200, 200, 16) uint8 Occ3D class ids (17 = free) of logits (B, C+1, X, Y, Z) on ``grid``: the read-out
+    ``readout_classes`` of ``occ3d_readout``."""
+    return readout_classes(occ3d_readout(logits, grid, opacity, zmin), readout, threshold, opacity)
 
 
 class GSVModel(nn.Module):
@@ -109,6 +128,10 @@ class GSVModel(nn.Module):
         self.criterion = GSVLoss(opt, semantic_classes(opt))
         self.rasterize = functools.partial(rasterize, backend=opt.raster_backend)
 
+    def set_step(self, step):
+        """The trainer's step, for the criterion's schedules."""
+        self.criterion.set_step(step)
+
     def trainable_parameters(self):
         """Optimiser parameter groups, dict(params, lr_scale) (see OccNet.param_groups)."""
         return self.occ_net.param_groups()
@@ -118,7 +141,10 @@ class GSVModel(nn.Module):
 
         Returns dict: logits (B, C+1, X, Y, Z), opacity (B, X, Y, Z), depth / alpha (B, 6, 1, h, w) (depth with the
         ``depth_background``),
-        sem (B, 6, C, h, w), K (B, 6, 3, 3) at the render size, num_gaussians (float tensor).
+        sem (B, 6, C, h, w), K (B, 6, 3, 3) at the render size, num_gaussians (float tensor), and (no gradient)
+        seen_opacity / faint_alpha (B, 6, 1, h, w): sum_i w_i o_i and sum_i w_i [o_i < FAINT_OPACITY], the opacity
+        of the Gaussians that make each pixel's alpha and the part of the alpha that faint ones carry (fog
+        statistics, ``fog_stats``).
         """
         imgs, K, cam2ego = batch.get("imgs_net", batch["imgs"])[:, 1], batch["K"], batch["cam2ego"]
         h, w = self.opt.render_size
@@ -132,13 +158,26 @@ class GSVModel(nn.Module):
         else:
             gaussians = voxels_to_gaussians(out["logits"], self.occ_net.centres, self.opt, out.get("scale"),
                                             viewmats, self.opt.min_depth, opacity=opacity)
-            renders = [self.rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["features"],
-                                      viewmats[b], Kr[b], w, h, near=self.opt.min_depth)
-                       for b, g in enumerate(gaussians)]
+            renders = []
+            for b, g in enumerate(gaussians):
+                o = g["opacities"].detach()[:, None]
+                feats = torch.cat([g["features"], o.to(g["features"].dtype),
+                                   (o < FAINT_OPACITY).to(g["features"].dtype)], 1)
+                if self.opt.w_dist > 0:  # z^2 of every Gaussian in every camera: per-camera features
+                    z = (g["means"] @ viewmats[b, :, 2, :3].t() + viewmats[b, :, 2, 3]).detach().t()  # (6, N)
+                    feats = torch.cat([feats.expand(len(z), -1, -1), (z * z)[..., None].to(feats.dtype)], 2)
+                renders.append(self.rasterize(g["means"], g["quats"], g["scales"], g["opacities"], feats,
+                                              viewmats[b], Kr[b], w, h, near=self.opt.min_depth))
+                f = renders[-1].pop("features")
+                if self.opt.w_dist > 0:
+                    f, renders[-1]["zsq"] = f[:, :-1], f[:, -1:]
+                renders[-1].update(features=f[:, :-2], seen_opacity=f[:, -2:-1], faint_alpha=f[:, -1:])
             n_gauss = out["logits"].new_tensor(sum(len(g["means"]) for g in gaussians) / len(gaussians))
         r = {"logits": out["logits"], "opacity": opacity, "K": Kr, "num_gaussians": n_gauss,
              **{k: torch.stack([r[key] for r in renders]) for k, key in
-                (("depth", "depth"), ("alpha", "alpha"), ("sem", "features"))}}
+                (("depth", "depth"), ("alpha", "alpha"), ("sem", "features"), ("seen_opacity", "seen_opacity"),
+                 ("faint_alpha", "faint_alpha"), ("zsq", "zsq")) if key in renders[0]}}
+        r["depth_acc"] = r["depth"]  # sum_i w_i z_i, before the background
         if self.opt.depth_background == "far":
             r["depth"] = r["depth"] + (1 - r["alpha"]).clamp(min=0) * self.opt.max_depth
         return r
@@ -161,15 +200,19 @@ class GSVModel(nn.Module):
     @torch.no_grad()
     def predict(self, batch, depth=True, occupancy=True):
         """The read-outs asked for, from ONE network forward: {"depth": rendered accumulated depth (B, 6, h, w) at
-        ``render_size``, metres; "occupancy": (B, 200, 200, 16) uint8 Occ3D class ids (17 = free)}."""
+        ``render_size``, metres, and "fog": the fog statistics of that render (networks/gsv_loss.fog_stats);
+        "occupancy": (B, 200, 200, 16) uint8 Occ3D class ids (17 = free, the read-out of --occ_readout), with
+        "occ_opacity" (float) and "occ_sem" (semantic argmax) at the same voxels}."""
         if depth:
             r = self.render(batch)
         else:
             r = self.occ_net(batch["imgs"][:, 1], batch["K"], batch["cam2ego"])
-        out = {"depth": r["depth"][:, :, 0]} if depth else {}
+        out = {"depth": r["depth"][:, :, 0], "fog": fog_stats(r)} if depth else {}
         if occupancy:
-            out["occupancy"] = logits_to_occ3d(r["logits"], self.occ_net.grid, self.opt.opacity,
-                                               self.opt.occ_label_zmin)
+            ro = occ3d_readout(r["logits"], self.occ_net.grid, self.opt.opacity, self.opt.occ_label_zmin)
+            out["occupancy"] = readout_classes(ro, self.opt.occ_readout, self.opt.occ_threshold, self.opt.opacity)
+            out["occ_opacity"] = torch.where(ro["inside"], ro["opacity"], torch.zeros_like(ro["opacity"]))
+            out["occ_sem"] = ro["sem"]
         return out
 
     def predict_occupancy(self, batch):
@@ -185,8 +228,9 @@ class GSVModel(nn.Module):
         chw = lambda img: np.ascontiguousarray(img.transpose(2, 0, 1))  # noqa: E731
         vis = {"images": chw(mosaic([image_to_uint8(im) for im in batch["imgs"][0, 1]])),
                "depth": chw(mosaic([depth_to_color(d) for d in outputs["depth"][0]])),
-               "occ_bev": chw(bev_image(logits_to_occ3d(outputs["logits"][:1], self.occ_net.grid,
-                                                          self.opt.opacity, self.opt.occ_label_zmin)[0]))}
+               "occ_bev": chw(bev_image(logits_to_occ3d(outputs["logits"][:1], self.occ_net.grid, self.opt.opacity,
+                                                          self.opt.occ_label_zmin, self.opt.occ_readout,
+                                                          self.opt.occ_threshold)[0]))}
         if semantic_classes(self.opt) > 1:
             vis["semantics"] = chw(mosaic([logits_to_color(s, a) for s, a in
                                            zip(outputs["sem"][0], outputs["alpha"][0])]))

@@ -69,6 +69,9 @@ def add_args(parser):
     g.add_argument("--voxel_feat_dim", type=int, default=32,
                    help="channels of the 3D decoder (authors: 2 x con_channel = 32)")
     g.add_argument("--decoder_blocks", type=int, default=2, help="occ_decoder residual: 3x3x3 residual blocks")
+    g.add_argument("--init_opacity", type=float, default=0.1,
+                   help="the free logit's bias starts every voxel at this opacity (the authors' last batch norm "
+                        "starts it near 0.5 with a spread)")
     g.add_argument("--decoder_lr_mult", type=float, default=10.0,
                    help="learning rate of the 3D decoder and heads = lr x this (authors: de_lr 1e-3 = 10 x the "
                         "encoder's 1e-4); the image encoder and neck train at lr")
@@ -132,7 +135,6 @@ class OccNet(nn.Module):
         logits (B, C + 1, X, Y, Z): C = num_classes semantic logits, last channel free,
         scale (B, 1, X, Y, Z) raw Gaussian scale, only when ``gs_scale_learn``)."""
 
-    INIT_OPACITY = 0.1  # the free-class bias starts every voxel at this occupancy probability
 
     def __init__(self, opt):
         super().__init__()
@@ -165,8 +167,8 @@ class OccNet(nn.Module):
                 *[ResBlock3d(v) for _ in range(opt.decoder_blocks)])
             self.head = nn.Conv3d(v, n_cls + 1, 1)
             logit_bias = self.head.bias
-        with torch.no_grad():  # the free logit's bias that gives opacity INIT_OPACITY under opt.opacity
-            p = self.INIT_OPACITY
+        with torch.no_grad():  # the free logit's bias that gives opacity --init_opacity under opt.opacity
+            p = opt.init_opacity
             logit_bias.zero_()
             logit_bias[-1] = torch.log(torch.tensor((1 - p) / p * (n_cls if opt.opacity == "softmax" else 1)))
         self.scale_head = nn.Conv3d(v, 1, 1) if opt.gs_scale_learn else None

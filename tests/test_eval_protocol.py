@@ -165,7 +165,7 @@ def test_evaluate_uses_the_authors_mask_and_scene_origins():
     assert math.isnan(a["occupancy"]["IoU"]["car"]) and b["occupancy"]["IoU"]["car"] == 0  # car only in the 2nd
     assert math.isnan(a["occupancy"]["IoU"]["truck"]) and b["occupancy"]["IoU"]["truck"] == 0
     assert a["scalars"]["occ/mIoU"] > b["scalars"]["occ/mIoU"] and "occ/mIoU_13" in a["scalars"]
-    assert "mask_camera AND mask_lidar" in a["text"] and "--occ_eval_mask camera)" in b["text"]
+    assert "mask_camera AND mask_lidar" in a["text"] and "--occ_eval_mask camera;" in b["text"]
     assert "--rayiou_origins scene" in a["text"] and a["occ_eval_mask"] == "camera_lidar"
     pred = model.predict({"occ_semantics": torch.from_numpy(gt)[None]})["occupancy"][0].numpy()
     for r, o in ((a, origins[:3]), (b, [NUSC_LIDAR_ORIGIN])):

@@ -34,3 +34,14 @@ def test_stage1_translation_near_zero_and_an_empty_automask_after_warmup_only():
     late = [dict(step=s, loss=0.1 + s * 1e-3, mean_depth=10 + s, ego_translation=0.01, automask_kept=0.005)
             for s in (120, 140, 160)]
     assert sorted(feed(h, late)) == ["automask_empty", "translation_zero"]
+
+
+def test_a_fog_is_named_and_a_crisp_volume_is_not():
+    """Stage 2: most of the alpha carried by Gaussians of opacity < 0.1 (the fog the default criterion made on the
+    synthetic set, median voxel opacity 0.002) is a failure even while the depth and the loss keep moving."""
+    fog = [dict(step=s, loss=0.2 - s * 1e-4, mean_depth=10 + 0.01 * s, faint_alpha_share=0.93, seen_opacity=0.02)
+           for s in (20, 40, 60)]
+    assert feed(TrainingHealth(window=3), fog) == ["fog"]
+    crisp = [dict(r, faint_alpha_share=0.12, seen_opacity=0.8) for r in fog]
+    assert feed(TrainingHealth(window=3), crisp) == []
+    assert feed(TrainingHealth(window=3, after=100), fog) == []  # judged after the warm-up only

@@ -3,6 +3,8 @@
 # background; results land in logs/<run>/eval/metrics.{json,md} and logs/bench/).
 #
 #   sh tools/run_benchmarks.sh pipeline    # 2 GPUs, ~10 min: no-GT-pose pipeline on a small synthetic set + fixture
+#   sh tools/run_benchmarks.sh occupancy   # 1 GPU, ~10 min: stage-2 criteria side by side on a small synthetic set
+#                                          #   (OCC_VARIANTS, recorded poses), scored by occupancy and its health
 #   sh tools/run_benchmarks.sh data        # synthetic benchmark set (18 scenes x 30 frames, 270x480) + LiDAR depth
 #   sh tools/run_benchmarks.sh bench       # render / training-iteration speed: GSV (gsplat, torch) vs volume rendering
 #   sh tools/run_benchmarks.sh step        # stage-2 training step at the paper config: old code path vs new (+ profile)
@@ -69,6 +71,28 @@ pipeline)
     on_gpu "$G0" train_eval pipe-gsv-gtpose --pose gt $C2 &
     on_gpu "$G0" train_eval pipe-gsv-gtpose-nosem --pose gt --use_sem false $C2 &
     wait
+    ;;
+occupancy)
+    # Stage-2 criteria side by side on ONE GPU: SYN_SCENES synthetic streets (2 held out) with 12 Hz sweeps, recorded
+    # poses, 2D labels, all variants training at once for GSV_MIN minutes; each evaluated on the held-out streets
+    # (occupancy, opacity AUC and read-out thresholds, fog statistics, depth); one table: logs/occ-summary.md.
+    # OCC_VARIANTS: lines "name:options over configs/synthetic-gsv.txt" (or OCC_VARIANTS_FILE: a file of them).
+    SYNP=${SYNP:-data/synthetic-pipe}
+    [ -f $SYNP/v1.0-synthetic/sample.json ] || $PY tools/make_synthetic_nusc.py --out $SYNP \
+        --num_scenes "${SYN_SCENES:-8}" --frames_per_scene "${SYN_FRAMES:-12}" --img_size 270 480 --val_scenes 2 \
+        --workers "${WORKERS:-14}" > logs/occ-data.log 2>&1
+    [ -d $SYNP/depth_gt ] || $PY tools/export_gt_depth_nusc.py --dataroot $SYNP --version v1.0-synthetic \
+        --out depth_gt --split $SYNP/splits/val.txt >> logs/occ-data.log 2>&1
+    SD="--dataroot $SYNP --train_split $SYNP/splits/train.txt --val_split $SYNP/splits/val.txt"
+    [ -n "${OCC_VARIANTS_FILE:-}" ] && OCC_VARIANTS=$(grep -v '^#' "$OCC_VARIANTS_FILE")
+    VARIANTS=${OCC_VARIANTS:-"default:
+softmax-noent:--opacity softmax --w_entropy 0 --w_tv 0"}
+    echo "$VARIANTS" | { while IFS= read -r v; do
+        [ -n "$v" ] || continue
+        train_eval "occ-${v%%:*}" --config configs/synthetic-gsv.txt $SD --pose gt --max_minutes "$GSV_MIN" \
+            --num_workers "${OCC_WORKERS:-2}" --eval_rayiou false ${v#*:} &
+    done; wait; }
+    $PY tools/occ_summary.py logs/occ-* --json logs/occ-summary.json | tee logs/occ-summary.md
     ;;
 data)
     [ -f $SYN/v1.0-synthetic/sample.json ] || $PY tools/make_synthetic_nusc.py --out $SYN --num_scenes "${SYN_SCENES:-18}" \

@@ -115,7 +115,8 @@ def draw_frame(item, model, opt, view_hw):
         pics["depth"] = mosaic([depth_to_color(d) for d in r["depth"][0, :, 0]])
         if r["sem"].shape[2] > 1:
             pics["sem"] = mosaic([logits_to_color(s, a) for s, a in zip(r["sem"][0], r["alpha"][0])])
-        occ = logits_to_occ3d(r["logits"], model.occ_net.grid, opt.opacity, opt.occ_label_zmin)[0].cpu().numpy()
+        occ = logits_to_occ3d(r["logits"], model.occ_net.grid, opt.opacity, opt.occ_label_zmin, opt.occ_readout,
+                              opt.occ_threshold)[0].cpu().numpy()
         pics["occ"] = render_voxels(occ, view_hw[1], view_hw[0])
         occ_rows.append(occupancy_row(pics["occ"], occ, "prediction"))
     if "occ_semantics" in item:

@@ -10,15 +10,18 @@ warnings it triggers, each once per kind:
     warp beats "no motion", the temporal loss has no gradient;
   * ``translation_zero`` (stage 1): the predicted ego translation stays below ``min_translation`` metres per
     frame pair over ``window`` rows after the lr warm-up;
-  * ``loss_flat``: the loss has not changed (relative 1e-6) over ``window`` rows.
+  * ``loss_flat``: the loss has not changed (relative 1e-6) over ``window`` rows;
+  * ``fog`` (stage 2): over ``window`` rows, more than ``max_faint`` of the rendered alpha is carried by faint
+    Gaussians (``faint_alpha_share``, networks/gsv_loss.fog_stats): the rendered depth is the expectation over a
+    volume of faint Gaussians and the volume holds no occupancy, however good the depth looks.
 Rows logged during the lr warm-up (``after`` steps) are judged for ``depth_collapsed`` only (the others are
 expected early). Keys missing from a row are skipped.
 """
 
 
 class TrainingHealth:
-    def __init__(self, window=5, after=0, min_depth=1.0, min_kept=0.02, min_translation=0.05):
-        self.window, self.after = window, after
+    def __init__(self, window=5, after=0, min_depth=1.0, min_kept=0.02, min_translation=0.05, max_faint=0.5):
+        self.window, self.after, self.max_faint = window, after, max_faint
         self.min_depth, self.min_kept, self.min_translation = min_depth, min_kept, min_translation
         self.history = []
         self.raised = set()
@@ -53,6 +56,11 @@ class TrainingHealth:
         if trans is not None and max(trans) < self.min_translation:
             found.append(("translation_zero", f"the predicted ego translation stays below {self.min_translation} m "
                                               "per frame pair: the pose net has settled on no motion"))
+        faint = self._recent("faint_alpha_share")
+        if faint is not None and min(faint) > self.max_faint:
+            found.append(("fog", f"{min(faint):.0%} or more of the rendered alpha comes from Gaussians of opacity below "
+                                 f"0.1 (seen opacity {row.get('seen_opacity', float('nan')):.3f}): the volume is a fog "
+                                 "that renders a depth but holds no occupancy"))
         if frozen("loss", 1e-6):
             found.append(("loss_flat", f"the loss has stayed at {row['loss']:.6f} for {self.window} logged steps"))
         return self._new(found)

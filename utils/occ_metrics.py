@@ -316,3 +316,70 @@ class RayIoU(SummedState):
         rows.append(("**mean**", [s[f"RayIoU@{t}"] for t in names]))
         table = _md_table(["class"] + [f"RayIoU@{t}m" for t in names], rows)
         return table + f"\n\nRayIoU (mean over thresholds): {s['RayIoU']:.2f}"
+
+
+class OpacityStats(SummedState):
+    """How well the predicted voxel opacity separates occupied from free voxels, and what each read-out threshold
+    would give: the occupancy health of a stage-2 volume where labels exist.
+
+    ``update(opacity, sem_cls, gt, mask)`` with the opacity sampled at the label voxels (float in [0, 1]) and the
+    semantic argmax there (class ids < 17). Accumulates, inside the evaluation mask, the opacity histogram of each
+    GT class (``bins`` bins over [0, 1]) and, for every threshold t of ``thresholds``, the confusion matrix of the
+    read-out "class = sem_cls where opacity > t, else free". Summed over samples and ranks like OccEvaluator.
+    """
+
+    STATE = ("hist", "conf")
+
+    def __init__(self, thresholds=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9), bins=200, num_classes=18):
+        self.thresholds = tuple(float(t) for t in thresholds)
+        self.bins, self.num_classes = bins, num_classes
+        self.hist = torch.zeros(num_classes, bins, dtype=torch.int64)
+        self.conf = torch.zeros(len(self.thresholds), num_classes, num_classes, dtype=torch.int64)
+
+    def update(self, opacity, sem_cls, gt, mask):
+        o = _np(opacity).reshape(-1).astype(np.float64)
+        cls = _np(sem_cls).reshape(-1).astype(np.int64)
+        gt = _np(gt).reshape(-1).astype(np.int64)
+        keep = (_np(mask).reshape(-1) > 0) & (gt < self.num_classes)
+        o, cls, gt = o[keep], cls[keep], gt[keep]
+        b = np.clip((o * self.bins).astype(np.int64), 0, self.bins - 1)
+        n = self.num_classes
+        self.hist += torch.from_numpy(np.bincount(gt * self.bins + b, minlength=n * self.bins).reshape(n, self.bins))
+        for j, t in enumerate(self.thresholds):
+            pred = np.where(o > t, cls, FREE_ID)
+            self.conf[j] += torch.from_numpy(np.bincount(gt * n + pred, minlength=n * n).reshape(n, n))
+
+    def summary(self):
+        """{"auc": P(opacity of an occupied voxel > that of a free one) (ties within a bin count half),
+        "quantiles": {class: [p10, p50, p90]} of the opacity per GT class (bin centres; classes with voxels),
+        "thresholds": [{"t", "mIoU_star", "mIoU", "geo_IoU"}] per threshold, "best": the row of the best mIoU*}."""
+        h = self.hist.numpy().astype(np.float64)
+        occ, free = h[:FREE_ID].sum(0), h[FREE_ID]
+        below = np.cumsum(free) - free
+        n = occ.sum() * free.sum()
+        auc = float((occ * (below + 0.5 * free)).sum() / n) if n > 0 else float("nan")
+        centres = (np.arange(self.bins) + 0.5) / self.bins
+        quant = {}
+        for c in range(self.num_classes):
+            if h[c].sum() > 0:
+                cdf = np.cumsum(h[c]) / h[c].sum()
+                quant[(OCC_CLASSES + ["free"])[c]] = [float(centres[np.searchsorted(cdf, q)]) for q in (0.1, 0.5, 0.9)]
+        rows = []
+        for j, t in enumerate(self.thresholds):
+            ev = OccEvaluator(num_classes=self.num_classes)
+            ev.hist = self.conf[j].clone()
+            s = ev.summary()
+            rows.append({"t": t, "mIoU_star": s["mIoU_star"], "mIoU": s["mIoU"], "geo_IoU": s["geo_IoU"]})
+        best = max(rows, key=lambda r: -1 if np.isnan(r["mIoU_star"]) else r["mIoU_star"]) if rows else None
+        return {"auc": auc, "quantiles": quant, "thresholds": rows, "best": best}
+
+    def table(self):
+        s = self.summary()
+        lines = [f"Opacity AUC (occupied vs free, inside the evaluation mask): {100 * s['auc']:.1f}", "",
+                 "| GT class | opacity p10 | p50 | p90 |", "|---|---:|---:|---:|"]
+        lines += [f"| {c} | {q[0]:.3f} | {q[1]:.3f} | {q[2]:.3f} |" for c, q in s["quantiles"].items()]
+        lines += ["", "Read-out 'occupied where opacity > t' (class: semantic argmax); t chosen on the evaluation set "
+                  "is an upper bound, not a result:", "", "| t | mIoU* | mIoU | geo IoU |", "|---:|---:|---:|---:|"]
+        lines += [f"| {r['t']:g} | {r['mIoU_star']:.2f} | {r['mIoU']:.2f} | {r['geo_IoU']:.2f} |"
+                  for r in s["thresholds"]]
+        return "\n".join(lines)

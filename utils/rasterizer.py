@@ -45,7 +45,7 @@ def rasterize(means, quats, scales, opacities, features, viewmats, Ks, width, he
     """Render N Gaussians into C cameras.
 
     means (N,3) world frame; quats (N,4) wxyz (not necessarily normalised); scales (N,3) standard deviations;
-    opacities (N,) in [0,1]; features (N,D) or None; viewmats (C,4,4) world -> camera (OpenCV);
+    opacities (N,) in [0,1]; features (N,D), per camera (C,N,D), or None; viewmats (C,4,4) world -> camera (OpenCV);
     Ks (C,3,3) pixel intrinsics (OpenCV pixel centres, see the module docstring); width, height in pixels;
     near, far: camera-z range of the Gaussian centres that are drawn; max_pairs: torch backend, bounds the
     pixel-Gaussian pairs handled at once (memory).
@@ -57,10 +57,11 @@ def rasterize(means, quats, scales, opacities, features, viewmats, Ks, width, he
     assert means.shape == (N, 3) and quats.shape == (N, 4) and scales.shape == (N, 3), (means.shape, quats.shape,
                                                                                        scales.shape)
     assert opacities.shape == (N,), opacities.shape
-    assert features is None or (features.dim() == 2 and features.shape[0] == N), features.shape
+    assert features is None or (features.dim() == 2 and features.shape[0] == N) or (
+        features.dim() == 3 and features.shape[:2] == (C, N)), features.shape
     assert viewmats.shape == (C, 4, 4) and Ks.shape == (C, 3, 3), (viewmats.shape, Ks.shape)
     backend = resolve_backend(backend, means.device)
-    D = 0 if features is None else features.shape[1]
+    D = 0 if features is None else features.shape[-1]
     Ks = Ks.clone()
     Ks[:, 0, 2] += 0.5
     Ks[:, 1, 2] += 0.5
@@ -84,7 +85,7 @@ def _rasterize_gsplat(means, quats, scales, opacities, features, viewmats, Ks, w
     """One gsplat.rasterization call -> (C, D+2, H, W): features, accumulated depth, alpha."""
     from gsplat import rasterization
     N = means.shape[0]
-    D = 0 if features is None else features.shape[1]
+    D = 0 if features is None else features.shape[-1]
     colours = features if D > 0 else means.new_zeros(N, 1)  # ignored in mode "D"
     render, alpha, _ = rasterization(
         means, quats, scales, opacities, colours, viewmats, Ks, width, height,
@@ -234,12 +235,13 @@ def _segment_exclusive_cumsum(x, seg_start):
 def _rasterize_torch(means, quats, scales, opacities, features, viewmats, Ks, width, height, near, far, max_pairs):
     """Pure PyTorch reference -> (C, D+2, H, W): features, accumulated depth, alpha."""
     C, HW = viewmats.shape[0], height * width
-    D = 0 if features is None else features.shape[1]
+    D = 0 if features is None else features.shape[-1]
     proj = project_gaussians(means, quats, scales, opacities, viewmats, Ks, width, height, near, far)
     # Per projected Gaussian: the channels to composite (features, camera z, 1 for alpha).
     rows = [proj["z"][:, None], torch.ones_like(proj["z"])[:, None]]
     if D > 0:
-        rows.insert(0, features.index_select(0, proj["gid"]))
+        rows.insert(0, features.index_select(0, proj["gid"]) if features.dim() == 2 else
+                    features[proj["cam"], proj["gid"]])
     F_k = torch.cat(rows, -1)
     with torch.no_grad():
         k, pix, alpha = _pixel_pairs(proj, width, height, max_pairs)

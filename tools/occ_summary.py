@@ -1,0 +1,63 @@
+"""One table of stage-2 runs: occupancy, its health and the depth, from each run's eval/metrics.json and the last
+row of its train_log.jsonl.
+
+    python tools/occ_summary.py logs/occ-* [--json out.json]
+"""
+import argparse
+import json
+import math
+import os
+
+
+def row_of(run):
+    """Summary dict of one run folder (None if it has no eval/metrics.json)."""
+    path = os.path.join(run, "eval", "metrics.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        m = json.load(f)
+    s = m.get("scalars", {})
+    last = {}
+    log = os.path.join(run, "train_log.jsonl")
+    if os.path.exists(log):
+        with open(log) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        steps = [r for r in rows if "loss" in r]
+        last = steps[-1] if steps else {}
+        last["warnings"] = sorted({r["warning"] for r in rows if "warning" in r})
+    best = m.get("opacity", {}).get("best") or {}
+    return {"run": os.path.basename(run.rstrip("/")), "step": m.get("step"),
+            "mIoU*": s.get("occ/mIoU*"), "geo_IoU": s.get("occ/IoU"), "AUC": s.get("occ/opacity_AUC"),
+            "best_t": best.get("t"), "best_mIoU*": best.get("mIoU_star"), "best_geo_IoU": best.get("geo_IoU"),
+            "abs_rel": s.get("depth/abs_rel"), "seen_opacity": s.get("fog/seen_opacity"),
+            "faint_alpha_share": s.get("fog/faint_alpha_share"), "voxels_to_half": s.get("fog/voxels_to_half"),
+            "train_steps_per_s": last.get("steps_per_s"), "warnings": last.get("warnings", [])}
+
+
+def fmt(v, nd=2):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    rows = [r for r in (row_of(run) for run in sorted(a.runs)) if r is not None]
+    print("| run | steps | mIoU* | geo IoU | opacity AUC | best t: mIoU* / geo IoU | depth AbsRel | seen opacity | "
+          "faint alpha | voxels to 0.5 | warnings |")
+    print("|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|")
+    for r in rows:
+        print(f"| {r['run']} | {fmt(r['step'])} | {fmt(r['mIoU*'])} | {fmt(r['geo_IoU'])} | {fmt(r['AUC'], 1)} | "
+              f"{fmt(r['best_mIoU*'])} / {fmt(r['best_geo_IoU'])} (t = {fmt(r['best_t'])}) | {fmt(r['abs_rel'], 3)} | "
+              f"{fmt(r['seen_opacity'], 3)} | {fmt(r['faint_alpha_share'], 3)} | {fmt(r['voxels_to_half'], 1)} | "
+              f"{', '.join(r['warnings']) or '-'} |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
