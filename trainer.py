@@ -35,8 +35,8 @@ from utils import dist, run_lock
 from utils.augment import color_jitter
 from utils.batch import to_device
 from utils.health import TrainingHealth
-from utils.checkpoint import (load_checkpoint, load_model_state, load_resume_checkpoint, load_weights, require_stage,
-                              save_checkpoint)
+from utils.checkpoint import (load_checkpoint, load_model_state, load_resume_checkpoint, load_weights,
+                              remove_partial_files, require_stage, save_checkpoint)
 from utils.errors import RunBusy, disk_full_cause, message
 from utils.rng import rng_state, set_rng_state
 from utils.speed import prepare_model
@@ -229,6 +229,10 @@ class Trainer:
             print(f"after the failure the checkpoint could not be saved either ({message(e)})", file=sys.stderr)
 
     def _resume(self):
+        if dist.is_main():
+            left = remove_partial_files(self.ckpt_dir)
+            if left:
+                print(f"removed {len(left)} partial checkpoint files of a run killed while saving ({left[0]})")
         if not self.opt.resume:
             return
         state, path = load_resume_checkpoint(os.path.join(self.ckpt_dir, "last.pt"), self.device,

@@ -76,6 +76,17 @@ def save_checkpoint(state, path, keep_previous=False):
         raise
 
 
+def remove_partial_files(folder):
+    """Delete the temporary files a writer killed mid-save left in ``folder`` (call it holding the run's lock).
+    Returns their names."""
+    if not os.path.isdir(folder):
+        return []
+    names = sorted(n for n in os.listdir(folder) if n.startswith(".tmp_"))
+    for n in names:
+        os.remove(os.path.join(folder, n))
+    return names
+
+
 def load_checkpoint(path, map_location="cpu", what="checkpoint", mmap=False):
     """Read a checkpoint written by :func:`save_checkpoint`; the error names the file when it is missing or bad.
     ``mmap``: tensors mapped from the file, not read (a quick look at a large file's options)."""
