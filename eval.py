@@ -162,7 +162,7 @@ def load_for_eval(argv=None):
         raise BadCheckpoint(f"checkpoint {cli.ckpt} has no 'opt' entry: cannot rebuild its model")
     explicit = explicit_options(argv)
     stage = checkpoint_stage(state)
-    if "stage" in explicit and explicit["stage"] != stage:
+    if stage is not None and "stage" in explicit and explicit["stage"] != stage:
         raise BadCheckpoint(f"--ckpt {cli.ckpt} is a {STAGE_NAMES.get(stage, stage)} checkpoint, and this command "
                             f"asks for --stage {explicit['stage']} (on the command line or in --config): pass a "
                             f"{STAGE_NAMES.get(explicit['stage'])} checkpoint, or the config of the checkpoint's stage")

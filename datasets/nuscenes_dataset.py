@@ -166,11 +166,11 @@ def scene_samples(tables):
     return out
 
 
-def scene_ray_origins(tables, samples, lidar_data):
+def scene_ray_origins(tables, samples, lidar_data, table_root=""):
     """``{sample_token: (K, 3) float32}``: the RayIoU origins of every sample (``utils.occ_metrics.
     sparseocc_origins``) from the LIDAR_TOP keyframes of its scene. ``samples``: ``[(token, scene)]`` of whole
     scenes in time order; ``lidar_data``: ``{sample_token: {"LIDAR_TOP": sample_data}}``. Scenes with a keyframe
-    without LIDAR_TOP data get no entry."""
+    without LIDAR_TOP data get no entry. The LiDAR calibration and poses are checked (errors name ``table_root``)."""
     scenes = {}
     for token, scene in samples:
         scenes.setdefault(scene, []).append(token)
@@ -183,6 +183,9 @@ def scene_ray_origins(tables, samples, lidar_data):
             sd = lidar_data[t]["LIDAR_TOP"]
             cs = get(tables, "calibrated_sensor", sd["calibrated_sensor_token"], f"sample_data {sd['token']}")
             pose = get(tables, "ego_pose", sd["ego_pose_token"], f"sample_data {sd['token']}")
+            for name, record in (("calibrated_sensor", cs), ("ego_pose", pose)):
+                where = f"{os.path.join(table_root, name)}.json record {record['token']} (LIDAR_TOP, RayIoU origins)"
+                check_pose(record["translation"], record["rotation"], where)
             lidar2ego.append(pose_matrix(cs["translation"], cs["rotation"]))
             lidar2global.append(pose_matrix(pose["translation"], pose["rotation"]) @ lidar2ego[-1])
         for i, t in enumerate(tokens):
@@ -279,7 +282,8 @@ class NuScenesDataset(Dataset):
 
         samples = scene_samples(tables)
         sensor_data = sample_sensor_data(tables, CAMS + ["LIDAR_TOP"])
-        self.ray_origins = (scene_ray_origins(tables, samples, sensor_data)
+        table_root = os.path.join(opt.dataroot, opt.version)
+        self.ray_origins = (scene_ray_origins(tables, samples, sensor_data, table_root)
                             if self.occ_root is not None and eval_labels else {})
         split_file = opt.train_split if split == "train" else opt.val_split
         if split_file is not None:
@@ -293,7 +297,6 @@ class NuScenesDataset(Dataset):
 
         self.adjacent, why = resolve_adjacent(opt.adjacent, tables)
         sweeps = SweepFiles(opt.dataroot) if self.adjacent == "sweep" else None
-        table_root = os.path.join(opt.dataroot, opt.version)
         checked = set()  # calibration / ego pose records already checked
         self.samples = []
         for token, scene in samples:
