@@ -4,7 +4,11 @@
     torchrun --nproc_per_node 8 eval.py ...     # each rank takes every world-th sample; ONE confusion matrix
 
 The model is rebuilt from the options stored in the checkpoint; options given here (data paths, eval switches)
-override them. Results: <out_dir>/metrics.json and metrics.md (default out_dir: <run>/eval).
+override them. The evaluation protocol (``options.PROTOCOL_OPTIONS``: --occ_eval_mask, --rayiou_origins) takes its
+defaults unless this command sets it, whatever the run was trained with, and the choice is printed. A checkpoint
+of the other stage than this command's --stage (or its --config's), one that does not fit the model, an empty
+split or a dataset without any label stop with one line. Results: <out_dir>/metrics.json and metrics.md (default
+out_dir: <run>/eval).
 """
 import json
 import os
@@ -58,7 +62,8 @@ def evaluate(model, dataset, opt, device):
     if opt.eval_max_samples > 0:
         idx = [i for i in idx if i < opt.eval_max_samples]
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, idx), batch_size=1,
-                                         num_workers=opt.num_workers, collate_fn=collate)
+                                         num_workers=opt.num_workers, collate_fn=collate,
+                                         generator=torch.Generator())  # draws nothing from torch's RNG
     depth_ev = DepthEvaluator(opt.min_depth_eval, opt.max_depth_eval, num_cams=len(CAMS))
     occ_ev, ray_ev, opa_ev = OccEvaluator(), RayIoU(), OpacityStats()
     fog = torch.zeros(len(FOG_KEYS), 2, dtype=torch.float64)  # sum and count of each fog statistic (stage 2)
@@ -154,39 +159,84 @@ def evaluate(model, dataset, opt, device):
     return out
 
 
-def main():
-    from networks import build_model
-    from options import ConfigError, merge_checkpoint_options, parse_args
-    from utils.checkpoint import load_checkpoint, strip_module_prefix
-    from utils.errors import UserError, message
+def protocol_line(opt, saved, explicit):
+    """Which mask and RayIoU origins this evaluation scores with, and why (printed before it runs)."""
+    parts = []
+    for key, text in (("occ_eval_mask", MASK_TEXT), ("rayiou_origins", ORIGINS_TEXT)):
+        value = getattr(opt, key)
+        why = "given here" if key in explicit else "the protocol default"
+        if key not in explicit and saved.get(key, value) != value:
+            why += f"; the run was trained with {saved[key]}, pass --{key} {saved[key]} for that"
+        parts.append(f"--{key} {value} ({text[value]}; {why})")
+    return "[eval] " + "; ".join(parts)
 
+
+def load_for_eval(argv=None):
+    """(options, checkpoint state): the checkpoint's options under this command's, the stage checked."""
+    from options import PROTOCOL_OPTIONS, ConfigError, explicit_options, merge_checkpoint_options, parse_args
+    from utils.checkpoint import STAGE_NAMES, checkpoint_stage, load_checkpoint
+    from utils.errors import BadCheckpoint
+
+    cli = parse_args(argv)
+    if not cli.ckpt:
+        raise ConfigError("--ckpt is required: the checkpoint to evaluate (e.g. logs/<run>/ckpt/last.pt)")
+    state = load_checkpoint(cli.ckpt)
+    if not isinstance(state.get("opt"), dict):
+        raise BadCheckpoint(f"checkpoint {cli.ckpt} has no 'opt' entry: cannot rebuild its model")
+    explicit = explicit_options(argv)
+    stage = checkpoint_stage(state)
+    if stage is not None and "stage" in explicit and explicit["stage"] != stage:
+        raise BadCheckpoint(f"--ckpt {cli.ckpt} is a {STAGE_NAMES.get(stage, stage)} checkpoint, and this command "
+                            f"asks for --stage {explicit['stage']} (on the command line or in --config): pass a "
+                            f"{STAGE_NAMES.get(explicit['stage'])} checkpoint, or the config of the checkpoint's stage")
+    opt = merge_checkpoint_options(state["opt"], argv, fresh=PROTOCOL_OPTIONS)
+    if opt.stage == "gsv" and opt.eval_occ and dist.is_main():
+        print(protocol_line(opt, state["opt"], explicit))
+    return opt, state
+
+
+def write_results(metrics, opt, state):
+    from utils.errors import DiskFull, disk_full_cause
+    out_dir = opt.out_dir or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(opt.ckpt))), "eval")
+    metrics["ckpt"] = os.path.abspath(opt.ckpt)
+    metrics["step"] = state.get("step")
     try:
-        cli = parse_args()
-        if not cli.ckpt:
-            sys.exit("error: --ckpt is required")
-        state = load_checkpoint(cli.ckpt)
-        opt = merge_checkpoint_options(state["opt"])
-    except (ConfigError, FileNotFoundError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
-    try:  # bad data (a wrong --dataroot, a truncated label file, ...) ends with one line, no traceback
-        _, _, device = dist.init_distributed(opt.device)
-        model = build_model(opt).to(device)
-        model.load_state_dict(strip_module_prefix(state["model"]))
-        dataset = build_dataset(opt, "val")
-        metrics = evaluate(model, dataset, opt, device)
-    except (UserError, ValueError) as e:
-        sys.exit(f"error: {message(e)}")
-    if dist.is_main():
-        out_dir = opt.out_dir or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(opt.ckpt))), "eval")
         os.makedirs(out_dir, exist_ok=True)
-        metrics["ckpt"] = os.path.abspath(opt.ckpt)
-        metrics["step"] = state.get("step")
         with open(os.path.join(out_dir, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=1, default=lambda x: np.asarray(x).tolist())
         with open(os.path.join(out_dir, "metrics.md"), "w") as f:
             f.write(metrics["text"])
-        print(metrics["text"])
-        print(f"written to {out_dir}/metrics.json")
+    except OSError as e:
+        if disk_full_cause(e) is None:
+            raise
+        raise DiskFull(f"disk full writing the metrics to {out_dir} ({e.strerror}): free space, then evaluate "
+                       "again") from None
+    print(metrics["text"])
+    print(f"written to {out_dir}/metrics.json")
+
+
+def main(argv=None):
+    from networks import build_model
+    from utils.checkpoint import load_model_state
+    from utils.errors import BadData, UserError, message
+
+    try:  # bad input (options, checkpoint, data, a full disk) ends with one line, no traceback
+        opt, state = load_for_eval(argv)
+        _, _, device = dist.init_distributed(opt.device)
+        model = build_model(opt).to(device)
+        load_model_state(model, state, opt.ckpt)
+        dataset = build_dataset(opt, "val")
+        where = f"split file {opt.val_split}" if opt.val_split else f"--dataroot {opt.dataroot}"
+        if len(dataset) == 0:
+            raise BadData(f"the val split ({where}) has no sample: nothing to evaluate")
+        metrics = evaluate(model, dataset, opt, device)
+        if not metrics["text"]:
+            raise BadData(f"nothing was evaluated on the val split ({where}): no label to score against; give "
+                          "--depth_root (LiDAR depth) or --occ_root (Occ3D labels, stage 2)")
+        if dist.is_main():
+            write_results(metrics, opt, state)
+    except (UserError, ValueError) as e:
+        sys.exit(f"error: {message(e)}")
     dist.cleanup()
 
 

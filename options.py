@@ -3,13 +3,17 @@
 Every option has one definition with a help text: ``python train.py --help`` prints them all, grouped by the
 module that owns them. A config file (``--config configs/x.txt``) holds ``key = value`` lines (``#`` starts a
 comment, lists are space separated, booleans are true/false); the command line overrides the file. An unknown
-key in a file is an error naming the file, the line and the closest known key.
+key or a value of the wrong type in a file is an error naming the file, the line (and the closest known key); a
+bad value on the command line is one line without the usage; a value out of its range (``OPTION_RANGES`` here and
+in the modules that own options) is an error naming the option and where it was set.
 """
 import argparse
 import difflib
 import importlib
+import math
 import os
 import shlex
+import sys
 
 from utils.errors import UserError
 
@@ -40,6 +44,46 @@ def str2bool(v):
 
 class ConfigError(UserError, ValueError):
     """A bad option or config file (train.py / eval.py print it without a traceback)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (what is wrong, where the options are listed), not the usage dump."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (`{self.prog} --help` lists every option)\n")
+
+
+# Ranges: option -> (test of one value, what it must be). Modules that own options may define OPTION_RANGES too.
+def at_least(lo):
+    return (lambda v: v >= lo), f"at least {lo}"
+
+
+def above(lo):
+    return (lambda v: v > lo), f"above {lo}"
+
+
+def within(lo, hi):
+    return (lambda v: lo <= v <= hi), f"between {lo} and {hi}"
+
+
+OPTION_RANGES = {
+    "num_workers": at_least(0), "batch_size": at_least(1), "lr": above(0), "weight_decay": at_least(0),
+    "num_epochs": at_least(1), "max_steps": at_least(0), "max_minutes": at_least(0), "color_aug": within(0, 1),
+    "lr_warmup": at_least(0), "lr_milestones": within(0, 1), "grad_clip": at_least(0), "log_every": at_least(1),
+    "image_every": at_least(0), "save_every": at_least(1), "val_every": at_least(-1), "max_nan_skips": at_least(0),
+    "min_depth_eval": above(0), "max_depth_eval": above(0), "eval_max_samples": at_least(0),
+}
+# Rules over several values: (option, test of the whole options, what it must be).
+RULES = [
+    ("max_depth_eval", lambda o: o.min_depth_eval < o.max_depth_eval, "above --min_depth_eval"),
+    ("real_size", lambda o: all(o.real_size[i] < o.real_size[i + 1] for i in (0, 2, 4)),
+     "XMIN XMAX YMIN YMAX ZMIN ZMAX with each minimum below its maximum"),
+    ("input_size", lambda o: o.stage != "gsp" or min(o.input_size) > 32,
+     "above 32 (each value) for stage 1: its encoders downsample 32 times"),
+]
+# The evaluation protocol: eval.py uses their defaults unless its own command line (or --config) sets them, whatever
+# the evaluated run was trained (and validated) with.
+PROTOCOL_OPTIONS = ("occ_eval_mask", "rayiou_origins")
 
 
 def add_base_args(p):
@@ -79,7 +123,8 @@ def add_base_args(p):
     g.add_argument("--log_every", type=int, default=20, help="scalar logging period, steps")
     g.add_argument("--image_every", type=int, default=200, help="image logging period, steps (0 = never)")
     g.add_argument("--save_every", type=int, default=500, help="checkpoint period, steps (also at epoch end)")
-    g.add_argument("--val_every", type=int, default=0, help="validation period, steps (0 = at the end only)")
+    g.add_argument("--val_every", type=int, default=0,
+                   help="validation period, steps (0 = at the end only, -1 = never)")
     g.add_argument("--resume", type=str2bool, default=True,
                    help="resume from <run>/ckpt/last.pt when it exists")
     g.add_argument("--load_weights", type=str, default=None, help="initialise model weights from a checkpoint")
@@ -108,7 +153,7 @@ def add_base_args(p):
 
 
 def build_parser(description="GaussianOcc"):
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_base_args(p)
     for name in OPTION_MODULES:
         importlib.import_module(name).add_args(p)
@@ -124,8 +169,29 @@ def _known_keys(parser):
     return keys
 
 
-def read_config(path, parser):
-    """Turn a config file into argv tokens, checking every key."""
+TYPE_NAMES = {int: "an integer", float: "a number", str2bool: "true or false"}
+
+
+def _check_values(action, tokens):
+    """Why the value tokens of one config line do not fit ``action`` (count, type, choices), or None."""
+    n = action.nargs
+    counts = {None: (1, 1), "?": (0, 1), "*": (0, math.inf), "+": (1, math.inf)}
+    lo, hi = counts.get(n, (n, n)) if not isinstance(n, int) else (n, n)
+    if not lo <= len(tokens) <= hi:
+        return f"expected {'a value' if hi == 1 else f'{lo} values' if lo == hi else 'values'}, got {len(tokens)}"
+    for t in tokens:
+        try:
+            v = action.type(t) if action.type else t
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            return f"expected {TYPE_NAMES.get(action.type, action.type.__name__)}, got {t!r}"
+        if action.choices is not None and v not in action.choices:
+            return f"expected one of {', '.join(map(str, action.choices))}, got {t!r}"
+    return None
+
+
+def read_config(path, parser, origins=None):
+    """Turn a config file into argv tokens, checking every key and value; ``origins`` (a dict) receives
+    ``{key: "path:line"}``."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     keys = _known_keys(parser)
@@ -144,23 +210,75 @@ def read_config(path, parser):
                 close = difflib.get_close_matches(key, list(keys), n=1)
                 hint = f" (did you mean '{close[0]}'?)" if close else ""
                 raise ConfigError(f"{path}:{lineno}: unknown option '{key}'{hint}")
+            if origins is not None:
+                origins[key] = f"{path}:{lineno}"
             argv.append("--" + key)
             if keys[key].nargs == 0:  # store_true style flags
-                if not str2bool(val):
-                    argv.pop()
-            else:
-                argv.extend(shlex.split(val))
+                try:
+                    if not str2bool(val):
+                        argv.pop()
+                except argparse.ArgumentTypeError as e:
+                    raise ConfigError(f"{path}:{lineno}: {key} = {val}: {e}") from None
+                continue
+            try:
+                tokens = shlex.split(val)
+            except ValueError as e:
+                raise ConfigError(f"{path}:{lineno}: {key} = {val}: {e}") from None
+            bad = _check_values(keys[key], tokens)
+            if bad:
+                raise ConfigError(f"{path}:{lineno}: {key} = {val}: {bad}")
+            argv.extend(tokens)
     return argv
 
 
+def option_ranges():
+    """Every option's range: this module's OPTION_RANGES and those of the OPTION_MODULES."""
+    ranges = dict(OPTION_RANGES)
+    for name in OPTION_MODULES:
+        ranges.update(getattr(importlib.import_module(name), "OPTION_RANGES", {}))
+    return ranges
+
+
+def _where(key, origins, cli):
+    if any(t == f"--{key}" or t.startswith(f"--{key}=") for t in cli) or key not in origins:
+        return "on the command line"
+    return f"in {origins[key]}"
+
+
+def check_ranges(opt, origins=None, cli=()):
+    """ConfigError for the first option whose value is out of its range or not finite, naming the option, its
+    value and where it was set (the config file and line, or the command line)."""
+    origins = origins or {}
+    for key, (ok, must) in option_ranges().items():
+        value = getattr(opt, key, None)
+        if value is None:
+            continue
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) and ok(v) for v in values):
+            shown = " ".join(map(str, values))
+            each = "each value " if isinstance(value, (list, tuple)) else ""
+            raise ConfigError(f"--{key} {shown} {_where(key, origins, cli)}: {each}must be {must}")
+    for key, ok, must in RULES:
+        try:
+            good = ok(opt)
+        except (AttributeError, TypeError):  # a parser without that option (tools with their own parsers)
+            continue
+        if not good:
+            value = getattr(opt, key)
+            shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+            raise ConfigError(f"--{key} {shown} {_where(key, origins, cli)}: must be {must}")
+
+
 def parse_args(argv=None, description="GaussianOcc"):
+    """Options of the command line ``argv`` (default sys.argv) over those of its --config file, checked."""
     parser = build_parser(description)
-    pre, _ = parser.parse_known_args(argv)
-    cfg_argv = read_config(pre.config, parser) if pre.config else []
-    # config first, command line second: later tokens win in argparse.
-    import sys
     cli = list(sys.argv[1:] if argv is None else argv)
+    pre, _ = parser.parse_known_args(cli)
+    origins = {}
+    cfg_argv = read_config(pre.config, parser, origins) if pre.config else []
+    # config first, command line second: later tokens win in argparse.
     opt = parser.parse_args(cfg_argv + cli)
+    check_ranges(opt, origins, cli)
     return opt
 
 
@@ -177,7 +295,6 @@ def dump_options(opt, path):
 
 def explicit_options(argv=None):
     """The options set explicitly by the command line or its config file (not by defaults), as a dict."""
-    import sys
     parser = build_parser()
     cli = list(sys.argv[1:] if argv is None else argv)
     pre, _ = parser.parse_known_args(cli)
@@ -187,12 +304,14 @@ def explicit_options(argv=None):
     return vars(parser.parse_args(cfg_argv + cli))
 
 
-def merge_checkpoint_options(saved, argv=None):
+def merge_checkpoint_options(saved, argv=None, fresh=()):
     """Options of a saved run (the model it was trained with), overridden by what this command sets explicitly.
 
     Options that did not exist when the checkpoint was written take the value they had in effect before
-    (a module's CHECKPOINT_DEFAULTS), else their current defaults. A module's REBUILD_OVERRIDES apply last (e.g.
-    no ImageNet file is read, even when the config names one: the weights come from the checkpoint).
+    (a module's CHECKPOINT_DEFAULTS), else their current defaults; options in ``fresh`` take their defaults
+    whatever the run had (eval.py: the evaluation protocol, ``PROTOCOL_OPTIONS``). A module's REBUILD_OVERRIDES
+    apply last (e.g. no ImageNet file is read, even when the config names one: the weights come from the
+    checkpoint).
     """
     opt = build_parser().parse_args([])
     known = vars(opt)
@@ -201,7 +320,7 @@ def merge_checkpoint_options(saved, argv=None):
         for k, v in getattr(m, "CHECKPOINT_DEFAULTS", {}).items():
             setattr(opt, k, v)
     for k, v in saved.items():
-        if k in known:
+        if k in known and k not in fresh:
             setattr(opt, k, v)
     for k, v in explicit_options(argv).items():
         setattr(opt, k, v)

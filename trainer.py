@@ -3,10 +3,12 @@
 One process or torchrun (DDP, one or several nodes; SyncBatchNorm across GPUs); AMP (bf16 / fp16); tqdm
 progress; tensorboardX scalars and images, the same scalars in ``<run>/train_log.jsonl`` with the throughput
 (steps/s, data-wait time, peak GPU memory); checkpoints written atomically every ``save_every`` steps and at the
-end, resumed automatically from ``<run>/ckpt/last.pt`` at the exact position in the epoch (the batches consumed
-are stored, so a batch skipped by the guard that skips non-finite losses does not shift it); periodic
-validation with the metrics of ``eval.py`` on a validation set built once. A run killed by SIGTERM / Ctrl-C saves
-a checkpoint first.
+end (``ckpt/last.pt``, the one before kept as ``ckpt/prev.pt``), resumed automatically at the exact position in the
+epoch (the batches consumed are stored, so a batch skipped by the guard that skips non-finite losses does not shift
+it) with every random state, so that a resumed run repeats the uninterrupted one; periodic validation with the
+metrics of ``eval.py`` on a validation set built once. A run killed by SIGTERM / Ctrl-C saves a checkpoint first;
+an exception in the loop saves the last finished step before it propagates. One live run per run folder
+(``utils/run_lock.py``); on resume the log rows of the steps that run again are dropped.
 
 Data path: the training set leaves out the evaluation-only labels (dense LiDAR depth, Occ3D volumes) and hands
 over uint8 images (float on the GPU); one DataLoader with persistent workers and prefetching lives for the whole
@@ -15,7 +17,9 @@ run; the speed options of ``utils/speed.py`` apply on CUDA.
 import json
 import math
 import os
+import random
 import signal
+import sys
 import time
 
 import numpy as np
@@ -27,11 +31,14 @@ from datasets import EVAL_ONLY_KEYS, build_dataset, collate
 from datasets.sampler import EpochSampler
 from networks import build_model
 from options import ConfigError, dump_options
-from utils import dist
+from utils import dist, run_lock
 from utils.augment import color_jitter
 from utils.batch import to_device
 from utils.health import TrainingHealth
-from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint, strip_module_prefix
+from utils.checkpoint import (load_checkpoint, load_model_state, load_resume_checkpoint, load_weights,
+                              remove_partial_files, require_stage, save_checkpoint)
+from utils.errors import RunBusy, disk_full_cause, message
+from utils.rng import rng_state, set_rng_state
 from utils.speed import prepare_model
 from utils.throughput import Throughput, timed_batches
 
@@ -48,6 +55,10 @@ def check_options(opt):
         if not os.path.isfile(opt.stage1_ckpt):
             raise ConfigError(f"--stage1_ckpt {opt.stage1_ckpt} not found: train stage 1 and its refine phase first "
                               "(sh run_gs_occ.sh does both), or use --pose gt")
+        require_stage(load_checkpoint(opt.stage1_ckpt, what="--stage1_ckpt", mmap=True), opt.stage1_ckpt, "gsp",
+                      "--stage1_ckpt", "stage 2 takes its camera motion from the stage-1 pose net (sh run_gs_occ.sh "
+                      "passes logs/<stage-1 run>-refine/ckpt/last.pt); a stage-2 checkpoint goes to --load_weights "
+                      "or eval.py --ckpt")
     if opt.load_weights and not os.path.isfile(opt.load_weights):
         raise ConfigError(f"--load_weights {opt.load_weights} not found")
 
@@ -74,7 +85,8 @@ def make_loader(dataset, sampler, opt, device):
     return torch.utils.data.DataLoader(
         dataset, batch_size=opt.batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
         drop_last=True, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-        prefetch_factor=opt.prefetch_factor if workers > 0 else None)
+        prefetch_factor=opt.prefetch_factor if workers > 0 else None,
+        generator=torch.Generator().manual_seed(opt.seed))  # its own: making it draws nothing from torch's RNG
 
 
 class Trainer:
@@ -82,22 +94,27 @@ class Trainer:
         check_options(opt)
         self.opt = opt
         self.rank, self.world, self.device = dist.init_distributed(opt.device)
+        random.seed(opt.seed + self.rank)
         torch.manual_seed(opt.seed + self.rank)
         np.random.seed(opt.seed + self.rank)
         self.train_set = self._dataset("train")  # before anything slow: bad data paths fail at once
         self.val_set = None  # built at the first validation, then kept
         if len(self.train_set) < self.world * opt.batch_size:
-            raise ConfigError(f"the train split has {len(self.train_set)} samples: fewer than one batch of "
-                              f"--batch_size {opt.batch_size} per process ({self.world})")
+            where = f"split file {opt.train_split}" if opt.train_split else f"every sample of --dataroot {opt.dataroot}"
+            raise ConfigError(f"the train split ({where}) has {len(self.train_set)} usable samples: fewer than one "
+                              f"batch of --batch_size {opt.batch_size} per process ({self.world}); samples without "
+                              "a previous and next frame are left out (--require_adjacent)")
         self.run_dir = os.path.join(opt.log_dir, opt.exp_name)
         self.ckpt_dir = os.path.join(self.run_dir, "ckpt")
+        self._lock()  # before anything is written to the run folder
         if dist.is_main():
             os.makedirs(self.ckpt_dir, exist_ok=True)
             dump_options(opt, os.path.join(self.run_dir, "options.txt"))
 
         self.model = build_model(opt).to(self.device)
         if opt.load_weights:
-            load_weights(self.model, opt.load_weights, log=print if dist.is_main() else lambda msg: None)
+            load_weights(self.model, opt.load_weights, log=print if dist.is_main() else lambda msg: None,
+                         stage=opt.stage)
         self._speed_up()
         groups = param_groups(self.model.trainable_parameters())
         if not groups:
@@ -124,12 +141,26 @@ class Trainer:
         self.step, self.epoch, self.epoch_batches = 0, 0, 0  # epoch_batches: batches of this epoch consumed
         self.aug_generator = torch.Generator().manual_seed(opt.seed * 1000003 + self.rank)
         self.health = TrainingHealth(after=opt.lr_warmup)  # reads the logged rows, warns when a run has failed
-        self.writer = None
-        if dist.is_main():
-            from tensorboardX import SummaryWriter
-            self.writer = SummaryWriter(os.path.join(self.run_dir, "tb"))
         self.stop_signal = None
+        self._pending = None  # (epoch, epoch_batches, random state) before the batch in flight
+        self._saved_at = None  # (step, epoch, epoch_batches) of the last checkpoint written or read
         self._resume()
+        self.writer = None
+        if dist.is_main():  # a resumed run replaces the events of the steps it runs again
+            from tensorboardX import SummaryWriter
+            self.writer = SummaryWriter(os.path.join(self.run_dir, "tb"),
+                                        purge_step=self.step + 1 if self.step else None)
+
+    def _lock(self):
+        """One live run per run folder: process 0 takes ``<run>/run.lock``; every process stops when it is taken."""
+        busy = None
+        if dist.is_main():
+            try:
+                run_lock.acquire(self.run_dir)
+            except RunBusy as e:
+                busy = e
+        if dist.all_reduce_sum(torch.tensor([float(busy is not None)], device=self.device)).item() > 0:
+            raise busy or RunBusy(f"run folder {self.run_dir} is in use by another run (process 0 says which)")
 
     def _speed_up(self):
         """SyncBatchNorm under DDP on GPUs, then the speed options (utils/speed.py); says what it did."""
@@ -146,22 +177,72 @@ class Trainer:
         return build_dataset(self.opt, split, eval_labels=not train, uint8_images=train)
 
     # ---------------------------------------------------------------- checkpoints
-    def _state(self):
+    def _generators(self):
+        return {"aug": self.aug_generator}
+
+    def _state(self, rngs):
+        """The checkpoint; ``rngs``: the random state of each process (index = rank)."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
                 "epoch_batches": self.epoch_batches, "world": self.world, "batch_size": self.opt.batch_size,
-                "opt": vars(self.opt)}
+                "rng": rngs, "opt": vars(self.opt)}
+
+    def _position(self):
+        return self.step, self.epoch, self.epoch_batches
 
     def save(self, name="last.pt"):
+        """Every process calls it (their random states are gathered); process 0 writes ``ckpt/<name>`` (last.pt
+        keeps the one before as prev.pt)."""
+        if name == "last.pt" and self._position() == self._saved_at:
+            return  # nothing happened since the last save (the end of a run right after a periodic save)
+        rngs = [rng_state(self._generators(), self.device)]
+        if self.world > 1:
+            gathered = [None] * self.world
+            torch.distributed.all_gather_object(gathered, rngs[0])
+            rngs = gathered
         if dist.is_main():
-            save_checkpoint(self._state(), os.path.join(self.ckpt_dir, name))
+            save_checkpoint(self._state(rngs), os.path.join(self.ckpt_dir, name), keep_previous=name == "last.pt")
+        if name == "last.pt":
+            self._saved_at = self._position()  # on every process: they all take the same early return above
+
+    def _save_after_failure(self, err):
+        """A step failed: the state of the last finished step goes to last.pt (the batch in flight is given back,
+        with the random state from before it), unless that is already saved, nothing was trained yet, the disk is
+        full or the weights are not finite. Process 0 only (no collective: the other processes may be gone)."""
+        if self._pending is not None:
+            self.epoch, self.epoch_batches, rng = self._pending
+            self._pending = None
+        else:
+            rng = rng_state(self._generators(), self.device)
+        if (not dist.is_main() or disk_full_cause(err) is not None or self.step == 0
+                or self._position() == self._saved_at):
+            return
+        path = os.path.join(self.ckpt_dir, "last.pt")
+        if not all(torch.isfinite(p).all() for p in self.model.parameters()):
+            print(f"the weights are not finite at step {self.step}: not saved ({path} is kept)", file=sys.stderr)
+            return
+        try:
+            save_checkpoint(self._state([rng]), path, keep_previous=True)
+            print(f"{type(err).__name__} after step {self.step}: that step is saved to {path}; rerun the same "
+                  "command to resume", file=sys.stderr)
+        except Exception as e:
+            print(f"after the failure the checkpoint could not be saved either ({message(e)})", file=sys.stderr)
 
     def _resume(self):
-        path = os.path.join(self.ckpt_dir, "last.pt")
-        if not (self.opt.resume and os.path.isfile(path)):
+        if dist.is_main():
+            left = remove_partial_files(self.ckpt_dir)
+            if left:
+                print(f"removed {len(left)} partial checkpoint files of a run killed while saving ({left[0]})")
+        if not self.opt.resume:
             return
-        state = load_checkpoint(path, map_location=self.device)
-        self.model.load_state_dict(strip_module_prefix(state["model"]))
+        state, path = load_resume_checkpoint(os.path.join(self.ckpt_dir, "last.pt"), self.device,
+                                             log=print if dist.is_main() else lambda msg: None)
+        if state is None:
+            return
+        fix = (f"this run folder holds another run: give this one another --exp_name, or --resume false to start "
+               f"over there (see {self.run_dir}/options.txt)")
+        require_stage(state, path, self.opt.stage, "the run checkpoint", fix)
+        load_model_state(self.model, state, path, fix)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = state["step"], state["epoch"]
@@ -174,8 +255,37 @@ class Trainer:
                 print(f"resume: the position in epoch {self.epoch} cannot be restored (another number of processes or "
                       f"batch size, or an old checkpoint after a skipped step): the epoch restarts")
             self.epoch_batches = 0
+        rngs = state.get("rng") or []
+        lost = set_rng_state(rngs[self.rank], self._generators(), self.device) if len(rngs) == self.world else ["all"]
+        if lost and dist.is_main():
+            print(f"resume: random state not restored ({', '.join(lost)}: an older checkpoint, one saved after a "
+                  "failure under DDP, or another number of processes or GPUs): the run goes on, not exactly as an "
+                  "uninterrupted one")
+        self._saved_at = self._position()
         if dist.is_main():
             print(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.epoch_batches})")
+            self._trim_log()
+
+    def _trim_log(self):
+        """Drop the rows of train_log.jsonl after the resumed step (those steps run again) and any line cut short
+        by a kill, so that the log holds one row per step."""
+        path = os.path.join(self.run_dir, "train_log.jsonl")
+        if not os.path.isfile(path):
+            return
+        with open(path) as f:
+            lines = f.readlines()
+        keep = []
+        for line in lines:
+            try:
+                if json.loads(line)["step"] <= self.step:
+                    keep.append(line.rstrip("\n") + "\n")
+            except (ValueError, KeyError, TypeError):
+                pass
+        if keep != lines:
+            with open(path + ".tmp", "w") as f:
+                f.writelines(keep)
+            os.replace(path + ".tmp", path)
+            print(f"resume: {len(lines) - len(keep)} rows of {path} after step {self.step} dropped (they run again)")
 
     # ---------------------------------------------------------------- loop
     def lr_factor(self, step):
@@ -202,6 +312,7 @@ class Trainer:
             while self.step < self.total_steps and self.epoch < opt.num_epochs and self.stop_signal is None:
                 self.sampler.set_epoch(self.epoch, skip=self.epoch_batches * opt.batch_size)
                 for batch in timed_batches(loader, self.perf.waited):
+                    self._pending = (self.epoch, self.epoch_batches, rng_state(self._generators(), self.device))
                     self.epoch_batches += 1  # consumed, whatever the NaN guard does with it
                     if self.epoch_batches == self.steps_per_epoch:
                         self.epoch, self.epoch_batches = self.epoch + 1, 0
@@ -213,6 +324,9 @@ class Trainer:
                             print(f"\n--max_minutes {opt.max_minutes} reached at step {self.step}")
                         self.total_steps = self.step
                         break
+        except Exception as e:
+            self._save_after_failure(e)
+            raise
         finally:
             bar.close()
             for s, h in old_handlers.items():
@@ -221,10 +335,12 @@ class Trainer:
         if self.stop_signal is not None:
             if dist.is_main():
                 print(f"stopped by signal {self.stop_signal} at step {self.step}; checkpoint saved, rerun to resume")
+            run_lock.release(self.run_dir)
             return None
         metrics = self.validate() if opt.val_every >= 0 else None
         if self.writer:
             self.writer.close()
+        run_lock.release(self.run_dir)
         return metrics
 
     def _train_step(self, batch, nan_run, bar):
@@ -243,24 +359,18 @@ class Trainer:
             loss, logs, outputs = self.net(batch)
         finite = torch.tensor(float(torch.isfinite(loss).all()), device=self.device)
         if dist.all_reduce_sum(finite).item() < self.world:
-            self.optimizer.zero_grad(set_to_none=True)
-            nan_run += 1
-            if dist.is_main():
-                tqdm.write(f"step {self.step}: non-finite loss ({ {k: float(v) for k, v in logs.items()} }), "
-                           f"step skipped ({nan_run} in a row)")
-            if nan_run > opt.max_nan_skips:
-                self.save("nan_abort.pt")
-                raise FloatingPointError(f"{nan_run} non-finite losses in a row at step {self.step}; state saved to "
-                                         f"{self.ckpt_dir}/nan_abort.pt (last good: last.pt)")
-            return nan_run
+            return self._skip(nan_run, f"non-finite loss ({ {k: float(v) for k, v in logs.items()} })")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if opt.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), opt.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), opt.grad_clip)
+            if not self.scaler.is_enabled() and not torch.isfinite(norm):  # (fp16: the scaler skips those itself)
+                return self._skip(nan_run, f"finite loss {loss.item():.4g} but non-finite gradients")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
+        self._pending = None  # the step is done: a later failure keeps it
         bar.update(1)
         if dist.is_main():
             bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -288,6 +398,20 @@ class Trainer:
         if opt.val_every > 0 and self.step % opt.val_every == 0 and self.step < self.total_steps:
             self.validate()
         return 0
+
+    def _skip(self, nan_run, what):
+        """A step with a non-finite loss or gradient: no update, its batch counts as consumed. More than
+        ``max_nan_skips`` in a row stop the run (FloatingPointError) with the state saved to nan_abort.pt."""
+        self._pending = None
+        self.optimizer.zero_grad(set_to_none=True)
+        nan_run += 1
+        if dist.is_main():
+            tqdm.write(f"step {self.step}: {what}, step skipped ({nan_run} in a row)")
+        if nan_run > self.opt.max_nan_skips:
+            self.save("nan_abort.pt")
+            raise FloatingPointError(f"{nan_run} non-finite losses or gradients in a row at step {self.step}; state "
+                                     f"saved to {self.ckpt_dir}/nan_abort.pt (last good: last.pt)")
+        return nan_run
 
     def _log_throughput(self, row):
         """Adds steps/s, data wait, peak memory (this process) and the samples seen (all processes) to ``row``."""

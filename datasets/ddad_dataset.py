@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from datasets.checks import check_intrinsics, check_pose
 from datasets.nuscenes_dataset import NuScenesDataset, read_split, resolve
 from utils.constants import CAMS
 from utils.errors import BadData, MissingFile
@@ -66,6 +67,17 @@ def pose_to_matrix(pose):
     ]
     m[:3, 3] = [t["x"], t["y"], t["z"]]
     return m
+
+
+def checked_pose(pose, where):
+    """``pose_to_matrix`` of a pose whose values are checked first (finite, unit quaternion)."""
+    try:
+        q, t = pose["rotation"], pose["translation"]
+        values = [q["qw"], q["qx"], q["qy"], q["qz"]], [t["x"], t["y"], t["z"]]
+    except (KeyError, TypeError):
+        raise BadData(f"DDAD: {where}: pose {pose!r} lacks rotation qw qx qy qz or translation x y z") from None
+    check_pose(values[1], values[0], where)
+    return pose_to_matrix(pose)
 
 
 def intrinsics_to_matrix(intr):
@@ -110,7 +122,7 @@ def load_scene(scene_json):
         raise BadData(f"DDAD: scene {name} uses several calibrations {sorted(calib_keys)}")
     calib_path = os.path.join(scene_dir, "calibration", calib_keys.pop() + ".json")
     cal = _read_json(calib_path, f"calibration of scene {name}")
-    calib = {n: (intrinsics_to_matrix(i), pose_to_matrix(e)) for n, i, e in
+    calib = {n: (intrinsics_to_matrix(i), checked_pose(e, f"{calib_path} extrinsics of {n}")) for n, i, e in
              zip(*(_field(cal, k, calib_path) for k in ("names", "intrinsics", "extrinsics")))}
     frames = []
     for s in samples:
@@ -121,9 +133,9 @@ def load_scene(scene_json):
             d = datums[key]
             value = next(iter(d["datum"].values()))
             frame[d["id"]["name"]] = dict(file=os.path.join(scene_dir, value["filename"]),
-                                          pose=pose_to_matrix(value["pose"]))
+                                          pose=checked_pose(value["pose"], f"{scene_json} datum {key}"))
         frames.append(frame)
-    return dict(name=name, calib=calib, frames=frames)
+    return dict(name=name, calib=calib, frames=frames, calib_path=calib_path)
 
 
 def sample_token(scene_name, index):
@@ -187,6 +199,8 @@ class DDADDataset(NuScenesDataset):
             if missing:
                 warnings.warn(f"DDAD: scene {scene['name']} skipped, it lacks {', '.join(missing)}")
                 continue
+            for c in DDAD_CAMS:
+                check_intrinsics(scene["calib"][c][0], f"DDAD: {scene['calib_path']} intrinsics of {c}")
             for i in range(len(scene["frames"])):
                 meta = self._sample_meta(scene, i)
                 adjacent = meta["has_prev"] and meta["has_next"]

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from datasets.checks import check_intrinsics, check_occ_labels, check_pose, check_split
 from datasets.pseudo_labels import SEM_FORMATS, gsam_path, read_gsam_bin, read_png_label, resize_labels
 from utils.geometry import scale_intrinsics
 from utils.constants import CAMS
@@ -88,21 +89,53 @@ def channel_of_calibration(tables):
     return out
 
 
-def resolve_adjacent(mode, tables, dataroot):
+def resolve_adjacent(mode, tables):
     """The temporal neighbours to use, ``("keyframe" | "sweep", reason)``. ``auto``: the camera sweeps when the
-    tables list non-keyframe camera sample_data and their files are on disk (the first one is checked), else the
-    keyframes."""
+    tables list non-keyframe camera sample_data, else the keyframes (whether the sweep files exist is checked
+    per neighbour frame: ``SweepFiles``)."""
     if mode != "auto":
         return mode, f"--adjacent {mode}"
     channel = channel_of_calibration(tables)
-    sweeps = [sd["filename"] for sd in tables["sample_data"].values()
-              if not sd["is_key_frame"] and channel.get(sd["calibrated_sensor_token"]) in CAMS]
-    if not sweeps:
+    n = sum(1 for sd in tables["sample_data"].values()
+            if not sd["is_key_frame"] and channel.get(sd["calibrated_sensor_token"]) in CAMS)
+    if not n:
         return "keyframe", "the tables hold camera keyframes only"
-    path = os.path.join(dataroot, min(sweeps))
-    if not os.path.isfile(path):
-        return "keyframe", f"the tables list {len(sweeps)} camera sweeps but their files are absent (e.g. {path})"
-    return "sweep", f"{len(sweeps)} camera sweeps in the tables"
+    return "sweep", f"{n} camera sweeps in the tables"
+
+
+def chain_step(tables, sd, direction, keyframes_only):
+    """The sample_data before / after ``sd`` in its sensor's chain (``direction`` "prev" / "next"); with
+    ``keyframes_only`` the nearest keyframe that way. None at the end of the chain."""
+    nxt = sd[direction]
+    while nxt:
+        sd = get(tables, "sample_data", nxt, f"sample_data {sd['token']}.{direction}")
+        if sd["is_key_frame"] or not keyframes_only:
+            return sd
+        nxt = sd[direction]
+    return None
+
+
+class SweepFiles:
+    """Which camera sweep files the neighbour frames need exist (each checked once), and how many neighbour frames
+    (6 cameras of one sample, before or after it) fall back to the adjacent keyframes for a missing one."""
+
+    def __init__(self, dataroot):
+        self.dataroot, self.exists, self.frames, self.fallbacks = dataroot, {}, 0, 0
+
+    def missing_in(self, frame):
+        """Sweep files of ``frame`` (6 sample_data records or None) that are not on disk."""
+        out = []
+        for sd in frame:
+            if sd is not None and not sd["is_key_frame"]:
+                name = sd["filename"]
+                if name not in self.exists:
+                    self.exists[name] = os.path.isfile(os.path.join(self.dataroot, name))
+                if not self.exists[name]:
+                    out.append(name)
+        return out
+
+    def missing(self):
+        return sorted(name for name, ok in self.exists.items() if not ok)
 
 
 def sample_sensor_data(tables, channels):
@@ -133,11 +166,11 @@ def scene_samples(tables):
     return out
 
 
-def scene_ray_origins(tables, samples, lidar_data):
+def scene_ray_origins(tables, samples, lidar_data, table_root=""):
     """``{sample_token: (K, 3) float32}``: the RayIoU origins of every sample (``utils.occ_metrics.
     sparseocc_origins``) from the LIDAR_TOP keyframes of its scene. ``samples``: ``[(token, scene)]`` of whole
     scenes in time order; ``lidar_data``: ``{sample_token: {"LIDAR_TOP": sample_data}}``. Scenes with a keyframe
-    without LIDAR_TOP data get no entry."""
+    without LIDAR_TOP data get no entry. The LiDAR calibration and poses are checked (errors name ``table_root``)."""
     scenes = {}
     for token, scene in samples:
         scenes.setdefault(scene, []).append(token)
@@ -150,6 +183,9 @@ def scene_ray_origins(tables, samples, lidar_data):
             sd = lidar_data[t]["LIDAR_TOP"]
             cs = get(tables, "calibrated_sensor", sd["calibrated_sensor_token"], f"sample_data {sd['token']}")
             pose = get(tables, "ego_pose", sd["ego_pose_token"], f"sample_data {sd['token']}")
+            for name, record in (("calibrated_sensor", cs), ("ego_pose", pose)):
+                where = f"{os.path.join(table_root, name)}.json record {record['token']} (LIDAR_TOP, RayIoU origins)"
+                check_pose(record["translation"], record["rotation"], where)
             lidar2ego.append(pose_matrix(cs["translation"], cs["rotation"]))
             lidar2global.append(pose_matrix(pose["translation"], pose["rotation"]) @ lidar2ego[-1])
         for i, t in enumerate(tokens):
@@ -167,7 +203,7 @@ def read_split(path):
         path = alt
     with open(path) as f:
         tokens = [line.split("#", 1)[0].strip() for line in f]
-    return [t for t in tokens if t]
+    return check_split([t for t in tokens if t], path)
 
 
 def resolve(dataroot, path):
@@ -246,7 +282,8 @@ class NuScenesDataset(Dataset):
 
         samples = scene_samples(tables)
         sensor_data = sample_sensor_data(tables, CAMS + ["LIDAR_TOP"])
-        self.ray_origins = (scene_ray_origins(tables, samples, sensor_data)
+        table_root = os.path.join(opt.dataroot, opt.version)
+        self.ray_origins = (scene_ray_origins(tables, samples, sensor_data, table_root)
                             if self.occ_root is not None and eval_labels else {})
         split_file = opt.train_split if split == "train" else opt.val_split
         if split_file is not None:
@@ -258,34 +295,61 @@ class NuScenesDataset(Dataset):
                               f"{opt.version}, e.g. {unknown[:3]}")
             samples = [(t, scene_of[t]) for t in tokens]
 
-        self.adjacent, why = resolve_adjacent(opt.adjacent, tables, opt.dataroot)
-        print(f"[data] {opt.version} {split}: temporal neighbours = adjacent "
-              f"{'camera sweeps' if self.adjacent == 'sweep' else 'keyframes'} ({why})")
+        self.adjacent, why = resolve_adjacent(opt.adjacent, tables)
+        sweeps = SweepFiles(opt.dataroot) if self.adjacent == "sweep" else None
+        checked = set()  # calibration / ego pose records already checked
         self.samples = []
         for token, scene in samples:
-            meta = self._sample_meta(tables, sensor_data, token, self.adjacent == "keyframe")
+            meta = self._sample_meta(tables, sensor_data, token, self.adjacent, table_root, sweeps, checked)
             if split == "train" and opt.require_adjacent and not (meta["has_prev"] and meta["has_next"]):
                 continue
             meta["scene"] = scene
             self.samples.append(meta)
+        warning = self._check_sweeps(sweeps, opt.adjacent) if sweeps else ""
+        if sweeps and sweeps.exists and len(sweeps.missing()) == len(sweeps.exists):
+            self.adjacent = "keyframe"  # every neighbour frame fell back
+            why = f"the tables list camera sweeps but their files are absent (e.g. {sweeps.missing()[0]})"
+            warning = ""
+        print(f"[data] {opt.version} {split}: temporal neighbours = adjacent "
+              f"{'camera sweeps' if self.adjacent == 'sweep' else 'keyframes'} ({why})" + warning)
 
     @staticmethod
-    def _sample_meta(tables, cam_data, token, keyframes_only):
+    def _check_sweeps(sweeps, asked):
+        """Missing sweep files: an error with ``--adjacent sweep``, a warning that counts them with ``auto``."""
+        missing = sweeps.missing()
+        if not missing:
+            return ""
+        what = (f"{len(missing)} of the {len(sweeps.exists)} camera sweep files the neighbour frames use are missing "
+                f"(e.g. {missing[0]})")
+        if asked == "sweep":
+            raise MissingFile(f"--adjacent sweep: {what}: restore them, or use --adjacent auto (keyframe neighbours "
+                              "where a sweep is missing) or --adjacent keyframe")
+        return (f"\n[data] warning: {what}: {sweeps.fallbacks} of {sweeps.frames} neighbour frames use the adjacent "
+                "keyframes instead (0.5 s away on nuScenes instead of ~0.08 s)")
+
+    @staticmethod
+    def _sample_meta(tables, cam_data, token, adjacent, table_root, sweeps=None, checked=None):
         """Files and poses of one sample: ``files`` [frame][cam], ``ego2global`` (3, 6, 4, 4), ``cam2ego``
-        (6, 4, 4), ``K`` (6, 3, 3) at the original image size, ``has_prev`` / ``has_next``."""
+        (6, 4, 4), ``K`` (6, 3, 3) at the original image size, ``has_prev`` / ``has_next``. ``adjacent``:
+        "keyframe" or "sweep"; with ``sweeps`` (SweepFiles) a neighbour frame with a missing sweep file takes the
+        adjacent keyframes of its 6 cameras. Calibration and poses are checked (datasets/checks.py) once each
+        (``checked``: set of the tokens done)."""
         cams = cam_data.get(token, {})
         missing = [c for c in CAMS if c not in cams]
         if missing:
             raise BadData(f"sample {token} has no keyframe sample_data for {missing}")
-
-        def step(sd, direction):
-            nxt = sd[direction]
-            while nxt:
-                sd = get(tables, "sample_data", nxt, f"sample_data {sd['token']}.{direction}")
-                if sd["is_key_frame"] or not keyframes_only:
-                    return sd
-                nxt = sd[direction]
-            return None
+        checked = set() if checked is None else checked
+        current = [cams[cam] for cam in CAMS]
+        frames = []
+        for direction in ("prev", "next"):
+            frame = [chain_step(tables, sd, direction, adjacent == "keyframe") for sd in current]
+            if sweeps is not None and any(sd is not None for sd in frame):
+                sweeps.frames += 1
+                if sweeps.missing_in(frame):
+                    sweeps.fallbacks += 1
+                    frame = [chain_step(tables, sd, direction, True) for sd in current]
+            frames.append(frame)
+        frames.insert(1, current)
 
         files = [[None] * len(CAMS) for _ in range(3)]
         ego2global = np.zeros((3, len(CAMS), 4, 4), np.float32)
@@ -293,17 +357,24 @@ class NuScenesDataset(Dataset):
         K = np.zeros((len(CAMS), 3, 3), np.float32)
         has = {"prev": True, "next": True}
         for c, cam in enumerate(CAMS):
-            cur = cams[cam]
+            cur = current[c]
             cs = get(tables, "calibrated_sensor", cur["calibrated_sensor_token"], f"sample_data {cur['token']}")
-            if np.shape(cs["camera_intrinsic"]) != (3, 3):
-                raise BadData(f"calibrated_sensor {cs['token']} ({cam}): camera_intrinsic is not 3x3")
+            if cs["token"] not in checked:
+                where = f"{table_root}/calibrated_sensor.json record {cs['token']} ({cam})"
+                check_intrinsics(cs["camera_intrinsic"], where)
+                check_pose(cs["translation"], cs["rotation"], where)
+                checked.add(cs["token"])
             cam2ego[c] = pose_matrix(cs["translation"], cs["rotation"])
             K[c] = cs["camera_intrinsic"]
             for f, direction in enumerate(("prev", None, "next")):
-                sd = cur if direction is None else step(cur, direction)
+                sd = frames[f][c]
                 if sd is None:  # no neighbour: the current frame stands in
                     has[direction], sd = False, cur
                 pose = get(tables, "ego_pose", sd["ego_pose_token"], f"sample_data {sd['token']}")
+                if pose["token"] not in checked:
+                    check_pose(pose["translation"], pose["rotation"],
+                               f"{table_root}/ego_pose.json record {pose['token']}")
+                    checked.add(pose["token"])
                 ego2global[f, c] = pose_matrix(pose["translation"], pose["rotation"])
                 files[f][c] = sd["filename"]
         return dict(token=token, files=files, ego2global=ego2global, cam2ego=cam2ego, K=K,
@@ -332,7 +403,9 @@ class NuScenesDataset(Dataset):
         if self.occ_root is not None and self.eval_labels:
             path = os.path.join(self.occ_root, m["scene"], m["token"], "labels.npz")
             keys = ("semantics", "mask_camera", "mask_lidar")
-            for key, arr in zip(keys, load_npz(path, keys, "Occ3D labels")):
+            arrays = load_npz(path, keys, "Occ3D labels")
+            check_occ_labels(arrays, path)
+            for key, arr in zip(keys, arrays):
                 item["occ_" + key] = torch.from_numpy(arr.astype(np.uint8))
             if m["token"] in self.ray_origins:  # (MAX_RAY_ORIGINS, 3), NaN rows pad
                 origins = torch.full((MAX_RAY_ORIGINS, 3), float("nan"))

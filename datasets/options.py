@@ -1,5 +1,7 @@
 """Options of the data layer (argument group "data")."""
-from options import str2bool
+from options import at_least, str2bool
+
+OPTION_RANGES = {"input_size": at_least(16), "render_size": at_least(4)}
 
 
 def add_args(parser):

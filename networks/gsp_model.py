@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from networks.depth_net import NUM_SCALES, DepthNet, disp_to_depth
 from networks.pose_net import PoseNet
 from options import str2bool
-from utils.checkpoint import load_checkpoint, strip_module_prefix
+from utils.checkpoint import load_checkpoint, load_model_state, require_stage
 from utils.geometry import ego_motion_to_cam, inverse_rigid, recorded_ego_motion, warp
 from utils.gsp import cross_view_loss
 from utils.losses import reprojection_loss, smoothness_loss
@@ -212,9 +212,10 @@ def load_gsp_from_checkpoint(path, device="cpu"):
     state = load_checkpoint(path, map_location=device)
     if "opt" not in state:
         raise RuntimeError(f"{path} has no 'opt' entry: cannot rebuild the stage-1 model")
+    require_stage(state, path, "gsp", "stage-1 checkpoint", "pass the checkpoint of a stage-1 (--stage gsp) run")
     from options import merge_checkpoint_options  # options imports this module
     opt = merge_checkpoint_options(state["opt"], argv=[])  # options newer than the checkpoint take their defaults
     opt.gsp_pretrained = False  # the weights come from the checkpoint
     model = GSPModel(opt)
-    model.load_state_dict(strip_module_prefix(state["model"]))
+    load_model_state(model, state, path)
     return model.to(device).eval()

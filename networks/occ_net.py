@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from options import str2bool
+from options import above, at_least, str2bool, within
 from networks.hourglass3d import HourglassTrunk, hourglass_head
 from networks.image_neck import UpConcatNeck
 from networks.resnet_encoder import ResnetEncoder
@@ -25,6 +25,11 @@ CHECKPOINT_DEFAULTS = {"contract_mode": "xy", "image_neck": "fpn", "lift_visibil
                        "occ_decoder": "residual", "decoder_lr_mult": 1.0}
 # A model rebuilt from a checkpoint takes its weights from there, not from an ImageNet file.
 REBUILD_OVERRIDES = {"encoder_weights": "none"}
+
+
+OPTION_RANGES = {"grid_size": at_least(1), "feat_dim": at_least(1), "voxel_feat_dim": at_least(1),
+                 "decoder_blocks": at_least(0), "decoder_lr_mult": above(0), "contract_outer": above(0),
+                 "contract_ratio": within(0.01, 1)}
 
 
 def add_args(parser):

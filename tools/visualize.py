@@ -64,11 +64,11 @@ def load_options(argv=None):
 
 def build_model(opt, state, device):
     from networks.gsv_model import GSVModel
-    from utils.checkpoint import strip_module_prefix
+    from utils.checkpoint import load_model_state
 
     opt.pose = "gt"  # rendering needs no camera motion: do not require the stage-1 checkpoint
     model = GSVModel(opt)
-    model.load_state_dict(strip_module_prefix(state["model"]))
+    load_model_state(model, state, opt.ckpt)
     return model.to(device).eval()
 
 
@@ -129,7 +129,15 @@ def draw_frame(item, model, opt, view_hw):
 
 
 def main(argv=None):
-    args, opt, state = load_options(argv)
+    """Bad input (options, checkpoint, data) ends with one ``error:`` line."""
+    from utils.errors import UserError, message
+    try:
+        draw(*load_options(argv))
+    except UserError as e:
+        raise SystemExit(f"error: {message(e)}") from None
+
+
+def draw(args, opt, state):
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if opt.device == "auto" else opt.device)
     model = None if args.gt_only else build_model(opt, state, device)
