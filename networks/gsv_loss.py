@@ -51,7 +51,9 @@ def add_args(parser):
     g.add_argument("--class_frequencies", type=float, nargs="+", default=list(AUTHORS_CLASS_FREQUENCIES),
                    help="voxel count per class id 0..17 for --sem_class_weights (the authors' options.py "
                         "default; 0 for others and other_flat, so those 2D labels carry no weight)")
-    g.add_argument("--w_entropy", type=float, default=0.1, help="weight of the opacity entropy term")
+    g.add_argument("--w_entropy", type=float, default=0.0,
+                   help="weight of the opacity entropy term (the authors': 0.1; measured here to turn the volume into "
+                        "a fog or an empty volume, see README, 'Where our defaults differ')")
     g.add_argument("--entropy_on", type=str, default="gaussians", choices=["gaussians", "gaussians_binary", "alpha"],
                    help="gaussians: mean -o log o over every voxel Gaussian (the authors'); gaussians_binary: mean "
                         "binary entropy -o log o - (1-o) log(1-o) over the Gaussians (decides at 0.5 instead of 1/e); "
@@ -59,12 +61,13 @@ def add_args(parser):
                         "towards the cameras without labels, see networks/gsv_loss.py)")
     g.add_argument("--entropy_schedule", type=int, nargs=2, default=[0, 0], metavar=("START", "RAMP"),
                    help="the entropy weight is 0 before step START and rises linearly to --w_entropy over RAMP steps")
-    g.add_argument("--w_dist", type=float, default=0.0,
+    g.add_argument("--w_dist", type=float, default=0.03,
                    help="weight of the depth spread along each ray: alpha Var(z) / E[z]^2 of the rendered weights of "
                         "the Gaussians (a distortion loss: small when each ray ends in one place, large for a fog; "
-                        "0 for a transparent ray)")
-    g.add_argument("--w_tv", type=float, default=0.1,
-                   help="weight of the total variation of the voxel logits (the authors' weight_distortion)")
+                        "0 for a transparent ray; GS rendering only)")
+    g.add_argument("--w_tv", type=float, default=0.0,
+                   help="weight of the total variation of the voxel logits (the authors' weight_distortion in GS mode: "
+                        "0.1)")
     g.add_argument("--reproj_invalid", type=str, default="identity", choices=["identity", "keep"],
                    help="a warp that lands outside the source image or behind its camera: identity = it cannot be "
                         "the per-pixel minimum (the pixel falls back to the no-motion error); keep = its "
@@ -163,7 +166,7 @@ class GSVLoss(nn.Module):
             raw["entropy"] = binary_entropy(r["opacity"])
         else:
             raw["entropy"] = opacity_entropy(r["alpha"])
-        if opt.w_dist > 0:
+        if opt.w_dist > 0 and "zsq" in r:  # GS rendering (the volume renderer of the baseline does not give E[z^2])
             raw["dist"] = depth_spread(r["depth_acc"], r["zsq"], r["alpha"], opt.min_depth)
         if opt.w_tv > 0:
             raw["tv"] = total_variation(r["logits"])

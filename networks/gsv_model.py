@@ -58,9 +58,10 @@ def add_args(parser):
                         "(free last); opacity = occupied where the voxel opacity exceeds --occ_threshold, class = "
                         "the semantic argmax")
     g.add_argument("--occ_threshold", type=float, default=0.5, help="opacity threshold of --occ_readout opacity")
-    g.add_argument("--opacity", type=str, default="sigmoid", choices=["sigmoid", "softmax"],
-                   help="voxel opacity: 1 - sigmoid(free logit) (the authors': the free channel alone decides "
-                        "occupancy) or 1 - softmax(logits)[free]")
+    g.add_argument("--opacity", type=str, default="softmax", choices=["sigmoid", "softmax"],
+                   help="voxel opacity: 1 - softmax(logits)[free] (the semantic channels and the free one compete, "
+                        "so the rendered semantics and the argmax read-out see the same occupancy) or 1 - sigmoid("
+                        "free logit) (the authors': the free channel alone decides occupancy)")
 
 
 def occ3d_centres(device=None, zmin=OCC3D_LABEL_RANGE[2]):

@@ -120,7 +120,7 @@ def test_voxel_grid_uniform_and_contracted():
 
 
 def test_voxels_to_gaussians_opacity_scale_and_pruning():
-    opt = tiny_opt()
+    opt = tiny_opt("--opacity", "sigmoid")
     logits = torch.zeros(1, 18, 2, 1, 1)
     logits[0, 3, 0] = 2.0  # voxel 0: occupied-ish
     logits[0, 17, 1] = 20.0  # voxel 1: free, opacity 17 / (17 + e^20) < 1/255 -> pruned
@@ -129,7 +129,7 @@ def test_voxels_to_gaussians_opacity_scale_and_pruning():
     p = torch.softmax(logits[0, :, 0, 0, 0], 0)
     assert g["index"].tolist() == [0] and 17 / (17 + math.exp(20)) < MIN_OPACITY
     assert g["opacities"][0] == pytest.approx(1 - p[17].item(), rel=1e-6)
-    # the authors' (default): 1 - sigmoid(free logit), the semantic logits do not change it
+    # the authors': 1 - sigmoid(free logit), the semantic logits do not change it
     g = voxels_to_gaussians(logits, centres, opt)[0]
     assert g["index"].tolist() == [0] and g["opacities"][0] == pytest.approx(0.5)
     assert torch.equal(g["features"][0], logits[0, :17, 0, 0, 0])
