@@ -45,3 +45,12 @@ def test_a_fog_is_named_and_a_crisp_volume_is_not():
     crisp = [dict(r, faint_alpha_share=0.12, seen_opacity=0.8) for r in fog]
     assert feed(TrainingHealth(window=3), crisp) == []
     assert feed(TrainingHealth(window=3, after=100), fog) == []  # judged after the warm-up only
+
+
+def test_an_empty_volume_is_named():
+    """The authors' entropy from opacity 0.1 (measured: mean voxel opacity 0.0025 at step 620 of the synthetic run,
+    docs/results/runs/2026-12-02/occ-round1) leaves a volume that is almost all free."""
+    rows = [dict(step=s, loss=0.03 - s * 1e-5, mean_depth=15 + 0.1 * s, mean_opacity=0.0025, faint_alpha_share=0.15)
+            for s in (560, 580, 600)]
+    assert feed(TrainingHealth(window=3), rows) == ["volume_empty"]
+    assert feed(TrainingHealth(window=3), [dict(r, mean_opacity=0.36) for r in rows]) == []

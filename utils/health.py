@@ -13,15 +13,18 @@ warnings it triggers, each once per kind:
   * ``loss_flat``: the loss has not changed (relative 1e-6) over ``window`` rows;
   * ``fog`` (stage 2): over ``window`` rows, more than ``max_faint`` of the rendered alpha is carried by faint
     Gaussians (``faint_alpha_share``, networks/gsv_loss.fog_stats): the rendered depth is the expectation over a
-    volume of faint Gaussians and the volume holds no occupancy, however good the depth looks.
+    volume of faint Gaussians and the volume holds no occupancy, however good the depth looks;
+  * ``volume_empty`` (stage 2): the mean voxel opacity stays below ``min_opacity`` over ``window`` rows: fewer than
+    1 voxel in 200 is occupied (the authors' entropy from an initial opacity of 0.1 ends there: 0.002-0.005).
 Rows logged during the lr warm-up (``after`` steps) are judged for ``depth_collapsed`` only (the others are
 expected early). Keys missing from a row are skipped.
 """
 
 
 class TrainingHealth:
-    def __init__(self, window=5, after=0, min_depth=1.0, min_kept=0.02, min_translation=0.05, max_faint=0.5):
-        self.window, self.after, self.max_faint = window, after, max_faint
+    def __init__(self, window=5, after=0, min_depth=1.0, min_kept=0.02, min_translation=0.05, max_faint=0.5,
+                 min_opacity=0.005):
+        self.window, self.after, self.max_faint, self.min_opacity = window, after, max_faint, min_opacity
         self.min_depth, self.min_kept, self.min_translation = min_depth, min_kept, min_translation
         self.history = []
         self.raised = set()
@@ -61,6 +64,10 @@ class TrainingHealth:
             found.append(("fog", f"{min(faint):.0%} or more of the rendered alpha comes from Gaussians of opacity below "
                                  f"0.1 (seen opacity {row.get('seen_opacity', float('nan')):.3f}): the volume is a fog "
                                  "that renders a depth but holds no occupancy"))
+        opacity = self._recent("mean_opacity")
+        if opacity is not None and max(opacity) < self.min_opacity:
+            found.append(("volume_empty", f"the mean voxel opacity stays below {self.min_opacity} ({max(opacity):.4f}): "
+                                          "almost every voxel is free, the volume holds no occupancy"))
         if frozen("loss", 1e-6):
             found.append(("loss_flat", f"the loss has stayed at {row['loss']:.6f} for {self.window} logged steps"))
         return self._new(found)
