@@ -16,7 +16,7 @@ from datasets.nuscenes_dataset import read_lidar
 # rack and the LiDAR up to 1.9 m), dropped
 EGO_BOX = np.array([[-1.0, -1.1, -0.5], [3.6, 1.1, 2.2]])
 BOX_MARGIN = 0.1  # metres added to a box's length, width and top when collecting its points
-BOX_LOW = 0.2  # metres: the bottom band of a box where the margin does not apply (ground beside the box)
+BOX_LOW, LOW_MARGIN = 0.2, 0.02  # metres: the bottom band of a box gets a smaller margin (ground beside the box)
 ALIGN_CELL, ALIGN_RANGE, ALIGN_PREV, ALIGN_MIN_CELLS = 2.0, 30.0, 3, 10  # see vertical_offsets
 
 
@@ -45,11 +45,11 @@ def _local(T, p):
 
 def in_box(local, size, margin=BOX_MARGIN):
     """(N,) bool: box-frame points inside a box of ``size`` (w, l, h) enlarged by ``margin`` on its sides and top;
-    not below its bottom, and in its lowest ``BOX_LOW`` m only inside the box proper, so the ground around and
-    under it stays static."""
+    not below its bottom, and in its lowest ``BOX_LOW`` m enlarged by ``LOW_MARGIN`` only, so the ground around
+    and under it stays static."""
     half = np.asarray(size)[[1, 0, 2]] / 2
     low = local[:, 2] < -half[2] + BOX_LOW
-    side = np.where(low, 0.0, margin)[:, None]
+    side = np.where(low, min(margin, LOW_MARGIN), margin)[:, None]
     return ((np.abs(local[:, :2]) <= half[:2] + side).all(1) & (local[:, 2] >= -half[2])
             & (local[:, 2] <= half[2] + margin))
 

@@ -53,8 +53,8 @@ def voxel_flat(p):
 def ground_points(p, above=GROUND_ABOVE, step=GROUND_STEP, bridge=GROUND_BRIDGE):
     """(N,) bool: which ego-frame static points ``p`` (N, 3) lie on the ground.
 
-    The floor of each 0.4 m column is its second-lowest point (the lowest when it holds one: a stray return below
-    the ground does not count). Ground columns are those connected to the floor around the ego (within
+    The floor of each 0.4 m column is its lowest point. Ground columns are those connected to the floor around the
+    ego (within
     ``GROUND_SEED`` m, at ego z within 0.5 m of 0) by steps of at most ``step`` m between neighbouring columns, so
     kerbs and ramps stay ground while canopies, roofs and the tops of walls do not; a column without points within
     ``bridge`` m of one takes its floor to carry the connection. Ground points: at most ``above`` m over the floor
@@ -62,11 +62,9 @@ def ground_points(p, above=GROUND_ABOVE, step=GROUND_STEP, bridge=GROUND_BRIDGE)
     X, Y = OCC3D_SHAPE[:2]
     ij = np.clip(np.floor((p[:, :2] - GMIN[:2]) / OCC3D_VOXEL).astype(np.int64), 0, [X - 1, Y - 1])
     flat = ij[:, 0] * Y + ij[:, 1]
-    order = np.lexsort((p[:, 2], flat))
-    cols, first, count = np.unique(flat[order], return_index=True, return_counts=True)
-    floor = np.full(X * Y, np.nan)
-    floor[cols] = p[order[first + (count > 1)], 2]
-    floor = floor.reshape(X, Y)
+    floor = np.full(X * Y, np.inf)
+    np.minimum.at(floor, flat, p[:, 2])
+    floor = np.where(np.isfinite(floor), floor, np.nan).reshape(X, Y)
     valid = np.isfinite(floor)
     if not valid.any():
         return np.zeros(len(p), bool)
