@@ -102,10 +102,12 @@ def markdown(r):
              f"- command: `{r['command']}`", f"- commit: {r['commit']}" + (" (with uncommitted changes)"
                                                                             if r["uncommitted_changes"] else ""),
              f"- machine: {r['machine']}", f"- date: {r['date']}"]
+    if r.get("reference_made_by"):
+        lines.append(f"- reference labels: the synthetic set of `{r['reference_made_by']}`")
     if r.get("derived_info"):
         i = r["derived_info"]
-        lines.append(f"- derived labels: {i.get('command', 'tools/make_occ_gt_nusc.py')}, ground fill "
-                     f"{i['ground_fill_m']} m, heights aligned: {i.get('align_heights')}, {i['seconds']} s")
+        lines.append(f"- derived labels: `{i.get('command', 'tools/make_occ_gt_nusc.py')}` (ground fill "
+                     f"{i['ground_fill_m']} m, heights aligned: {i.get('align_heights')}, {i['seconds']} s)")
     lines += ["", "| inside the reference mask_camera | % |", "| --- | ---: |",
               f"| geometric IoU | {pct(r['geo_iou_in_mask_camera'])} |",
               f"| precision / recall of occupied | {pct(r['precision_in_mask_camera'])} / "
@@ -138,6 +140,12 @@ def main(argv=None):
         sys.exit(f"error: no <scene>/<token>/labels.npz of {a.derived} has a counterpart in {a.reference}")
     r = compare(pairs)
     r.update(_provenance(argv))
+    made = os.path.join(os.path.dirname(os.path.abspath(a.reference)), "README.txt")
+    if os.path.isfile(made):  # a synthetic set says how it was made
+        with open(made) as f:
+            text = f.read()
+        if "Made by:" in text:
+            r["reference_made_by"] = " ".join(text.split("Made by:", 1)[1].split("Load:", 1)[0].split())
     info = os.path.join(a.derived, "occ_gt_info.json")
     if os.path.isfile(info):
         with open(info) as f:
