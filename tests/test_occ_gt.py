@@ -233,3 +233,33 @@ def test_info_names_the_classes(fixture_labels):
                                     "motorcycle", "pedestrian", "traffic_cone", "trailer", "truck"]
     assert set(saved["static_classes"]) == {"driveable_surface", "manmade"}
     assert saved["scenes"]["scene-0916"]["mean"]["points_per_occupied"] > 1
+
+
+def test_lidar_sweeps_between_keyframes_are_read_with_interpolated_boxes(nusc_root):
+    """The fixture's tables list no LiDAR sweeps (their prev / next tokens leave the tables): keyframes only. With one
+    sweep record inserted between keyframes 0 and 1, auto takes it, at its time, with boxes halfway."""
+    from datasets.occ_gt.scene import read_scene, read_tables
+    tables = read_tables(str(nusc_root), "v1.0-mini")
+    scene_rec = next(iter(tables["scene"].values()))
+    scene = read_scene(tables, str(nusc_root), scene_rec)
+    assert len(scene.frames) == 41 and scene.sweeps_note.endswith("(the tables list no LiDAR sweeps)")
+    a, b = (tables["sample_data"][t] for t in (_lidar_token(tables, scene.keyframes[i].token) for i in (0, 1)))
+    sweep = dict(a, token="sweep0", is_key_frame=False, prev=a["token"], next=b["token"],
+                 timestamp=(a["timestamp"] + b["timestamp"]) // 2, sample_token=b["sample_token"])
+    tables["sample_data"]["sweep0"] = sweep
+    a["next"], b["prev"] = "sweep0", "sweep0"
+    scene = read_scene(tables, str(nusc_root), scene_rec)
+    assert len(scene.frames) == 42 and scene.keyframes[1].frame == 2 and scene.frames[1].sample == ""
+    assert scene.sweeps_note == "41 keyframes + 1 sweeps"
+    assert read_scene(tables, str(nusc_root), scene_rec, sweeps="false").sweeps_note.endswith("(--sweeps false)")
+    k0, mid, k1 = ({x.instance: x for x in scene.frames[i].boxes} for i in range(3))
+    both = sorted(set(k0) & set(k1))
+    assert len(both) > 10 and set(mid) == set(k0) | set(k1)
+    for inst in both:
+        np.testing.assert_allclose(mid[inst].box2global[:3, 3],
+                                   (k0[inst].box2global[:3, 3] + k1[inst].box2global[:3, 3]) / 2, atol=1e-3)
+
+
+def _lidar_token(tables, sample_token):
+    return next(sd["token"] for sd in tables["sample_data"].values() if sd["sample_token"] == sample_token
+                and sd["is_key_frame"] and "LIDAR_TOP" in sd["filename"])
