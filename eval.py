@@ -48,6 +48,46 @@ def _ray_origins(batch, b, mode):
     return batch["ray_origins"][b].cpu().numpy()
 
 
+def derived_labels_info(dataset):
+    """The ``occ_gt_info.json`` that tools/make_occ_gt_nusc.py writes next to LiDAR-derived labels, or None."""
+    root = getattr(dataset, "occ_root", None)
+    path = os.path.join(root, "occ_gt_info.json") if root else None
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def derived_labels_summary(info, occ, ray=None):
+    """What is meaningful on LiDAR-derived labels: the IoU of the box classes the labels hold (inside the mask)
+    and their mean, RayIoU over them, the ground / non-ground split. ``occ``: ``OccEvaluator``, ``ray``: ``RayIoU``
+    or None. Returns (dict, markdown)."""
+    from utils.constants import OCC_CLASSES
+    from utils.occ_metrics import _nanmean
+
+    s = occ.summary()
+    gt_voxels = occ.hist.sum(1).numpy()
+    present = [c for c in info["box_classes"] if gt_voxels[OCC_CLASSES.index(c)] > 0]
+    out = {"box_classes_present": present, "box_IoU": {c: s["IoU"][c] for c in present},
+           "mIoU_box": _nanmean([s["IoU"][c] for c in present])}
+    text = ("### Labels derived from LiDAR (tools/make_occ_gt_nusc.py, docs/occ_gt.md)\n\n"
+            "These labels hold only what LiDAR and boxes can give. **Meaningful**: geometric IoU "
+            f"({s['geo_IoU']:.2f}) and the IoU of the box classes present in the labels: "
+            + (", ".join(f"{c} {s['IoU'][c]:.2f}" for c in present) or "none")
+            + f" (mean {out['mIoU_box']:.2f}")
+    if ray is not None:
+        r = ray.summary()
+        out["RayIoU_box"] = float(np.mean([_nanmean([r[k][c] for c in present])
+                                           for k in r if k.startswith("IoU@")]))
+        text += f"; RayIoU over them {out['RayIoU_box']:.2f}"
+    text += (f"). driveable_surface ({s['IoU']['driveable_surface']:.2f}) and manmade "
+             f"({s['IoU']['manmade']:.2f}) only split the static voxels into ground (every ground type) and the "
+             "rest (buildings, vegetation, poles...). **Not meaningful**: mIoU, mIoU*, the 13-class mIoU and "
+             "RayIoU over all classes: the labels never hold other_flat, sidewalk, terrain or vegetation, so a "
+             "model that predicts them scores 0 there.\n\n")
+    return out, text
+
+
 @torch.no_grad()
 def evaluate(model, dataset, opt, device):
     """Run every metric the dataset has labels for. Returns {'scalars': {...}, 'text': markdown, ...}."""
@@ -146,6 +186,14 @@ def evaluate(model, dataset, opt, device):
                            "/".join(f"{r[k]:.2f}" for k in ("RayIoU@1", "RayIoU@2", "RayIoU@4")) + \
                            f"; {ORIGINS_TEXT[opt.rayiou_origins]}: --rayiou_origins {opt.rayiou_origins}; " \
                            "no visibility mask, as SparseOcc)\n\n"
+        info = derived_labels_info(dataset)
+        if info is not None:
+            d, text = derived_labels_summary(info, occ_ev, ray_ev if opt.eval_rayiou else None)
+            out["occupancy"]["derived_labels"] = d
+            out["scalars"]["occ/mIoU_box"] = d["mIoU_box"]
+            if "RayIoU_box" in d:
+                out["scalars"]["occ/RayIoU_box"] = d["RayIoU_box"]
+            out["text"] += text
     if poses:
         gathered = [None] * dist.world_size()
         if torch.distributed.is_initialized():

@@ -33,8 +33,10 @@ TABLE_FIELDS = {
 }
 
 
-def load_tables(dataroot, version, names=tuple(TABLE_FIELDS)):
-    """Read nuScenes tables into ``{table: {token: record}}``, checking that every needed field is present."""
+def load_tables(dataroot, version, names=tuple(TABLE_FIELDS), fields=None):
+    """Read nuScenes tables into ``{table: {token: record}}``, checking that every needed field is present
+    (``TABLE_FIELDS``, and ``fields`` ``{table: (field, ...)}`` for tables this loader does not read)."""
+    fields = {**TABLE_FIELDS, **(fields or {})}
     if not os.path.isdir(dataroot):
         raise MissingFile(f"nuScenes --dataroot not found: {dataroot}")
     table_root = os.path.join(dataroot, version)
@@ -53,7 +55,7 @@ def load_tables(dataroot, version, names=tuple(TABLE_FIELDS)):
                 records = json.load(f)
         except json.JSONDecodeError as e:
             raise BadData(f"nuScenes table {path} is not valid JSON: {e}") from None
-        for field in TABLE_FIELDS.get(name, ("token",)):
+        for field in fields.get(name, ("token",)):
             bad = next((r for r in records if field not in r), None)
             if bad is not None:
                 raise BadData(f"nuScenes table {path}: record {bad.get('token', bad)} has no field '{field}'")
@@ -78,6 +80,35 @@ def pose_matrix(translation, rotation):
                  [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]]
     T[:3, 3] = translation
     return T
+
+
+def sensor_pose(tables, sd):
+    """(sensor -> ego, ego -> global) 4x4 float64 of one sample_data record."""
+    cs = get(tables, "calibrated_sensor", sd["calibrated_sensor_token"], f"sample_data {sd['token']}")
+    pose = get(tables, "ego_pose", sd["ego_pose_token"], f"sample_data {sd['token']}")
+    return pose_matrix(cs["translation"], cs["rotation"]), pose_matrix(pose["translation"], pose["rotation"])
+
+
+def read_lidar(path):
+    """(N, 3) float32 points of a nuScenes ``.pcd.bin`` (x, y, z, intensity, ring index per point) in the
+    LiDAR frame."""
+    if not os.path.isfile(path):
+        raise MissingFile(f"LiDAR file missing: {path}")
+    raw = np.fromfile(path, dtype=np.float32)
+    if raw.size % 5:
+        raise BadData(f"LiDAR file {path}: {raw.size} floats, not a multiple of 5 (x, y, z, intensity, ring)")
+    return raw.reshape(-1, 5)[:, :3]
+
+
+def image_hw(dataroot, sd):
+    """(H, W) of a camera image: from the table, or from the file header when the table has no size."""
+    if sd.get("height") and sd.get("width"):
+        return int(sd["height"]), int(sd["width"])
+    path = os.path.join(dataroot, sd["filename"])
+    if not os.path.isfile(path):
+        raise MissingFile(f"image missing (needed for its size): {path}")
+    with Image.open(path) as img:
+        return img.size[1], img.size[0]
 
 
 def channel_of_calibration(tables):

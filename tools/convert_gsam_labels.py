@@ -15,9 +15,8 @@ from PIL import Image
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from datasets.nuscenes_dataset import load_tables, read_split, resolve, sample_sensor_data  # noqa: E402
+from datasets.nuscenes_dataset import image_hw, load_tables, read_split, resolve, sample_sensor_data  # noqa: E402
 from datasets.pseudo_labels import gsam_path, read_gsam_bin  # noqa: E402
-from tools.export_gt_depth_nusc import image_hw  # noqa: E402
 from utils.constants import CAMS  # noqa: E402
 
 

@@ -13,32 +13,14 @@ import os
 import sys
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from datasets.nuscenes_dataset import (get, load_tables, pose_matrix, read_split, resolve,  # noqa: E402
-                                       sample_sensor_data, scene_samples)
+from datasets.nuscenes_dataset import (get, image_hw, load_tables, read_lidar, read_split,  # noqa: E402
+                                       resolve, sample_sensor_data, scene_samples, sensor_pose)
 from utils.constants import CAMS  # noqa: E402
 
 MIN_DEPTH = 0.1
-
-
-def read_lidar(path):
-    """(N, 3) float32 points of a nuScenes ``.pcd.bin`` (x, y, z, intensity, ring index per point)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"LiDAR file missing: {path}")
-    raw = np.fromfile(path, dtype=np.float32)
-    if raw.size % 5:
-        raise ValueError(f"LiDAR file {path}: {raw.size} floats, not a multiple of 5 (x, y, z, intensity, ring)")
-    return raw.reshape(-1, 5)[:, :3]
-
-
-def sensor_pose(tables, sd):
-    """(sensor -> ego, ego -> global) 4x4 float64 of one sample_data record."""
-    cs = get(tables, "calibrated_sensor", sd["calibrated_sensor_token"], f"sample_data {sd['token']}")
-    pose = get(tables, "ego_pose", sd["ego_pose_token"], f"sample_data {sd['token']}")
-    return pose_matrix(cs["translation"], cs["rotation"]), pose_matrix(pose["translation"], pose["rotation"])
 
 
 def project_to_image(points, lidar2cam, K, hw, max_depth):
@@ -59,17 +41,6 @@ def project_to_image(points, lidar2cam, K, hw, max_depth):
     _, first = np.unique(uv[order, 1] * hw[1] + uv[order, 0], return_index=True)
     keep = order[first]
     return uv[keep].astype(np.int32), z[keep].astype(np.float32)
-
-
-def image_hw(dataroot, sd):
-    """(H, W) of a camera image: from the table, or from the file header when the table has no size."""
-    if sd.get("height") and sd.get("width"):
-        return int(sd["height"]), int(sd["width"])
-    path = os.path.join(dataroot, sd["filename"])
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image missing (needed for its size): {path}")
-    with Image.open(path) as img:
-        return img.size[1], img.size[0]
 
 
 def export_depth(dataroot, version, out, max_depth=80.0, tokens=None):
