@@ -27,7 +27,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from options import str2bool
 from utils.geometry import warp
 from utils.losses import opacity_entropy, reprojection_loss, semantic_ce, smoothness_loss
 

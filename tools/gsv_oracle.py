@@ -93,7 +93,8 @@ def voxel_centres(shape, voxel):
     return torch.tensor(np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3), dtype=torch.float32)
 
 
-def render(o, centres, scale, viewmats, K, w, h, background, max_depth, with_sq=False):
+def render(o, centres, scale, viewmats, K, w, h, with_sq=False):
+    """Rasterise the voxel Gaussians of opacity o (those >= 1/255); with_sq adds sum_i w_i z_i^2 (``zsq``)."""
     keep = (o.detach() >= 1 / 255).nonzero()[:, 0]
     means = centres[keep]
     quats = torch.zeros(len(keep), 4)
@@ -154,7 +155,7 @@ def run_variant(frame, a, h, w, voxel, max_depth=80.0):
         target = frame["depth"]
     for step in range(a.steps):
         o = to_o(p)
-        r = render(o, centres, scale, viewmats, K, w, h, a.background, max_depth, with_sq=a.w_dist > 0)
+        r = render(o, centres, scale, viewmats, K, w, h, with_sq=a.w_dist > 0)
         bg = (1 - r["alpha"]).clamp(min=0)
         depth = r["depth"] + (bg * max_depth if a.background == "far" else 0)
         dc = depth.clamp(0.1, max_depth)
