@@ -50,7 +50,7 @@ def evaluate(model, dataset, opt, device):
     from utils.occ_metrics import OccEvaluator, RayIoU, occ_eval_mask
     from utils.batch import to_device
     from utils.geometry import recorded_ego_motion
-    from utils.pose_metrics import evaluate_scene_poses
+    from utils.pose_metrics import evaluate_scene_poses, per_street
 
     model.eval()
     idx = _shard(len(dataset))
@@ -61,6 +61,7 @@ def evaluate(model, dataset, opt, device):
     depth_ev = DepthEvaluator(opt.min_depth_eval, opt.max_depth_eval, num_cams=len(CAMS))
     occ_ev, ray_ev = OccEvaluator(), RayIoU()
     poses = []  # (dataset index, scene, token, predicted next-motion, true next-motion)
+    street_depth = []  # stage 1: (dataset index, scene, per camera (abs_rel, depth scale) or None)
     seen = {"depth": 0, "occ": 0}
     t0 = time.time()
     for n, batch in enumerate(tqdm(loader, desc="eval", disable=not dist.is_main(), dynamic_ncols=True)):
@@ -73,7 +74,9 @@ def evaluate(model, dataset, opt, device):
             pred = {"depth": model.predict_depth(batch)} if want_depth else {}
         if "depth" in pred:
             for b in range(pred["depth"].shape[0]):
-                depth_ev.update(pred["depth"][b].float().cpu(), batch["depth_gt"][b].cpu())
+                cams = depth_ev.update(pred["depth"][b].float().cpu(), batch["depth_gt"][b].cpu())
+                if opt.stage == "gsp":
+                    street_depth.append((idx[n], batch["scene"][b], cams))
             seen["depth"] += pred["depth"].shape[0]
         if "occupancy" in pred:
             occ = pred["occupancy"].cpu().numpy()
@@ -118,17 +121,29 @@ def evaluate(model, dataset, opt, device):
                            "/".join(f"{r[k]:.2f}" for k in ("RayIoU@1", "RayIoU@2", "RayIoU@4")) + \
                            f"; {ORIGINS_TEXT[opt.rayiou_origins]}: --rayiou_origins {opt.rayiou_origins}; " \
                            "no visibility mask, as SparseOcc)\n\n"
+    poses, street_depth = _gather(poses), _gather(street_depth)
     if poses:
-        gathered = [None] * dist.world_size()
-        if torch.distributed.is_initialized():
-            torch.distributed.all_gather_object(gathered, poses)
-            poses = [p for part in gathered for p in part]
         poses = [p[1:] for p in sorted(poses, key=lambda p: p[0])]  # dataset order = time order in a scene
         p = evaluate_scene_poses(poses)
         out["pose"] = p
         out["scalars"].update({f"pose/{k}": v for k, v in p["mean"].items()})
         out["text"] += "### Pose (no scale alignment)\n\n" + p["table"] + "\n\n"
+    if poses or street_depth:  # stage 1, per street: the scale of the depth alone next to that of the motion
+        depth_rows = [r[1:] for r in sorted(street_depth, key=lambda r: r[0])]
+        s = per_street(out.get("pose", {}).get("scenes"), depth_rows)
+        out["streets"] = s["streets"]
+        out["text"] += ("### Per street (stage 1; depth scale = median of predicted / LiDAR depth, no pose "
+                        "involved)\n\n") + s["table"] + "\n\n"
     return out
+
+
+def _gather(records):
+    """A list of picklable records from every rank, concatenated (the list itself without torch.distributed)."""
+    if not torch.distributed.is_initialized():
+        return records
+    gathered = [None] * dist.world_size()
+    torch.distributed.all_gather_object(gathered, records)
+    return [r for part in gathered for r in part]
 
 
 def main():
