@@ -47,6 +47,24 @@ def test_the_measured_motion_has_the_depths_scale(street):
     assert scale == pytest.approx(1.2, abs=0.05)
 
 
+def test_pixels_outside_the_mask_do_not_pull_the_motion(street):
+    """A static textured body over the lower half of every image (DDAD's ego car) drags the alignment towards no
+    motion; with it masked out (the self-occlusion mask) the motion is metric again."""
+    k, d = 0, 6
+    torch.manual_seed(0)
+    body = torch.rand(6, 3, H // 2, W)
+    cur, adj = street["imgs"][[k]].clone(), street["imgs"][[k + d]].clone()
+    cur[..., H // 2:, :] = body
+    adj[..., H // 2:, :] = body
+    mask = torch.ones(1, 6, 1, H, W)
+    mask[..., H // 2:, :] = 0
+    true = float(ego_motion(street["ego2global"], k, k + d)[:3, 3].norm())
+    args = (cur, adj, street["depth"][[k]], street["K"][None], street["cam2ego"][None])
+    unmasked = float(solve_ego_motion(*args)[0, :3, 3].norm()) / true
+    masked = float(solve_ego_motion(*args, mask=mask)[0, :3, 3].norm()) / true
+    assert abs(masked - 1) < 0.05 and unmasked < 0.9, (masked, unmasked)
+
+
 def test_gsp_model_with_the_alignment_trains_the_depth_only(street):
     """--gsp_pose solve: the temporal loss takes the aligned motion (no pose-net weight moves), and predict_pose
     measures it again at another image size (stage 2's), the intrinsics rescaled."""

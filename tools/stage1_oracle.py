@@ -41,9 +41,11 @@ def street_clips(streets, frames, h, w, seed=0):
 
 
 def make_model(h, w, mode, use_gsp=True, extra=()):
-    """A GSPModel at input size h x w on the torch rasteriser; in mode pose / depth the other net is frozen."""
+    """A GSPModel at input size h x w on the torch rasteriser (motion from the pose net unless ``extra`` says
+    otherwise); in mode pose / depth the other net is frozen."""
     opt = build_parser().parse_args(["--stage", "gsp", "--input_size", str(h), str(w), "--raster_backend", "torch",
-                                     "--use_gsp", str(use_gsp and mode != "pose").lower(), *extra])
+                                     "--use_gsp", str(use_gsp and mode != "pose").lower(), "--gsp_pose", "net",
+                                     *extra])
     model = GSPModel(opt)
     if mode == "pose":
         model.depth.requires_grad_(False)
@@ -163,6 +165,36 @@ def measure(model, clips, eval_strides, mode, max_depth_eval=80.0, solver_every=
     return res
 
 
+@torch.no_grad()
+def scale_valleys(model, clips, factors=(0.8, 0.9, 1.0, 1.1, 1.25), frames=(3, 9, 15)):
+    """Which term holds the depth's scale: per street, (s, temporal loss, w_gsp x GSP loss) with the model's
+    depth x s and the recorded motion, over ``frames`` (stride 1)."""
+    from networks.depth_net import disp_to_depth
+    opt, orig, source = model.opt, model.depth_outputs, model.opt.gsp_pose
+    opt.gsp_pose = "net"  # the motion of the loss is the recorded one (ego_motion below), not an alignment
+    lo, hi = 1 / opt.max_depth, 1 / opt.min_depth
+    out = {}
+    for s_, clip in clips.items():
+        batch = batch_of(clips, [(s_, k, 1) for k in frames])
+        model.ego_motion = lambda imgs: batch["motion"]
+        rows = []
+        for f in factors:
+            def scaled(cur, f=f):
+                o = orig(cur)
+                for k in [k for k in o if isinstance(k, tuple)]:
+                    o[k] = (1 / (disp_to_depth(o[k], opt.min_depth, opt.max_depth) * f) - lo) / (hi - lo)
+                o["depth"] = o["depth"] * f
+                return o
+            model.depth_outputs = scaled
+            _, logs, _ = model(batch)
+            rows.append((f, float(logs["loss_temporal"]), opt.w_gsp * float(logs["loss_gsp"])))
+        model.depth_outputs = orig
+        del model.ego_motion
+        out[s_] = rows
+    opt.gsp_pose = source
+    return out
+
+
 def table(res, train_streets):
     """Markdown table of ``measure`` results."""
     strides = sorted({k for r in res.values() for k in r if "stride" in k},
@@ -202,6 +234,9 @@ def main(argv=None):
                    help="options of the model as on the train.py command line, without the leading dashes "
                         "(e.g. gsp_pose solve)")
     p.add_argument("--save", type=str, default=None, help="save the trained model's state_dict here")
+    p.add_argument("--load", type=str, default=None, help="start from this state_dict (--steps 0: measure only)")
+    p.add_argument("--valleys", action="store_true",
+                   help="also print the temporal and GSP losses against a factor on the depth (scale_valleys)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=str, default=None, help="JSON file of the results")
     a = p.parse_args(argv)
@@ -213,11 +248,18 @@ def main(argv=None):
     print(f"rendered {len(clips)} streets in {time.time() - t0:.0f} s", flush=True)
     extra = [("--" + x) if i % 2 == 0 else x for i, x in enumerate(a.model_args)]
     model = make_model(h, w, a.mode, bool(a.use_gsp), extra)
+    if a.load:
+        model.load_state_dict(torch.load(a.load))
     train(model, {s: clips[s] for s in a.train}, a.mode, a.steps, a.strides, a.lr, a.batch_size, seed=a.seed,
           stride_ramp=a.stride_ramp)
     if a.save:
         torch.save(model.state_dict(), a.save)
     res = measure(model, clips, a.eval_strides, a.mode, solver_every=a.solver_every)
+    if a.valleys:
+        for s_, rows in scale_valleys(model, clips).items():
+            res[s_]["valleys"] = rows
+            print(f"street {s_}: (depth factor, temporal, w_gsp x GSP) " +
+                  " ".join(f"({f}, {t:.4f}, {g:.4f})" for f, t, g in rows))
     print(table(res, a.train))
     print(f"{time.time() - t0:.0f} s")
     if a.out:
