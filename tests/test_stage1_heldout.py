@@ -150,7 +150,8 @@ def test_stage1_poses_are_measured_once_per_sample(tmp_path):
     from networks.gsp_model import GSPModel
     from networks.pose_source import Stage1Poses, build_pose_source
     from utils.checkpoint import save_checkpoint
-    gsp_opt = parse_args(["--stage", "gsp", "--raster_backend", "torch", "--input_size", "32", "56"])
+    gsp_opt = parse_args(["--stage", "gsp", "--raster_backend", "torch", "--input_size", "32", "56",
+                          "--gsp_pose", "net"])  # counts the calls; what computes them does not matter here
     save_checkpoint({"model": GSPModel(gsp_opt).state_dict(), "opt": vars(gsp_opt)}, str(tmp_path / "gsp.pt"))
     source = Stage1Poses(str(tmp_path / "gsp.pt"), cache=True)
     torch.manual_seed(0)
