@@ -26,9 +26,9 @@ def add_args(parser):
                         "sweeps when the tables list them and their files exist, else keyframes (logged)")
     g.add_argument("--frame_stride", type=int, nargs="+", default=[1], metavar="N",
                    help="temporal neighbours N steps away along each camera's chain (of sweeps or keyframes, see "
-                        "--adjacent); LO HI: in training a stride drawn per sample in LO..HI (at evaluation LO), so "
-                        "the stage-1 pose net sees motions of every size on every street instead of one per street, "
-                        "which it memorises (docs/results/stage1_heldout.md); nuScenes format only")
+                        "--adjacent); LO HI: in training a stride drawn per sample in LO..HI (at evaluation LO). "
+                        "Measured: it does not teach the stage-1 pose net to measure the motion, it then answers "
+                        "the average one (docs/results/stage1_heldout.md); nuScenes format only")
     g.add_argument("--train_sweeps", type=str2bool, default=False,
                    help="training items centred on the camera sweeps between keyframes too, not only on the "
                         "keyframes (with sweeps as neighbours: 6x more images on nuScenes); they have no labels, so "
