@@ -95,7 +95,7 @@ def evaluate(model, dataset, opt, device):
     from utils.occ_metrics import OccEvaluator, OpacityStats, RayIoU, occ_eval_mask
     from utils.batch import to_device
     from utils.geometry import recorded_ego_motion
-    from utils.pose_metrics import evaluate_scene_poses
+    from utils.pose_metrics import evaluate_scene_poses, per_street
 
     model.eval()
     idx = _shard(len(dataset))
@@ -108,6 +108,7 @@ def evaluate(model, dataset, opt, device):
     occ_ev, ray_ev, opa_ev = OccEvaluator(), RayIoU(), OpacityStats()
     fog = torch.zeros(len(FOG_KEYS), 2, dtype=torch.float64)  # sum and count of each fog statistic (stage 2)
     poses = []  # (dataset index, scene, token, predicted next-motion, true next-motion)
+    street_depth = []  # stage 1: (dataset index, scene, per camera (abs_rel, depth scale) or None)
     seen = {"depth": 0, "occ": 0}
     t0 = time.time()
     for n, batch in enumerate(tqdm(loader, desc="eval", disable=not dist.is_main(), dynamic_ncols=True)):
@@ -123,7 +124,9 @@ def evaluate(model, dataset, opt, device):
                 fog[j] += torch.tensor([float(pred["fog"][k]), 1.0], dtype=torch.float64)
         if "depth" in pred:
             for b in range(pred["depth"].shape[0]):
-                depth_ev.update(pred["depth"][b].float().cpu(), batch["depth_gt"][b].cpu())
+                cams = depth_ev.update(pred["depth"][b].float().cpu(), batch["depth_gt"][b].cpu())
+                if opt.stage == "gsp":
+                    street_depth.append((idx[n], batch["scene"][b], cams))
             seen["depth"] += pred["depth"].shape[0]
         if "occupancy" in pred:
             occ = pred["occupancy"].cpu().numpy()
@@ -194,16 +197,19 @@ def evaluate(model, dataset, opt, device):
             if "RayIoU_box" in d:
                 out["scalars"]["occ/RayIoU_box"] = d["RayIoU_box"]
             out["text"] += text
+    poses, street_depth = _gather(poses), _gather(street_depth)
     if poses:
-        gathered = [None] * dist.world_size()
-        if torch.distributed.is_initialized():
-            torch.distributed.all_gather_object(gathered, poses)
-            poses = [p for part in gathered for p in part]
         poses = [p[1:] for p in sorted(poses, key=lambda p: p[0])]  # dataset order = time order in a scene
         p = evaluate_scene_poses(poses)
         out["pose"] = p
         out["scalars"].update({f"pose/{k}": v for k, v in p["mean"].items()})
         out["text"] += "### Pose (no scale alignment)\n\n" + p["table"] + "\n\n"
+    if poses or street_depth:  # stage 1, per street: the scale of the depth alone next to that of the motion
+        depth_rows = [r[1:] for r in sorted(street_depth, key=lambda r: r[0])]
+        s = per_street(out.get("pose", {}).get("scenes"), depth_rows)
+        out["streets"] = s["streets"]
+        out["text"] += ("### Per street (stage 1; depth scale = median of predicted / LiDAR depth, no pose "
+                        "involved)\n\n") + s["table"] + "\n\n"
     return out
 
 
@@ -217,6 +223,15 @@ def protocol_line(opt, saved, explicit):
             why += f"; the run was trained with {saved[key]}, pass --{key} {saved[key]} for that"
         parts.append(f"--{key} {value} ({text[value]}; {why})")
     return "[eval] " + "; ".join(parts)
+
+
+def _gather(records):
+    """A list of picklable records from every rank, concatenated (the list itself without torch.distributed)."""
+    if not torch.distributed.is_initialized():
+        return records
+    gathered = [None] * dist.world_size()
+    torch.distributed.all_gather_object(gathered, records)
+    return [r for part in gathered for r in part]
 
 
 def load_for_eval(argv=None):

@@ -13,6 +13,9 @@ def build_dataset(opt, split, eval_labels=True, uint8_images=False):
         from datasets.nuscenes_dataset import NuScenesDataset
         return NuScenesDataset(opt, split, eval_labels, uint8_images)
     if opt.dataset == "ddad":
+        if list(getattr(opt, "frame_stride", [1])) != [1]:
+            from utils.errors import BadData
+            raise BadData(f"--frame_stride {opt.frame_stride}: the DDAD loader takes the adjacent frames only (1)")
         from datasets.ddad_dataset import DDADDataset
         return DDADDataset(opt, split, eval_labels, uint8_images)
     raise ValueError(f"unknown dataset '{opt.dataset}' (expected nuscenes or ddad)")

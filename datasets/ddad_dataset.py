@@ -203,7 +203,7 @@ class DDADDataset(NuScenesDataset):
                 check_intrinsics(scene["calib"][c][0], f"DDAD: {scene['calib_path']} intrinsics of {c}")
             for i in range(len(scene["frames"])):
                 meta = self._sample_meta(scene, i)
-                adjacent = meta["has_prev"] and meta["has_next"]
+                adjacent = meta["prev"] and meta["next"]
                 if split == "train" and opt.require_adjacent and not adjacent:
                     continue
                 if wanted is None or meta["token"] in wanted:
@@ -216,19 +216,20 @@ class DDADDataset(NuScenesDataset):
     def _sample_meta(scene, i):
         """Files and poses of sample ``i`` of a scene, in the layout NuScenesDataset.__getitem__ reads."""
         frames = scene["frames"]
-        ids = [max(i - 1, 0), i, min(i + 1, len(frames) - 1)]
         cam2ego = np.stack([scene["calib"][c][1] for c in DDAD_CAMS])
-        ego2global = np.stack([[frames[f][c]["pose"] @ np.linalg.inv(scene["calib"][c][1]) for c in DDAD_CAMS]
-                               for f in ids])
-        return dict(token=sample_token(scene["name"], i), scene=scene["name"],
-                    files=[[frames[f][c]["file"] for c in DDAD_CAMS] for f in ids],
+
+        def frame(f):  # (files [cam], ego2global (6, 4, 4))
+            return ([frames[f][c]["file"] for c in DDAD_CAMS],
+                    np.stack([frames[f][c]["pose"] @ np.linalg.inv(scene["calib"][c][1])
+                              for c in DDAD_CAMS]).astype(np.float32))
+        return dict(token=sample_token(scene["name"], i), scene=scene["name"], cur=frame(i),
+                    prev=[frame(i - 1)] if i > 0 else [], next=[frame(i + 1)] if i < len(frames) - 1 else [],
                     K=np.stack([scene["calib"][c][0] for c in DDAD_CAMS]).astype(np.float32),
-                    cam2ego=cam2ego.astype(np.float32), ego2global=ego2global.astype(np.float32),
-                    has_prev=i > 0, has_next=i < len(frames) - 1)
+                    cam2ego=cam2ego.astype(np.float32))
 
     def _gsam_file(self, m, c):
         """The release's DDAD layout of Grounded-SAM files: <sem_root>/<scene>/<CAMERA_xx>/<image name>_mask.bin."""
-        name = os.path.splitext(os.path.basename(m["files"][1][c]))[0]
+        name = os.path.splitext(os.path.basename(m["cur"][0][c]))[0]
         return os.path.join(self.sem_root, m["scene"], DDAD_CAMS[c], name + "_mask.bin")
 
     def __getitem__(self, index):

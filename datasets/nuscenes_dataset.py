@@ -224,6 +224,32 @@ def scene_ray_origins(tables, samples, lidar_data, table_root=""):
     return out
 
 
+def sweeps_after(tables, cams):
+    """``[{cam: sample_data}]``: the camera sweeps after the keyframe data ``cams`` ({cam: sample_data}) up to the
+    next keyframe, the j-th entry holding the j-th sweep of every camera, as far as all cameras have one."""
+    out, cur = [], dict(cams)
+    while True:
+        nxt = {}
+        for cam in CAMS:
+            token = cur.get(cam, {}).get("next")
+            if not token:
+                return out
+            sd = get(tables, "sample_data", token, f"sample_data {cur[cam]['token']}.next")
+            if sd["is_key_frame"]:
+                return out
+            nxt[cam] = sd
+        out.append(nxt)
+        cur = nxt
+
+
+def stride_range(frame_stride):
+    """``--frame_stride`` (one or two positive ints) -> (lo, hi)."""
+    v = [int(x) for x in frame_stride]
+    if len(v) not in (1, 2) or min(v) < 1 or v[-1] < v[0]:
+        raise BadData(f"--frame_stride takes one stride or a range LO HI of positive ints with LO <= HI, got {v}")
+    return v[0], v[-1]
+
+
 def read_split(path):
     """Sample tokens of a split file: one per line, '#' starts a comment. A bare name is looked up in
     datasets/splits/ when it does not exist as given."""
@@ -290,7 +316,11 @@ class NuScenesDataset(Dataset):
     walked to the previous / next keyframe (= the previous / next sample's image of that camera), with "sweep" the
     directly adjacent image is taken (on nuScenes the 12 Hz camera sweep, ~0.08 s away, as the authors' loader);
     "auto" (default) takes the sweeps when the data has them (``resolve_adjacent``) and says which in the log.
+    ``opt.frame_stride`` takes the neighbours that many steps along the chain; a range LO HI draws the stride per
+    training item (the same for both neighbours), evaluation uses LO.
     """
+
+    stride_range, random_stride = (1, 1), False  # --frame_stride (subclasses without it: the adjacent frames)
 
     def __init__(self, opt, split, eval_labels=True, uint8_images=False):
         if split not in ("train", "val"):
@@ -327,22 +357,41 @@ class NuScenesDataset(Dataset):
             samples = [(t, scene_of[t]) for t in tokens]
 
         self.adjacent, why = resolve_adjacent(opt.adjacent, tables)
-        sweeps = SweepFiles(opt.dataroot) if self.adjacent == "sweep" else None
+        sweep_files = SweepFiles(opt.dataroot) if self.adjacent == "sweep" else None
         checked = set()  # calibration / ego pose records already checked
+        self.stride_range = stride_range(opt.frame_stride)
+        self.random_stride = split == "train" and self.stride_range[1] > self.stride_range[0]
+        train_sweeps = split == "train" and opt.train_sweeps and self.adjacent == "sweep"
+        if train_sweeps and (opt.use_sem or eval_labels):
+            raise BadData("--train_sweeps: camera sweeps have no labels; use it without --use_sem (stage 1)")
         self.samples = []
         for token, scene in samples:
-            meta = self._sample_meta(tables, sensor_data, token, self.adjacent, table_root, sweeps, checked)
-            if split == "train" and opt.require_adjacent and not (meta["has_prev"] and meta["has_next"]):
-                continue
-            meta["scene"] = scene
-            self.samples.append(meta)
-        warning = self._check_sweeps(sweeps, opt.adjacent) if sweeps else ""
-        if sweeps and sweeps.exists and len(sweeps.missing()) == len(sweeps.exists):
+            centres = [(token, sensor_data.get(token, {}))]
+            if train_sweeps:  # the sweeps up to the next keyframe, as far as all 6 cameras have one on disk
+                centres += [(f"{token}#sweep{j + 1}", cams) for j, cams in enumerate(sweeps_after(tables,
+                                                                                                 centres[0][1]))
+                            if not sweep_files.missing_in(list(cams.values()))]
+            for name, cams in centres:
+                meta = self._sample_meta(tables, {name: cams}, name, self.adjacent == "keyframe",
+                                         self.stride_range[1] if self.random_stride else self.stride_range[0],
+                                         table_root, sweep_files, checked)
+                lo = self.stride_range[0]
+                if split == "train" and opt.require_adjacent and min(len(meta["prev"]), len(meta["next"])) < lo:
+                    continue
+                meta["scene"] = scene
+                self.samples.append(meta)
+        warning = self._check_sweeps(sweep_files, opt.adjacent) if sweep_files else ""
+        if sweep_files and sweep_files.exists and len(sweep_files.missing()) == len(sweep_files.exists):
             self.adjacent = "keyframe"  # every neighbour frame fell back
-            why = f"the tables list camera sweeps but their files are absent (e.g. {sweeps.missing()[0]})"
+            why = f"the tables list camera sweeps but their files are absent (e.g. {sweep_files.missing()[0]})"
             warning = ""
         print(f"[data] {opt.version} {split}: temporal neighbours = adjacent "
               f"{'camera sweeps' if self.adjacent == 'sweep' else 'keyframes'} ({why})" + warning)
+        if self.stride_range != (1, 1):
+            print(f"[data] {split}: neighbours {self.stride_range[0]}" + (f" to {self.stride_range[1]} (drawn per "
+                  "sample)" if self.random_stride else "") + " steps along each camera's chain (--frame_stride)")
+        if train_sweeps:
+            print(f"[data] train: {len(self.samples)} items centred on keyframes and camera sweeps (--train_sweeps)")
 
     @staticmethod
     def _check_sweeps(sweeps, asked):
@@ -359,34 +408,32 @@ class NuScenesDataset(Dataset):
                 "keyframes instead (0.5 s away on nuScenes instead of ~0.08 s)")
 
     @staticmethod
-    def _sample_meta(tables, cam_data, token, adjacent, table_root, sweeps=None, checked=None):
-        """Files and poses of one sample: ``files`` [frame][cam], ``ego2global`` (3, 6, 4, 4), ``cam2ego``
-        (6, 4, 4), ``K`` (6, 3, 3) at the original image size, ``has_prev`` / ``has_next``. ``adjacent``:
-        "keyframe" or "sweep"; with ``sweeps`` (SweepFiles) a neighbour frame with a missing sweep file takes the
-        adjacent keyframes of its 6 cameras. Calibration and poses are checked (datasets/checks.py) once each
-        (``checked``: set of the tokens done)."""
+    def _sample_meta(tables, cam_data, token, keyframes_only, max_stride=1, table_root="", sweeps=None, checked=None):
+        """Files and poses of one sample: ``cur`` / ``prev`` / ``next``, each a list of frames (``prev`` / ``next``:
+        1, 2, ... ``max_stride`` steps away along every camera's chain, as far as all 6 chains reach), a frame being
+        ``(files [cam], ego2global (6, 4, 4))``; ``cam2ego`` (6, 4, 4), ``K`` (6, 3, 3) at the original image size.
+        With ``sweeps`` (SweepFiles) a first neighbour frame with a missing sweep file is replaced by the adjacent
+        keyframes of its 6 cameras (and no further stride is taken that way); a later one ends the chain there.
+        Calibration and poses are checked (datasets/checks.py) once each (``checked``: set of the tokens done)."""
         cams = cam_data.get(token, {})
         missing = [c for c in CAMS if c not in cams]
         if missing:
             raise BadData(f"sample {token} has no keyframe sample_data for {missing}")
         checked = set() if checked is None else checked
         current = [cams[cam] for cam in CAMS]
-        frames = []
-        for direction in ("prev", "next"):
-            frame = [chain_step(tables, sd, direction, adjacent == "keyframe") for sd in current]
-            if sweeps is not None and any(sd is not None for sd in frame):
-                sweeps.frames += 1
-                if sweeps.missing_in(frame):
-                    sweeps.fallbacks += 1
-                    frame = [chain_step(tables, sd, direction, True) for sd in current]
-            frames.append(frame)
-        frames.insert(1, current)
 
-        files = [[None] * len(CAMS) for _ in range(3)]
-        ego2global = np.zeros((3, len(CAMS), 4, 4), np.float32)
+        def ego_pose(sd):
+            pose = get(tables, "ego_pose", sd["ego_pose_token"], f"sample_data {sd['token']}")
+            if pose["token"] not in checked:
+                check_pose(pose["translation"], pose["rotation"], f"{table_root}/ego_pose.json record {pose['token']}")
+                checked.add(pose["token"])
+            return pose_matrix(pose["translation"], pose["rotation"])
+
+        def frame(sds):
+            return [sd["filename"] for sd in sds], np.stack([ego_pose(sd) for sd in sds]).astype(np.float32)
+
         cam2ego = np.zeros((len(CAMS), 4, 4), np.float32)
         K = np.zeros((len(CAMS), 3, 3), np.float32)
-        has = {"prev": True, "next": True}
         for c, cam in enumerate(CAMS):
             cur = current[c]
             cs = get(tables, "calibrated_sensor", cur["calibrated_sensor_token"], f"sample_data {cur['token']}")
@@ -397,19 +444,37 @@ class NuScenesDataset(Dataset):
                 checked.add(cs["token"])
             cam2ego[c] = pose_matrix(cs["translation"], cs["rotation"])
             K[c] = cs["camera_intrinsic"]
-            for f, direction in enumerate(("prev", None, "next")):
-                sd = frames[f][c]
-                if sd is None:  # no neighbour: the current frame stands in
-                    has[direction], sd = False, cur
-                pose = get(tables, "ego_pose", sd["ego_pose_token"], f"sample_data {sd['token']}")
-                if pose["token"] not in checked:
-                    check_pose(pose["translation"], pose["rotation"],
-                               f"{table_root}/ego_pose.json record {pose['token']}")
-                    checked.add(pose["token"])
-                ego2global[f, c] = pose_matrix(pose["translation"], pose["rotation"])
-                files[f][c] = sd["filename"]
-        return dict(token=token, files=files, ego2global=ego2global, cam2ego=cam2ego, K=K,
-                    has_prev=has["prev"], has_next=has["next"])
+        out = dict(token=token, cur=frame(current), cam2ego=cam2ego, K=K)
+        for direction in ("prev", "next"):
+            frames, sds = [], current
+            while len(frames) < max_stride:
+                nxt = [chain_step(tables, sd, direction, keyframes_only) for sd in sds]
+                if any(sd is None for sd in nxt):  # as far as all 6 chains reach
+                    break
+                if sweeps is not None and not keyframes_only:
+                    sweeps.frames += not frames
+                    if sweeps.missing_in(nxt):
+                        if frames:
+                            break
+                        sweeps.fallbacks += 1
+                        nxt = [chain_step(tables, sd, direction, True) for sd in sds]
+                        if not any(sd is None for sd in nxt):
+                            frames.append(frame(nxt))
+                        break
+                frames.append(frame(nxt))
+                sds = nxt
+            out[direction] = frames
+        return out
+
+    def _stride(self, m):
+        """Steps to the previous / next frame of sample ``m``: training with ``--frame_stride LO HI`` draws one
+        in LO..HI (as far as both chains reach) per call, otherwise LO; 0 where the chain ends before LO (the
+        current frame stands in)."""
+        lo, hi = self.stride_range
+        reach = min(len(m["prev"]), len(m["next"]))
+        if self.random_stride and reach > lo:
+            return int(torch.randint(lo, min(hi, reach) + 1, ()))
+        return lo
 
     def __len__(self):
         return len(self.samples)
@@ -419,15 +484,18 @@ class NuScenesDataset(Dataset):
         imgs = torch.zeros((3, len(CAMS), 3) + self.input_size, dtype=torch.uint8 if self.uint8_images else None)
         K = torch.from_numpy(m["K"].copy())
         sizes = []  # original (h, w) of the current images
-        for f in range(3):
+        s = self._stride(m)
+        frames = [m[d][s - 1] if 0 < s <= len(m[d]) else m["cur"] for d in ("prev", "next")]  # else: no neighbour
+        frames.insert(1, m["cur"])
+        for f, (files, _) in enumerate(frames):
             for c in range(len(CAMS)):
-                imgs[f, c], (h0, w0) = load_image(os.path.join(self.dataroot, m["files"][f][c]), self.input_size,
+                imgs[f, c], (h0, w0) = load_image(os.path.join(self.dataroot, files[c]), self.input_size,
                                                   self.uint8_images)
                 if f == 1:  # pixel centres at integer coordinates, as in utils.geometry
                     K[c] = scale_intrinsics(K[c], self.input_size[1] / w0, self.input_size[0] / h0)
                     sizes.append((h0, w0))
         item = dict(imgs=imgs, K=K, cam2ego=torch.from_numpy(m["cam2ego"]),
-                    ego2global=torch.from_numpy(m["ego2global"]), token=m["token"], scene=m["scene"])
+                    ego2global=torch.from_numpy(np.stack([e for _, e in frames])), token=m["token"], scene=m["scene"])
         if self.sem_root is not None:
             item["sem"] = torch.stack([resize_labels(self._read_sem(m, c, sizes[c]), self.render_size)
                                        for c in range(len(CAMS))])
@@ -456,7 +524,7 @@ class NuScenesDataset(Dataset):
 
     def _gsam_file(self, m, c):
         """Grounded-SAM file of camera ``c`` of sample ``m`` in the release's nuScenes layout."""
-        return gsam_path(self.sem_root, m["files"][1][c])
+        return gsam_path(self.sem_root, m["cur"][0][c])
 
     @staticmethod
     def _load_depth(path):

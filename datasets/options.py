@@ -26,6 +26,15 @@ def add_args(parser):
                    help="temporal neighbours: the previous / next keyframe of each camera (2 Hz on nuScenes, 0.5 s) "
                         "or the directly adjacent camera sweep (12 Hz, ~0.08 s, as the authors' loader); auto: "
                         "sweeps when the tables list them and their files exist, else keyframes (logged)")
+    g.add_argument("--frame_stride", type=int, nargs="+", default=[1], metavar="N",
+                   help="temporal neighbours N steps away along each camera's chain (of sweeps or keyframes, see "
+                        "--adjacent); LO HI: in training a stride drawn per sample in LO..HI (at evaluation LO). "
+                        "Measured: it does not teach the stage-1 pose net to measure the motion, it then answers "
+                        "the average one (docs/results/stage1_heldout.md); nuScenes format only")
+    g.add_argument("--train_sweeps", type=str2bool, default=False,
+                   help="training items centred on the camera sweeps between keyframes too, not only on the "
+                        "keyframes (with sweeps as neighbours: 6x more images on nuScenes); they have no labels, so "
+                        "stage 1 only (not with --use_sem)")
     g.add_argument("--require_adjacent", type=str2bool, default=True,
                    help="drop training samples that lack a previous or next frame (at validation, and in training "
                         "when off, a missing neighbour is replaced by the current frame)")

@@ -7,6 +7,9 @@ Losses (monodepth2 style, averaged over 4 scales upsampled to the input size):
   cameras, hence the scale of depth and pose. Phase ``refine`` freezes the pose net and drops the cross-view term.
 With ``gsp_scale_lock`` (off by default) the temporal term cannot move the global scale of a depth map in the main
 phase: the scale then comes from GSP alone (see ``scale_locked``).
+The motion (``gsp_pose``): the pose net in training; what stage 1 hands out (``predict_pose``) is measured by aligning
+the adjacent images through the depth (``utils/pose_solver.py``), since the pose net alone answers the motion of
+its training streets whatever it sees (docs/results/stage1_heldout.md).
 """
 import functools
 
@@ -19,14 +22,16 @@ from networks.depth_net import NUM_SCALES, DepthNet, disp_to_depth
 from networks.pose_net import PoseNet
 from options import str2bool
 from utils.checkpoint import load_checkpoint, load_model_state, require_stage
-from utils.geometry import ego_motion_to_cam, inverse_rigid, recorded_ego_motion, warp
+from utils.geometry import ego_motion_to_cam, inverse_rigid, recorded_ego_motion, rescale_K_to, warp
 from utils.gsp import cross_view_loss
 from utils.losses import reprojection_loss, smoothness_loss
+from utils.pose_solver import LEVELS, TRAIN_LEVELS, solve_ego_motion
 from utils.rasterizer import rasterize
 from utils.vis import depth_to_color, image_to_uint8, mosaic, to_numpy
 
 # What a checkpoint written before an option existed was trained with (options.merge_checkpoint_options).
-CHECKPOINT_DEFAULTS = {"gsp_rot_scale": 1.0}  # the pose net's rotation output was in raw radians
+CHECKPOINT_DEFAULTS = {"gsp_rot_scale": 1.0,  # the pose net's rotation output was in raw radians
+                       "gsp_pose": "net"}  # the motion came from the pose net alone
 
 
 def add_args(parser):
@@ -56,6 +61,13 @@ def add_args(parser):
     g.add_argument("--gsp_rot_scale", type=float, default=0.01,
                    help="pose net: rotation (axis-angle, radians) = this x the raw output, translation in metres; "
                         "puts one frame's rotation and translation on similar scales for Adam (networks/pose_net.py)")
+    g.add_argument("--gsp_pose", type=str, default="net_solve", choices=["net", "net_solve", "solve"],
+                   help="where the ego motion comes from. net: the pose net (training and prediction); net_solve: "
+                        "the pose net in training, its motion refined at prediction (eval, stage 2) by aligning the "
+                        "adjacent images onto the current ones through the depth net's depth (utils/pose_solver.py); "
+                        "solve: that alignment in training and prediction, no pose net. The pose net alone regresses "
+                        "the motion it saw on its training streets instead of measuring it "
+                        "(docs/results/stage1_heldout.md); the alignment has the depth's scale, metric by GSP")
     g.add_argument("--gsp_depth_layers", type=int, default=18, choices=[18, 34, 50], help="depth net ResNet depth")
     g.add_argument("--gsp_pose_layers", type=int, default=18, choices=[18, 34, 50], help="pose net ResNet depth")
     g.add_argument("--gsp_pretrained", type=str2bool, default=False,
@@ -84,7 +96,7 @@ class GSPModel(nn.Module):
         self.depth = DepthNet(opt)
         self.pose = PoseNet(opt)
         self.rasterize = functools.partial(rasterize, backend=opt.raster_backend)
-        if opt.gsp_phase == "refine":
+        if opt.gsp_phase == "refine" or opt.gsp_pose == "solve":
             self.pose.requires_grad_(False)
 
     def train(self, mode=True):
@@ -114,20 +126,40 @@ class GSPModel(nn.Module):
         prev_to_cur = self.pose(imgs[:, 0], imgs[:, 1])
         return torch.stack([inverse_rigid(prev_to_cur), self.pose(imgs[:, 1], imgs[:, 2])], 1)
 
+    def motion(self, imgs, net_imgs, depth, K, cam2ego, valid=None):
+        """(B,2,4,4) current ego -> previous / next ego from the source ``gsp_pose`` names (see add_args).
+
+        imgs: (B,3,6,3,H,W) the images the solver aligns, net_imgs: the pose net's input (the same or its colour-
+        augmented copy), depth (B,6,1,H,W) of the current images, K (B,6,3,3) at H x W, cam2ego (B,6,4,4), valid:
+        optional (B,6,1,H,W) {0, 1} self-occlusion mask (pixels left out of the alignment).
+        """
+        mode = self.opt.gsp_pose
+        if mode == "net" or (mode == "net_solve" and self.training):
+            return self.ego_motion(net_imgs)
+        b = imgs.shape[0]
+        init = self.ego_motion(net_imgs).detach() if mode == "net_solve" else None
+        two = lambda x: torch.cat([x, x])  # noqa: E731  previous and next in one solve
+        T = solve_ego_motion(two(imgs[:, 1]), torch.cat([imgs[:, 0], imgs[:, 2]]), two(depth), two(K), two(cam2ego),
+                             init=None if init is None else torch.cat([init[:, 0], init[:, 1]]),
+                             levels=TRAIN_LEVELS if self.training else LEVELS,
+                             mask=None if valid is None else two(valid))
+        return torch.stack([T[:b], T[b:]], 1)
+
     def forward(self, batch):
         imgs, K, cam2ego = batch["imgs"], batch["K"], batch["cam2ego"]
         b, _, n, _, h, w = imgs.shape
         net_imgs = batch.get("imgs_net", imgs)  # the networks' (colour-augmented) copy; the losses use imgs
         out = self.depth_outputs(net_imgs[:, 1])
-        poses = self.ego_motion(net_imgs)
+        valid = None
+        if "mask" in batch:  # (B,6,h,w) at the render size -> (B*6,1,H,W)
+            valid = F.interpolate(batch["mask"].flatten(0, 1)[:, None].float(), (h, w), mode="nearest")
+        poses = self.motion(imgs, net_imgs, out["depth"].detach().unflatten(0, (b, n)), K, cam2ego,
+                            None if valid is None else valid.unflatten(0, (b, n)))
         T_cam = torch.stack([ego_motion_to_cam(poses[:, k], cam2ego) for k in range(2)], 1)  # (B,2,6,4,4)
 
         target = imgs[:, 1].flatten(0, 1)
         sources = [imgs[:, 0].flatten(0, 1), imgs[:, 2].flatten(0, 1)]
         Kf = K.flatten(0, 1)
-        valid = None
-        if "mask" in batch:  # (B,6,h,w) at the render size -> (B*6,1,H,W)
-            valid = F.interpolate(batch["mask"].flatten(0, 1)[:, None].float(), (h, w), mode="nearest")
         logs = {}
         loss_t = loss_s = 0.0
         lock = self.opt.gsp_scale_lock and self.opt.use_gsp and self.opt.gsp_phase == "main"
@@ -181,12 +213,19 @@ class GSPModel(nn.Module):
 
         Images of another size (stage 2 reads its own input size) are resized to the stage-1 ``input_size``.
         """
-        imgs = batch["imgs"]
+        imgs, K = batch["imgs"], batch.get("K")  # K, cam2ego: only the alignment (gsp_pose net_solve, solve)
         size = tuple(getattr(self.opt, "input_size", imgs.shape[-2:]))
         if tuple(imgs.shape[-2:]) != size:
+            K = None if K is None else rescale_K_to(K, imgs.shape[-2:], size)
             imgs = F.interpolate(imgs.flatten(0, 2), size, mode="bilinear", align_corners=False,
                                  antialias=True).unflatten(0, imgs.shape[:3])
-        return self.ego_motion(imgs)
+        if self.opt.gsp_pose == "net":
+            return self.ego_motion(imgs)
+        depth = self.depth_outputs(imgs[:, 1])["depth"].unflatten(0, (imgs.shape[0], imgs.shape[2]))
+        valid = None
+        if "mask" in batch:  # (B,6,h,w) self-occlusion masks at the render size
+            valid = F.interpolate(batch["mask"].float(), size, mode="nearest")[:, :, None]
+        return self.motion(imgs, imgs, depth, K, batch["cam2ego"], valid)
 
     def visualise(self, batch, outputs):
         """First sample of the batch -> dict of (3,H,W) uint8 pictures for tensorboard / run_vis.sh.

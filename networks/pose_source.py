@@ -22,20 +22,30 @@ class Stage1Poses:
 
     The checkpoint is read at the first call, on the device of the batch, and never enters the stage-2 state dict
     (this is not an nn.Module), so evaluation and visualisation of a stage-2 checkpoint do not need it.
+    With ``cache`` (the neighbours of a sample are always the same frames) the ego motion of every sample token is
+    kept after its first batch: a stage-1 model that measures the motion by image alignment (``--gsp_pose
+    net_solve``) then costs its iterations once per sample, not once per step.
     """
 
-    def __init__(self, ckpt):
+    def __init__(self, ckpt, cache=False):
         if not ckpt:
             raise ValueError("--pose stage1 needs --stage1_ckpt PATH (a stage-1 checkpoint); or use --pose gt")
         self.ckpt = ckpt
         self.model = None
+        self.cache = {} if cache else None
 
     def __call__(self, batch):
         cam2ego = batch["cam2ego"]
         if self.model is None:
             from networks.gsp_model import load_gsp_from_checkpoint
             self.model = load_gsp_from_checkpoint(self.ckpt, cam2ego.device).requires_grad_(False)
-        poses = self.model.predict_pose(batch)  # (B, 2, 4, 4) ego motion current -> previous / next
+        tokens = batch.get("token") if self.cache is not None else None
+        if tokens is not None and all(t in self.cache for t in tokens):
+            poses = torch.stack([self.cache[t] for t in tokens]).to(cam2ego.device)
+        else:
+            poses = self.model.predict_pose(batch)  # (B, 2, 4, 4) ego motion current -> previous / next
+            if tokens is not None:
+                self.cache.update(zip(tokens, poses.detach().cpu()))
         return torch.stack([ego_motion_to_cam(poses[:, k], cam2ego) for k in range(2)], 1)
 
 
@@ -43,6 +53,6 @@ def build_pose_source(opt):
     """The pose source that ``opt.pose`` names."""
     if opt.pose == "gt":
         return RecordedPoses()
-    if opt.pose == "stage1":
-        return Stage1Poses(opt.stage1_ckpt)
+    if opt.pose == "stage1":  # one stride: each sample's neighbours are fixed frames, their motion can be kept
+        return Stage1Poses(opt.stage1_ckpt, cache=len(set(getattr(opt, "frame_stride", [1]))) == 1)
     raise ValueError(f"unknown --pose {opt.pose!r} (expected gt or stage1)")

@@ -116,9 +116,9 @@ def test_ddad_gsam_files_in_the_release_layout(ddad_root, tmp_path):
     m = ds.samples[0]
     for c, cam in enumerate(DDAD_CAMS):
         path = ds._gsam_file(m, c)
-        name = m["files"][1][c].replace("\\", "/").split("/")[-1].rsplit(".", 1)[0]
+        name = m["cur"][0][c].replace("\\", "/").split("/")[-1].rsplit(".", 1)[0]
         assert path == str(tmp_path / m["scene"] / cam / (name + "_mask.bin"))
-        with Image.open(ddad_root / m["files"][1][c]) as img:
+        with Image.open(ddad_root / m["cur"][0][c]) as img:
             w, h = img.size
         os.makedirs(os.path.dirname(path), exist_ok=True)
         np.full((h, w), 6, np.int8).tofile(path)

@@ -76,10 +76,10 @@ def test_checkpoint_without_rotation_units_loads_with_the_old_units(tmp_path):
     """A stage-1 checkpoint written before --gsp_rot_scale existed was trained with rotation in raw radians: it
     must rebuild with rot_scale 1 and give the motion it gave then; a new one keeps its stored 0.01."""
     torch.manual_seed(0)
-    old = GSPModel(make_opt("--gsp_rot_scale", "1.0"))
+    old = GSPModel(make_opt("--gsp_rot_scale", "1.0", "--gsp_pose", "net"))
     with torch.no_grad():
         old.pose.out.bias.copy_(torch.tensor([0.01, -0.02, 0.05, 1.5, -0.2, 0.1]))
-    saved = {k: v for k, v in vars(old.opt).items() if k != "gsp_rot_scale"}
+    saved = {k: v for k, v in vars(old.opt).items() if k not in ("gsp_rot_scale", "gsp_pose")}  # both came later
     torch.save({"model": old.state_dict(), "opt": saved}, tmp_path / "old.pt")
     torch.save({"model": old.state_dict(), "opt": vars(make_opt())}, tmp_path / "new.pt")
     imgs = torch.rand(1, 3, 6, 3, 32, 64)

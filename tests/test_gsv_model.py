@@ -199,7 +199,8 @@ def test_pose_flags_parse():
 def test_stage1_pose_from_checkpoint(tmp_path):
     from networks.gsp_model import GSPModel
     from utils.checkpoint import save_checkpoint
-    gsp_opt = parse_args(["--stage", "gsp", "--gsp_pretrained", "false", "--raster_backend", "torch"])
+    gsp_opt = parse_args(["--stage", "gsp", "--gsp_pretrained", "false", "--raster_backend", "torch",
+                          "--gsp_pose", "net"])  # the pose net's own motion (the default measures it)
     save_checkpoint({"model": GSPModel(gsp_opt).state_dict(), "opt": vars(gsp_opt)}, str(tmp_path / "gsp.pt"))
     model = GSVModel(tiny_opt("--pose", "stage1", "--stage1_ckpt", str(tmp_path / "gsp.pt")))
     T = model.pose_source(make_batch())

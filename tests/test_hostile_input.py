@@ -155,7 +155,7 @@ def train_sample(root, adjacent="auto"):
 
 def test_one_missing_sweep_falls_back_for_its_frame_only_and_is_counted(synth_root, tmp_path, capsys):
     sample = train_sample(synth_root)
-    gone = sample["files"][0][3]  # the previous sweep of CAM_BACK
+    gone = sample["prev"][0][0][3]  # the previous sweep of CAM_BACK
     assert gone.startswith("sweeps/")
     root = overlay(synth_root, tmp_path / "data", remove=[gone])
     train_entry.main([str(a) for a in gsv_argv(root, tmp_path / "logs", "--max_steps", 1)])
@@ -165,9 +165,9 @@ def test_one_missing_sweep_falls_back_for_its_frame_only_and_is_counted(synth_ro
             "1 of 4 neighbour frames use the adjacent keyframes instead (0.5 s away") in out  # 3 samples, 2 ends
     fallback = train_sample(root)
     capsys.readouterr()
-    assert all(f.startswith("samples/") for f in fallback["files"][0])  # that frame: keyframes, all 6 cameras
-    assert fallback["files"][2] == sample["files"][2]  # the next frame keeps its sweeps
-    step = [np.linalg.norm(m["ego2global"][1, 0, :3, 3] - m["ego2global"][0, 0, :3, 3]) for m in (sample, fallback)]
+    assert all(f.startswith("samples/") for f in fallback["prev"][0][0])  # that frame: keyframes, all 6 cameras
+    assert fallback["next"][0][0] == sample["next"][0][0]  # the next frame keeps its sweeps
+    step = [np.linalg.norm(m["cur"][1][0, :3, 3] - m["prev"][0][1][0, :3, 3]) for m in (sample, fallback)]
     assert step[1] == pytest.approx(6 * step[0], rel=1e-3)  # 0.5 s instead of 1/12 s
     assert load_checkpoint(tmp_path / "logs" / "debug" / "ckpt" / "last.pt")["step"] == 1
     msg = run_main(train_entry.main, gsv_argv(root, tmp_path / "logs2", "--adjacent", "sweep"))
@@ -194,7 +194,7 @@ def test_a_bad_focal_length_is_refused_by_train_and_eval(synth_root, ckpts, tmp_
 def test_an_ego_pose_that_is_not_a_rotation_is_refused(synth_root, tmp_path):
     table = Path("v1.0-synthetic") / "ego_pose.json"
     root = overlay(synth_root, tmp_path / "data", edit=[table])
-    front = train_sample(synth_root)["files"][1][0]
+    front = train_sample(synth_root)["cur"][0][0]
     sd = next(r for r in json.loads((root / "v1.0-synthetic" / "sample_data.json").read_text())
               if r["filename"] == front)
     records = json.loads((root / table).read_text())
@@ -350,7 +350,7 @@ def test_data_errors_that_worked_before(synth_root, ckpts, tmp_path):
 
 @pytest.mark.parametrize("broken", ["corrupt", "missing"])
 def test_a_bad_image_is_named_and_nothing_is_saved_over(synth_root, tmp_path, broken):
-    image = train_sample(synth_root)["files"][1][0]
+    image = train_sample(synth_root)["cur"][0][0]
     root = overlay(synth_root, tmp_path / "data", **({"edit": [image]} if broken == "corrupt" else {"remove": [image]}))
     if broken == "corrupt":
         (root / image).write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")

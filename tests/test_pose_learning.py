@@ -5,7 +5,8 @@ frame on a curved road) are given; only the pose net trains, on the temporal pho
 utils/losses.reprojection_loss. With the rotation output in units of 0.01 rad (--gsp_rot_scale 0.01) the learnt
 translation is within 5% of the recorded one after 80 CPU steps; in raw radians (the units of the first version)
 Adam moves the rotation as fast as the translation and after the same steps the translation is 4x too short
-(measured: scale 0.26, rotation error 1.9 degrees, against 1.03 and 0.08 degrees).
+(measured: scale 0.26, rotation error 1.9 degrees, against 1.03 and 0.08 degrees). What it learns is this street's
+motion, not a measurement: at 6x the spacing it answers the same (issue 18).
 """
 import argparse
 
@@ -27,7 +28,8 @@ def clip():
 
 
 def train_pose_net(clip, rot_scale):
-    """Train a fresh PoseNet on the clip (exact depth); returns per pair (k, k+1): (scale, rotation error deg)."""
+    """Train a fresh PoseNet on the clip (exact depth); returns it and per pair (k, k+1): (scale, rotation error
+    deg)."""
     torch.manual_seed(0)
     n = torch.get_num_threads()
     torch.set_num_threads(1)  # small tensors on a shared 2-core machine
@@ -58,7 +60,12 @@ def train_pose_net(clip, rot_scale):
                             float(torch.rad2deg(torch.arccos(cos.clamp(-1, 1))))))
     finally:
         torch.set_num_threads(n)
-    return np.array(out)
+    return net, np.array(out)
+
+
+@pytest.fixture(scope="module")
+def centiradians(clip):
+    return train_pose_net(clip, 0.01)
 
 
 def test_the_clip_is_a_curved_street_at_sweep_spacing(clip):
@@ -67,12 +74,25 @@ def test_the_clip_is_a_curved_street_at_sweep_spacing(clip):
     assert 0.1 < abs(float(np.degrees(np.arctan2(m[1, 0], m[0, 0])))) < 0.4  # yaw per frame, degrees
 
 
-def test_pose_net_learns_the_recorded_motion_with_rotation_in_centiradians(clip):
-    res = train_pose_net(clip, 0.01)
+def test_pose_net_learns_the_recorded_motion_with_rotation_in_centiradians(centiradians):
+    _, res = centiradians
     assert abs(np.median(res[:, 0]) - 1) < 0.05, res
     assert np.median(res[:, 1]) < 0.3, res
 
 
 def test_in_raw_radians_the_same_training_leaves_the_translation_short(clip):
-    res = train_pose_net(clip, 1.0)
+    _, res = train_pose_net(clip, 1.0)
     assert np.median(res[:, 0]) < 0.6 and np.median(res[:, 1]) > 0.5, res
+
+
+def test_the_pose_net_gives_its_training_motion_not_the_one_it_sees(clip, centiradians):
+    """Issue 18: the same net, shown frames 6 sweeps apart (0.5 s, the keyframe spacing: 6x the motion), answers
+    about the motion of one sweep. It learnt this street's speed, it does not measure the image motion; on held-out
+    streets it gives its training streets' (docs/results/stage1_heldout.md; utils/pose_solver.py measures it)."""
+    net, _ = centiradians
+    imgs = clip["imgs"]
+    with torch.no_grad():
+        far = [float(net(imgs[[k]], imgs[[k + 6]])[0, :3, 3].norm()) for k in (0, 1)]
+        near = [float(net(imgs[[k]], imgs[[k + 1]])[0, :3, 3].norm()) for k in (0, 1)]
+        true = [float(ego_motion(clip["ego2global"], k, k + 6)[:3, 3].norm()) for k in (0, 1)]
+    assert np.mean(far) / np.mean(near) < 1.5 and np.mean(far) / np.mean(true) < 0.3, (far, near, true)

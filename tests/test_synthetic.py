@@ -210,7 +210,33 @@ def test_loader_takes_the_sweeps(synth_root, capsys):
     key = NuScenesDataset(_opt(synth_root, adjacent="keyframe"), "val")[1]["ego2global"].double().numpy()
     assert np.linalg.norm(key[1, 0, :3, 3] - key[0, 0, :3, 3]) == pytest.approx(world.speed * SAMPLE_DT, rel=1e-4)
     first = ds.samples[0]  # the first sample has no earlier sweep
-    assert not first["has_prev"] and first["has_next"]
+    assert not first["prev"] and first["next"]
+
+
+def test_frame_stride_and_items_on_the_sweeps(synth_root):
+    """--frame_stride N: neighbours N sweeps away on both sides; LO HI: one stride per training item, drawn anew at
+    every read within what both chains reach, evaluation takes LO; --train_sweeps: the sweeps between keyframes are
+    training items too (stage 1 has no labels to need)."""
+    speed = {writer.scene_name(i): make_scene(SEED, i, FRAMES).speed for i in range(2)}
+    step = SAMPLE_DT / (SWEEPS + 1)
+
+    def strides(item):  # sweeps between current and previous / next frame, from the recorded poses
+        E = item["ego2global"][:, 0].double()
+        d = [float((E[a, :3, 3] - E[1, :3, 3]).norm()) / (speed[item["scene"]] * step) for a in (0, 2)]
+        return [round(x, 3) for x in d]
+
+    assert strides(NuScenesDataset(_opt(synth_root, frame_stride=[3]), "val")[1]) == [3, 3]
+    assert strides(NuScenesDataset(_opt(synth_root, frame_stride=[2, 6]), "val")[1]) == [2, 2]
+    train = NuScenesDataset(_opt(synth_root, frame_stride=[1, 6], train_sweeps=True), "train", eval_labels=False)
+    assert len(train) == 2 * (N_CAM - 2)  # every camera frame with an earlier and a later one, both scenes
+    drawn = {}
+    for i in (0, 5, len(train) // 2 - 1):  # the first sweep, a middle one and the last before the end
+        drawn[i] = {tuple(strides(train[i])) for _ in range(12)}
+    assert all(a == b and a == int(a) for d in drawn.values() for a, b in d)
+    assert {a for a, _ in drawn[0]} == {1} and {a for a, _ in drawn[len(train) // 2 - 1]} == {1}  # chain ends
+    assert len(drawn[5]) > 2 and max(a for a, _ in drawn[5]) <= 6
+    with pytest.raises(Exception, match="--train_sweeps"):
+        NuScenesDataset(_opt(synth_root, train_sweeps=True, use_sem=True), "train", eval_labels=False)
 
 
 def test_loader_falls_back_without_sweep_files(synth_root, tmp_path, capsys):

@@ -5,6 +5,8 @@
 #   sh tools/run_benchmarks.sh pipeline    # 2 GPUs, ~10 min: no-GT-pose pipeline on a small synthetic set + fixture
 #   sh tools/run_benchmarks.sh occupancy   # 1 GPU, ~10 min: stage-2 criteria side by side on a small synthetic set
 #                                          #   (OCC_VARIANTS, recorded poses), scored by occupancy and its health
+#   sh tools/run_benchmarks.sh stage1-heldout  # 1 GPU, <= 9 min: stage 1 per held-out street at sweep and keyframe
+#                                          #   spacing, motion by alignment vs the pose net, + the real fixture
 #   sh tools/run_benchmarks.sh data        # synthetic benchmark set (18 scenes x 30 frames, 270x480) + LiDAR depth
 #   sh tools/run_benchmarks.sh bench       # render / training-iteration speed: GSV (gsplat, torch) vs volume rendering
 #   sh tools/run_benchmarks.sh step        # stage-2 training step at the paper config: old code path vs new (+ profile)
@@ -94,6 +96,76 @@ softmax-noent:--opacity softmax --w_entropy 0 --w_tv 0"}
     done; wait; }
     $PY tools/occ_summary.py logs/occ-* --json logs/occ-summary.json | tee logs/occ-summary.md
     ;;
+stage1-heldout)
+    # Issue 18, one GPU, <= 9 minutes from a bare machine: a synthetic set (SH_SCENES streets, SH_VAL held out,
+    # SH_FRAMES keyframes with 12 Hz sweeps), stage 1 trained at once on the one GPU until BUDGET_S - 110 s, then
+    # eval.py per street on the held-out streets at sweep and keyframe spacing. Runs (docs/results/stage1_heldout.md):
+    #   fix       --gsp_pose net_solve --train_sweeps true, main then refine: the pose net in training, the motion
+    #             measured by aligning the images through the depth at prediction; sweeps as training items
+    #   old       the stage 1 of before (pose net, keyframe items), as long; evaluated as it is (old) and with the
+    #             alignment at prediction (old+align, no retraining)
+    #   fixture   the fix on the real keyframes-only fixture (when FIXTURE or shared/fixtures/... holds it)
+    # Results: $SH_OUT/summary.json, summary.md, logs.tar.gz (options, logs, train_log.jsonl, metrics of every run),
+    # also copied to $SH_PACK when set (e.g. SH_PACK=$OUT). S1_EXTRA: options for every run (the CPU test).
+    T0=$(date +%s); BUDGET=${BUDGET_S:-530}; O=${SH_OUT:-logs/stage1-heldout}; S=${SH_DATA:-data/synthetic-heldout}
+    mkdir -p "$O"
+    OA=$(cd "$O" && pwd)  # absolute: the fixture's depth folder is named relative to nothing
+    $PY tools/gsplat_build.py > "$O/gsplat.log" 2>&1 &
+    BUILD=$!
+    FX=""
+    for f in "$FIXTURE" shared/fixtures/nuscenes-scene-0916; do [ -f "$f/v1.0-mini/sample.json" ] && FX=$f && break; done
+    if [ -n "$FX" ]; then  # LiDAR depth of the fixture into our own folder (the fixture may be read-only)
+        mkdir -p "$O/fixture_depth"
+        $PY tools/export_gt_depth_nusc.py --dataroot "$FX" --version v1.0-mini --out "$OA/fixture_depth" \
+            > "$O/fixture-depth.log" 2>&1 &
+    fi
+    [ -f $S/v1.0-synthetic/sample.json ] || $PY tools/make_synthetic_nusc.py --out $S --num_scenes "${SH_SCENES:-14}" \
+        --frames_per_scene "${SH_FRAMES:-7}" --img_size ${SH_SIZE:-224 400} --val_scenes "${SH_VAL:-4}" \
+        --workers "${WORKERS:-15}" > "$O/data.log" 2>&1
+    mkdir -p $S/depth_gt
+    $PY tools/export_gt_depth_nusc.py --dataroot $S --version v1.0-synthetic --out depth_gt --split $S/splits/val.txt \
+        >> "$O/data.log" 2>&1 &
+    wait $BUILD || true
+    LEFT=$(( BUDGET - 110 - 50 - $(date +%s) + T0 ))  # 110 s for the evaluations, 2 x 25 s to start the runs
+    M1=$(awk -v t=$LEFT 'BEGIN { m = 0.75 * t / 60; print (m < 0.5 ? 0.5 : m) }')
+    M2=$(awk -v t=$LEFT 'BEGIN { m = 0.25 * t / 60; print (m < 0.2 ? 0.2 : m) }')
+    MALL=$(awk -v a=$M1 -v b=$M2 'BEGIN { print a + b + 0.4 }')
+    echo "[stage1-heldout] data ready after $(( $(date +%s) - T0 )) s; main $M1 min + refine $M2 min"
+    SD="--config configs/synthetic-gsp.txt --dataroot $S --train_split $S/splits/train.txt --val_split $S/splits/val.txt"
+    FXD="--config configs/fixture-gsp.txt --dataroot $FX --depth_root $OA/fixture_depth"
+    FIX="--gsp_pose net_solve --train_sweeps true"
+    run1() { name=$1; shift; $PY train.py --exp_name "$name" --val_every -1 --log_dir "$O" --num_workers 4 "$@" \
+             $S1_EXTRA > "$O/$name.log" 2>&1; echo "[trained] $name"; }
+    main_refine() { mr=$1; shift  # (sh has no local variables: run1 sets name)
+        run1 "$mr-main" "$@" --max_minutes "$M1"
+        run1 "$mr" "$@" --gsp_phase refine --load_weights "$O/$mr-main/ckpt/last.pt" --max_minutes "$M2"; }
+    main_refine fix $SD $FIX &
+    run1 old $SD --gsp_pose net --train_sweeps false --max_minutes "$MALL" &
+    [ -n "$FX" ] && main_refine fixture $FXD --gsp_pose net_solve &
+    wait
+    ev() { name=$1; ckpt=$2; shift 2; $PY eval.py --ckpt "$O/$ckpt/ckpt/last.pt" --out_dir "$O/$name" --num_workers 2 \
+           "$@" $S1_EXTRA >> "$O/eval.log" 2>&1; echo "[eval] $name"; }
+    for sp in sweep keyframe; do
+        ev fix-$sp fix $SD --adjacent $sp &
+        ev old-$sp old $SD --adjacent $sp --gsp_pose net &
+        ev old+align-$sp old $SD --adjacent $sp --gsp_pose net_solve &
+    done
+    [ -n "$FX" ] && ev fixture-keyframe fixture $FXD &
+    wait
+    runs=""
+    for r in fix:sweep fix:keyframe old:sweep old:keyframe old+align:sweep old+align:keyframe fixture:keyframe; do
+        runs="$runs $r=$O/${r%%:*}-${r#*:}/metrics.json"
+    done
+    $PY tools/stage1_summary.py --main fix --out_dir "$O" $runs > "$O/summary.log" 2>&1 || cat "$O/summary.log"
+    cat "$O/summary.md" 2>/dev/null || true
+    tar czf "$O/logs.tar.gz" -C "$O" --exclude='*.pt' --exclude=tb --exclude=logs.tar.gz --exclude=fixture_depth . \
+        2>/dev/null || true
+    if [ -n "$SH_PACK" ]; then
+        mkdir -p "$SH_PACK"
+        for f in summary.json summary.md logs.tar.gz; do [ -f "$O/$f" ] && cp "$O/$f" "$SH_PACK/"; done
+    fi
+    echo "[stage1-heldout] $(( $(date +%s) - T0 )) s; files: $O/summary.json $O/summary.md $O/logs.tar.gz"
+    ;;
 data)
     [ -f $SYN/v1.0-synthetic/sample.json ] || $PY tools/make_synthetic_nusc.py --out $SYN --num_scenes "${SYN_SCENES:-18}" \
         --frames_per_scene "${SYN_FRAMES:-30}" --img_size 270 480 --val_scenes 2 --workers "${WORKERS:-12}"
@@ -168,7 +240,7 @@ landscape)
     $PY tools/gsp_landscape.py --out_dir logs/landscape-bf16 --amp bf16
     ;;
 *)
-    echo "usage: sh tools/run_benchmarks.sh data|bench|step|ddp|cpu-default|synthetic|fixture|fixture-stage1|fixture-gsv|landscape" >&2
+    echo "usage: sh tools/run_benchmarks.sh pipeline|stage1-heldout|data|bench|step|ddp|cpu-default|synthetic|fixture|fixture-stage1|fixture-gsv|landscape" >&2
     exit 1
     ;;
 esac

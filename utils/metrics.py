@@ -92,21 +92,25 @@ class DepthEvaluator(SummedState):
         Args:
             pred: (num_cams, h, w) or (B, num_cams, h, w) predicted depth in metres (torch or numpy).
             gt: (num_cams, Hg, Wg) or (B, num_cams, Hg, Wg) sparse LiDAR depth, 0 where there is none.
+        Returns, per camera of the frame (a list of those per frame for a batch): None where no pixel is valid,
+        else (abs_rel, scale) with scale = median of pred / gt over the valid pixels (the prediction clamped to
+        the range, before any median scaling): the depth's own metric scale, 1 when right.
         """
         pred = torch.as_tensor(pred).detach().float().cpu()
         gt = torch.as_tensor(gt).detach().float().cpu()
         if pred.dim() == 4:
-            for p, g in zip(pred, gt):
-                self.update(p, g)
-            return
+            return [self.update(p, g) for p, g in zip(pred, gt)]
         assert pred.shape[0] == gt.shape[0] == self.num_cams, (pred.shape, gt.shape)
         pred = F.interpolate(pred[:, None], size=gt.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        out = []
         for c in range(self.num_cams):
             valid = (gt[c] > self.min_depth) & (gt[c] < self.max_depth)
             if not valid.any():
+                out.append(None)
                 continue
             g = gt[c][valid].double().numpy()
             p = pred[c][valid].double().numpy()
+            scale = float(np.median(np.clip(p, self.min_depth, self.max_depth) / g))
             if self.median_scaling:
                 ratio = np.median(g) / np.median(p)
                 p = p * ratio
@@ -115,6 +119,8 @@ class DepthEvaluator(SummedState):
             errors = compute_depth_errors(g, p)
             self.sums[c] += torch.tensor([errors[k] for k in DEPTH_METRICS], dtype=torch.float64)
             self.counts[c] += 1
+            out.append((errors["abs_rel"], scale))
+        return out
 
     def summary(self):
         """Returns dict with ``per_camera`` {cam: {metric: mean over frames}}, ``mean`` {metric: mean over the

@@ -110,13 +110,13 @@ def evaluate_scene_poses(entries, min_motion=0.05):
 
     entries: iterable of (scene, token, pred (4, 4), true (4, 4)), motions current -> next, each scene's samples
     consecutive keyframes in temporal order (RPE and the scale ratio do not depend on the order, ATE does).
-    Pairs whose true motion is exactly the identity (the dataset's stand-in for a missing next frame) are skipped.
+    Pairs whose true motion is the identity to 1e-6 (the dataset's stand-in for a missing next frame) are skipped.
     Returns dict(scenes: {scene: metrics}, mean: {key: float} over scenes (NaN-aware), table: markdown str).
     """
     by_scene = {}
     for scene, _, pred, true in entries:
         true = np.asarray(true, dtype=np.float64)
-        if not np.array_equal(true, np.eye(4)):
+        if not np.allclose(true, np.eye(4), rtol=0, atol=1e-6):  # inv(E) @ E of float poses is not exactly I
             by_scene.setdefault(scene, ([], []))
             by_scene[scene][0].append(pred)
             by_scene[scene][1].append(true)
@@ -134,3 +134,34 @@ def evaluate_scene_poses(entries, min_motion=0.05):
     rows.append("| mean | " + str(sum(len(p) for p, _ in by_scene.values())) + " | "
                 + " | ".join(f"{mean[k]:.3f}" for k in METRIC_KEYS) + " |")
     return {"scenes": scenes, "mean": mean, "table": head + "\n".join(rows)}
+
+
+def per_street(pose_scenes=None, depth_records=()):
+    """One row per scene (street) of what stage 1 gets right there: the scale of its depth alone and of its motion.
+
+    pose_scenes: ``evaluate_scene_poses(...)["scenes"]`` or None. depth_records: iterable of (scene, per camera
+    None or (abs_rel, scale)) per frame, as ``DepthEvaluator.update`` returns them. Per scene: ``depth_scale`` =
+    median over its images of each image's median pred / gt (1 = metric; no pose involved), ``abs_rel`` = mean
+    over cameras of the per-camera mean over frames (the protocol of ``utils.metrics``), ``depth_frames``, and the
+    pose metrics of ``pose_metrics``. Returns dict(streets: {scene: {...}}, table: markdown str).
+    """
+    streets = {}
+    for scene, cams in depth_records:
+        d = streets.setdefault(scene, {"_cams": {}, "_scales": [], "depth_frames": 0})
+        d["depth_frames"] += 1
+        for c, v in enumerate(cams):
+            if v is not None:
+                d["_cams"].setdefault(c, []).append(v[0])
+                d["_scales"].append(v[1])
+    for d in streets.values():
+        cams, scales = d.pop("_cams"), d.pop("_scales")
+        d["abs_rel"] = float(np.mean([np.mean(v) for v in cams.values()])) if cams else float("nan")
+        d["depth_scale"] = float(np.median(scales)) if scales else float("nan")
+    for scene, m in (pose_scenes or {}).items():
+        streets.setdefault(scene, {}).update(m)
+    keys = ("depth_scale", "abs_rel", "scale_median", "rpe_trans", "rpe_rot", "ate")
+    head = ("| street | depth scale (depth alone) | depth AbsRel | motion scale | RPE t (m) | RPE r (deg) | ATE (m) |\n"
+            "|---|---|---|---|---|---|---|\n")
+    rows = [f"| {s} | " + " | ".join(f"{m[k]:.3f}" if k in m else "-" for k in keys) + " |"
+            for s, m in sorted(streets.items())]
+    return {"streets": streets, "table": head + "\n".join(rows)}
