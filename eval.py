@@ -236,9 +236,9 @@ def _gather(records):
 
 def load_for_eval(argv=None):
     """(options, checkpoint state): the checkpoint's options under this command's, the stage checked."""
-    from options import PROTOCOL_OPTIONS, ConfigError, explicit_options, merge_checkpoint_options, parse_args
+    from options import PROTOCOL_OPTIONS, explicit_options, merge_checkpoint_options, parse_args
     from utils.checkpoint import STAGE_NAMES, checkpoint_stage, load_checkpoint
-    from utils.errors import BadCheckpoint
+    from utils.errors import BadCheckpoint, ConfigError
 
     cli = parse_args(argv)
     if not cli.ckpt:

@@ -15,7 +15,8 @@ import os
 import shlex
 import sys
 
-from utils.errors import UserError
+from utils.cli import above, at_least, str2bool, within  # noqa: F401  (networks/occ_net.py imports them from here)
+from utils.errors import ConfigError
 
 # Modules that own options; each defines ``add_args(parser)``, and may define CHECKPOINT_DEFAULTS (the value an
 # option had in effect before it existed, for checkpoints that predate it) and REBUILD_OVERRIDES (values that always
@@ -31,21 +32,6 @@ OPTION_MODULES = [
 ]
 
 
-def str2bool(v):
-    if isinstance(v, bool):
-        return v
-    s = str(v).strip().lower()
-    if s in ("1", "true", "yes", "y", "on"):
-        return True
-    if s in ("0", "false", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {v!r}")
-
-
-class ConfigError(UserError, ValueError):
-    """A bad option or config file (train.py / eval.py print it without a traceback)."""
-
-
 class Parser(argparse.ArgumentParser):
     """argparse whose errors are one line (what is wrong, where the options are listed), not the usage dump."""
 
@@ -54,18 +40,6 @@ class Parser(argparse.ArgumentParser):
 
 
 # Ranges: option -> (test of one value, what it must be). Modules that own options may define OPTION_RANGES too.
-def at_least(lo):
-    return (lambda v: v >= lo), f"at least {lo}"
-
-
-def above(lo):
-    return (lambda v: v > lo), f"above {lo}"
-
-
-def within(lo, hi):
-    return (lambda v: lo <= v <= hi), f"between {lo} and {hi}"
-
-
 OPTION_RANGES = {
     "num_workers": at_least(0), "batch_size": at_least(1), "lr": above(0), "weight_decay": at_least(0),
     "num_epochs": at_least(1), "max_steps": at_least(0), "max_minutes": at_least(0), "color_aug": within(0, 1),

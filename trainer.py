@@ -30,14 +30,14 @@ from tqdm import tqdm
 from datasets import EVAL_ONLY_KEYS, build_dataset, collate
 from datasets.sampler import EpochSampler
 from networks import build_model
-from options import ConfigError, dump_options
+from options import dump_options
 from utils import dist, run_lock
 from utils.augment import color_jitter
 from utils.batch import to_device
 from utils.health import TrainingHealth
 from utils.checkpoint import (load_checkpoint, load_model_state, load_resume_checkpoint, load_weights,
                               remove_partial_files, require_stage, save_checkpoint)
-from utils.errors import RunBusy, disk_full_cause, message
+from utils.errors import ConfigError, RunBusy, disk_full_cause, message
 from utils.rng import rng_state, set_rng_state
 from utils.speed import prepare_model
 from utils.throughput import Throughput, timed_batches

@@ -1,5 +1,5 @@
 """Options of the data layer (argument group "data")."""
-from options import at_least, str2bool
+from utils.cli import at_least, str2bool
 
 OPTION_RANGES = {"input_size": at_least(16), "render_size": at_least(4)}
 

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from networks.depth_net import NUM_SCALES, DepthNet, disp_to_depth
 from networks.pose_net import PoseNet
-from options import str2bool
 from utils.checkpoint import load_checkpoint, load_model_state, require_stage
+from utils.cli import str2bool
 from utils.geometry import ego_motion_to_cam, inverse_rigid, recorded_ego_motion, rescale_K_to, warp
 from utils.gsp import cross_view_loss
 from utils.losses import reprojection_loss, smoothness_loss

@@ -18,7 +18,7 @@ from networks.gsv_loss import GSVLoss, fog_stats
 from networks.occ_net import OccNet, semantic_classes
 from networks.pose_source import build_pose_source
 from networks.voxel_gaussians import voxel_opacity, voxels_to_gaussians
-from options import str2bool
+from utils.cli import str2bool
 from utils.constants import FREE_ID, OCC3D_LABEL_RANGE, OCC3D_SHAPE, OCC3D_VOXEL
 from utils.geometry import inverse_rigid, rescale_K_to
 from utils.rasterizer import rasterize

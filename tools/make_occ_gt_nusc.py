@@ -29,7 +29,7 @@ from datasets.nuscenes_dataset import resolve  # noqa: E402
 from datasets.occ_gt import aggregate, labels  # noqa: E402
 from datasets.occ_gt.scene import CATEGORY_CLASS, SWEEP_MODES, read_scene, read_tables  # noqa: E402
 from datasets.synthetic.writer import save_npz  # noqa: E402
-from options import str2bool  # noqa: E402
+from utils.cli import str2bool  # noqa: E402
 from utils.constants import OCC_CLASSES  # noqa: E402
 from utils.errors import UserError, message  # noqa: E402
 

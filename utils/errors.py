@@ -17,6 +17,10 @@ class UserError(Exception):
     """Bad input: the message names the file / flag / key and the fix."""
 
 
+class ConfigError(UserError, ValueError):
+    """A bad option or config file (``options.py``; train.py / eval.py print it without a traceback)."""
+
+
 class MissingFile(UserError, FileNotFoundError):
     """A file or folder the run needs does not exist."""
 

@@ -11,7 +11,7 @@ All three act on CUDA only; on the CPU the model is returned untouched.
 """
 import torch
 
-from options import str2bool
+from utils.cli import str2bool
 
 
 def add_args(parser):
