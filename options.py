@@ -27,6 +27,7 @@ OPTION_MODULES = [
     "networks.gsv_model",
     "networks.gsv_loss",
     "networks.gsp_model",
+    "networks.gsp_loss",
     "utils.raster_backend",
     "utils.speed",
 ]

@@ -41,6 +41,7 @@ from utils.errors import ConfigError, RunBusy, disk_full_cause, message
 from utils.rng import rng_state, set_rng_state
 from utils.speed import prepare_model
 from utils.throughput import Throughput, timed_batches
+from utils.vis import training_pictures
 
 
 def check_options(opt):
@@ -390,14 +391,21 @@ class Trainer:
                 with open(os.path.join(self.run_dir, "train_log.jsonl"), "a") as f:  # the same, for plain plots
                     f.writelines(json.dumps(r) + "\n" for r in rows)
             if opt.image_every > 0 and self.step % opt.image_every == 0:
-                with torch.no_grad():
-                    for k, img in self.model.visualise(batch, outputs).items():
-                        self.writer.add_image(f"train/{k}", img, self.step)
+                for k, img in self._pictures(batch, outputs).items():
+                    self.writer.add_image(f"train/{k}", img, self.step)
         if self.step % opt.save_every == 0:
             self.save()
         if opt.val_every > 0 and self.step % opt.val_every == 0 and self.step < self.total_steps:
             self.validate()
         return 0
+
+    @torch.no_grad()
+    def _pictures(self, batch, outputs):
+        """The pictures of a training step (``utils.vis.training_pictures``); a model that reads occupancy out of its
+        logits (stage 2: ``occupancy``) adds the top view of the first sample's read-out."""
+        readout = getattr(self.model, "occupancy", None)
+        occ = readout(outputs["logits"][:1])[0] if readout is not None and "logits" in outputs else None
+        return training_pictures(batch, outputs, occ)
 
     def _skip(self, nan_run, what):
         """A step with a non-finite loss or gradient: no update, its batch counts as consumed. More than

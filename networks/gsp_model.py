@@ -1,33 +1,24 @@
 """Stage 1 (GSP): self-supervised depth and metric-scale ego pose from the 6 surround cameras, no GT pose.
 
-Losses (monodepth2 style, averaged over 4 scales upsampled to the input size):
-  temporal reprojection of the previous / next frame into the current one with the predicted ego motion
-  (per-pixel minimum, auto-masking) + edge-aware smoothness (``w_smooth`` / 2^scale)
-  + ``w_gsp`` x GSP cross-view loss (``utils/gsp.py``): the only term that knows the metric baseline between
-  cameras, hence the scale of depth and pose. Phase ``refine`` freezes the pose net and drops the cross-view term.
-With ``gsp_scale_lock`` (off by default) the temporal term cannot move the global scale of a depth map in the main
-phase: the scale then comes from GSP alone (see ``scale_locked``).
+A depth net (per-pixel depth and Gaussian scale, 4 scales) and a pose net (one ego motion per frame pair, shared by
+the 6 cameras). The criterion is passed in (``networks/gsp_loss.py``: temporal + smoothness + the GSP cross-view
+loss; ``networks.build_model`` composes the two). Phase ``refine`` freezes the pose net (and the criterion drops
+the cross-view term).
 The motion (``gsp_pose``): the pose net in training; what stage 1 hands out (``predict_pose``) is measured by aligning
 the adjacent images through the depth (``utils/pose_solver.py``), since the pose net alone answers the motion of
 its training streets whatever it sees (docs/results/stage1_heldout.md).
 """
-import functools
-
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from networks.depth_net import NUM_SCALES, DepthNet, disp_to_depth
+from networks.depth_net import DepthNet, disp_to_depth
 from networks.pose_net import PoseNet
+from utils.batch import self_occlusion
 from utils.checkpoint import load_checkpoint, load_model_state, require_stage
 from utils.cli import str2bool
-from utils.geometry import ego_motion_to_cam, inverse_rigid, recorded_ego_motion, rescale_K_to, warp
-from utils.gsp import cross_view_loss
-from utils.losses import reprojection_loss, smoothness_loss
+from utils.geometry import inverse_rigid, recorded_ego_motion, rescale_K_to
 from utils.pose_solver import LEVELS, TRAIN_LEVELS, solve_ego_motion
-from utils.rasterizer import rasterize
-from utils.vis import depth_to_color, image_to_uint8, mosaic, to_numpy
 
 # What a checkpoint written before an option existed was trained with (options.merge_checkpoint_options).
 CHECKPOINT_DEFAULTS = {"gsp_rot_scale": 1.0,  # the pose net's rotation output was in raw radians
@@ -35,29 +26,14 @@ CHECKPOINT_DEFAULTS = {"gsp_rot_scale": 1.0,  # the pose net's rotation output w
 
 
 def add_args(parser):
-    g = parser.add_argument_group("stage 1 (GSP)", "self-supervised depth + metric-scale ego pose (--stage gsp)")
+    g = parser.add_argument_group("stage 1 (GSP)", "self-supervised depth + metric-scale ego pose (--stage gsp); the "
+                                  "losses' options are in the group of networks/gsp_loss.py")
     g.add_argument("--gsp_phase", type=str, default="main", choices=["main", "refine"],
                    help="main: depth + pose + cross-view loss; refine: pose net frozen, cross-view loss off")
-    g.add_argument("--use_gsp", type=str2bool, default=True,
-                   help="GSP cross-view loss (off = ablation: depth and pose lose the metric scale)")
-    g.add_argument("--w_gsp", type=float, default=0.1, help="weight of the GSP cross-view photometric loss")
-    g.add_argument("--w_smooth", type=float, default=1e-3, help="weight of the edge-aware disparity smoothness")
     g.add_argument("--min_depth", type=float, default=0.1, help="depth range of the depth net, metres (low)")
     g.add_argument("--max_depth", type=float, default=80.0, help="depth range of the depth net, metres (high)")
     g.add_argument("--gsp_scale_max", type=float, default=0.02,
                    help="cap of the per-pixel Gaussian scale (metres; a fraction of depth with gsp_scale_relative)")
-    g.add_argument("--gsp_scale_relative", type=str2bool, default=False,
-                   help="Gaussian scale = predicted value x pixel depth (constant size in pixels) instead of metres")
-    g.add_argument("--gsp_erode", type=int, default=4, help="erosion of the cross-view overlap mask, pixels")
-    g.add_argument("--gsp_mask", type=str, default="rendered", choices=["rendered", "geometric"],
-                   help="cross-view overlap mask: rendered = splat opacity > 0.5 (follows the predicted depth); "
-                        "geometric = frustum overlap from the calibration only (see utils/gsp.py)")
-    g.add_argument("--gsp_scale_lock", type=str2bool, default=False,
-                   help="main phase with GSP: the temporal loss gets no gradient along each depth map's global scale "
-                        "(depth x exp(g - stopgrad(g)), g = mean log depth), so only the cross-view term sets the "
-                        "metric scale. Off by default: once the pose net can learn (gsp_rot_scale) the temporal "
-                        "loss's scale gradient is what balances it against GSP; every locked run with the pose fix "
-                        "drifted or diverged, every unlocked one converged")
     g.add_argument("--gsp_rot_scale", type=float, default=0.01,
                    help="pose net: rotation (axis-angle, radians) = this x the raw output, translation in metres; "
                         "puts one frame's rotation and translation on similar scales for Adam (networks/pose_net.py)")
@@ -75,27 +51,23 @@ def add_args(parser):
                         "hub's cache (nothing is downloaded; a missing file is an error)")
 
 
-def scale_locked(depth):
-    """Same values as depth (N,1,H,W), but no gradient along each map's global scale: the gradient of any loss
-    L(depth) w.r.t. a factor s in depth x s (per map) is zero at s = 1, shape gradients pass unchanged."""
-    g = depth.log().mean((1, 2, 3), keepdim=True)
-    return depth * torch.exp(g.detach() - g)
-
-
 class GSPModel(nn.Module):
-    """Depth net + pose net trained by temporal and cross-view (GSP) photometric losses.
+    """Depth net + pose net, trained by the criterion passed in (``networks/gsp_loss.py``).
 
     Batch: imgs (B,3,6,3,H,W) prev / current / next (optional imgs_net: the networks' colour-augmented copy), K
     (B,6,3,3) at the input size, cam2ego (B,6,4,4), optional
     mask (B,6,h,w) {0, 1} self-occlusion masks (DDAD, 0 = ego car body), left out of every loss.
+
+    criterion: callable (depth outputs, poses (B,2,4,4), batch) -> (loss, logs, pictures); without one the model
+    predicts but does not train.
     """
 
-    def __init__(self, opt):
+    def __init__(self, opt, criterion=None):
         super().__init__()
         self.opt = opt
         self.depth = DepthNet(opt)
         self.pose = PoseNet(opt)
-        self.rasterize = functools.partial(rasterize, backend=opt.raster_backend)
+        self.criterion = criterion
         if opt.gsp_phase == "refine" or opt.gsp_pose == "solve":
             self.pose.requires_grad_(False)
 
@@ -146,54 +118,17 @@ class GSPModel(nn.Module):
         return torch.stack([T[:b], T[b:]], 1)
 
     def forward(self, batch):
+        """(loss, logs, outputs): outputs = current depth (B,6,H,W), poses (B,2,4,4) and the criterion's pictures."""
+        if self.criterion is None:
+            raise ValueError("this GSPModel has no criterion: networks.build_model(opt) composes one that trains")
         imgs, K, cam2ego = batch["imgs"], batch["K"], batch["cam2ego"]
         b, _, n, _, h, w = imgs.shape
         net_imgs = batch.get("imgs_net", imgs)  # the networks' (colour-augmented) copy; the losses use imgs
         out = self.depth_outputs(net_imgs[:, 1])
-        valid = None
-        if "mask" in batch:  # (B,6,h,w) at the render size -> (B*6,1,H,W)
-            valid = F.interpolate(batch["mask"].flatten(0, 1)[:, None].float(), (h, w), mode="nearest")
         poses = self.motion(imgs, net_imgs, out["depth"].detach().unflatten(0, (b, n)), K, cam2ego,
-                            None if valid is None else valid.unflatten(0, (b, n)))
-        T_cam = torch.stack([ego_motion_to_cam(poses[:, k], cam2ego) for k in range(2)], 1)  # (B,2,6,4,4)
-
-        target = imgs[:, 1].flatten(0, 1)
-        sources = [imgs[:, 0].flatten(0, 1), imgs[:, 2].flatten(0, 1)]
-        Kf = K.flatten(0, 1)
-        logs = {}
-        loss_t = loss_s = 0.0
-        lock = self.opt.gsp_scale_lock and self.opt.use_gsp and self.opt.gsp_phase == "main"
-        for s in range(NUM_SCALES):
-            disp = out[("disp", s)]
-            depth = disp_to_depth(F.interpolate(disp, (h, w), mode="bilinear", align_corners=False),
-                                  self.opt.min_depth, self.opt.max_depth)
-            if lock:
-                depth = scale_locked(depth)
-            warped, ok = zip(*[warp(src, depth, Kf, T_cam[:, k].flatten(0, 1)) for k, src in enumerate(sources)])
-            lt, maps = reprojection_loss(target, list(warped), sources, list(ok), target_mask=valid)
-            loss_t = loss_t + lt
-            if s == 0:
-                logs["automask_kept"] = maps["mask"].float().mean()  # pixels where the warp beats no motion
-            img_s = F.interpolate(target, disp.shape[-2:], mode="area")
-            loss_s = loss_s + smoothness_loss(disp, img_s) / 2 ** s
-        loss = (loss_t + self.opt.w_smooth * loss_s) / NUM_SCALES
-        logs["loss_temporal"] = loss_t.detach() / NUM_SCALES
-        logs["loss_smooth"] = loss_s.detach() / NUM_SCALES
-
-        outputs = {"depth": out["depth"].detach().unflatten(0, (b, n))[:, :, 0], "poses": poses.detach()}
-        if self.opt.use_gsp and self.opt.gsp_phase == "main":
-            scale = out["gs_scale"] * (out["depth"] if self.opt.gsp_scale_relative else 1.0)
-            loss_g, cv = cross_view_loss(out["depth"].unflatten(0, (b, n)), imgs[:, 1], scale.unflatten(0, (b, n)),
-                                         K, cam2ego, self.rasterize, self.opt.gsp_erode,
-                                         mask_mode=self.opt.gsp_mask,
-                                         valid=None if valid is None else valid.unflatten(0, (b, n)))
-            loss = loss + self.opt.w_gsp * loss_g
-            logs["loss_gsp"] = loss_g.detach()
-            logs["gsp_overlap"] = cv["mask"].mean()
-            outputs["gsp"] = {k: v.detach() for k, v in cv.items()}
-        if valid is not None:
-            logs["mask_visible"] = valid.mean()  # share of pixels left in by the self-occlusion mask
-        logs["loss"] = loss.detach()
+                            self_occlusion(batch, (h, w)))
+        loss, logs, pictures = self.criterion(out, poses, batch)
+        outputs = {"depth": out["depth"].detach().unflatten(0, (b, n))[:, :, 0], "poses": poses.detach(), **pictures}
         logs["mean_depth"] = outputs["depth"].mean()
         logs["ego_translation"] = poses[:, :, :3, 3].detach().norm(dim=-1).mean()
         if "ego2global" in batch:  # a diagnostic only: the recorded motion never reaches a loss
@@ -222,28 +157,7 @@ class GSPModel(nn.Module):
         if self.opt.gsp_pose == "net":
             return self.ego_motion(imgs)
         depth = self.depth_outputs(imgs[:, 1])["depth"].unflatten(0, (imgs.shape[0], imgs.shape[2]))
-        valid = None
-        if "mask" in batch:  # (B,6,h,w) self-occlusion masks at the render size
-            valid = F.interpolate(batch["mask"].float(), size, mode="nearest")[:, :, None]
-        return self.motion(imgs, imgs, depth, K, batch["cam2ego"], valid)
-
-    def visualise(self, batch, outputs):
-        """First sample of the batch -> dict of (3,H,W) uint8 pictures for tensorboard / run_vis.sh.
-
-        images / depth: 2x3 mosaics; gsp_cross_view (only in the main phase): one column per source camera i,
-        rows = real image of its right-hand neighbour i+1, the splatted rendering of i's pixel Gaussians in it,
-        and the neighbour image with the eroded overlap mask (outside tinted red).
-        """
-        cur = batch["imgs"][0, 1]
-        vis = {"images": mosaic(list(cur)), "depth": mosaic([depth_to_color(d) for d in outputs["depth"][0]])}
-        if "gsp" in outputs:
-            g = {k: to_numpy(v[0, :, 1]).transpose(0, 2, 3, 1) for k, v in outputs["gsp"].items()}  # (6,H,W,C)
-            red = np.array([0.6, 0.0, 0.0], np.float32)
-            tinted = g["target"] * (0.4 + 0.6 * g["mask"]) + red * (1 - g["mask"])
-            rows = [np.concatenate([image_to_uint8(x) for x in g[k]], 1) for k in ("target", "render")]
-            rows.append(np.concatenate([image_to_uint8(x) for x in tinted], 1))
-            vis["gsp_cross_view"] = np.concatenate(rows, 0)
-        return {k: np.ascontiguousarray(v.transpose(2, 0, 1)) for k, v in vis.items()}
+        return self.motion(imgs, imgs, depth, K, batch["cam2ego"], self_occlusion(batch, size))
 
 
 def load_gsp_from_checkpoint(path, device="cpu"):

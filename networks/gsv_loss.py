@@ -1,8 +1,8 @@
 """Stage-2 (GSV) criterion: rendered maps + batch + camera motion -> loss and logs, all at the render size.
 
-  * temporal reprojection of the previous / next frame into the current one through the rendered depth
-    (clamped to [min_depth, max_depth]); 0.85 (1-SSIM)/2 + 0.15 L1, per-pixel minimum, auto-masking
-    (utils/losses.reprojection_loss);
+  * the temporal loss of both stages (``utils.losses.temporal_loss``): the previous / next frame warped into the
+    current one through the rendered depth (clamped to [min_depth, max_depth]); 0.85 (1-SSIM)/2 + 0.15 L1,
+    per-pixel minimum, auto-masking; ``reproj_invalid`` says what a warp that leaves its source image counts;
   * ``w_smooth`` x edge-aware smoothness of the disparity 1 / depth;
   * ``w_sem`` x cross-entropy of the rendered semantic logits against ``batch['sem']`` (with ``use_sem``),
     class-weighted as the authors' with ``sem_class_weights inv_sqrt_freq``;
@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.geometry import warp
-from utils.losses import opacity_entropy, reprojection_loss, semantic_ce, smoothness_loss
+from utils.batch import self_occlusion
+from utils.losses import opacity_entropy, semantic_ce, smoothness_loss, temporal_loss
 
 # The authors' options.py class_frequencies, one per class id 0..17 (17 = free).
 AUTHORS_CLASS_FREQUENCIES = (0, 18164955800, 734218842, 2336187448, 10996756106, 395414611, 638889260, 651023279,
@@ -149,15 +149,12 @@ class GSVLoss(nn.Module):
         imgs = F.interpolate(batch["imgs"].flatten(0, 2), (h, w), mode="area").view(B, 3, n, 3, h, w)
         target, sources = imgs[:, 1].flatten(0, 1), [imgs[:, 0].flatten(0, 1), imgs[:, 2].flatten(0, 1)]
         depth = r["depth"].flatten(0, 1).clamp(opt.min_depth, opt.max_depth)
-        Kf = r["K"].flatten(0, 1)
-        warped, ok = zip(*[warp(src, depth, Kf, T[:, k].flatten(0, 1)) for k, src in enumerate(sources)])
-        valid = None
-        if "mask" in batch:  # (B,6,h',w') self-occlusion mask, 0 = ego car body -> (B*6,1,h,w) bool
-            valid = F.interpolate(batch["mask"].flatten(0, 1)[:, None].float(), (h, w), mode="nearest") > 0.5
+        valid = self_occlusion(batch, (h, w))  # 0 = ego car body -> (B*6,1,h,w) bool
+        valid = None if valid is None else valid.flatten(0, 1) > 0.5
         raw = {}  # unweighted
-        raw["reproj"], maps = reprojection_loss(target, list(warped), sources,
-                                                list(ok) if opt.reproj_invalid == "identity" else None,
-                                                target_mask=valid)
+        raw["reproj"], maps = temporal_loss(target, sources, depth, r["K"].flatten(0, 1),
+                                            [T[:, k].flatten(0, 1) for k in range(2)], target_mask=valid,
+                                            invalid=opt.reproj_invalid)
         raw["smooth"] = smoothness_loss(1 / depth, target)
         if opt.entropy_on == "gaussians":
             raw["entropy"] = gaussian_entropy(r["opacity"])
@@ -179,7 +176,7 @@ class GSVLoss(nn.Module):
         terms = {k: weights[k] * v for k, v in raw.items()}
         logs = {f"loss_{k}": v.detach() for k, v in raw.items()}
         logs.update(automask_kept=maps["mask"].float().mean(),
-                    warp_valid=torch.cat(ok, 1).any(1).float().mean())  # pixels with a source inside its image
+                    warp_valid=maps["warp_valid"].float().mean())  # pixels with a source inside its image
         if valid is not None:
             logs["mask_visible"] = valid.float().mean()  # share of pixels left in by the self-occlusion mask
         d = depth.detach()

@@ -9,7 +9,6 @@ semantic channels -> the criterion of ``networks/gsv_loss.py`` with the camera m
 """
 import functools
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -22,7 +21,6 @@ from utils.cli import str2bool
 from utils.constants import FREE_ID, OCC3D_LABEL_RANGE, OCC3D_SHAPE, OCC3D_VOXEL
 from utils.geometry import inverse_rigid, rescale_K_to
 from utils.rasterizer import rasterize
-from utils.vis import bev_image, depth_to_color, image_to_uint8, logits_to_color, mosaic
 
 CHECKPOINT_DEFAULTS = {"opacity": "softmax", "depth_background": "none"}  # what a checkpoint older than the option was trained with
 FAINT_OPACITY = 0.1  # a Gaussian fainter than this is "fog" in the occupancy health statistics
@@ -224,15 +222,9 @@ class GSVModel(nn.Module):
         """Rendered accumulated depth (B, 6, h, w) at ``render_size``, metres."""
         return self.predict(batch, occupancy=False)["depth"]
 
-    def visualise(self, batch, outputs):
-        """First sample of the batch -> dict of (3, H, W) uint8 pictures."""
-        chw = lambda img: np.ascontiguousarray(img.transpose(2, 0, 1))  # noqa: E731
-        vis = {"images": chw(mosaic([image_to_uint8(im) for im in batch["imgs"][0, 1]])),
-               "depth": chw(mosaic([depth_to_color(d) for d in outputs["depth"][0]])),
-               "occ_bev": chw(bev_image(logits_to_occ3d(outputs["logits"][:1], self.occ_net.grid, self.opt.opacity,
-                                                          self.opt.occ_label_zmin, self.opt.occ_readout,
-                                                          self.opt.occ_threshold)[0]))}
-        if semantic_classes(self.opt) > 1:
-            vis["semantics"] = chw(mosaic([logits_to_color(s, a) for s, a in
-                                           zip(outputs["sem"][0], outputs["alpha"][0])]))
-        return vis
+    @torch.no_grad()
+    def occupancy(self, logits):
+        """(B, 200, 200, 16) uint8 Occ3D class ids (17 = free) of logits (B, C+1, X, Y, Z): the read-out of
+        ``--occ_readout`` (the trainer's top-view picture, tools/visualize.py)."""
+        return logits_to_occ3d(logits, self.occ_net.grid, self.opt.opacity, self.opt.occ_label_zmin,
+                               self.opt.occ_readout, self.opt.occ_threshold)

@@ -19,15 +19,15 @@ def test_jitter_is_per_sample_shared_by_cameras_and_frames_and_leaves_the_input_
 
 
 def test_stage1_networks_see_the_augmented_copy_and_the_losses_the_originals(monkeypatch):
-    from networks import gsp_model
-    from test_gsp import make_opt, ring_batch
-    model = gsp_model.GSPModel(make_opt("--use_gsp", "false"))
+    from networks import gsp_loss
+    from test_gsp import make_model, ring_batch
+    model = make_model("--use_gsp", "false")
     batch = ring_batch()
     batch["imgs_net"] = 1 - batch["imgs"]
     seen = {}
     real = model.depth_outputs
     monkeypatch.setattr(model, "depth_outputs", lambda cur: seen.setdefault("depth", cur) is not None and real(cur))
-    monkeypatch.setattr(gsp_model, "reprojection_loss",
+    monkeypatch.setattr(gsp_loss, "temporal_loss",
                         lambda target, *a, **k: (seen.setdefault("target", target).mean(), {"mask": target > 0}))
     model(batch)
     assert torch.equal(seen["depth"], batch["imgs_net"][:, 1])

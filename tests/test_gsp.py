@@ -7,14 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from networks import gsp_model
+from networks import gsp_loss, gsp_model
 from networks.depth_net import DepthNet, disp_to_depth
+from networks.gsp_loss import GSPLoss
 from networks.gsp_model import GSPModel, load_gsp_from_checkpoint
 from networks.pose_net import PoseNet
 from utils import rasterizer
 from utils.checkpoint import save_checkpoint
 from utils.geometry import axis_angle_to_matrix, ego_motion_to_cam, inverse_rigid, rel_cam_pose
 from utils.gsp import cross_view_loss, overlap_mask, pixel_gaussians
+from utils.vis import training_pictures
 
 RASTERIZE = functools.partial(rasterizer.rasterize, backend="torch")
 
@@ -22,8 +24,15 @@ RASTERIZE = functools.partial(rasterizer.rasterize, backend="torch")
 def make_opt(*argv):
     p = argparse.ArgumentParser()
     gsp_model.add_args(p)
+    gsp_loss.add_args(p)
     rasterizer.add_args(p)
     return p.parse_args(["--gsp_pretrained", "false", "--raster_backend", "torch", *argv])
+
+
+def make_model(*argv):
+    """A GSPModel with its criterion, as networks.build_model composes it."""
+    opt = make_opt(*argv)
+    return GSPModel(opt, criterion=GSPLoss(opt))
 
 
 def cam2ego(yaw_deg, pos):
@@ -218,7 +227,7 @@ def ring_batch(b=1, h=64, w=112):
 
 def test_forward_backward_on_a_tiny_batch():
     torch.manual_seed(0)
-    model = GSPModel(make_opt()).train()
+    model = make_model().train()
     batch = ring_batch()
     loss, logs, outputs = model(batch)
     assert torch.isfinite(loss) and loss > 0
@@ -228,7 +237,7 @@ def test_forward_backward_on_a_tiny_batch():
     for name, p in [("depth encoder", model.depth.encoder.net.conv1.weight),
                     ("scale head", model.depth.scale_head.weight), ("pose head", model.pose.out.weight)]:
         assert p.grad is not None and p.grad.abs().sum() > 0, name
-    vis = model.visualise(batch, outputs)
+    vis = training_pictures(batch, outputs)
     assert vis["images"].shape == (3, 128, 336) and vis["depth"].dtype == np.uint8
     assert vis["gsp_cross_view"].shape == (3, 3 * 64, 6 * 112)
     assert model.predict_depth(batch).shape == (1, 6, 64, 112)
@@ -236,7 +245,7 @@ def test_forward_backward_on_a_tiny_batch():
 
 
 def test_refine_phase_freezes_the_pose_net_and_drops_the_cross_view_loss():
-    model = GSPModel(make_opt("--gsp_phase", "refine")).train()
+    model = make_model("--gsp_phase", "refine").train()
     trainable = {id(p) for p in model.trainable_parameters()}
     assert not any(id(p) in trainable for p in model.pose.parameters())
     assert all(id(p) in trainable for p in model.depth.parameters())
@@ -259,6 +268,7 @@ def test_load_from_checkpoint_rebuilds_the_model(tmp_path):
 def test_options_have_help_and_defaults():
     p = argparse.ArgumentParser()
     gsp_model.add_args(p)
+    gsp_loss.add_args(p)
     opt = p.parse_args([])
     assert (opt.gsp_phase, opt.use_gsp, opt.min_depth, opt.max_depth, opt.gsp_scale_max) == ("main", True, 0.1, 80.0,
                                                                                              0.02)
@@ -268,7 +278,7 @@ def test_options_have_help_and_defaults():
 
 
 def test_scale_locked_depth_keeps_values_and_shape_gradient_but_no_scale_gradient():
-    from networks.gsp_model import scale_locked
+    from networks.gsp_loss import scale_locked
     torch.manual_seed(0)
     depth = (5 + 20 * torch.rand(2, 1, 8, 12)).requires_grad_()
     s = torch.ones(2, 1, 1, 1, requires_grad=True)
@@ -285,13 +295,13 @@ def test_scale_locked_depth_keeps_values_and_shape_gradient_but_no_scale_gradien
 
 def test_scale_lock_applies_to_the_main_phase_with_gsp_only(monkeypatch):
     calls = []
-    monkeypatch.setattr(gsp_model, "scale_locked", lambda d: calls.append(1) or d)
+    monkeypatch.setattr(gsp_loss, "scale_locked", lambda d: calls.append(1) or d)
     batch = ring_batch()
     assert not make_opt().gsp_scale_lock  # off by default since the pose net can learn the motion
     for argv, n in ((["--gsp_scale_lock", "true"], 4), (["--use_gsp", "false", "--gsp_scale_lock", "true"], 0),
                     ([], 0), (["--gsp_phase", "refine", "--gsp_scale_lock", "true"], 0)):
         calls.clear()
-        GSPModel(make_opt(*argv))(batch)
+        make_model(*argv)(batch)
         assert len(calls) == n, argv
 
 

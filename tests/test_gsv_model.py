@@ -13,6 +13,7 @@ from options import parse_args
 from utils.constants import FREE_ID, OCC3D_SHAPE
 from utils.geometry import inverse_rigid
 from utils.rasterizer import rasterize
+from utils.vis import training_pictures
 
 # This project's network (the defaults are the authors', tested in tests/test_authors_options.py): 2.5x faster.
 OURS_NET = ["--encoder_weights", "none", "--image_neck", "fpn", "--feat_stride", "8", "--lift_visibility", "true",
@@ -241,7 +242,7 @@ def test_forward_backward_gradients_and_outputs():
     assert enc is not None and enc.abs().sum() > 0 and dec.abs().sum() > 0
     assert set(logs) >= {"loss", "loss_reproj", "loss_smooth", "loss_entropy", "loss_sem", "num_gaussians"}
     assert out["depth"].shape == (1, 6, 32, 56) and out["logits"].shape == (1, 18, 24, 24, 6)
-    vis = model.visualise(batch, out)
+    vis = training_pictures(batch, out, model.occupancy(out["logits"][:1])[0])
     assert vis["depth"].shape == (3, 64, 168) and vis["semantics"].shape == (3, 64, 168)
     assert vis["occ_bev"].shape == (3, 200, 200) and vis["occ_bev"].dtype == np.uint8
     assert model.predict_depth(batch).shape == (1, 6, 32, 56)

@@ -68,11 +68,11 @@ def test_pixels_outside_the_mask_do_not_pull_the_motion(street):
 def test_gsp_model_with_the_alignment_trains_the_depth_only(street):
     """--gsp_pose solve: the temporal loss takes the aligned motion (no pose-net weight moves), and predict_pose
     measures it again at another image size (stage 2's), the intrinsics rescaled."""
-    from networks.gsp_model import GSPModel
+    from networks import build_model
     opt = parse_args(["--stage", "gsp", "--input_size", str(H), str(W), "--raster_backend", "torch",
                       "--gsp_pose", "solve"])
     torch.manual_seed(0)
-    model = GSPModel(opt)
+    model = build_model(opt)
     k = 1
     batch = {"imgs": street["imgs"][[k - 1, k, k + 1]][None], "K": street["K"][None],
              "cam2ego": street["cam2ego"][None]}

@@ -51,9 +51,6 @@ class ToyModel(torch.nn.Module):
         self.calls += 1
         return loss, {"mse": loss.detach()}, {}
 
-    def visualise(self, batch, outputs):
-        return {}
-
 
 def make_opt(tmp_path, *extra):
     argv = ["--log_dir", str(tmp_path), "--exp_name", "toy", "--num_workers", "0", "--val_every", "-1",

@@ -58,9 +58,6 @@ class ToyModel(torch.nn.Module):
         loss = ((self.lin(x)[:, 0] - x.sum(1)) ** 2).mean() + 1e-2 * noise + jitter
         return loss, {"noise": noise.detach()}, {}
 
-    def visualise(self, batch, outputs):
-        return {}
-
 
 class FullDisk(io.RawIOBase):
     """A file that takes ``budget`` bytes, then fails as a full disk does."""

@@ -1,7 +1,7 @@
 """Stage-1 oracles on exact synthetic streets: which half of stage 1 generalises to streets it has never seen?
 
 Streets are rendered on the fly (``datasets.synthetic.oracle``: exact images, camera-z depth and ego poses) at
-camera-sweep spacing (1/12 s). One model (``networks.gsp_model.GSPModel``, its own losses) trains on some streets,
+camera-sweep spacing (1/12 s). One model (``networks.build_model``: GSPModel with its criterion) trains on some streets,
 with the temporal neighbours ``stride`` sweeps away (a stride drawn per sample from ``--strides``), and is measured
 on its training streets and on held-out ones, at each stride of ``--eval_strides`` (1 = the sweeps stage 2 uses,
 6 = keyframes, 0.5 s):
@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.synthetic.oracle import ego_motion, scene_clip  # noqa: E402
 from networks.depth_net import NUM_SCALES  # noqa: E402
-from networks.gsp_model import GSPModel  # noqa: E402
+from networks import build_model  # noqa: E402
 from options import build_parser  # noqa: E402
 
 SWEEP_DT = 1 / 12
@@ -46,7 +46,7 @@ def make_model(h, w, mode, use_gsp=True, extra=()):
     opt = build_parser().parse_args(["--stage", "gsp", "--input_size", str(h), str(w), "--raster_backend", "torch",
                                      "--use_gsp", str(use_gsp and mode != "pose").lower(), "--gsp_pose", "net",
                                      *extra])
-    model = GSPModel(opt)
+    model = build_model(opt)
     if mode == "pose":
         model.depth.requires_grad_(False)
     if mode == "depth":

@@ -1,5 +1,7 @@
-"""Moving a collated batch (nested dicts / lists of tensors) to a device; shared by the trainer, eval and tools."""
+"""Moving a collated batch (nested dicts / lists of tensors) to a device, shared by the trainer, eval and tools; the
+batch's self-occlusion masks at a given size, shared by the models and their criteria."""
 import torch
+import torch.nn.functional as F
 
 
 def to_device(batch, device, skip=()):
@@ -16,3 +18,11 @@ def to_device(batch, device, skip=()):
     if isinstance(batch, list):
         return [to_device(v, device) for v in batch]
     return batch
+
+
+def self_occlusion(batch, size):
+    """(B, 6, 1, H, W) float {0, 1}: ``batch['mask']`` (B, 6, h, w), the self-occlusion masks (DDAD; 0 on the ego
+    car's own body), at ``size`` (H, W) by nearest neighbour; None when the batch has none."""
+    if "mask" not in batch:
+        return None
+    return F.interpolate(batch["mask"].float(), tuple(size), mode="nearest")[:, :, None]

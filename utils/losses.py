@@ -1,5 +1,5 @@
-"""Self-supervised losses: photometric (SSIM + L1) with per-pixel minimum and auto-masking, edge-aware smoothness,
-2D semantic cross-entropy and the opacity entropy term.
+"""Self-supervised losses: photometric (SSIM + L1) with per-pixel minimum and auto-masking, the temporal loss of
+both stages built on it, edge-aware smoothness, 2D semantic cross-entropy and the opacity entropy term.
 
 Masks are bool tensors or float tensors of 0 / 1 (anything > 0.5 counts as inside).
 """
@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.geometry import warp
 from utils.precision import full_precision
 
 
@@ -112,6 +113,27 @@ def reprojection_loss(target, warped, sources=None, valid=None, alpha=0.85, targ
     wins = reproj < maps["identity"]
     maps["mask"] = _and(wins, inside)
     return masked_mean(torch.where(wins, reproj, maps["identity"]), inside), maps
+
+
+def temporal_loss(target, sources, depth, K, T, target_mask=None, invalid="identity", alpha=0.85):
+    """The temporal photometric loss of both stages: each source image warped into the target view through the
+    target's ``depth`` and the camera motion (``utils.geometry.warp``), then ``reprojection_loss`` (per-pixel
+    minimum over the sources, auto-masking over ALL pixels).
+
+    target: (N, 3, H, W); sources: list of (N, 3, H, W); depth: (N, 1, H, W) target camera z, metres; K: (N, 3, 3)
+    at H x W; T: list of (N, 4, 4), target camera -> camera of each source. target_mask: optional (N, 1, H, W),
+    pixels left out (the ego car's body). invalid: a warp that leaves its source image or lands behind its camera
+    is ``identity``: never the per-pixel minimum (the pixel takes its no-motion error), or ``keep``: its border-
+    padded error counts like any other (monodepth2's and the authors'; stage 2's ``--reproj_invalid``).
+    Returns (loss scalar, maps of ``reprojection_loss`` + ``warp_valid`` (N, 1, H, W) bool: some source valid).
+    """
+    if invalid not in ("identity", "keep"):
+        raise ValueError(f"invalid must be identity or keep, got {invalid!r}")
+    warped, ok = zip(*[warp(src, depth, K, t) for src, t in zip(sources, T)])
+    loss, maps = reprojection_loss(target, list(warped), sources, list(ok) if invalid == "identity" else None,
+                                   alpha, target_mask=target_mask)
+    maps["warp_valid"] = torch.cat(ok, 1).any(1, keepdim=True)
+    return loss, maps
 
 
 @full_precision

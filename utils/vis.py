@@ -106,6 +106,52 @@ def mosaic(images, names=CAMS, labels=False):
     return np.concatenate(rows, 0)
 
 
+def depth_mosaic(depth):
+    """Six depth maps (6, h, w) -> their inverse-depth colours as a 2x3 mosaic (2h, 3w, 3) uint8."""
+    return mosaic([depth_to_color(d) for d in depth])
+
+
+def semantic_mosaic(sem, alpha):
+    """Six rendered semantic maps (6, C, h, w) and their alpha (6, 1, h, w) -> a 2x3 mosaic of class colours."""
+    return mosaic([logits_to_color(s, a) for s, a in zip(sem, alpha)])
+
+
+def cross_view_picture(gsp):
+    """The GSP cross-view maps of stage 1 (``utils.gsp.cross_view_loss``'s dict: render / target (B, S, T, 3, H, W),
+    mask (B, S, T, 1, H, W)) of the first sample and its second target -> (3H, 6W, 3) uint8: one column per source
+    camera i, rows = the real image of its neighbour, the splatted rendering of i's pixel Gaussians in it, and the
+    neighbour's image with the eroded overlap mask (outside tinted red)."""
+    g = {k: to_numpy(v[0, :, 1]).transpose(0, 2, 3, 1) for k, v in gsp.items()}  # (6, H, W, C)
+    red = np.array([0.6, 0.0, 0.0], np.float32)
+    tinted = g["target"] * (0.4 + 0.6 * g["mask"]) + red * (1 - g["mask"])
+    rows = [np.concatenate([image_to_uint8(x) for x in g[k]], 1) for k in ("target", "render")]
+    rows.append(np.concatenate([image_to_uint8(x) for x in tinted], 1))
+    return np.concatenate(rows, 0)
+
+
+def training_pictures(batch, outputs, occupancy=None):
+    """The pictures of a model's training outputs for tensorboard, first sample of the batch: dict of (3, H, W)
+    uint8 (channels first), each one where its inputs exist:
+      images          the 6 current input images (2x3 mosaic), from ``batch['imgs']``;
+      depth           ``outputs['depth']`` (B, 6, h, w) in inverse-depth colours;
+      semantics       ``outputs['sem']`` (B, 6, C, h, w) with C > 1 and ``outputs['alpha']``: class colours;
+      gsp_cross_view  ``outputs['gsp']`` (stage 1's cross-view maps, ``cross_view_picture``);
+      occ_bev         top view of ``occupancy`` (X, Y, Z) class ids (stage 2: the model's read-out of its logits).
+    """
+    pics = {}
+    if "imgs" in batch:
+        pics["images"] = mosaic([image_to_uint8(im) for im in batch["imgs"][0, 1]])
+    if "depth" in outputs:
+        pics["depth"] = depth_mosaic(outputs["depth"][0])
+    if "sem" in outputs and outputs["sem"].shape[2] > 1:
+        pics["semantics"] = semantic_mosaic(outputs["sem"][0], outputs["alpha"][0])
+    if "gsp" in outputs:
+        pics["gsp_cross_view"] = cross_view_picture(outputs["gsp"])
+    if occupancy is not None:
+        pics["occ_bev"] = bev_image(occupancy)
+    return {k: np.ascontiguousarray(v.transpose(2, 0, 1)) for k, v in pics.items()}
+
+
 def occupied(occ):
     """Boolean mask of the voxels holding a class (not free, not ignore)."""
     occ = to_numpy(occ)

@@ -1,0 +1,111 @@
+"""Stage-1 (GSP) criterion: depth outputs + ego motion + batch -> loss and logs, all at the input size.
+
+Averaged over the 4 scales of the depth net, each upsampled to the input size (monodepth2):
+  * the temporal loss (``utils.losses.temporal_loss``): the previous / next frame warped into the current one
+    through the depth and the ego motion mapped to each camera, per-pixel minimum, auto-masking;
+  * ``w_smooth`` / 2^scale x edge-aware smoothness of the disparity;
+and, in the main phase with ``use_gsp``, ``w_gsp`` x the GSP cross-view loss (``utils/gsp.py``): the only term
+that knows the metric baseline between cameras, hence the scale of depth and pose. With ``gsp_scale_lock`` (off by
+default) the temporal term cannot move the global scale of a depth map: the scale then comes from GSP alone
+(``scale_locked``). Pixels where ``batch['mask']`` is 0 (DDAD: the ego car's own body) are left out of every term.
+"""
+import functools
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from networks.depth_net import NUM_SCALES, disp_to_depth
+from utils.batch import self_occlusion
+from utils.cli import str2bool
+from utils.geometry import ego_motion_to_cam
+from utils.gsp import cross_view_loss
+from utils.losses import smoothness_loss, temporal_loss
+from utils.rasterizer import rasterize
+
+
+def add_args(parser):
+    g = parser.add_argument_group("stage 1 (GSP) losses", "the criterion of networks/gsp_loss.py")
+    g.add_argument("--use_gsp", type=str2bool, default=True,
+                   help="GSP cross-view loss (off = ablation: depth and pose lose the metric scale)")
+    g.add_argument("--w_gsp", type=float, default=0.1, help="weight of the GSP cross-view photometric loss")
+    g.add_argument("--w_smooth", type=float, default=1e-3,
+                   help="weight of the edge-aware disparity smoothness (stage 2 reads it too)")
+    g.add_argument("--gsp_scale_relative", type=str2bool, default=False,
+                   help="Gaussian scale = predicted value x pixel depth (constant size in pixels) instead of metres")
+    g.add_argument("--gsp_erode", type=int, default=4, help="erosion of the cross-view overlap mask, pixels")
+    g.add_argument("--gsp_mask", type=str, default="rendered", choices=["rendered", "geometric"],
+                   help="cross-view overlap mask: rendered = splat opacity > 0.5 (follows the predicted depth); "
+                        "geometric = frustum overlap from the calibration only (see utils/gsp.py)")
+    g.add_argument("--gsp_scale_lock", type=str2bool, default=False,
+                   help="main phase with GSP: the temporal loss gets no gradient along each depth map's global scale "
+                        "(depth x exp(g - stopgrad(g)), g = mean log depth), so only the cross-view term sets the "
+                        "metric scale. Off by default: once the pose net can learn (gsp_rot_scale) the temporal "
+                        "loss's scale gradient is what balances it against GSP; every locked run with the pose fix "
+                        "drifted or diverged, every unlocked one converged")
+
+
+def scale_locked(depth):
+    """Same values as depth (N,1,H,W), but no gradient along each map's global scale: the gradient of any loss
+    L(depth) w.r.t. a factor s in depth x s (per map) is zero at s = 1, shape gradients pass unchanged."""
+    g = depth.log().mean((1, 2, 3), keepdim=True)
+    return depth * torch.exp(g.detach() - g)
+
+
+class GSPLoss(nn.Module):
+    """forward(out, poses, batch) -> (loss scalar, logs dict of detached scalars, pictures dict).
+
+    out: the depth net's outputs for the B*6 current images (``GSPModel.depth_outputs``: ("disp", s) per scale,
+    "depth" (B*6,1,H,W) metres, "gs_scale" (B*6,1,H,W)); poses (B,2,4,4): current ego -> previous / next ego;
+    batch: imgs (B,3,6,3,H,W) (the originals: the losses never see the colour-augmented copy), K (B,6,3,3) at the
+    input size, cam2ego (B,6,4,4), optional mask (B,6,h,w). pictures: {"gsp": the cross-view renders, masks and
+    targets, detached} in the main phase with GSP.
+    """
+
+    def __init__(self, opt):
+        super().__init__()
+        self.opt = opt
+        self.rasterize = functools.partial(rasterize, backend=opt.raster_backend)
+
+    def forward(self, out, poses, batch):
+        opt = self.opt
+        imgs, K, cam2ego = batch["imgs"], batch["K"], batch["cam2ego"]
+        b, _, n, _, h, w = imgs.shape
+        valid = self_occlusion(batch, (h, w))
+        valid = None if valid is None else valid.flatten(0, 1)  # (B*6,1,H,W)
+        T_cam = torch.stack([ego_motion_to_cam(poses[:, k], cam2ego) for k in range(2)], 1)  # (B,2,6,4,4)
+        T = [T_cam[:, k].flatten(0, 1) for k in range(2)]
+        target = imgs[:, 1].flatten(0, 1)
+        sources = [imgs[:, 0].flatten(0, 1), imgs[:, 2].flatten(0, 1)]
+        Kf = K.flatten(0, 1)
+        logs, pictures = {}, {}
+        loss_t = loss_s = 0.0
+        gsp = opt.use_gsp and opt.gsp_phase == "main"
+        for s in range(NUM_SCALES):
+            disp = out[("disp", s)]
+            depth = disp_to_depth(F.interpolate(disp, (h, w), mode="bilinear", align_corners=False),
+                                  opt.min_depth, opt.max_depth)
+            if opt.gsp_scale_lock and gsp:
+                depth = scale_locked(depth)
+            lt, maps = temporal_loss(target, sources, depth, Kf, T, target_mask=valid)
+            loss_t = loss_t + lt
+            if s == 0:
+                logs["automask_kept"] = maps["mask"].float().mean()  # pixels where the warp beats no motion
+            img_s = F.interpolate(target, disp.shape[-2:], mode="area")
+            loss_s = loss_s + smoothness_loss(disp, img_s) / 2 ** s
+        loss = (loss_t + opt.w_smooth * loss_s) / NUM_SCALES
+        logs["loss_temporal"] = loss_t.detach() / NUM_SCALES
+        logs["loss_smooth"] = loss_s.detach() / NUM_SCALES
+        if gsp:
+            scale = out["gs_scale"] * (out["depth"] if opt.gsp_scale_relative else 1.0)
+            loss_g, cv = cross_view_loss(out["depth"].unflatten(0, (b, n)), imgs[:, 1], scale.unflatten(0, (b, n)),
+                                         K, cam2ego, self.rasterize, opt.gsp_erode, mask_mode=opt.gsp_mask,
+                                         valid=None if valid is None else valid.unflatten(0, (b, n)))
+            loss = loss + opt.w_gsp * loss_g
+            logs["loss_gsp"] = loss_g.detach()
+            logs["gsp_overlap"] = cv["mask"].mean()
+            pictures["gsp"] = {k: v.detach() for k, v in cv.items()}
+        if valid is not None:
+            logs["mask_visible"] = valid.mean()  # share of pixels left in by the self-occlusion mask
+        logs["loss"] = loss.detach()
+        return loss, logs, pictures
