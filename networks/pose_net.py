@@ -30,6 +30,8 @@ class PoseNet(nn.Module):
     first to the ego frame of second. GSPModel passes the earlier frame first (see GSPModel.ego_motion).
     """
 
+    nhwc_ok = False  # its fusion reshapes the features with ``view``: its encoder keeps the default layout
+
     def __init__(self, opt):
         super().__init__()
         self.encoder = ResnetEncoder(opt.gsp_pose_layers, opt.gsp_pretrained, num_input_images=2)

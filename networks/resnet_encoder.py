@@ -61,6 +61,8 @@ class ResnetEncoder(nn.Module):
     50/101). With ``num_stages`` < 5 the unused last stages are not built (no parameters, no compute).
     """
 
+    nhwc_ok = True  # may keep its activations channels-last (utils/speed.py)
+
     def __init__(self, num_layers=18, weights=None, num_input_images=1, num_stages=5):
         super().__init__()
         if num_layers not in RESNETS:

@@ -27,11 +27,10 @@ def add_args(parser):
 
 
 def channels_last_modules(model):
-    """The ResnetEncoder modules of ``model`` outside any PoseNet."""
-    from networks.pose_net import PoseNet
-    from networks.resnet_encoder import ResnetEncoder
-    skip = {id(m) for p in model.modules() if isinstance(p, PoseNet) for m in p.modules()}
-    return [m for m in model.modules() if isinstance(m, ResnetEncoder) and id(m) not in skip]
+    """The modules of ``model`` that may run channels-last (``nhwc_ok = True``: the ResNet encoders), leaving out
+    those inside a module that needs the default layout (``nhwc_ok = False``: the stage-1 pose net)."""
+    skip = {id(m) for p in model.modules() if getattr(p, "nhwc_ok", None) is False for m in p.modules()}
+    return [m for m in model.modules() if getattr(m, "nhwc_ok", None) is True and id(m) not in skip]
 
 
 def prepare_model(model, opt, device):
