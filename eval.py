@@ -3,8 +3,8 @@
     python eval.py --config configs/nusc-gsv.txt --ckpt logs/run/ckpt/last.pt [--out_dir DIR]
     torchrun --nproc_per_node 8 eval.py ...     # each rank takes every world-th sample; ONE confusion matrix
 
-The model is rebuilt from the options stored in the checkpoint; options given here (data paths, eval switches)
-override them. The evaluation protocol (``options.PROTOCOL_OPTIONS``: --occ_eval_mask, --rayiou_origins) takes its
+The model is rebuilt from the options stored in the checkpoint (``rebuild.py``; a checkpoint keeps every option
+but the run's paths, so the data paths come from this command or its --config); options given here override them. The evaluation protocol (``options.PROTOCOL_OPTIONS``: --occ_eval_mask, --rayiou_origins) takes its
 defaults unless this command sets it, whatever the run was trained with, and the choice is printed. A checkpoint
 of the other stage than this command's --stage (or its --config's), one that does not fit the model, an empty
 split or a dataset without any label stop with one line. Results: <out_dir>/metrics.json and metrics.md (default
@@ -236,7 +236,8 @@ def _gather(records):
 
 def load_for_eval(argv=None):
     """(options, checkpoint state): the checkpoint's options under this command's, the stage checked."""
-    from options import PROTOCOL_OPTIONS, explicit_options, merge_checkpoint_options, parse_args
+    from options import PROTOCOL_OPTIONS, explicit_options, parse_args
+    from rebuild import saved_options
     from utils.checkpoint import STAGE_NAMES, checkpoint_stage, load_checkpoint
     from utils.errors import BadCheckpoint, ConfigError
 
@@ -244,15 +245,16 @@ def load_for_eval(argv=None):
     if not cli.ckpt:
         raise ConfigError("--ckpt is required: the checkpoint to evaluate (e.g. logs/<run>/ckpt/last.pt)")
     state = load_checkpoint(cli.ckpt)
-    if not isinstance(state.get("opt"), dict):
-        raise BadCheckpoint(f"checkpoint {cli.ckpt} has no 'opt' entry: cannot rebuild its model")
     explicit = explicit_options(argv)
     stage = checkpoint_stage(state)
     if stage is not None and "stage" in explicit and explicit["stage"] != stage:
         raise BadCheckpoint(f"--ckpt {cli.ckpt} is a {STAGE_NAMES.get(stage, stage)} checkpoint, and this command "
                             f"asks for --stage {explicit['stage']} (on the command line or in --config): pass a "
                             f"{STAGE_NAMES.get(explicit['stage'])} checkpoint, or the config of the checkpoint's stage")
-    opt = merge_checkpoint_options(state["opt"], argv, fresh=PROTOCOL_OPTIONS)
+    opt = saved_options(state, cli.ckpt, argv, fresh=PROTOCOL_OPTIONS)
+    if "dataroot" not in state["opt"] and "dataroot" not in explicit and dist.is_main():
+        print(f"[eval] the checkpoint keeps no paths: the data comes from this command (--dataroot {opt.dataroot}; "
+              "pass the run's --config or --dataroot)")
     if opt.stage == "gsv" and opt.eval_occ and dist.is_main():
         print(protocol_line(opt, state["opt"], explicit))
     return opt, state

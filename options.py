@@ -9,6 +9,7 @@ in the modules that own options) is an error naming the option and where it was 
 """
 import argparse
 import difflib
+import functools
 import importlib
 import math
 import os
@@ -63,11 +64,11 @@ PROTOCOL_OPTIONS = ("occ_eval_mask", "rayiou_origins")
 
 def add_base_args(p):
     g = p.add_argument_group("run")
-    g.add_argument("--config", type=str, default=None, help="config file of `key = value` lines (see configs/)")
+    g.add_argument("--config", type=str, metavar="PATH", default=None, help="config file of `key = value` lines (see configs/)")
     g.add_argument("--stage", type=str, default="gsv", choices=["gsp", "gsv"],
                    help="gsp: stage 1 (depth + metric-scale pose, no GT pose); gsv: stage 2 (voxel Gaussians)")
     g.add_argument("--exp_name", type=str, default="debug", help="run name; outputs go to <log_dir>/<exp_name>")
-    g.add_argument("--log_dir", type=str, default="logs", help="root folder of runs (checkpoints, tensorboard)")
+    g.add_argument("--log_dir", type=str, metavar="PATH", default="logs", help="root folder of runs (checkpoints, tensorboard)")
     g.add_argument("--device", type=str, default="auto",
                    help="auto, cpu, cuda or cuda:N (one process); under torchrun process i takes GPU LOCAL_RANK i "
                         "of CUDA_VISIBLE_DEVICES")
@@ -102,7 +103,7 @@ def add_base_args(p):
                    help="validation period, steps (0 = at the end only, -1 = never)")
     g.add_argument("--resume", type=str2bool, default=True,
                    help="resume from <run>/ckpt/last.pt when it exists")
-    g.add_argument("--load_weights", type=str, default=None, help="initialise model weights from a checkpoint")
+    g.add_argument("--load_weights", type=str, metavar="PATH", default=None, help="initialise model weights from a checkpoint")
     g.add_argument("--max_nan_skips", type=int, default=20,
                    help="non-finite losses in a row that are skipped before training stops with an error")
     g.add_argument("--sync_bn", type=str2bool, default=True,
@@ -123,8 +124,8 @@ def add_base_args(p):
     g.add_argument("--min_depth_eval", type=float, default=0.1, help="depth eval range, metres (low)")
     g.add_argument("--max_depth_eval", type=float, default=80.0, help="depth eval range, metres (high; 200 on DDAD)")
     g.add_argument("--eval_max_samples", type=int, default=0, help="evaluate at most this many samples (0 = all)")
-    g.add_argument("--ckpt", type=str, default=None, help="checkpoint to evaluate / visualise")
-    g.add_argument("--out_dir", type=str, default=None, help="where eval/vis write their files")
+    g.add_argument("--ckpt", type=str, metavar="PATH", default=None, help="checkpoint to evaluate / visualise")
+    g.add_argument("--out_dir", type=str, metavar="PATH", default=None, help="where eval/vis write their files")
 
 
 def build_parser(description="GaussianOcc"):
@@ -255,6 +256,19 @@ def parse_args(argv=None, description="GaussianOcc"):
     opt = parser.parse_args(cfg_argv + cli)
     check_ranges(opt, origins, cli)
     return opt
+
+
+@functools.lru_cache(maxsize=None)
+def path_options():
+    """The options that name a file or folder of the run (``metavar="PATH"``: data, splits, checkpoints, logs)."""
+    return frozenset(a.dest for a in build_parser()._actions if a.metavar == "PATH")
+
+
+def checkpoint_options(opt):
+    """What a checkpoint keeps of the options ``opt`` (a dict): every option but the run's paths
+    (``path_options``), so that the checkpoint rebuilds its model anywhere; eval.py and tools/visualize.py take the
+    data paths from their own command line or --config."""
+    return {k: v for k, v in vars(opt).items() if k not in path_options()}
 
 
 def dump_options(opt, path):

@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 from datasets import EVAL_ONLY_KEYS, build_dataset, collate
 from datasets.sampler import EpochSampler
-from networks import build_model
-from options import dump_options
+import networks
+from options import checkpoint_options, dump_options
+from rebuild import load_stage1
 from utils import dist, run_lock
 from utils.augment import color_jitter
 from utils.batch import to_device
@@ -62,6 +63,12 @@ def check_options(opt):
                       "or eval.py --ckpt")
     if opt.load_weights and not os.path.isfile(opt.load_weights):
         raise ConfigError(f"--load_weights {opt.load_weights} not found")
+
+
+def build_model(opt):
+    """The model of ``opt`` composed to train (``networks.build_model``; ``--pose stage1`` reads its frozen pose net
+    through ``rebuild.load_stage1``)."""
+    return networks.build_model(opt, load_stage1=load_stage1)
 
 
 def param_groups(params):
@@ -186,7 +193,7 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
                 "epoch_batches": self.epoch_batches, "world": self.world, "batch_size": self.opt.batch_size,
-                "rng": rngs, "opt": vars(self.opt)}
+                "rng": rngs, "opt": checkpoint_options(self.opt)}
 
     def _position(self):
         return self.step, self.epoch, self.epoch_batches

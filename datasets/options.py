@@ -8,15 +8,15 @@ def add_args(parser):
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", type=str, default="nuscenes", choices=["nuscenes", "ddad"],
                    help="dataset format: nuscenes (also our synthetic data, written in the nuScenes format) or ddad")
-    g.add_argument("--dataroot", type=str, default="data/nuscenes",
+    g.add_argument("--dataroot", type=str, metavar="PATH", default="data/nuscenes",
                    help="dataset root: nuScenes tables in <dataroot>/<version>/, images under <dataroot>/samples/")
     g.add_argument("--version", type=str, default="v1.0-trainval",
                    help="nuScenes table folder under dataroot: v1.0-trainval, v1.0-mini, v1.0-test or any custom "
                         "name such as v1.0-synthetic (nuscenes-devkit accepts any folder name)")
-    g.add_argument("--train_split", type=str, default=None,
+    g.add_argument("--train_split", type=str, metavar="PATH", default=None,
                    help="text file of training sample tokens, one per line, '#' comments (tools/make_split.py "
                         "writes them; a bare name is also looked up in datasets/splits/); unset: every sample")
-    g.add_argument("--val_split", type=str, default=None,
+    g.add_argument("--val_split", type=str, metavar="PATH", default=None,
                    help="text file of validation sample tokens, same format as --train_split; unset: every sample")
     g.add_argument("--input_size", type=int, nargs=2, default=[384, 640], metavar=("H", "W"),
                    help="network input image size, height width (intrinsics are rescaled to it)")
@@ -45,9 +45,9 @@ def add_args(parser):
                         "the release's Grounded-SAM files <sem_root>/<image path without .jpg>_mask.bin (their "
                         "sem_root: nuscenes_semantic), int8 ids mapped as theirs, sky -> ignore (see "
                         "datasets/pseudo_labels.py; tools/convert_gsam_labels.py converts them to png)")
-    g.add_argument("--sem_root", type=str, default="sem",
+    g.add_argument("--sem_root", type=str, metavar="PATH", default="sem",
                    help="folder of the 2D semantic labels (relative paths are resolved against dataroot)")
-    g.add_argument("--occ_root", type=str, default=None,
+    g.add_argument("--occ_root", type=str, metavar="PATH", default=None,
                    help="Occ3D folder <occ_root>/<scene>/<token>/labels.npz (relative to dataroot unless "
                         "absolute); unset: no occupancy labels")
     g.add_argument("--occ_label_zmin", type=float, default=-0.2,
@@ -55,9 +55,9 @@ def add_args(parser):
                         "volume out at the label voxels: -0.2 = the released Occ3D-nuScenes labels and the synthetic "
                         "ones (road surface in layer 0, docs/occ3d_convention.md); -1.0 = Occ3D's documented range, "
                         "as the GaussianOcc authors read out")
-    g.add_argument("--depth_root", type=str, default=None,
+    g.add_argument("--depth_root", type=str, metavar="PATH", default=None,
                    help="LiDAR depth from tools/export_gt_depth_nusc.py, <depth_root>/<token>/<CAM>.npz (relative "
                         "to dataroot unless absolute); unset: no depth_gt")
-    g.add_argument("--ddad_mask_dir", type=str, default=None,
+    g.add_argument("--ddad_mask_dir", type=str, metavar="PATH", default=None,
                    help="DDAD only: folder of the per-camera self-occlusion masks (relative to dataroot unless "
                         "absolute)")

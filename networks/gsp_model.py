@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from networks.depth_net import DepthNet, disp_to_depth
 from networks.pose_net import PoseNet
 from utils.batch import self_occlusion
-from utils.checkpoint import load_checkpoint, load_model_state, require_stage
 from utils.cli import str2bool
 from utils.geometry import inverse_rigid, recorded_ego_motion, rescale_K_to
 from utils.pose_solver import LEVELS, TRAIN_LEVELS, solve_ego_motion
@@ -23,6 +22,8 @@ from utils.pose_solver import LEVELS, TRAIN_LEVELS, solve_ego_motion
 # What a checkpoint written before an option existed was trained with (options.merge_checkpoint_options).
 CHECKPOINT_DEFAULTS = {"gsp_rot_scale": 1.0,  # the pose net's rotation output was in raw radians
                        "gsp_pose": "net"}  # the motion came from the pose net alone
+# A model rebuilt from a checkpoint takes its weights from there, not from an ImageNet file.
+REBUILD_OVERRIDES = {"gsp_pretrained": False}
 
 
 def add_args(parser):
@@ -159,16 +160,3 @@ class GSPModel(nn.Module):
         depth = self.depth_outputs(imgs[:, 1])["depth"].unflatten(0, (imgs.shape[0], imgs.shape[2]))
         return self.motion(imgs, imgs, depth, K, batch["cam2ego"], self_occlusion(batch, size))
 
-
-def load_gsp_from_checkpoint(path, device="cpu"):
-    """Rebuild a GSPModel from a trainer checkpoint ({'model': state_dict, 'opt': vars(opt), ...}), in eval mode."""
-    state = load_checkpoint(path, map_location=device)
-    if "opt" not in state:
-        raise RuntimeError(f"{path} has no 'opt' entry: cannot rebuild the stage-1 model")
-    require_stage(state, path, "gsp", "stage-1 checkpoint", "pass the checkpoint of a stage-1 (--stage gsp) run")
-    from options import merge_checkpoint_options  # options imports this module
-    opt = merge_checkpoint_options(state["opt"], argv=[])  # options newer than the checkpoint take their defaults
-    opt.gsp_pretrained = False  # the weights come from the checkpoint
-    model = GSPModel(opt)
-    load_model_state(model, state, path)
-    return model.to(device).eval()

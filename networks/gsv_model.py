@@ -3,8 +3,9 @@
 OccNet -> logits (B, C+1, X, Y, Z) -> one Gaussian per voxel (opacity 1 - p(free)) -> ONE rasterize call per
 sample for the 6 cameras at ``render_size`` -> depth (sum w_i z_i, not divided by alpha, plus (1 - alpha) max_depth
 with ``depth_background far``), alpha and C
-semantic channels -> the criterion of ``networks/gsv_loss.py`` with the camera motion of a pose source
-(``networks/pose_source.py``: recorded ego poses or the frozen stage-1 pose net).
+semantic channels -> the criterion passed in (``networks/gsv_loss.py``) with the camera motion of the pose source passed
+in (``networks/pose_source.py``: recorded ego poses or the frozen stage-1 pose net); ``networks.build_model``
+composes the three.
 ``render_type volume`` renders the same volume by ray marching instead (the OccNeRF baseline).
 """
 import functools
@@ -13,9 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from networks.gsv_loss import GSVLoss, fog_stats
-from networks.occ_net import OccNet, semantic_classes
-from networks.pose_source import build_pose_source
+from networks.gsv_loss import fog_stats
+from networks.occ_net import OccNet
 from networks.voxel_gaussians import voxel_opacity, voxels_to_gaussians
 from utils.cli import str2bool
 from utils.constants import FREE_ID, OCC3D_LABEL_RANGE, OCC3D_SHAPE, OCC3D_VOXEL
@@ -34,7 +34,7 @@ def add_args(parser):
     g.add_argument("--pose", type=str, default="stage1", choices=["gt", "stage1"],
                    help="camera motion for the temporal loss: stage1 = the frozen stage-1 pose net of "
                         "--stage1_ckpt (the method: no GT poses); gt = recorded ego poses (ego2global)")
-    g.add_argument("--stage1_ckpt", type=str, default=None, help="stage-1 (GSP) checkpoint, for --pose stage1")
+    g.add_argument("--stage1_ckpt", type=str, metavar="PATH", default=None, help="stage-1 (GSP) checkpoint, for --pose stage1")
     g.add_argument("--render_type", type=str, default="gs", choices=["gs", "volume"],
                    help="gs: voxel Gaussians splatted (GSV); volume: ray-marched volume rendering (baseline)")
     g.add_argument("--num_classes", type=int, default=None,
@@ -108,28 +108,43 @@ def logits_to_occ3d(logits, grid, opacity="softmax", zmin=OCC3D_LABEL_RANGE[2], 
     return readout_classes(occ3d_readout(logits, grid, opacity, zmin), readout, threshold, opacity)
 
 
+def standalone_parts(opt):
+    """(criterion, recorded poses) of a GSVModel built alone with ``--pose gt`` (``GSVModel(opt)``, as the benchmark
+    scripts of tools/bench build it): what ``networks.build_model`` passes. A transition: once every script composes
+    through ``networks.build_model``, the model takes only what it is given."""
+    from networks.gsv_loss import GSVLoss
+    from networks.occ_net import semantic_classes
+    from networks.pose_source import RecordedPoses
+    return GSVLoss(opt, semantic_classes(opt)), RecordedPoses()
+
+
 class GSVModel(nn.Module):
     """Stage 2. Batch (docs/ARCHITECTURE.md): imgs (B,3,6,3,H,W), K (B,6,3,3), cam2ego (B,6,4,4),
     ego2global (B,3,6,4,4), optional sem (B,6,h,w), optional mask (B,6,h,w) {0, 1} self-occlusion masks
     (DDAD, 0 = ego car body), optional imgs_net: the network's (colour-augmented) copy of imgs.
 
-    pose_source: callable batch -> (B, 2, 6, 4, 4) camera motion (networks/pose_source.py); default: the one
-    ``opt.pose`` names. It is only called in training.
+    criterion: (render dict, batch, camera motion) -> (loss, logs) (networks/gsv_loss.py); pose_source: callable
+    batch -> (B, 2, 6, 4, 4) camera motion (networks/pose_source.py). Both are only used in training: without them
+    the model predicts (evaluation, pictures). A model built alone with ``--pose gt`` takes the parts
+    ``networks.build_model`` would pass (``standalone_parts``).
     """
 
-    def __init__(self, opt, pose_source=None):
+    def __init__(self, opt, criterion=None, pose_source=None):
         super().__init__()
         if opt.render_type == "volume" and opt.contracted:
             raise ValueError("--render_type volume works on uniform grids only: set --contracted false")
         self.opt = opt
-        self.pose_source = pose_source if pose_source is not None else build_pose_source(opt)
+        if criterion is None and pose_source is None and opt.pose == "gt":
+            criterion, pose_source = standalone_parts(opt)
+        self.pose_source = pose_source
         self.occ_net = OccNet(opt)
-        self.criterion = GSVLoss(opt, semantic_classes(opt))
+        self.criterion = criterion
         self.rasterize = functools.partial(rasterize, backend=opt.raster_backend)
 
     def set_step(self, step):
         """The trainer's step, for the criterion's schedules."""
-        self.criterion.set_step(step)
+        if self.criterion is not None:
+            self.criterion.set_step(step)
 
     def trainable_parameters(self):
         """Optimiser parameter groups, dict(params, lr_scale) (see OccNet.param_groups)."""
@@ -189,6 +204,9 @@ class GSVModel(nn.Module):
                               near=self.opt.min_depth, far=self.opt.max_depth) for b in range(len(logits))]
 
     def forward(self, batch):
+        if self.criterion is None or self.pose_source is None:
+            raise ValueError("this GSVModel has no criterion or no pose source: networks.build_model(opt, load_stage1="
+                             "rebuild.load_stage1) composes one that trains")
         r = self.render(batch)
         loss, logs = self.criterion(r, batch, self.pose_source(batch))
         logs["num_gaussians"] = r["num_gaussians"]

@@ -2,7 +2,8 @@
 
 A pose source is a callable ``source(batch) -> T (B, 2, 6, 4, 4)``: per camera, current camera -> previous (0) /
 next (1) camera of the same sensor, the ``T_tgt2src`` of ``utils.geometry.warp``. Built once by the caller
-(``build_pose_source``) and handed to the model, so a test can swap it without checkpoints on disk.
+(``build_pose_source``, called by ``networks.build_model``) and handed to the model, so a test can swap it without
+checkpoints on disk.
 """
 import torch
 
@@ -20,25 +21,25 @@ class RecordedPoses:
 class Stage1Poses:
     """The frozen stage-1 pose net of a GSP checkpoint (``--pose stage1``: the method, no ground-truth pose).
 
-    The checkpoint is read at the first call, on the device of the batch, and never enters the stage-2 state dict
-    (this is not an nn.Module), so evaluation and visualisation of a stage-2 checkpoint do not need it.
+    ``load(path, device)`` rebuilds the stage-1 model of a checkpoint (``rebuild.load_stage1``); it runs at the first
+    call, on the device of the batch, and the model never enters the stage-2 state dict (this is not an
+    nn.Module), so evaluation and visualisation of a stage-2 checkpoint do not need it.
     With ``cache`` (the neighbours of a sample are always the same frames) the ego motion of every sample token is
     kept after its first batch: a stage-1 model that measures the motion by image alignment (``--gsp_pose
     net_solve``) then costs its iterations once per sample, not once per step.
     """
 
-    def __init__(self, ckpt, cache=False):
+    def __init__(self, ckpt, load, cache=False):
         if not ckpt:
             raise ValueError("--pose stage1 needs --stage1_ckpt PATH (a stage-1 checkpoint); or use --pose gt")
-        self.ckpt = ckpt
+        self.ckpt, self.load = ckpt, load
         self.model = None
         self.cache = {} if cache else None
 
     def __call__(self, batch):
         cam2ego = batch["cam2ego"]
         if self.model is None:
-            from networks.gsp_model import load_gsp_from_checkpoint
-            self.model = load_gsp_from_checkpoint(self.ckpt, cam2ego.device).requires_grad_(False)
+            self.model = self.load(self.ckpt, cam2ego.device).requires_grad_(False)
         tokens = batch.get("token") if self.cache is not None else None
         if tokens is not None and all(t in self.cache for t in tokens):
             poses = torch.stack([self.cache[t] for t in tokens]).to(cam2ego.device)
@@ -49,10 +50,13 @@ class Stage1Poses:
         return torch.stack([ego_motion_to_cam(poses[:, k], cam2ego) for k in range(2)], 1)
 
 
-def build_pose_source(opt):
-    """The pose source that ``opt.pose`` names."""
+def build_pose_source(opt, load_stage1=None):
+    """The pose source that ``opt.pose`` names; None for ``--pose stage1`` without ``load_stage1`` (see
+    ``Stage1Poses``): such a model predicts but does not train."""
     if opt.pose == "gt":
         return RecordedPoses()
     if opt.pose == "stage1":  # one stride: each sample's neighbours are fixed frames, their motion can be kept
-        return Stage1Poses(opt.stage1_ckpt, cache=len(set(getattr(opt, "frame_stride", [1]))) == 1)
+        if load_stage1 is None:
+            return None
+        return Stage1Poses(opt.stage1_ckpt, load_stage1, cache=len(set(getattr(opt, "frame_stride", [1]))) == 1)
     raise ValueError(f"unknown --pose {opt.pose!r} (expected gt or stage1)")

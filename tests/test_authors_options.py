@@ -10,6 +10,7 @@ from torchvision import models
 
 import networks.resnet_encoder as resnet_encoder
 import options
+from networks import build_model
 from networks.gsv_loss import AUTHORS_CLASS_FREQUENCIES
 from networks.gsv_model import GSVModel, logits_to_occ3d, occ3d_centres
 from networks.occ_net import OccNet
@@ -99,7 +100,7 @@ def test_weighted_semantic_ce_is_the_authors_criterion():
     labels = torch.randint(0, 17, (2, 5, 6), generator=g)
     labels[0, 0] = 255
     opt = options.parse_args(AUTHORS_TINY)
-    w = GSVModel(opt).criterion.sem_weight
+    w = build_model(opt).criterion.sem_weight
     freq = torch.tensor(AUTHORS_CLASS_FREQUENCIES, dtype=torch.float64)
     ref = torch.where(freq > 0, 1 / freq.sqrt(), torch.zeros_like(freq))
     torch.testing.assert_close(w, (ref / ref.mean())[:17].float())  # their runner: 1/sqrt(f), 0 -> 0, / mean
@@ -111,7 +112,7 @@ def test_weighted_semantic_ce_is_the_authors_criterion():
     zero = semantic_ce(logits, torch.zeros_like(labels), weight=w)  # only zero-weight labels: 0, with a gradient
     zero.backward()
     assert zero.item() == 0 and logits.grad is not None
-    assert GSVModel(options.parse_args(AUTHORS_TINY + ["--sem_class_weights", "none"])).criterion.sem_weight is None
+    assert build_model(options.parse_args(AUTHORS_TINY + ["--sem_class_weights", "none"])).criterion.sem_weight is None
 
 
 def test_decoder_learning_rate_groups():

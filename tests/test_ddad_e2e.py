@@ -38,8 +38,8 @@ def test_ddad_export_train_both_stages_and_eval(ddad_root, tmp_path, monkeypatch
     export_gt_depth_ddad.main(["--dataroot", str(ddad_root), "--out", str(depth)])
     assert len(list(depth.glob("scene_02_000*/CAM_*.npz"))) == 18  # scene_01 (3 cameras) is skipped
 
-    common = ["--dataroot", ddad_root, "--depth_root", depth, "--ddad_mask_dir", ddad_root / "masks",
-              "--max_steps", 1, "--input_size", 64, 96, "--render_size", 32, 48, "--log_dir", logs, "--num_workers", 0, "--device", "cpu",
+    data = ["--dataroot", ddad_root, "--depth_root", depth, "--ddad_mask_dir", ddad_root / "masks"]
+    common = [*data, "--max_steps", 1, "--input_size", 64, 96, "--render_size", 32, 48, "--log_dir", logs, "--num_workers", 0, "--device", "cpu",
               "--val_every", -1, "--raster_backend", "torch"]
     gsp_calls = spy(monkeypatch, GSPModel)
     run(monkeypatch, train_entry.main, "--config", "configs/ddad-gsp.txt", *common, "--exp_name", "gsp")
@@ -58,8 +58,8 @@ def test_ddad_export_train_both_stages_and_eval(ddad_root, tmp_path, monkeypatch
         assert len(calls) == 1 and calls[0][0]["mask"].shape == (1, 6, 32, 48)
         assert 0.6 < calls[0][1]["mask_visible"].item() < 0.97
 
-    run(monkeypatch, eval_entry.main, "--ckpt", gsv_ckpt, "--out_dir", tmp_path / "eval", "--num_workers", 0,
-        "--device", "cpu")
+    run(monkeypatch, eval_entry.main, "--ckpt", gsv_ckpt, *data, "--out_dir", tmp_path / "eval", "--num_workers", 0,
+        "--device", "cpu")  # a checkpoint keeps no paths: the data options come from the command
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["samples"]["depth"] == 3  # the val split: scene_02's 3 samples
     assert math.isfinite(metrics["scalars"]["depth/abs_rel"]) and metrics["scalars"]["depth/abs_rel"] > 0

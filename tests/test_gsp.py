@@ -10,8 +10,9 @@ import torch
 from networks import gsp_loss, gsp_model
 from networks.depth_net import DepthNet, disp_to_depth
 from networks.gsp_loss import GSPLoss
-from networks.gsp_model import GSPModel, load_gsp_from_checkpoint
+from networks.gsp_model import GSPModel
 from networks.pose_net import PoseNet
+from rebuild import load_model
 from utils import rasterizer
 from utils.checkpoint import save_checkpoint
 from utils.geometry import axis_angle_to_matrix, ego_motion_to_cam, inverse_rigid, rel_cam_pose
@@ -92,10 +93,10 @@ def test_checkpoint_without_rotation_units_loads_with_the_old_units(tmp_path):
     torch.save({"model": old.state_dict(), "opt": saved}, tmp_path / "old.pt")
     torch.save({"model": old.state_dict(), "opt": vars(make_opt())}, tmp_path / "new.pt")
     imgs = torch.rand(1, 3, 6, 3, 32, 64)
-    loaded = load_gsp_from_checkpoint(str(tmp_path / "old.pt"))
+    loaded = load_model(str(tmp_path / "old.pt"), stage="gsp")
     assert loaded.pose.rot_scale == 1.0
     torch.testing.assert_close(loaded.predict_pose({"imgs": imgs}), old.eval().predict_pose({"imgs": imgs}))
-    assert load_gsp_from_checkpoint(str(tmp_path / "new.pt")).pose.rot_scale == 0.01
+    assert load_model(str(tmp_path / "new.pt"), stage="gsp").pose.rot_scale == 0.01
 
 
 def test_predicted_ego_motion_convention_matches_recorded_poses():
@@ -259,7 +260,7 @@ def test_load_from_checkpoint_rebuilds_the_model(tmp_path):
     model = GSPModel(opt).eval()
     path = str(tmp_path / "last.pt")
     save_checkpoint({"model": model.state_dict(), "opt": vars(opt), "step": 3}, path)
-    loaded = load_gsp_from_checkpoint(path, "cpu")
+    loaded = load_model(path, "cpu", stage="gsp")
     assert not loaded.training and loaded.opt.max_depth == 60
     batch = ring_batch(h=64, w=64)
     assert torch.allclose(loaded.predict_depth(batch), model.predict_depth(batch))

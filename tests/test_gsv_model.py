@@ -5,11 +5,14 @@ import numpy as np
 import pytest
 import torch
 
+from networks import build_model
+from networks.gsv_loss import GSVLoss
 from networks.gsv_model import GSVModel, logits_to_occ3d, occ3d_centres
 from networks.occ_net import OccNet, VoxelGrid, lift_features
 from networks.resnet_encoder import ResnetEncoder
 from networks.voxel_gaussians import MIN_OPACITY, voxels_to_gaussians
 from options import parse_args
+from rebuild import load_stage1
 from utils.constants import FREE_ID, OCC3D_SHAPE
 from utils.geometry import inverse_rigid
 from utils.rasterizer import rasterize
@@ -194,7 +197,7 @@ def test_pose_flags_parse():
     with pytest.raises(SystemExit):
         parse_args(TINY + ["--pose", "learned"])
     with pytest.raises(ValueError, match="stage1_ckpt"):
-        GSVModel(parse_args(TINY + ["--pose", "stage1"]))
+        build_model(parse_args(TINY + ["--pose", "stage1"]), load_stage1=load_stage1)
 
 
 def test_stage1_pose_from_checkpoint(tmp_path):
@@ -203,7 +206,7 @@ def test_stage1_pose_from_checkpoint(tmp_path):
     gsp_opt = parse_args(["--stage", "gsp", "--gsp_pretrained", "false", "--raster_backend", "torch",
                           "--gsp_pose", "net"])  # the pose net's own motion (the default measures it)
     save_checkpoint({"model": GSPModel(gsp_opt).state_dict(), "opt": vars(gsp_opt)}, str(tmp_path / "gsp.pt"))
-    model = GSVModel(tiny_opt("--pose", "stage1", "--stage1_ckpt", str(tmp_path / "gsp.pt")))
+    model = build_model(tiny_opt("--pose", "stage1", "--stage1_ckpt", str(tmp_path / "gsp.pt")), load_stage1)
     T = model.pose_source(make_batch())
     assert T.shape == (1, 2, 6, 4, 4)
     assert torch.allclose(T, torch.eye(4).expand_as(T), atol=1e-5)  # an untrained pose net starts at identity
@@ -219,7 +222,8 @@ def test_pose_source_can_be_swapped_without_checkpoints():
         calls.append(b)
         return torch.eye(4).expand(1, 2, 6, 4, 4)
 
-    model = GSVModel(tiny_opt("--pose", "stage1", "--stage1_ckpt", "nowhere.pt"), pose_source=still)
+    opt = tiny_opt("--pose", "stage1", "--stage1_ckpt", "nowhere.pt")
+    model = GSVModel(opt, criterion=GSVLoss(opt, 17), pose_source=still)
     batch["imgs"][:, 0] = (batch["imgs"][:, 0] + 0.1).clamp(0, 1)  # the previous frame is brighter
     loss, logs, _ = model(batch)
     assert calls == [batch] and torch.isfinite(loss)
@@ -230,7 +234,7 @@ def test_pose_source_can_be_swapped_without_checkpoints():
 
 def test_forward_backward_gradients_and_outputs():
     torch.manual_seed(0)
-    model = GSVModel(tiny_opt())
+    model = build_model(tiny_opt())
     batch = make_batch()
     batch["ego2global"][:, 0, :, 0, 3] = -0.5  # the car moved 0.5 m forward between frames
     batch["ego2global"][:, 2, :, 0, 3] = 0.5
@@ -250,7 +254,7 @@ def test_forward_backward_gradients_and_outputs():
 
 def test_volume_render_type_trains_the_same_volume():
     torch.manual_seed(0)
-    model = GSVModel(tiny_opt("--render_type", "volume", "--input_size", "32", "56", "--render_size", "8", "14"))
+    model = build_model(tiny_opt("--render_type", "volume", "--input_size", "32", "56", "--render_size", "8", "14"))
     loss, logs, out = model(make_batch(32, 56, 8, 14))
     loss.backward()
     assert torch.isfinite(loss) and model.occ_net.head.weight.grad.abs().sum() > 0
@@ -284,7 +288,7 @@ def test_overfit_one_batch_lowers_the_loss():
     torch.manual_seed(0)
     opt = tiny_opt("--input_size", "32", "56", "--render_size", "16", "28", "--real_size", "-6", "6", "-6", "6",
                    "-1", "3", "--grid_size", "16", "16", "6", "--gs_scale", "0.3")
-    model = GSVModel(opt)
+    model = build_model(opt)
     batch = room_batch(step=1.0)
     optim = torch.optim.Adam(model.trainable_parameters(), lr=5e-3)
     losses, reproj, kept = [], [], []
@@ -307,7 +311,7 @@ def test_overfit_one_batch_lowers_the_loss():
 def test_self_occlusion_mask_leaves_pixels_out_of_the_losses():
     """A mask of zeros over the right half: image content and labels there no longer change the losses."""
     from utils.geometry import rescale_K_to
-    model = GSVModel(tiny_opt())
+    model = build_model(tiny_opt())
     batch = make_batch()
     batch["imgs"][:, ::2] = (batch["imgs"][:, ::2] + 0.3 * torch.rand(1, 2, 6, 3, 64, 112)).clamp(0, 1)
     batch["ego2global"][:, 0, :, 0, 3] = -0.5  # the car moves 0.5 m forward: warps shift by < 2 render pixels

@@ -149,11 +149,12 @@ def test_stage1_poses_are_measured_once_per_sample(tmp_path):
     batch and kept; a batch with an unseen sample is computed again, whole."""
     from networks.gsp_model import GSPModel
     from networks.pose_source import Stage1Poses, build_pose_source
+    from rebuild import load_stage1
     from utils.checkpoint import save_checkpoint
     gsp_opt = parse_args(["--stage", "gsp", "--raster_backend", "torch", "--input_size", "64", "96",
                           "--gsp_pose", "net"])  # counts the calls; what computes them does not matter here
     save_checkpoint({"model": GSPModel(gsp_opt).state_dict(), "opt": vars(gsp_opt)}, str(tmp_path / "gsp.pt"))
-    source = Stage1Poses(str(tmp_path / "gsp.pt"), cache=True)
+    source = Stage1Poses(str(tmp_path / "gsp.pt"), load_stage1, cache=True)
     torch.manual_seed(0)
     batch = {"imgs": torch.rand(2, 3, 6, 3, 64, 96), "K": torch.eye(3).repeat(2, 6, 1, 1) * 30,
              "cam2ego": torch.eye(4).repeat(2, 6, 1, 1), "token": ["a", "b"]}
@@ -166,5 +167,5 @@ def test_stage1_poses_are_measured_once_per_sample(tmp_path):
     source(dict(batch, token=["a", "c"]))
     assert calls == [["a", "c"]] and set(source.cache) == {"a", "b", "c"}
     stage2 = ["--pose", "stage1", "--stage1_ckpt", str(tmp_path / "gsp.pt")]
-    assert build_pose_source(parse_args(stage2)).cache == {}
-    assert build_pose_source(parse_args(stage2 + ["--frame_stride", "1", "3"])).cache is None
+    assert build_pose_source(parse_args(stage2), load_stage1).cache == {}
+    assert build_pose_source(parse_args(stage2 + ["--frame_stride", "1", "3"]), load_stage1).cache is None

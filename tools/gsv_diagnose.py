@@ -20,8 +20,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import build_dataset, collate  # noqa: E402
-from networks.gsv_model import GSVModel  # noqa: E402
+from networks import build_model  # noqa: E402
 from options import parse_args  # noqa: E402
+from rebuild import load_stage1  # noqa: E402
 from trainer import param_groups  # noqa: E402
 from utils.batch import to_device  # noqa: E402
 
@@ -48,7 +49,7 @@ def main(argv=None):
     opt = parse_args(rest)
     torch.manual_seed(opt.seed)
     device = torch.device("cuda" if torch.cuda.is_available() and opt.device != "cpu" else "cpu")
-    model = GSVModel(opt).to(device).train()
+    model = build_model(opt, load_stage1).to(device).train()
     optim = torch.optim.AdamW(param_groups(model.trainable_parameters()), lr=opt.lr)
     data = build_dataset(opt, "train")
     near_mask = model.occ_net.centres[..., :2].norm(dim=-1) < a.near  # (X, Y, Z)

@@ -13,7 +13,8 @@ For each frame of the chosen scenes it writes ``<out_dir>/<scene>/<index>_<kind>
     python tools/visualize.py --gt_only --dataroot data/synthetic --version v1.0-synthetic --occ_root gts
 
 Options of this tool are listed below; every option of train.py (data paths, sizes...) is accepted as well.
-With a checkpoint, the model options come from the checkpoint and data options given here override them.
+With a checkpoint, the model options come from the checkpoint (which keeps no paths: give the data options here, e.g.
+--config) and options given here override them.
 """
 import argparse
 import os
@@ -26,8 +27,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from datasets import build_dataset, collate  # noqa: E402
 from utils.constants import FREE_ID  # noqa: E402
-from utils.vis import (bev_image, compose, depth_to_color, image_to_uint8, logits_to_color,  # noqa: E402
-                       mosaic, put_label, render_voxels)
+from utils.vis import (bev_image, compose, depth_mosaic, image_to_uint8, mosaic, put_label,  # noqa: E402
+                       render_voxels, semantic_mosaic)
 
 
 def vis_parser():
@@ -44,7 +45,8 @@ def vis_parser():
 
 def load_options(argv=None):
     """(visualisation args, full options); the model options come from the checkpoint unless --gt_only."""
-    from options import merge_checkpoint_options, parse_args
+    from options import parse_args
+    from rebuild import saved_options
     from utils.checkpoint import load_checkpoint
 
     args, rest = vis_parser().parse_known_args(argv)
@@ -54,9 +56,7 @@ def load_options(argv=None):
     if not cli.ckpt:
         raise SystemExit("error: --ckpt is required (or --gt_only)")
     state = load_checkpoint(cli.ckpt)
-    if "opt" not in state:
-        raise SystemExit(f"error: {cli.ckpt} has no 'opt' entry: cannot rebuild the model")
-    opt = merge_checkpoint_options(state["opt"], rest)
+    opt = saved_options(state, cli.ckpt, rest)
     if opt.stage != "gsv":
         raise SystemExit(f"error: {cli.ckpt} is a stage '{opt.stage}' checkpoint; visualize.py draws stage 2 (gsv)")
     return args, opt, state
@@ -66,8 +66,7 @@ def build_model(opt, state, device):
     from networks.gsv_model import GSVModel
     from utils.checkpoint import load_model_state
 
-    opt.pose = "gt"  # rendering needs no camera motion: do not require the stage-1 checkpoint
-    model = GSVModel(opt)
+    model = GSVModel(opt)  # no criterion, no pose source: it renders, it does not train
     load_model_state(model, state, opt.ckpt)
     return model.to(device).eval()
 
@@ -102,8 +101,6 @@ def occupancy_row(view, occ, title):
 @torch.no_grad()
 def draw_frame(item, model, opt, view_hw):
     """Dict of pictures (H, W, 3) uint8 of one dataset item."""
-    from networks.gsv_model import logits_to_occ3d
-
     h, w = opt.render_size
     small = torch.nn.functional.interpolate(item["imgs"][1], (h, w), mode="area")
     pics = {"inputs": mosaic([image_to_uint8(im) for im in small], labels=True)}
@@ -112,11 +109,10 @@ def draw_frame(item, model, opt, view_hw):
         batch = {k: v.to(next(model.parameters()).device) for k, v in collate([item]).items()
                  if isinstance(v, torch.Tensor)}
         r = model.render(batch)
-        pics["depth"] = mosaic([depth_to_color(d) for d in r["depth"][0, :, 0]])
+        pics["depth"] = depth_mosaic(r["depth"][0, :, 0])
         if r["sem"].shape[2] > 1:
-            pics["sem"] = mosaic([logits_to_color(s, a) for s, a in zip(r["sem"][0], r["alpha"][0])])
-        occ = logits_to_occ3d(r["logits"], model.occ_net.grid, opt.opacity, opt.occ_label_zmin, opt.occ_readout,
-                              opt.occ_threshold)[0].cpu().numpy()
+            pics["sem"] = semantic_mosaic(r["sem"][0], r["alpha"][0])
+        occ = model.occupancy(r["logits"])[0].cpu().numpy()
         pics["occ"] = render_voxels(occ, view_hw[1], view_hw[0])
         occ_rows.append(occupancy_row(pics["occ"], occ, "prediction"))
     if "occ_semantics" in item:
