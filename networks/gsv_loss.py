@@ -200,7 +200,7 @@ def fog_stats(r):
     if "seen_opacity" not in r:
         return {}
     alpha = r["alpha"].detach().float()
-    seen, faint = r["seen_opacity"].float(), r["faint_alpha"].float()
+    seen, faint = r["seen_opacity"].detach().float(), r["faint_alpha"].detach().float()
     total = alpha.sum().clamp(min=1e-6)
     out = {"seen_opacity": seen.sum() / total, "faint_alpha_share": faint.sum() / total}
     solid = alpha > 0.5

@@ -17,8 +17,16 @@ warnings it triggers, each once per kind:
   * ``volume_empty`` (stage 2): the mean voxel opacity stays below ``min_opacity`` over ``window`` rows: fewer than
     1 voxel in 200 is occupied (the authors' entropy from an initial opacity of 0.1 ends there: 0.002-0.005).
 Rows logged during the lr warm-up (``after`` steps) are judged for ``depth_collapsed`` only (the others are
-expected early). Keys missing from a row are skipped.
+expected early). Keys missing from a row are skipped, so the keys below are a contract with the trainer and the
+models' logs (tests/test_training_contract.py trains each stage a step and checks them).
 """
+
+# The keys of a logged row these checks read, per stage (``step`` and ``loss`` come from the trainer).
+STAGE_KEYS = {
+    "gsp": ("step", "loss", "mean_depth", "automask_kept", "ego_translation"),
+    "gsv": ("step", "loss", "depth_p50", "mean_depth", "automask_kept", "faint_alpha_share", "seen_opacity",
+            "mean_opacity"),
+}
 
 
 class TrainingHealth:
