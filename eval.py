@@ -49,7 +49,7 @@ def _ray_origins(batch, b, mode):
 
 
 def derived_labels_info(dataset):
-    """The ``occ_gt_info.json`` that tools/make_occ_gt_nusc.py writes next to LiDAR-derived labels, or None."""
+    """The ``occ_gt_info.json`` that tools/data/make_occ_gt_nusc.py writes next to LiDAR-derived labels, or None."""
     root = getattr(dataset, "occ_root", None)
     path = os.path.join(root, "occ_gt_info.json") if root else None
     if not path or not os.path.isfile(path):
@@ -70,7 +70,7 @@ def derived_labels_summary(info, occ, ray=None):
     present = [c for c in info["box_classes"] if gt_voxels[OCC_CLASSES.index(c)] > 0]
     out = {"box_classes_present": present, "box_IoU": {c: s["IoU"][c] for c in present},
            "mIoU_box": _nanmean([s["IoU"][c] for c in present])}
-    text = ("### Labels derived from LiDAR (tools/make_occ_gt_nusc.py, docs/occ_gt.md)\n\n"
+    text = ("### Labels derived from LiDAR (tools/data/make_occ_gt_nusc.py, docs/occ_gt.md)\n\n"
             "These labels hold only what LiDAR and boxes can give. **Meaningful**: geometric IoU "
             f"({s['geo_IoU']:.2f}) and the IoU of the box classes present in the labels: "
             + (", ".join(f"{c} {s['IoU'][c]:.2f}" for c in present) or "none")

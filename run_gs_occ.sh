@@ -45,10 +45,10 @@ synthetic)
         GEN="--num_scenes 10 --frames_per_scene 12 --img_size 270 480 --val_scenes 2 --workers $(nproc)"
     fi
     if [ ! -f "$ROOT/v1.0-synthetic/sample.json" ]; then
-        "$PY" tools/make_synthetic_nusc.py --out "$ROOT" $GEN --preview "$ROOT/preview.png"
+        "$PY" -m tools.data.make_synthetic_nusc --out "$ROOT" $GEN --preview "$ROOT/preview.png"
     fi
     if [ ! -d "$ROOT/depth_gt" ]; then
-        "$PY" tools/export_gt_depth_nusc.py --dataroot "$ROOT" --version v1.0-synthetic --out depth_gt
+        "$PY" -m tools.data.export_gt_depth_nusc --dataroot "$ROOT" --version v1.0-synthetic --out depth_gt
     fi
     ;;
 nuscenes)

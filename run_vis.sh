@@ -22,10 +22,10 @@ else
 fi
 if [ -n "${SCENES:-}" ]; then
     # shellcheck disable=SC2086
-    "$PY" tools/visualize.py --out_dir "$OUT" --max_frames "${MAX_FRAMES:-0}" $MODEL --scenes $SCENES "$@"
+    "$PY" -m tools.visualize --out_dir "$OUT" --max_frames "${MAX_FRAMES:-0}" $MODEL --scenes $SCENES "$@"
 else
     # shellcheck disable=SC2086
-    "$PY" tools/visualize.py --out_dir "$OUT" --max_frames "${MAX_FRAMES:-0}" $MODEL "$@"
+    "$PY" -m tools.visualize --out_dir "$OUT" --max_frames "${MAX_FRAMES:-0}" $MODEL "$@"
 fi
 
 SEM=""

@@ -78,5 +78,5 @@ def check_occ_labels(arrays, path):
 def check_split(tokens, path):
     if not tokens:
         raise BadData(f"split file {path} lists no sample token (only blank or # comment lines): write one token "
-                      "per line (tools/make_split.py), or leave the split option unset for every sample")
+                      "per line (tools/data/make_split.py), or leave the split option unset for every sample")
     return tokens

@@ -168,7 +168,7 @@ class DDADDataset(NuScenesDataset):
     ``eval_labels`` and ``uint8_images`` as in NuScenesDataset.
     Options: dataroot (folder of the dataset JSON, or the JSON itself), input_size, render_size, train_split /
     val_split (token files), require_adjacent, use_sem / sem_root, depth_root (files of
-    tools/export_gt_depth_ddad.py; unset: no depth_gt), ddad_mask_dir (unset: ``<root>/masks`` when present).
+    tools/data/export_gt_depth_ddad.py; unset: no depth_gt), ddad_mask_dir (unset: ``<root>/masks`` when present).
     Reuses the nuScenes item reader: only the metadata differs.
     """
 

@@ -14,7 +14,7 @@ def add_args(parser):
                    help="nuScenes table folder under dataroot: v1.0-trainval, v1.0-mini, v1.0-test or any custom "
                         "name such as v1.0-synthetic (nuscenes-devkit accepts any folder name)")
     g.add_argument("--train_split", type=str, metavar="PATH", default=None,
-                   help="text file of training sample tokens, one per line, '#' comments (tools/make_split.py "
+                   help="text file of training sample tokens, one per line, '#' comments (tools/data/make_split.py "
                         "writes them; a bare name is also looked up in datasets/splits/); unset: every sample")
     g.add_argument("--val_split", type=str, metavar="PATH", default=None,
                    help="text file of validation sample tokens, same format as --train_split; unset: every sample")
@@ -44,7 +44,7 @@ def add_args(parser):
                    help="png: <sem_root>/<token>/<CAM>.png, uint8 Occ3D ids, 255 ignore (this project); gsam_bin: "
                         "the release's Grounded-SAM files <sem_root>/<image path without .jpg>_mask.bin (their "
                         "sem_root: nuscenes_semantic), int8 ids mapped as theirs, sky -> ignore (see "
-                        "datasets/pseudo_labels.py; tools/convert_gsam_labels.py converts them to png)")
+                        "datasets/pseudo_labels.py; tools/data/convert_gsam_labels.py converts them to png)")
     g.add_argument("--sem_root", type=str, metavar="PATH", default="sem",
                    help="folder of the 2D semantic labels (relative paths are resolved against dataroot)")
     g.add_argument("--occ_root", type=str, metavar="PATH", default=None,
@@ -56,7 +56,7 @@ def add_args(parser):
                         "ones (road surface in layer 0, docs/occ3d_convention.md); -1.0 = Occ3D's documented range, "
                         "as the GaussianOcc authors read out")
     g.add_argument("--depth_root", type=str, metavar="PATH", default=None,
-                   help="LiDAR depth from tools/export_gt_depth_nusc.py, <depth_root>/<token>/<CAM>.npz (relative "
+                   help="LiDAR depth from tools/data/export_gt_depth_nusc.py, <depth_root>/<token>/<CAM>.npz (relative "
                         "to dataroot unless absolute); unset: no depth_gt")
     g.add_argument("--ddad_mask_dir", type=str, metavar="PATH", default=None,
                    help="DDAD only: folder of the per-camera self-occlusion masks (relative to dataroot unless "

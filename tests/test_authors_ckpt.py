@@ -1,4 +1,4 @@
-"""The authors' released weights, mapped by name (utils/authors_ckpt.py, tools/convert_authors_ckpt.py).
+"""The authors' released weights, mapped by name (utils/authors_ckpt.py, tools/data/convert_authors_ckpt.py).
 
 Their files cannot be downloaded here, so the modules below rebuild THEIR layout (module names, nesting, shapes
 and forward arithmetic as read in GANWANSHUI/GaussianOcc networks/resnet_encoder.py Encoder_res101,
@@ -15,7 +15,7 @@ from networks.gsv_model import GSVModel
 from networks.occ_net import OccNet
 from options import parse_args
 from test_authors_options import AUTHORS_TINY
-from tools.convert_authors_ckpt import convert
+from tools.data.convert_authors_ckpt import convert
 from utils.authors_ckpt import map_authors_state
 
 

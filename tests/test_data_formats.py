@@ -1,5 +1,5 @@
 """Data a user of the original release already has: Grounded-SAM ``*_mask.bin`` pseudo-labels (reader and PNG
-converter) and the train split rule behind their nuScenes lists (tools/make_split.py --train_min_motion)."""
+converter) and the train split rule behind their nuScenes lists (tools/data/make_split.py --train_min_motion)."""
 import os
 
 import numpy as np
@@ -50,7 +50,7 @@ def _write_gsam_sample(nusc_root, tmp_path, token):
 
 
 def test_dataset_reads_gsam_files_and_the_converter_gives_the_same_pngs(nusc_root, tmp_path):
-    from tools.convert_gsam_labels import convert
+    from tools.data.convert_gsam_labels import convert
     ds0 = NuScenesDataset(make_opt(nusc_root), "val")
     token = ds0.samples[3]["token"]
     _write_gsam_sample(nusc_root, tmp_path, token)
@@ -75,7 +75,7 @@ def test_dataset_reads_gsam_files_and_the_converter_gives_the_same_pngs(nusc_roo
 def test_train_min_motion_drops_static_samples(nusc_root, tmp_path, capsys):
     """scene-0916 made into a train scene; the kept samples against the ego poses read with nuscenes-devkit."""
     from nuscenes.nuscenes import NuScenes
-    from tools.make_split import drop_static, main
+    from tools.data.make_split import drop_static, main
     from datasets.nuscenes_dataset import load_tables, scene_samples
     nusc = NuScenes("v1.0-mini", str(nusc_root), verbose=False)
     tables = load_tables(str(nusc_root), "v1.0-mini")

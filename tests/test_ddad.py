@@ -8,7 +8,7 @@ from scipy.spatial import cKDTree
 
 import options
 from datasets.ddad_dataset import DDAD_CAMS, LIDAR, DDADDataset, load_scene, split_scene_files
-from tools.export_gt_depth_ddad import export_depth, lidar_to_camera, load_lidar
+from tools.data.export_gt_depth_ddad import export_depth, lidar_to_camera, load_lidar
 
 INPUT = ["96", "160"]
 RENDER = ["48", "80"]

@@ -11,7 +11,7 @@ import eval as eval_entry
 import train as train_entry
 from networks.gsp_model import GSPModel
 from networks.gsv_model import GSVModel
-from tools import export_gt_depth_ddad
+from tools.data import export_gt_depth_ddad
 
 
 def spy(monkeypatch, cls):

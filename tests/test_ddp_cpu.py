@@ -24,7 +24,7 @@ def _run(args, nproc, tmp_path, name):
 
 
 def test_two_cpu_processes_train_and_evaluate_like_one(synth_root, tmp_path):
-    from tools.export_gt_depth_nusc import export_depth
+    from tools.data.export_gt_depth_nusc import export_depth
     export_depth(str(synth_root), "v1.0-synthetic", str(tmp_path / "depth"))  # the set is shared: depth goes aside
     both = tmp_path / "both.txt"  # a sample needs a previous and a next frame: 1 per scene of 3 keyframes
     both.write_text((synth_root / "splits" / "train.txt").read_text() + (synth_root / "splits" / "val.txt").read_text())

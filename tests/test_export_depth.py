@@ -1,11 +1,11 @@
-"""tools/export_gt_depth_nusc.py on the real fixture, against nuscenes-devkit's map_pointcloud_to_image."""
+"""tools/data/export_gt_depth_nusc.py on the real fixture, against nuscenes-devkit's map_pointcloud_to_image."""
 import os
 import re
 
 import numpy as np
 import pytest
 
-from tools.export_gt_depth_nusc import export_depth, main, project_to_image
+from tools.data.export_gt_depth_nusc import export_depth, main, project_to_image
 
 
 @pytest.fixture(scope="module")

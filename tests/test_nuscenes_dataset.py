@@ -166,7 +166,7 @@ def test_split_file_and_collate(nusc_root, tokens, tmp_path):
 
 
 def test_optional_labels(nusc_root, tokens, occ3d_label, tmp_path):
-    from tools.export_gt_depth_nusc import export_depth
+    from tools.data.export_gt_depth_nusc import export_depth
     tok = tokens[4]
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 18, size=(900, 1600), dtype=np.uint8)
@@ -196,7 +196,7 @@ def test_optional_labels(nusc_root, tokens, occ3d_label, tmp_path):
 
 
 def test_make_split(nusc_root, tokens, tmp_path, capsys):
-    from tools.make_split import main
+    from tools.data.make_split import main
     main(["--dataroot", str(nusc_root), "--version", "v1.0-mini", "--out_dir", str(tmp_path)])
     assert "train: 0 samples" in capsys.readouterr().out  # scene-0916 is in the devkit's mini_val
     val = (tmp_path / "v1.0-mini_val.txt").read_text().split("\n")

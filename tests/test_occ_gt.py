@@ -1,4 +1,4 @@
-"""LiDAR-derived Occ3D labels (datasets/occ_gt, tools/make_occ_gt_nusc.py): against the exact labels of a generated
+"""LiDAR-derived Occ3D labels (datasets/occ_gt, tools/data/make_occ_gt_nusc.py): against the exact labels of a generated
 synthetic scene, on a hand-made scene with a moving car, and on the real scene-0916 fixture (format, loader,
 eval.py, errors)."""
 import json
@@ -15,8 +15,8 @@ from datasets.occ_gt.labels import GMIN, ground_points, keyframe_labels
 from datasets.occ_gt.scene import Box, Frame, Keyframe, Scene, interpolate_boxes, occ_class
 from datasets.synthetic import rig
 from datasets.nuscenes_dataset import pose_matrix
-from tools.make_occ_gt_nusc import INFO, main, make_labels
-from tools.occ_gt_check import compare
+from tools.data.make_occ_gt_nusc import INFO, main, make_labels
+from tools.diagnostics.occ_gt_check import compare
 from utils.constants import CAMS, FREE_ID, OCC3D_SHAPE, OCC3D_VOXEL
 
 CAR = 4

@@ -59,7 +59,7 @@ def test_full_precision_casts_lists_and_leaves_float64():
 def test_losses_know_the_scale_under_bf16():
     """Exact synthetic depth and pose: GSP and the temporal loss with the true translation are smallest at the
     true depth; the temporal loss with depth and translation scaled together cannot tell (flat)."""
-    from tools.gsp_landscape import landscape
+    from tools.diagnostics.gsp_landscape import landscape
     scales = (0.5, 0.8, 0.9, 1.0, 1.1, 1.25, 2.0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         res = landscape(scene=0, frame=1, size=(56, 88), scales=scales, masks=("rendered",), erode=2)

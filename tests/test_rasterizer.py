@@ -289,7 +289,7 @@ def test_backend_selection_and_args():
 
 
 def test_check_gsplat_tool_runs_on_cpu(tmp_path):
-    from tools.check_gsplat import main
+    from tools.diagnostics.check_gsplat import main
     out = tmp_path / "r.json"
     res = main(["--device", "cpu", "--n_voxel", "400", "--n_random", "100", "--n_feat", "3", "--sizes", "9x16",
                 "--repeats", "1", "--warmup", "0", "--out", str(out)])

@@ -126,7 +126,7 @@ def test_images_textured_and_moving(synth_root):
 def test_semantic_maps_match_labels(synth_root, nusc):
     """The first occupied voxel along a pixel's ray carries the pixel's 2D class in a large majority (the rest:
     0.4 m voxels around class borders; a voxel that a surface only clips is occupied, so rays graze voxels of
-    objects they pass: tools/synthetic_label_check.py measures 97 % agreement where the first voxel is at the
+    objects they pass: tools/diagnostics/synthetic_label_check.py measures 97 % agreement where the first voxel is at the
     surface)."""
     sample = nusc.get("sample", nusc.scene[0]["first_sample_token"])
     lab = _labels(synth_root, 0, 0)["semantics"]

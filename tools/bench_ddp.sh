@@ -17,11 +17,11 @@ mkdir -p "$RES"
 GPUS=$($PY -c "import torch; print(torch.cuda.device_count())")
 if [ "$GPUS" -lt "$NGPU" ]; then echo "bench_ddp.sh: NGPU=$NGPU but torch sees $GPUS GPU(s)" >&2; exit 1; fi
 if [ ! -f "$DATA/v1.0-synthetic/sample.json" ]; then
-    $PY tools/make_synthetic_nusc.py --out "$DATA" --num_scenes 6 --frames_per_scene 12 --img_size 270 480 \
+    $PY -m tools.data.make_synthetic_nusc --out "$DATA" --num_scenes 6 --frames_per_scene 12 --img_size 270 480 \
         --val_scenes 1 --workers "${WORKERS:-16}"
 fi
-[ -d "$DATA/depth_gt" ] || $PY tools/export_gt_depth_nusc.py --dataroot "$DATA" --version v1.0-synthetic --out depth_gt
-$PY tools/gsplat_build.py  # gsplat's kernels once, before any training process starts
+[ -d "$DATA/depth_gt" ] || $PY -m tools.data.export_gt_depth_nusc --dataroot "$DATA" --version v1.0-synthetic --out depth_gt
+$PY -m tools.gsplat_build  # gsplat's kernels once, before any training process starts
 ARGS="--config configs/synthetic-gsv.txt --dataroot $DATA --train_split $DATA/splits/train.txt \
     --val_split $DATA/splits/val.txt --pose gt --num_epochs $EPOCHS --max_minutes 0 --val_every -1 --log_every 5 \
     --image_every 0 --save_every 1000000 --resume false --log_dir $RES"

@@ -1,19 +1,17 @@
 """Set-up step on GPU machines: load (building once, under a file lock) gsplat's CUDA kernels, check them on a
 tiny render, and say which rasteriser ``--raster_backend auto`` will use.
 
-    python tools/gsplat_build.py        # called by tools/setup_env.sh when nvidia-smi exists
+    python -m tools.gsplat_build        # called by tools/setup_env.sh when nvidia-smi exists
 
 Exit status 0 when gsplat is ready or when there is no CUDA device (the pure-PyTorch rasteriser runs, as it
 should on a CPU); 1 when a CUDA device is there but gsplat cannot run on it (the message gives the fix).
 """
-import os
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils.raster_backend import FIX, build_lock_path, gsplat_status  # noqa: E402
+from utils.raster_backend import FIX, build_lock_path, gsplat_status
 
 
 def smoke_render(device):

@@ -18,7 +18,7 @@
 #   sh tools/run_benchmarks.sh fixture-stage1   # the same, stage 1 only
 #   sh tools/run_benchmarks.sh fixture-gsv # real scene-0916, stage 2, recorded poses, no labels: the default criterion
 #                                          # vs the collapsing one (alpha entropy) vs no entropy, untrained baseline,
-#                                          # and tools/gsv_diagnose.py on the first two (all at once on one GPU)
+#                                          # and tools/diagnostics/gsv_diagnose.py on the first two (all at once on one GPU)
 #   sh tools/run_benchmarks.sh landscape   # stage-1 losses vs a depth scale factor on exact synthetic depth (CPU)
 #
 # FIXTURE=<nuScenes fixture root> (default ../shared/fixtures/nuscenes-scene-0916); PY=<python> (default python3);
@@ -51,11 +51,11 @@ pipeline)
     # stage-2 variants: two GPUs (G0, G1), about 10 minutes. Stage 1 (S1_MIN) | fixture stage 2, then stage 2 on
     # stage-1 poses | recorded poses (with and without 2D labels) | the stage-1 refine phase (GSV_STEPS steps).
     SYNP=${SYNP:-data/synthetic-pipe}; G0=${G0:-0}; G1=${G1:-1}; S1_MIN=${S1_MIN:-4}; N=${GSV_STEPS:-800}
-    [ -f $SYNP/v1.0-synthetic/sample.json ] || $PY tools/make_synthetic_nusc.py --out $SYNP \
+    [ -f $SYNP/v1.0-synthetic/sample.json ] || $PY -m tools.data.make_synthetic_nusc --out $SYNP \
         --num_scenes "${SYN_SCENES:-8}" --frames_per_scene "${SYN_FRAMES:-12}" --img_size 270 480 --val_scenes 2 \
         --workers "${WORKERS:-28}" > logs/pipe-data.log 2>&1
     mkdir -p $SYNP/depth_gt  # training reads no depth; the held-out scenes' LiDAR depth is exported meanwhile
-    $PY tools/export_gt_depth_nusc.py --dataroot $SYNP --version v1.0-synthetic --out depth_gt \
+    $PY -m tools.data.export_gt_depth_nusc --dataroot $SYNP --version v1.0-synthetic --out depth_gt \
         --split $SYNP/splits/val.txt >> logs/pipe-data.log 2>&1 &
     SD="--dataroot $SYNP --train_split $SYNP/splits/train.txt --val_split $SYNP/splits/val.txt"
     FX="--config configs/fixture-gsv.txt --dataroot $FIXTURE --num_workers 3"
@@ -80,10 +80,10 @@ occupancy)
     # (occupancy, opacity AUC and read-out thresholds, fog statistics, depth); one table: logs/occ-summary.md.
     # OCC_VARIANTS: lines "name:options over configs/synthetic-gsv.txt" (or OCC_VARIANTS_FILE: a file of them).
     SYNP=${SYNP:-data/synthetic-pipe}
-    [ -f $SYNP/v1.0-synthetic/sample.json ] || $PY tools/make_synthetic_nusc.py --out $SYNP \
+    [ -f $SYNP/v1.0-synthetic/sample.json ] || $PY -m tools.data.make_synthetic_nusc --out $SYNP \
         --num_scenes "${SYN_SCENES:-8}" --frames_per_scene "${SYN_FRAMES:-12}" --img_size 270 480 --val_scenes 2 \
         --workers "${WORKERS:-14}" > logs/occ-data.log 2>&1
-    [ -d $SYNP/depth_gt ] || $PY tools/export_gt_depth_nusc.py --dataroot $SYNP --version v1.0-synthetic \
+    [ -d $SYNP/depth_gt ] || $PY -m tools.data.export_gt_depth_nusc --dataroot $SYNP --version v1.0-synthetic \
         --out depth_gt --split $SYNP/splits/val.txt >> logs/occ-data.log 2>&1
     SD="--dataroot $SYNP --train_split $SYNP/splits/train.txt --val_split $SYNP/splits/val.txt"
     [ -n "${OCC_VARIANTS_FILE:-}" ] && OCC_VARIANTS=$(grep -v '^#' "$OCC_VARIANTS_FILE")
@@ -110,20 +110,20 @@ stage1-heldout)
     T0=$(date +%s); BUDGET=${BUDGET_S:-530}; O=${SH_OUT:-logs/stage1-heldout}; S=${SH_DATA:-data/synthetic-heldout}
     mkdir -p "$O"
     OA=$(cd "$O" && pwd)  # absolute: the fixture's depth folder is named relative to nothing
-    $PY tools/gsplat_build.py > "$O/gsplat.log" 2>&1 &
+    $PY -m tools.gsplat_build > "$O/gsplat.log" 2>&1 &
     BUILD=$!
     FX=""
     for f in "$FIXTURE" shared/fixtures/nuscenes-scene-0916; do [ -f "$f/v1.0-mini/sample.json" ] && FX=$f && break; done
     if [ -n "$FX" ]; then  # LiDAR depth of the fixture into our own folder (the fixture may be read-only)
         mkdir -p "$O/fixture_depth"
-        $PY tools/export_gt_depth_nusc.py --dataroot "$FX" --version v1.0-mini --out "$OA/fixture_depth" \
+        $PY -m tools.data.export_gt_depth_nusc --dataroot "$FX" --version v1.0-mini --out "$OA/fixture_depth" \
             > "$O/fixture-depth.log" 2>&1 &
     fi
-    [ -f $S/v1.0-synthetic/sample.json ] || $PY tools/make_synthetic_nusc.py --out $S --num_scenes "${SH_SCENES:-14}" \
+    [ -f $S/v1.0-synthetic/sample.json ] || $PY -m tools.data.make_synthetic_nusc --out $S --num_scenes "${SH_SCENES:-14}" \
         --frames_per_scene "${SH_FRAMES:-7}" --img_size ${SH_SIZE:-224 400} --val_scenes "${SH_VAL:-4}" \
         --workers "${WORKERS:-15}" > "$O/data.log" 2>&1
     mkdir -p $S/depth_gt
-    $PY tools/export_gt_depth_nusc.py --dataroot $S --version v1.0-synthetic --out depth_gt --split $S/splits/val.txt \
+    $PY -m tools.data.export_gt_depth_nusc --dataroot $S --version v1.0-synthetic --out depth_gt --split $S/splits/val.txt \
         >> "$O/data.log" 2>&1 &
     wait $BUILD || true
     LEFT=$(( BUDGET - 110 - 50 - $(date +%s) + T0 ))  # 110 s for the evaluations, 2 x 25 s to start the runs
@@ -167,10 +167,10 @@ stage1-heldout)
     echo "[stage1-heldout] $(( $(date +%s) - T0 )) s; files: $O/summary.json $O/summary.md $O/logs.tar.gz"
     ;;
 data)
-    [ -f $SYN/v1.0-synthetic/sample.json ] || $PY tools/make_synthetic_nusc.py --out $SYN --num_scenes "${SYN_SCENES:-18}" \
+    [ -f $SYN/v1.0-synthetic/sample.json ] || $PY -m tools.data.make_synthetic_nusc --out $SYN --num_scenes "${SYN_SCENES:-18}" \
         --frames_per_scene "${SYN_FRAMES:-30}" --img_size 270 480 --val_scenes 2 --workers "${WORKERS:-12}"
-    [ -d $SYN/depth_gt ] || $PY tools/export_gt_depth_nusc.py --dataroot $SYN --version v1.0-synthetic --out depth_gt
-    $PY tools/occ_baselines.py --dataroot $SYN --split $SYN/splits/val.txt --out logs/synthetic_baselines.json
+    [ -d $SYN/depth_gt ] || $PY -m tools.data.export_gt_depth_nusc --dataroot $SYN --version v1.0-synthetic --out depth_gt
+    $PY -m tools.diagnostics.occ_baselines --dataroot $SYN --split $SYN/splits/val.txt --out logs/synthetic_baselines.json
     ;;
 bench)
     $PY tools/bench_render.py --out_dir logs/bench
@@ -209,7 +209,7 @@ synthetic)
     wait
     ;;
 fixture|fixture-stage1)
-    [ -d "$FIXTURE/depth_gt" ] || $PY tools/export_gt_depth_nusc.py --dataroot "$FIXTURE" --version v1.0-mini \
+    [ -d "$FIXTURE/depth_gt" ] || $PY -m tools.data.export_gt_depth_nusc --dataroot "$FIXTURE" --version v1.0-mini \
         --out depth_gt
     [ "$1" = fixture-stage1 ] ||
         train_eval fixture-gsv-gtpose --config configs/fixture-gsv.txt --dataroot "$FIXTURE" --max_minutes "$GSV_MIN" &
@@ -219,7 +219,7 @@ fixture|fixture-stage1)
     wait
     ;;
 fixture-gsv)
-    [ -d "$FIXTURE/depth_gt" ] || $PY tools/export_gt_depth_nusc.py --dataroot "$FIXTURE" --version v1.0-mini \
+    [ -d "$FIXTURE/depth_gt" ] || $PY -m tools.data.export_gt_depth_nusc --dataroot "$FIXTURE" --version v1.0-mini \
         --out depth_gt
     C="--config configs/fixture-gsv.txt --dataroot $FIXTURE --num_workers ${WORKERS:-3}"
     OLD="--opacity softmax --entropy_on alpha --w_tv 0"  # the criterion that collapsed (issue 11)
@@ -230,14 +230,14 @@ fixture-gsv)
     $PY eval.py $C --ckpt logs/fixture-gsv-untrained/ckpt/last.pt --out_dir logs/fixture-gsv-untrained/eval \
         >> logs/fixture-gsv-untrained.log 2>&1
     for v in "default:" "alpha-entropy:$OLD"; do
-        $PY tools/gsv_diagnose.py $C ${v#*:} --steps "${DIAG_STEPS:-150}" --out "logs/diag-${v%%:*}" \
+        $PY -m tools.diagnostics.gsv_diagnose $C ${v#*:} --steps "${DIAG_STEPS:-150}" --out "logs/diag-${v%%:*}" \
             > "logs/diag-${v%%:*}.log" 2>&1 &
     done
     wait
     ;;
 landscape)
-    $PY tools/gsp_landscape.py --out_dir logs/landscape
-    $PY tools/gsp_landscape.py --out_dir logs/landscape-bf16 --amp bf16
+    $PY -m tools.diagnostics.gsp_landscape --out_dir logs/landscape
+    $PY -m tools.diagnostics.gsp_landscape --out_dir logs/landscape-bf16 --amp bf16
     ;;
 *)
     echo "usage: sh tools/run_benchmarks.sh pipeline|stage1-heldout|data|bench|step|ddp|cpu-default|synthetic|fixture|fixture-stage1|fixture-gsv|landscape" >&2

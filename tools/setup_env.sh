@@ -35,5 +35,5 @@ if command -v nvidia-smi >/dev/null 2>&1 && [ "${GSOCC_SKIP_GSPLAT:-0}" != 1 ]; 
     fi
     # Builds the kernels once (about 90 s the first time) and prints the rasteriser; a failure is reported with
     # its fix here, and training with --raster_backend auto stops with the same message.
-    "$PY" tools/gsplat_build.py || true
+    "$PY" -m tools.gsplat_build || true
 fi

@@ -9,8 +9,8 @@ For each frame of the chosen scenes it writes ``<out_dir>/<scene>/<index>_<kind>
   frame     all of the above in one picture, each 3D view beside its top (BEV) view (what
             gen_scene_video.py strings together)
 
-    python tools/visualize.py --ckpt logs/run/ckpt/last.pt --dataroot data/nuscenes --scenes scene-0916
-    python tools/visualize.py --gt_only --dataroot data/synthetic --version v1.0-synthetic --occ_root gts
+    python -m tools.visualize --ckpt logs/run/ckpt/last.pt --dataroot data/nuscenes --scenes scene-0916
+    python -m tools.visualize --gt_only --dataroot data/synthetic --version v1.0-synthetic --occ_root gts
 
 Options of this tool are listed below; every option of train.py (data paths, sizes...) is accepted as well.
 With a checkpoint, the model options come from the checkpoint (which keeps no paths: give the data options here, e.g.
@@ -18,16 +18,14 @@ With a checkpoint, the model options come from the checkpoint (which keeps no pa
 """
 import argparse
 import os
-import sys
 
 import cv2
 import imageio.v2 as imageio
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from datasets import build_dataset, collate  # noqa: E402
-from utils.constants import FREE_ID  # noqa: E402
-from utils.vis import (bev_image, compose, depth_mosaic, image_to_uint8, mosaic, put_label,  # noqa: E402
+from datasets import build_dataset, collate
+from utils.constants import FREE_ID
+from utils.vis import (bev_image, compose, depth_mosaic, image_to_uint8, mosaic, put_label,
                        render_voxels, semantic_mosaic)
 
 

@@ -4,7 +4,7 @@ Under bf16 autocast a 4x4 matmul keeps 8 mantissa bits. Measured on a synthetic 
 y = 187 m): the relative ego motion inv(E_prev) E_cur of two recorded global poses, truly 1.64 m forward, came out
 as (0.93, 0.76, 0) m, so stage 2 trained with ``--pose gt`` saw the wrong motion; and on exact depth and pose the
 temporal loss was 0.019 instead of 0.010 and the GSP loss 0.066 instead of 0.040 (pixel coordinates off by up to a
-pixel, SSIM variances E[x^2] - E[x]^2 lost to cancellation). ``tools/gsp_landscape.py --amp bf16`` and
+pixel, SSIM variances E[x^2] - E[x]^2 lost to cancellation). ``tools/diagnostics/gsp_landscape.py --amp bf16`` and
 ``tests/test_precision.py`` check it. Only the networks should run in low precision.
 """
 import functools

@@ -18,7 +18,7 @@ import time
 
 from utils.errors import UserError
 
-GSPLAT_VERSION = "1.5.3"  # the version this project checked against its reference (tools/check_gsplat.py)
+GSPLAT_VERSION = "1.5.3"  # the version this project checked against its reference (tools/diagnostics/check_gsplat.py)
 FIX = (f"run `sh tools/setup_env.sh` (installs gsplat=={GSPLAT_VERSION} on a GPU machine and builds its kernels; "
        f"needs the CUDA toolkit's nvcc), or `pip install gsplat=={GSPLAT_VERSION}`; or pass --raster_backend torch "
        "to use the pure-PyTorch rasteriser (3-10x slower)")

@@ -18,7 +18,7 @@ from datasets.synthetic.scene import SAMPLE_DT, make_scene
 
 README = """Synthetic nuScenes-format set with Occ3D labels (GaussianOcc project, datasets/synthetic/).
 
-Made by: tools/make_synthetic_nusc.py --seed {seed} --num_scenes {num_scenes} --frames_per_scene {frames}
+Made by: tools/data/make_synthetic_nusc.py --seed {seed} --num_scenes {num_scenes} --frames_per_scene {frames}
   --img_size {h} {w} --val_scenes {val} --sweeps_per_keyframe {sweeps}
 Load:    NuScenes('{version}', '<this folder>')   (any table folder name is accepted by nuscenes-devkit)
 

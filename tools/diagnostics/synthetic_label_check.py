@@ -10,19 +10,16 @@ For samples of synthetic scenes (re-rendered from the seed, so no dataset on dis
     holds beyond them;
   * the free share of mask_camera and of mask_lidar.
 
-    python tools/synthetic_label_check.py --seed 0 --scenes 0 1 --frames_per_scene 10 --samples 2 6 --json out.json
+    python -m tools.diagnostics.synthetic_label_check --seed 0 --scenes 0 1 --frames_per_scene 10 --samples 2 6 --json out.json
 """
 import argparse
 import json
-import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from datasets.synthetic import frame, rig, visibility  # noqa: E402
-from datasets.synthetic.scene import make_scene  # noqa: E402
-from utils.constants import CAMS, FREE_ID, OCC3D_LABEL_RANGE, OCC3D_SHAPE, OCC3D_VOXEL  # noqa: E402
+from datasets.synthetic import frame, rig, visibility
+from datasets.synthetic.scene import make_scene
+from utils.constants import CAMS, FREE_ID, OCC3D_LABEL_RANGE, OCC3D_SHAPE, OCC3D_VOXEL
 
 LO = np.array(OCC3D_LABEL_RANGE[:3])
 

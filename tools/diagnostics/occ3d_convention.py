@@ -2,9 +2,9 @@
 much of each visibility mask is free space, and where the ground lies in the nuScenes ego frame according to its
 LiDAR (docs/occ3d_convention.md).
 
-    python tools/occ3d_convention.py --labels ../shared/fixtures/occ3d-sample/*/labels.npz \
+    python -m tools.diagnostics.occ3d_convention --labels ../shared/fixtures/occ3d-sample/*/labels.npz \
         --nuscenes_root ../shared/fixtures/nuscenes-scene-0916 --version v1.0-mini
-    python tools/occ3d_convention.py --labels data/synthetic/gts/*/*/labels.npz --json stats.json
+    python -m tools.diagnostics.occ3d_convention --labels data/synthetic/gts/*/*/labels.npz --json stats.json
 
 Labels (summed over the files): voxels per layer of driveable_surface, sidewalk and car; the share of free voxels
 in mask_camera and in mask_lidar; whether mask_camera lies inside mask_lidar; the share of observed (mask_lidar)
@@ -15,13 +15,11 @@ keyframe points 4-15 m from the sensor, with the 10th / 50th percentiles.
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from datasets.nuscenes_dataset import get, load_npz, load_tables, pose_matrix  # noqa: E402
-from utils.constants import FREE_ID, OCC3D_SHAPE, OCC3D_VOXEL, OCC_CLASSES  # noqa: E402
+from datasets.nuscenes_dataset import get, load_npz, load_tables, pose_matrix
+from utils.constants import FREE_ID, OCC3D_SHAPE, OCC3D_VOXEL, OCC_CLASSES
 
 CLASSES = ("driveable_surface", "sidewalk", "car")
 

@@ -12,25 +12,22 @@ on its training streets and on held-out ones, at each stride of ``--eval_strides
                 hold on a new street?
   --mode joint  both train, as stage 1 does.
 
-  python tools/stage1_oracle.py --mode pose --train 0 1 2 3 4 5 --heldout 6 7 8 9 --strides 1 --steps 400
+  python -m tools.diagnostics.stage1_oracle --mode pose --train 0 1 2 3 4 5 --heldout 6 7 8 9 --strides 1 --steps 400
 Writes <out>.json and prints a table per street: translation scale (|t_pred| / |t_true|, median over pairs),
 mean |t_pred| and |t_true|, rotation error, depth scale (median of pred / exact depth) and AbsRel.
 """
 import argparse
 import json
-import os
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets.synthetic.oracle import ego_motion, scene_clip  # noqa: E402
-from networks.depth_net import NUM_SCALES  # noqa: E402
-from networks import build_model  # noqa: E402
-from options import build_parser  # noqa: E402
+from datasets.synthetic.oracle import ego_motion, scene_clip
+from networks.depth_net import NUM_SCALES
+from networks import build_model
+from options import build_parser
 
 SWEEP_DT = 1 / 12
 

@@ -6,19 +6,17 @@ ego (camera time) -> camera, like nuscenes-devkit's ``map_pointcloud_to_image``;
 nearest to its projection (pixel centres at integer coordinates), and the nearest point wins a shared pixel.
 Samples whose 6 files exist already are skipped, so an interrupted run can simply be started again.
 
-    python tools/export_gt_depth_nusc.py --dataroot data/nuscenes --version v1.0-trainval --out depth_gt   # -> data/nuscenes/depth_gt
+    python -m tools.data.export_gt_depth_nusc --dataroot data/nuscenes --version v1.0-trainval --out depth_gt   # -> data/nuscenes/depth_gt
 """
 import argparse
 import os
-import sys
 
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from datasets.nuscenes_dataset import (get, image_hw, load_tables, read_lidar, read_split,  # noqa: E402
+from datasets.nuscenes_dataset import (get, image_hw, load_tables, read_lidar, read_split,
                                        resolve, sample_sensor_data, scene_samples, sensor_pose)
-from utils.constants import CAMS  # noqa: E402
+from utils.constants import CAMS
 
 MIN_DEPTH = 0.1
 

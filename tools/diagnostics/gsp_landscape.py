@@ -9,25 +9,22 @@ true translation as well), each stage-1 loss:
 A correct GSP term has its minimum at s = 1 and a clear valley around it; this is the check that the
 cross-view term can give the scale before spending GPU time on training.
 
-  python tools/gsp_landscape.py --out_dir logs/landscape [--size 112 176] [--scene 0] [--frame 1]
+  python -m tools.diagnostics.gsp_landscape --out_dir logs/landscape [--size 112 176] [--scene 0] [--frame 1]
 Writes landscape.json and landscape.png.
 """
 import argparse
 import json
-import os
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets.synthetic.oracle import ego_motion, render_rgbd, rig_tensors  # noqa: E402
-from datasets.synthetic.scene import make_scene  # noqa: E402
-from utils.geometry import ego_motion_to_cam, warp  # noqa: E402
-from utils.gsp import cross_view_loss  # noqa: E402
-from utils.losses import reprojection_loss  # noqa: E402
-from utils.rasterizer import rasterize  # noqa: E402
+from datasets.synthetic.oracle import ego_motion, render_rgbd, rig_tensors
+from datasets.synthetic.scene import make_scene
+from utils.geometry import ego_motion_to_cam, warp
+from utils.gsp import cross_view_loss
+from utils.losses import reprojection_loss
+from utils.rasterizer import rasterize
 
 SCALES = (0.25, 0.4, 0.55, 0.7, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.25, 1.4, 1.7, 2.0, 3.0, 4.0)
 

@@ -1,7 +1,7 @@
 """Check the pure PyTorch rasteriser against gsplat (values, gradients, speed) on nuScenes-like scenes.
 
-    python tools/check_gsplat.py --out check_gsplat.json          # on a CUDA machine with gsplat==1.5.3
-    python tools/check_gsplat.py --device cpu --n_voxel 20000    # CPU: torch backend only (timings)
+    python -m tools.diagnostics.check_gsplat --out check_gsplat.json          # on a CUDA machine with gsplat==1.5.3
+    python -m tools.diagnostics.check_gsplat --device cpu --n_voxel 20000    # CPU: torch backend only (timings)
 
 Scenes: "voxel" (Gaussians on a jittered subset of a 0.8 m grid over the Occ3D range, isotropic scale
 0.1-0.2 m, identity rotation, like stage 2) and "random" (uniform positions, random rotations, anisotropic
@@ -14,15 +14,12 @@ forward+backward) after warm-up.
 import argparse
 import json
 import math
-import os
 import statistics
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from utils.rasterizer import gsplat_available, rasterize  # noqa: E402
+from utils.rasterizer import gsplat_available, rasterize
 
 YAWS_DEG = (0.0, -55.0, -110.0, 180.0, 110.0, 55.0)  # utils.constants.CAMS ring order
 

@@ -1,6 +1,6 @@
 """Write the synthetic nuScenes-format set with Occ3D labels (the project's built-in dataset).
 
-Example: python tools/make_synthetic_nusc.py --out data/synthetic --num_scenes 2 --frames_per_scene 12 \
+Example: python -m tools.data.make_synthetic_nusc --out data/synthetic --num_scenes 2 --frames_per_scene 12 \
              --img_size 180 320 --seed 0 --val_scenes 1 --workers 2
 Then: NuScenes('v1.0-synthetic', 'data/synthetic'); see <out>/README.txt for the layout. Like nuScenes, samples
 (keyframes, with LiDAR and Occ3D labels) are 0.5 s apart and the cameras run at 12 Hz in between (5 sweeps per
@@ -8,13 +8,10 @@ keyframe; --sweeps_per_keyframe 0 writes keyframes only and renders 6x fewer ima
 """
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # one thread per worker process
     os.environ.setdefault(_var, "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.synthetic.generate import generate  # noqa: E402
 from datasets.synthetic.preview import save_preview  # noqa: E402

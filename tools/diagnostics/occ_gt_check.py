@@ -1,4 +1,4 @@
-"""Agreement of derived Occ3D labels (tools/make_occ_gt_nusc.py) with reference labels of the same samples: the
+"""Agreement of derived Occ3D labels (tools/data/make_occ_gt_nusc.py) with reference labels of the same samples: the
 exact labels of a synthetic set, or released Occ3D labels.
 
 Per sample, summed over samples (one confusion matrix, as eval.py): geometric IoU, precision and recall of the
@@ -8,10 +8,10 @@ mask_lidar; the ground / non-ground split (derived driveable_surface vs manmade 
 classes 11-14 vs 15-16) on voxels occupied in both. Writes <out>.json and <out>.md with the command, machine,
 commit and date.
 
-    python tools/make_synthetic_nusc.py --out /tmp/syn --num_scenes 2 --frames_per_scene 10 --img_size 180 320 \\
+    python -m tools.data.make_synthetic_nusc --out /tmp/syn --num_scenes 2 --frames_per_scene 10 --img_size 180 320 \\
         --sweeps_per_keyframe 0
-    python tools/make_occ_gt_nusc.py --dataroot /tmp/syn --version v1.0-synthetic --out /tmp/syn/gts_lidar
-    python tools/occ_gt_check.py --derived /tmp/syn/gts_lidar --reference /tmp/syn/gts --out docs/results/occ_gt_check
+    python -m tools.data.make_occ_gt_nusc --dataroot /tmp/syn --version v1.0-synthetic --out /tmp/syn/gts_lidar
+    python -m tools.diagnostics.occ_gt_check --derived /tmp/syn/gts_lidar --reference /tmp/syn/gts --out docs/results/occ_gt_check
 """
 import argparse
 import datetime
@@ -24,11 +24,11 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from datasets.nuscenes_dataset import load_npz  # noqa: E402
-from datasets.occ_gt.scene import CATEGORY_CLASS  # noqa: E402
-from utils.constants import FREE_ID, OCC_CLASSES  # noqa: E402
-from utils.occ_metrics import OccEvaluator  # noqa: E402
+from datasets.nuscenes_dataset import load_npz
+from datasets.occ_gt.scene import CATEGORY_CLASS
+from tools import REPO
+from utils.constants import FREE_ID, OCC_CLASSES
+from utils.occ_metrics import OccEvaluator
 
 KEYS = ("semantics", "mask_camera", "mask_lidar")
 BOX_CLASSES = sorted({c for _, c in CATEGORY_CLASS})
@@ -85,11 +85,10 @@ def compare(pairs):
 
 
 def _provenance(argv):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    git = lambda *a: subprocess.run(["git", "-C", root, *a], capture_output=True, text=True).stdout.strip()  # noqa
+    git = lambda *a: subprocess.run(["git", "-C", REPO, *a], capture_output=True, text=True).stdout.strip()  # noqa
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor()) if os.path.isfile("/proc/cpuinfo") else platform.processor()
-    return dict(command="python tools/occ_gt_check.py " + " ".join(argv), commit=git("rev-parse", "HEAD"),
+    return dict(command="python -m tools.diagnostics.occ_gt_check " + " ".join(argv), commit=git("rev-parse", "HEAD"),
                 uncommitted_changes=bool(git("status", "--porcelain", "--untracked-files=no")),
                 date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 machine=f"{platform.node()}: {cpu}, {os.cpu_count()} CPUs, {platform.platform()}")
@@ -106,7 +105,7 @@ def markdown(r):
         lines.append(f"- reference labels: the synthetic set of `{r['reference_made_by']}`")
     if r.get("derived_info"):
         i = r["derived_info"]
-        lines.append(f"- derived labels: `{i.get('command', 'tools/make_occ_gt_nusc.py')}` (ground fill "
+        lines.append(f"- derived labels: `{i.get('command', 'tools/data/make_occ_gt_nusc.py')}` (ground fill "
                      f"{i['ground_fill_m']} m, heights aligned: {i.get('align_heights')}, {i['seconds']} s)")
     lines += ["", "| inside the reference mask_camera | % |", "| --- | ---: |",
               f"| geometric IoU | {pct(r['geo_iou_in_mask_camera'])} |",

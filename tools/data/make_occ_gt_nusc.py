@@ -6,7 +6,7 @@ keyframe, and ``<out>/occ_gt_info.json`` (the classes the labels can give, the s
 density statistics), which eval.py reads to say which classes are meaningful. Relative --out paths are resolved
 against --dataroot, like --occ_root.
 
-    python tools/make_occ_gt_nusc.py --dataroot ../shared/fixtures/nuscenes-scene-0916 --version v1.0-mini \\
+    python -m tools.data.make_occ_gt_nusc --dataroot ../shared/fixtures/nuscenes-scene-0916 --version v1.0-mini \\
         --out $PWD/data/occ_gt_scene-0916
     python eval.py --config configs/fixture-gsv.txt --ckpt CKPT --occ_root $PWD/data/occ_gt_scene-0916 \\
         --eval_occ true --eval_rayiou true
@@ -20,7 +20,6 @@ import time
 
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # one thread per worker process
     os.environ.setdefault(_var, "1")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -155,7 +154,7 @@ def main(argv=None):
     out = resolve(a.dataroot, a.out)
     try:
         info = make_labels(a.dataroot, a.version, out, a.scenes, a.keyframes, a.sweeps, a.ground_fill, a.window,
-                           a.align_heights, a.workers, command="python tools/make_occ_gt_nusc.py " + " ".join(
+                           a.align_heights, a.workers, command="python -m tools.data.make_occ_gt_nusc " + " ".join(
                                sys.argv[1:] if argv is None else argv))
     except UserError as e:
         sys.exit(f"error: {message(e)}")

@@ -1,22 +1,20 @@
 """A picture of Occ3D labels next to the camera images: per chosen sample, the 6 cameras, the top view of every
 labelled voxel and the top view inside mask_camera (utils.vis: mosaic, bev_image, compose).
 
-    python tools/occ_gt_figure.py --dataroot ../shared/fixtures/nuscenes-scene-0916 --version v1.0-mini \\
+    python -m tools.diagnostics.occ_gt_figure --dataroot ../shared/fixtures/nuscenes-scene-0916 --version v1.0-mini \\
         --occ_root $PWD/data/occ_gt_scene-0916 --samples 0 20 40 --out docs/img/occ_gt_scene-0916.jpg
 """
 import argparse
 import os
-import sys
 
 import cv2
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from datasets import build_dataset  # noqa: E402
-from options import parse_args  # noqa: E402
-from utils.constants import FREE_ID  # noqa: E402
-from utils.vis import bev_image, compose, image_to_uint8, mosaic, put_label  # noqa: E402
+from datasets import build_dataset
+from options import parse_args
+from utils.constants import FREE_ID
+from utils.vis import bev_image, compose, image_to_uint8, mosaic, put_label
 
 
 def figure(dataset, indices, bev_px=240):

@@ -12,18 +12,17 @@ The authors' lists (their datasets/nusc/{train,val}.txt, taken unchanged from Su
 0.1 m" (SurroundDepth's authors). ``--train_min_motion 0.1`` applies that rule as described; that it gives their
 20096 samples has not been checked (needs the v1.0-trainval tables):
 
-    python tools/make_split.py --dataroot data/nuscenes --version v1.0-trainval
-    python tools/make_split.py --dataroot data/nuscenes --version v1.0-trainval --name gaussianocc --train_min_motion 0.1
-    python tools/make_split.py --dataroot data/synthetic --version v1.0-synthetic --val_fraction 0.2
+    python -m tools.data.make_split --dataroot data/nuscenes --version v1.0-trainval
+    python -m tools.data.make_split --dataroot data/nuscenes --version v1.0-trainval --name gaussianocc --train_min_motion 0.1
+    python -m tools.data.make_split --dataroot data/synthetic --version v1.0-synthetic --val_fraction 0.2
 """
 import argparse
 import json
 import math
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from datasets.nuscenes_dataset import get, load_tables, sample_sensor_data, scene_samples  # noqa: E402
+from datasets.nuscenes_dataset import get, load_tables, sample_sensor_data, scene_samples
+from tools import REPO
 
 OFFICIAL = {"v1.0-trainval": ("train", "val"), "v1.0-mini": ("mini_train", "mini_val")}
 
@@ -118,8 +117,7 @@ def main(argv=None):
     p.add_argument("--train_min_motion", type=float, default=None,
                    help="drop training samples whose CAM_FRONT moved less than this (m) to its previous or next "
                         "image (SurroundDepth's rule behind the authors' train list: 0.1)")
-    p.add_argument("--out_dir", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                     "datasets", "splits"), help="where the split files go")
+    p.add_argument("--out_dir", default=os.path.join(REPO, "datasets", "splits"), help="where the split files go")
     p.add_argument("--name", default=None, help="file prefix: <out_dir>/<name>_train.txt (default: the version)")
     args = p.parse_args(argv)
 
@@ -138,7 +136,7 @@ def main(argv=None):
         train, how = kept, how + f", train_min_motion {args.train_min_motion}"
     for split, tokens in (("train", train), ("val", val)):
         path = os.path.join(args.out_dir, f"{args.name or args.version}_{split}.txt")
-        write_tokens(path, tokens, f"{split} samples of {args.version} ({how}), tools/make_split.py")
+        write_tokens(path, tokens, f"{split} samples of {args.version} ({how}), tools/data/make_split.py")
         print(f"{split}: {len(tokens)} samples -> {path}")
     if left:
         print(f"left out: {left} samples of scenes in neither list")

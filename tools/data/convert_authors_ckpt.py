@@ -1,10 +1,10 @@
 """Convert one of the authors' released checkpoint folders into a checkpoint of this project.
 
-    python tools/convert_authors_ckpt.py --src ckpts/nusc-sem-gs --config configs/nusc-gsv.txt \
+    python -m tools.data.convert_authors_ckpt --src ckpts/nusc-sem-gs --config configs/nusc-gsv.txt \
         --out ckpts/nusc-sem-gs.pt
     python eval.py --config configs/nusc-gsv.txt --ckpt ckpts/nusc-sem-gs.pt
 
-    python tools/convert_authors_ckpt.py --src ckpts/stage1_pose_nusc --config configs/nusc-gsp.txt \
+    python -m tools.data.convert_authors_ckpt --src ckpts/stage1_pose_nusc --config configs/nusc-gsp.txt \
         --gsp_pose_layers 34 --out ckpts/stage1_pose_nusc.pt --allow_partial
 
 The model is built from ``--config`` (+ any further options) with random initialisation, their tensors are
@@ -16,13 +16,11 @@ their random initialisation: the report says which). The output holds the resolv
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from networks import build_model  # noqa: E402
-from options import parse_args  # noqa: E402
-from utils.authors_ckpt import map_authors_state, read_authors_folder  # noqa: E402
-from utils.checkpoint import save_checkpoint  # noqa: E402
+from networks import build_model
+from options import parse_args
+from utils.authors_ckpt import map_authors_state, read_authors_folder
+from utils.checkpoint import save_checkpoint
 
 
 def build_parser():

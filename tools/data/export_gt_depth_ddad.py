@@ -1,27 +1,25 @@
 """Project each DDAD sample's LiDAR sweep into its 6 cameras and save the sparse depth per camera.
 
-Same files as ``tools/export_gt_depth_nusc.py``: ``<out>/<token>/<CAM>.npz`` with ``uv`` (N, 2) int32 pixel
+Same files as ``tools/data/export_gt_depth_nusc.py``: ``<out>/<token>/<CAM>.npz`` with ``uv`` (N, 2) int32 pixel
 column/row, ``depth`` (N,) float32 camera z (0.1-200 m by default) and ``hw`` (2,) image height/width; tokens
 are ``<scene>_<index>`` and ``<CAM>`` the ring-position name (CAM_FRONT = CAMERA_01, see
 ``datasets.ddad_dataset.RING_NAME``). Points go LIDAR (its timestamp) -> world -> camera (its own timestamp)
 through the per-datum poses. Samples whose 6 files exist already are skipped.
 
-    python tools/export_gt_depth_ddad.py --dataroot data/ddad_train_val --out depth_gt
+    python -m tools.data.export_gt_depth_ddad --dataroot data/ddad_train_val --out depth_gt
 """
 import argparse
 import os
-import sys
 import warnings
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from datasets.ddad_dataset import (DDAD_CAMS, LIDAR, RING_NAME, SPLIT_IDS, find_dataset_json,  # noqa: E402
+from datasets.ddad_dataset import (DDAD_CAMS, LIDAR, RING_NAME, SPLIT_IDS, find_dataset_json,
                                    load_scene, sample_token, split_scene_files)
-from datasets.nuscenes_dataset import resolve  # noqa: E402
-from tools.export_gt_depth_nusc import project_to_image  # noqa: E402
+from datasets.nuscenes_dataset import resolve
+from tools.data.export_gt_depth_nusc import project_to_image
 
 
 def load_lidar(path):

@@ -5,19 +5,17 @@ image; their folder is ``nuscenes_semantic``) for the 6 keyframe cameras of ever
 the ids to Occ3D classes as the release does (sky -> 255 ignore here: datasets/pseudo_labels.py says why) and
 writes ``<dataroot>/<out>/<sample_token>/<CAM>.png`` (uint8, original size), the files ``--sem_format png`` reads.
 
-    python tools/convert_gsam_labels.py --dataroot data/nuscenes --src nuscenes_semantic --out sem
+    python -m tools.data.convert_gsam_labels --dataroot data/nuscenes --src nuscenes_semantic --out sem
 """
 import argparse
 import os
-import sys
 
 from PIL import Image
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from datasets.nuscenes_dataset import image_hw, load_tables, read_split, resolve, sample_sensor_data  # noqa: E402
-from datasets.pseudo_labels import gsam_path, read_gsam_bin  # noqa: E402
-from utils.constants import CAMS  # noqa: E402
+from datasets.nuscenes_dataset import image_hw, load_tables, read_split, resolve, sample_sensor_data
+from datasets.pseudo_labels import gsam_path, read_gsam_bin
+from utils.constants import CAMS
 
 
 def convert(dataroot, version, src, out, split=None, overwrite=False):

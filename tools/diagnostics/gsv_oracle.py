@@ -7,7 +7,7 @@ label voxels is), so opacities are scored against the labels voxel for voxel, in
 AUC (probability that an occupied voxel is more opaque than a free one), geometric IoU at opacity 0.5 and at
 the best threshold (an upper bound), and the median opacity of occupied / free voxels.
 
-    python tools/gsv_oracle.py --variants "depth:--sup depth --w_entropy 0" "photo:--sup photo --w_entropy 0"
+    python -m tools.diagnostics.gsv_oracle --variants "depth:--sup depth --w_entropy 0" "photo:--sup photo --w_entropy 0"
 
 Each variant is a label and options (below) over the defaults; results go to --out (JSON lines) and a table.
 """
@@ -15,21 +15,19 @@ import argparse
 import json
 import os
 import shlex
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets.synthetic.frame import occ3d_labels  # noqa: E402
-from datasets.synthetic.oracle import ego_motion, render_rgbd, rig_tensors  # noqa: E402
-from datasets.synthetic.scene import SAMPLE_DT, make_scene  # noqa: E402
-from utils.constants import FREE_ID, OCC3D_LABEL_RANGE, OCC3D_VOXEL  # noqa: E402
-from utils.geometry import ego_motion_to_cam, inverse_rigid, warp  # noqa: E402
-from utils.losses import reprojection_loss, smoothness_loss  # noqa: E402
-from utils.rasterizer import rasterize  # noqa: E402
+from datasets.synthetic.frame import occ3d_labels
+from datasets.synthetic.oracle import ego_motion, render_rgbd, rig_tensors
+from datasets.synthetic.scene import SAMPLE_DT, make_scene
+from utils.constants import FREE_ID, OCC3D_LABEL_RANGE, OCC3D_VOXEL
+from utils.geometry import ego_motion_to_cam, inverse_rigid, warp
+from utils.losses import reprojection_loss, smoothness_loss
+from utils.rasterizer import rasterize
 
 
 def variant_args(argv):

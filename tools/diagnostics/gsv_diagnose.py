@@ -3,7 +3,7 @@ does to the occupancy: the gradient norm each term sends to the free logits (all
 ``--near`` metres of the ego origin), the share of pixels with a valid warp, the auto-mask, and the rendered-depth
 histogram. Run it once per variant (``--w_entropy 0``, ``--entropy_on alpha``, ...) and compare.
 
-  python tools/gsv_diagnose.py --config configs/fixture-gsv.txt --steps 60 --out logs/diag/default \\
+  python -m tools.diagnostics.gsv_diagnose --config configs/fixture-gsv.txt --steps 60 --out logs/diag/default \\
       [any train.py option, e.g. --input_size 96 160 --render_size 48 80 --grid_size 100 100 16]
 
 Writes <out>/diagnose.jsonl (one row per step) and prints a table every ``--print_every`` steps.
@@ -11,20 +11,18 @@ Writes <out>/diagnose.jsonl (one row per step) and prints a table every ``--prin
 import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets import build_dataset, collate  # noqa: E402
-from networks import build_model  # noqa: E402
-from options import parse_args  # noqa: E402
-from rebuild import load_stage1  # noqa: E402
-from trainer import param_groups  # noqa: E402
-from utils.batch import to_device  # noqa: E402
+from datasets import build_dataset, collate
+from networks import build_model
+from options import parse_args
+from rebuild import load_stage1
+from trainer import param_groups
+from utils.batch import to_device
 
 DEPTH_BINS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 1e9)
 

@@ -7,7 +7,7 @@ truth lifted by one voxel (0.4 m). Scores use the evaluators of eval.py (one con
 ``--occ_eval_mask`` mask); with ``--rayiou`` the last two also get RayIoU from SparseOcc's scene origins and from
 the fixed origin, side by side. Prints a markdown table and writes JSON.
 
-    python tools/occ_baselines.py --dataroot data/synthetic-full --version v1.0-synthetic \
+    python -m tools.diagnostics.occ_baselines --dataroot data/synthetic-full --version v1.0-synthetic \
         --split data/synthetic-full/splits/val.txt --occ_root gts --out baselines.json [--rayiou]
 """
 import argparse
@@ -17,11 +17,10 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from datasets.nuscenes_dataset import (load_npz, load_tables, read_split, resolve, sample_sensor_data,  # noqa: E402
+from datasets.nuscenes_dataset import (load_npz, load_tables, read_split, resolve, sample_sensor_data,
                                        scene_ray_origins, scene_samples)
-from utils.constants import FREE_ID, OCC3D_LABEL_RANGE, OCC3D_VOXEL, OCC_CLASSES  # noqa: E402
-from utils.occ_metrics import NUSC_LIDAR_ORIGIN, OCC_EVAL_MASKS, OccEvaluator, RayIoU, occ_eval_mask  # noqa: E402
+from utils.constants import FREE_ID, OCC3D_LABEL_RANGE, OCC3D_VOXEL, OCC_CLASSES
+from utils.occ_metrics import NUSC_LIDAR_ORIGIN, OCC_EVAL_MASKS, OccEvaluator, RayIoU, occ_eval_mask
 
 
 def label_files(dataroot, version, split, occ_root):

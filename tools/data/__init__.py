@@ -1,0 +1,1 @@
+"""Data preparation: splits, LiDAR depth, occupancy labels, synthetic sets, the authors' files."""

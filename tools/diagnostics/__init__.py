@@ -1,0 +1,1 @@
+"""Diagnostics: oracles, checks and measurements behind the design choices (docs/results)."""
