@@ -31,6 +31,7 @@ from PIL import Image
 from datasets.checks import check_intrinsics, check_pose
 from datasets.nuscenes_dataset import NuScenesDataset, read_split, resolve
 from utils.constants import CAMS
+from utils.geometry import pose_matrix
 from utils.errors import BadData, MissingFile
 
 DDAD_CAMS = ["CAMERA_01", "CAMERA_06", "CAMERA_08", "CAMERA_09", "CAMERA_07", "CAMERA_05"]
@@ -56,17 +57,7 @@ def _field(d, key, where):
 def pose_to_matrix(pose):
     """DGP pose {rotation: {qw, qx, qy, qz}, translation: {x, y, z}} -> 4x4 float64."""
     q, t = pose["rotation"], pose["translation"]
-    w, x, y, z = q["qw"], q["qx"], q["qy"], q["qz"]
-    n = np.sqrt(w * w + x * x + y * y + z * z)
-    w, x, y, z = w / n, x / n, y / n, z / n
-    m = np.eye(4)
-    m[:3, :3] = [
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ]
-    m[:3, 3] = [t["x"], t["y"], t["z"]]
-    return m
+    return pose_matrix([t["x"], t["y"], t["z"]], [q["qw"], q["qx"], q["qy"], q["qz"]])
 
 
 def checked_pose(pose, where):

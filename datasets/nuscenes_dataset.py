@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from datasets.checks import check_intrinsics, check_occ_labels, check_pose, check_split
 from datasets.pseudo_labels import SEM_FORMATS, gsam_path, read_gsam_bin, read_png_label, resize_labels
-from utils.geometry import scale_intrinsics
+from utils.geometry import pose_matrix, scale_intrinsics
 from utils.constants import CAMS
 from utils.errors import BadData, MissingFile, UnreadableFile
 from utils.occ_metrics import sparseocc_origins
@@ -69,17 +69,6 @@ def get(tables, name, token, referrer):
         return tables[name][token]
     except KeyError:
         raise BadData(f"nuScenes table {name}.json has no record '{token}' (referenced by {referrer})") from None
-
-
-def pose_matrix(translation, rotation):
-    """4x4 float64 transform from a translation (3,) and a unit quaternion (w, x, y, z)."""
-    w, x, y, z = np.asarray(rotation, dtype=np.float64) / np.linalg.norm(rotation)
-    T = np.eye(4)
-    T[:3, :3] = [[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                 [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                 [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]]
-    T[:3, 3] = translation
-    return T
 
 
 def sensor_pose(tables, sd):

@@ -14,7 +14,7 @@ from datasets.occ_gt.aggregate import aggregate, vertical_offsets
 from datasets.occ_gt.labels import GMIN, ground_points, keyframe_labels
 from datasets.occ_gt.scene import Box, Frame, Keyframe, Scene, interpolate_boxes, occ_class
 from datasets.synthetic import rig
-from datasets.nuscenes_dataset import pose_matrix
+from utils.geometry import pose_matrix
 from tools.data.make_occ_gt_nusc import INFO, main, make_labels
 from tools.diagnostics.occ_gt_check import compare
 from utils.constants import CAMS, FREE_ID, OCC3D_SHAPE, OCC3D_VOXEL

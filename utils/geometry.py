@@ -6,9 +6,11 @@ Conventions (see docs/ARCHITECTURE.md):
     ``p_b = T_a2b @ p_a`` (homogeneous column vectors).
   * pixel-centre convention: pixel (row v, column u) covers [u - 0.5, u + 0.5] x [v - 0.5, v + 0.5] and its centre
     has the integer coordinates (u, v), as in OpenCV. An image of width W spans x in [-0.5, W - 0.5].
-All functions are differentiable, work on float tensors of any device and run in float32 under autocast
-(utils/precision.py).
+The tensor functions are differentiable, work on float tensors of any device and run in float32 under autocast
+(utils/precision.py); ``pose_matrix`` (numpy, float64) turns the datasets' translation + quaternion records into
+4x4 transforms.
 """
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -30,6 +32,17 @@ def _check(x, name, shape):
     if not dims_ok or any(s is not None and s != d for s, d in zip(tail, x.shape[x.dim() - len(tail):])):
         want = ", ".join("..." if s is ... else "*" if s is None else str(s) for s in shape)
         raise ValueError(f"{name} must have shape ({want}), got {tuple(x.shape)}")
+
+
+def pose_matrix(translation, rotation_wxyz):
+    """4x4 float64 transform from a translation (3,) and a quaternion (w, x, y, z), normalised here."""
+    w, x, y, z = np.asarray(rotation_wxyz, dtype=np.float64) / np.linalg.norm(rotation_wxyz)
+    T = np.eye(4)
+    T[:3, :3] = [[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                 [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                 [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]]
+    T[:3, 3] = translation
+    return T
 
 
 @full_precision

@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from pyquaternion import Quaternion
 
-from datasets.nuscenes_dataset import (TABLE_FIELDS, get, image_hw, load_tables, pose_matrix, sample_sensor_data,
+from datasets.nuscenes_dataset import (TABLE_FIELDS, get, image_hw, load_tables, sample_sensor_data,
                                        sensor_pose)
 from utils.constants import CAMS
 from utils.errors import BadData
+from utils.geometry import pose_matrix
 
 TABLES = tuple(TABLE_FIELDS) + ("sample_annotation", "instance", "category")
 FIELDS = {

@@ -4,9 +4,9 @@ Extrinsics are sensor -> ego (translation in metres, rotation quaternion w, x, y
 1600 x 900 nuScenes images; ``intrinsics(h, w)`` rescales them to the generated image size.
 """
 import numpy as np
-from pyquaternion import Quaternion
 
 from utils.constants import CAMS
+from utils.geometry import pose_matrix
 
 NUSC_IMG_HW = (900, 1600)
 
@@ -33,14 +33,6 @@ CAMERA_RIG = {
 }
 LIDAR_RIG = ([0.943713, 0.0, 1.84023],
              [0.7077955119163518, -0.006492242056004365, 0.010646214713995808, -0.7063073142877817])
-
-
-def pose_matrix(translation, rotation_wxyz):
-    """4x4 float64 transform from a translation and a w, x, y, z quaternion."""
-    T = np.eye(4)
-    T[:3, :3] = Quaternion(rotation_wxyz).rotation_matrix
-    T[:3, 3] = translation
-    return T
 
 
 def intrinsics(h, w, cam):

@@ -18,6 +18,7 @@ import numpy as np
 from pyquaternion import Quaternion
 
 from utils.constants import CAMS
+from utils.geometry import pose_matrix
 from datasets.synthetic import rig
 from datasets.synthetic.scene import ATTRIBUTES, CATEGORIES, SAMPLE_DT
 
@@ -115,7 +116,7 @@ def build_tables(seed, worlds, stats, img_hw, sweeps=0):
                for c in CHANNELS]
     calib = []
     for c in CHANNELS:
-        T = rig.lidar2ego() if c == "LIDAR_TOP" else rig.pose_matrix(*rig.CAMERA_RIG[c][:2])
+        T = rig.lidar2ego() if c == "LIDAR_TOP" else pose_matrix(*rig.CAMERA_RIG[c][:2])
         K = [] if c == "LIDAR_TOP" else rig.intrinsics(h, w, c).tolist()
         calib.append(dict(token=token(seed, "calib", c), sensor_token=token("sensor", c),
                           translation=T[:3, 3].tolist(), rotation=_quat(T[:3, :3]), camera_intrinsic=K))

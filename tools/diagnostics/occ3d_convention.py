@@ -18,8 +18,9 @@ import os
 
 import numpy as np
 
-from datasets.nuscenes_dataset import get, load_npz, load_tables, pose_matrix
+from datasets.nuscenes_dataset import get, load_npz, load_tables
 from utils.constants import FREE_ID, OCC3D_SHAPE, OCC3D_VOXEL, OCC_CLASSES
+from utils.geometry import pose_matrix
 
 CLASSES = ("driveable_surface", "sidewalk", "car")
 
