@@ -158,8 +158,10 @@ def occupied(occ):
     return (occ != FREE_ID) & (occ != IGNORE_ID)
 
 
-def bev_image(occ, background=BACKGROUND):
-    """Top view of an (X, Y, Z) grid: colour of the highest occupied voxel of each column.
+def bev_image(occ, background=BACKGROUND, observed=None, shade=0.35):
+    """Top view of an (X, Y, Z) grid: colour of the highest occupied voxel of each column, ``background`` where
+    there is none; with ``observed`` ((X, Y, Z) bool, e.g. mask_camera) the columns without an observed voxel are
+    darkened (x ``shade``).
 
     The image is (X, Y, 3) with forward (+x) up and left (+y) on the left, the ego car at the centre.
     """
@@ -169,6 +171,10 @@ def bev_image(occ, background=BACKGROUND):
     ids = np.take_along_axis(occ, top[..., None], 2)[..., 0]
     rgb = semantic_to_color(ids)
     rgb[~occ_mask.any(2)] = background
+    if observed is not None:
+        rgb = rgb.astype(np.float32)
+        rgb[~to_numpy(observed).any(2)] *= shade
+        rgb = rgb.astype(np.uint8)
     return rgb[::-1, ::-1].copy()
 
 

@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image
 
 from utils.constants import FREE_ID, OCC_COLORS
+from utils.vis import bev_image
 
 LAYOUT = [["CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT"], ["CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"]]
 
@@ -19,15 +20,11 @@ def palette():
 
 
 def occ_bev(semantics, mask_camera, size):
-    """Top-down colour image (x forward = up, y left = left) of the highest occupied voxel per column; columns
-    outside ``mask_camera`` are darkened."""
-    occ = semantics != FREE_ID
-    top = np.where(occ.any(2), semantics.shape[2] - 1 - np.argmax(occ[:, :, ::-1], 2), 0)
-    cls = np.take_along_axis(semantics, top[..., None], 2)[..., 0]
-    img = palette()[cls].astype(np.float32)
-    img[~mask_camera.any(2)] *= 0.35
-    img = img[::-1, ::-1]  # rows: +x at the top; columns: +y on the left
-    img = cv2.resize(img.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST)
+    """Top-down colour image (x forward = up, y left = left) of the highest occupied voxel per column
+    (``utils.vis.bev_image``, free columns white), columns outside ``mask_camera`` darkened, ``size`` pixels a side,
+    the ego car drawn at the centre."""
+    img = bev_image(semantics, background=palette()[FREE_ID], observed=mask_camera)
+    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_NEAREST)
     c = size // 2
     cv2.rectangle(img, (c - 4, c - 9), (c + 4, c + 3), (255, 255, 255), -1)  # the ego
     return img
