@@ -18,6 +18,7 @@ import torch
 
 from utils.constants import FREE_ID, MIOU_13_EXCLUDE, MIOU_STAR_EXCLUDE, NUM_SEM_CLASSES, OCC3D_RANGE, OCC_CLASSES
 from utils.metrics import SummedState
+from utils.voxel_walk import VoxelWalk
 
 # nuScenes LIDAR_TOP position in the ego frame (calibrated_sensor of scene-0916): the RayIoU origin of
 # ``--rayiou_origins fixed``; the default casts from ``sparseocc_origins`` of each sample.
@@ -145,8 +146,7 @@ def lidar_ray_directions(num_azimuths=360, max_pitch=0.21):
 
 
 def first_hits(labels, origin, dirs, grid_range=OCC3D_RANGE, free_id=FREE_ID):
-    """Cast rays through several label volumes at once (exact voxel traversal, Amanatides & Woo, vectorised
-    over rays).
+    """Cast rays through several label volumes at once (exact voxel traversal, ``utils.voxel_walk.VoxelWalk``).
 
     Args:
         labels: (V, X, Y, Z) int class volumes on the same grid (non-negative ids).
@@ -168,46 +168,31 @@ def first_hits(labels, origin, dirs, grid_range=OCC3D_RANGE, free_id=FREE_ID):
     # A border of -1 voxels marks "left the grid", so a ray only needs its linear index into the padded volume.
     flat = np.pad(labels, ((0, 0), (1, 1), (1, 1), (1, 1)), constant_values=-1).reshape(num_vol, -1)
     strides = np.array([(shape[1] + 2) * (shape[2] + 2), shape[2] + 2, 1])
-    dirs = np.asarray(dirs, np.float64).T  # (3, R): per-axis rows keep every step a contiguous 1-D operation
-    moving = dirs != 0
-    step = np.where(dirs >= 0, 1, -1)
-    safe = np.where(moving, dirs, 1.0)
-    first_border = lo[:, None] + (idx0[:, None] + (step > 0)) * size[:, None]  # (3, R)
-    t_max = np.where(moving, (first_border - origin[:, None]) / safe, np.inf)
-    t_delta = np.where(moving, size[:, None] / np.abs(safe), np.inf)
-    lin_step = step * strides[:, None]
-    num_rays = dirs.shape[1]
+    # One axis a step; on an exact tie the later axis (z before y before x) steps first, as SparseOcc's dvr.
+    walk = VoxelWalk(origin, dirs, lo, size, strides, tie="zyx", offset=1)
+    num_rays = len(walk.ray)
     dist = np.zeros((num_vol, num_rays))
     cls = np.full((num_vol, num_rays), free_id, dtype=np.int64)
     # State of the rays still travelling. Finished rays are dropped in batches; until then they keep stepping
     # harmlessly (reads are clipped to the volume and their results are frozen by ``pending``).
-    ray = np.arange(num_rays)
-    lin = np.full(num_rays, (idx0 + 1) @ strides)
     t_prev = np.zeros(num_rays)
     a_dist, a_cls = dist.copy(), cls.copy()
     pending = np.ones((num_vol, num_rays), bool)  # volumes in which the ray has found nothing yet
-    while ray.size:
-        lab = flat.take(lin, axis=1, mode="clip")
+    while walk.ray.size:
+        lab = flat.take(walk.flat, axis=1, mode="clip")
         out = lab[0] < 0
-        t_exit = t_max.min(0)
+        t_exit = walk.exit_distance()
         hit = pending & (lab != free_id) & ~out
         a_dist = np.where(hit, t_exit, np.where(pending & out, t_prev, a_dist))
         a_cls = np.where(hit, lab, a_cls)
         pending &= ~(hit | out)
-        # One axis a step; on an exact tie the later axis (z before y before x) steps first, as SparseOcc's dvr.
-        tx, ty, tz = t_max
-        axis = np.where(tx < ty, np.where(tx < tz, 0, 2), np.where(ty < tz, 1, 2))
-        cross = np.arange(3)[:, None] == axis
-        lin = lin + (lin_step * cross).sum(0)
-        t_max = np.where(cross, t_max + t_delta, t_max)
+        walk.advance(walk.axis())
         t_prev = t_exit
         go = pending.any(0)
         if 4 * np.count_nonzero(go) < 3 * go.size or not go.any():
             done = ~go
-            dist[:, ray[done]], cls[:, ray[done]] = a_dist[:, done], a_cls[:, done]
-            ray, lin, t_prev = ray[go], lin[go], t_prev[go]
-            t_max, t_delta, lin_step = t_max[:, go], t_delta[:, go], lin_step[:, go]
-            a_dist, a_cls, pending = a_dist[:, go], a_cls[:, go], pending[:, go]
+            dist[:, walk.ray[done]], cls[:, walk.ray[done]] = a_dist[:, done], a_cls[:, done]
+            t_prev, a_dist, a_cls, pending = walk.keep(go, t_prev, a_dist, a_cls, pending)
     return dist, cls
 
 

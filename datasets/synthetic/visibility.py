@@ -11,6 +11,7 @@ Grid: ``OCC3D_LABEL_RANGE`` in the current ego frame (layer 0 holds the road sur
 import numpy as np
 
 from utils.constants import OCC3D_LABEL_RANGE, OCC3D_SHAPE, OCC3D_VOXEL
+from utils.voxel_walk import VoxelWalk
 
 GMIN, GMAX = np.array(OCC3D_LABEL_RANGE[:3]), np.array(OCC3D_LABEL_RANGE[3:])
 SHAPE = np.array(OCC3D_SHAPE)
@@ -32,7 +33,7 @@ def observed(occupied, origins, dirs, t_max=None, first_hits=False):
     """Voxels crossed by rays (origins (N, 3) or (3,) inside the grid, unit dirs (N, 3), ego frame, metres) as a
     bool grid: up to and including the first occupied voxel (``occupied`` (200, 200, 16) bool; None: never stop),
     and with ``t_max`` (N,) up to and including the voxel that holds origin + t_max dir (both voxels when that
-    point lies on a face between them). A vectorised 3D DDA (Amanatides & Woo) over all rays at once. With
+    point lies on a face between them). ``utils.voxel_walk.VoxelWalk`` over all rays at once. With
     ``first_hits``, also the flat index of each ray's first occupied voxel (-1: none, the ray leaves the grid or
     reaches t_max) and the axis (0, 1, 2) of the face it enters that voxel through (-1: none, or the ray starts
     inside it)."""
@@ -43,38 +44,30 @@ def observed(occupied, origins, dirs, t_max=None, first_hits=False):
     hit_flat, hit_axis = np.full(len(dirs), -1, np.int64), np.full(len(dirs), -1, np.int8)
     idx = np.floor((o - GMIN) / OCC3D_VOXEL).astype(np.int64)
     ok = ((idx >= 0) & (idx < SHAPE)).all(1)
-    ray, idx, d, o = np.nonzero(ok)[0], idx[ok], dirs[ok], o[ok]
+    d, o = dirs[ok], o[ok]
     strides = np.array([SHAPE[1] * SHAPE[2], SHAPE[2], 1])
-    flat = (idx * strides).sum(1)
-    axis = np.full(len(flat), -1, np.int8)  # axis of the last step (the face the ray entered through)
+    walk = VoxelWalk(o, d, GMIN, OCC3D_VOXEL, strides, tie="xyz", rays=np.nonzero(ok)[0])  # ties: x, then y
+    axis = np.full(len(walk.flat), -1, np.int8)  # axis of the last step (the face the ray entered through)
     t_stop = _exit_distance(o, d) - 1e-6
     if t_max is not None:  # a point within 1 micrometre of a voxel face marks the voxels on both sides
         t_stop = np.minimum(t_stop, np.broadcast_to(t_max, len(dirs))[ok] + 1e-6)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        delta = np.where(d != 0, OCC3D_VOXEL / np.abs(d), np.inf)  # ray length across one voxel, per axis
-        nxt = np.where(d != 0, ((idx + (d > 0)) * OCC3D_VOXEL + GMIN - o) / d, np.inf)  # next boundary, per axis
-    step = np.where(d > 0, strides, -strides)
-    (tx, ty, tz), (dx, dy, dz), (sx, sy, sz) = nxt.T.copy(), delta.T.copy(), step.T.copy()
-    while len(flat):
+    while len(walk.flat):
+        flat = walk.flat
         seen[flat] = True
         stop = occ[flat] if occ is not None else np.zeros(len(flat), bool)
         if first_hits and stop.any():
-            hit_flat[ray[stop]], hit_axis[ray[stop]] = flat[stop], axis[stop]
-        t_leave = np.minimum(np.minimum(tx, ty), tz)
-        mx = tx == t_leave  # the axis whose boundary comes first (ties: x, then y)
-        my = ~mx & (ty == t_leave)
-        mz = ~mx & ~my
-        go = ~stop & (t_leave < t_stop)
+            hit_flat[walk.ray[stop]], hit_axis[walk.ray[stop]] = flat[stop], axis[stop]
+        go = ~stop & (walk.exit_distance() < t_stop)
         n_go = int(go.sum())
         if n_go == 0:
             break
-        flat = np.where(go, flat + np.where(mx, sx, np.where(my, sy, sz)), n_vox)  # finished rays: to the sink
+        step = walk.axis()
+        walk.advance(step)
+        walk.flat = np.where(go, walk.flat, n_vox)  # finished rays: to the sink
         if first_hits:
-            axis = np.where(mx, 0, np.where(my, 1, 2)).astype(np.int8)
-        tx, ty, tz = np.where(mx, tx + dx, tx), np.where(my, ty + dy, ty), np.where(mz, tz + dz, tz)
+            axis = step.astype(np.int8)
         if n_go < 0.6 * len(flat):  # drop the finished rays once they are many (compacting every step is slower)
-            flat, t_stop, tx, ty, tz, dx, dy, dz, sx, sy, sz, axis, ray = (
-                a[go] for a in (flat, t_stop, tx, ty, tz, dx, dy, dz, sx, sy, sz, axis, ray))
+            t_stop, axis = walk.keep(go, t_stop, axis)
         else:
             t_stop = np.where(go, t_stop, -np.inf)
     seen = seen[:n_vox].reshape(OCC3D_SHAPE)
