@@ -167,3 +167,24 @@ def test_rayiou_real_sample(occ3d_label):
     shifted.update(lifted, gt, origins=[(0.943713, 0.0, 1.84023), (10.0, 5.0, 1.84023)])
     s = shifted.summary()
     assert 0 < s["RayIoU@1"] < s["RayIoU@2"] <= s["RayIoU@4"] < 100
+
+
+def test_voxel_walk_visits_the_voxels_of_a_ray_and_breaks_corner_ties_in_its_order():
+    """One ray from a voxel centre through the corner (1, 1, 1) of unit voxels: xyz steps x first, zyx z first;
+    both reach the diagonal voxel after three steps at distances sqrt(3)/2 each time (a corner)."""
+    from utils.voxel_walk import VoxelWalk
+    d = np.array([[1.0, 1.0, 1.0]]) / np.sqrt(3)
+    strides = np.array([100, 10, 1])
+    for tie, first in (("xyz", 100), ("zyx", 1)):
+        w = VoxelWalk([0.5, 0.5, 0.5], d, [0.0, 0.0, 0.0], 1.0, strides, tie=tie)
+        assert w.flat[0] == 0 and np.isclose(w.exit_distance()[0], np.sqrt(3) / 2)
+        flats = []
+        for _ in range(3):
+            w.advance(w.axis())
+            flats.append(int(w.flat[0]))
+        assert flats[0] == first and flats[-1] == 111
+    w = VoxelWalk([0.5, 0.5, 0.5], np.array([[1.0, 0, 0], [0, -1.0, 0]]), [0, 0, 0], 1.0, strides)
+    w.advance(w.axis())
+    assert w.flat.tolist() == [100, -10] and w.exit_distance().tolist() == [1.5, 1.5]
+    (kept,) = w.keep(np.array([False, True]), np.array([7, 8]))
+    assert w.ray.tolist() == [1] and kept.tolist() == [8]
