@@ -54,13 +54,13 @@ synthetic)
 nuscenes)
     C1=configs/nusc-gsp.txt; C2=configs/nusc-gsv.txt; REFINE_STEPS=${REFINE_STEPS:-2000}
     if [ ! -d data/nuscenes/v1.0-trainval ]; then
-        echo "data/nuscenes/v1.0-trainval not found: see README.md, section Data" >&2; exit 1
+        echo "data/nuscenes/v1.0-trainval not found: see README.md, 'nuScenes, step by step'" >&2; exit 1
     fi
     ;;
 ddad)
     C1=configs/ddad-gsp.txt; C2=configs/ddad-gsv.txt; REFINE_STEPS=${REFINE_STEPS:-2000}
     if [ ! -d data/ddad_train_val ]; then
-        echo "data/ddad_train_val not found: see README.md, section Data" >&2; exit 1
+        echo "data/ddad_train_val not found: see README.md, 'DDAD, step by step'" >&2; exit 1
     fi
     ;;
 *)

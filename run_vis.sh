@@ -1,9 +1,10 @@
 #!/bin/sh
 # Pictures and videos of a trained stage-2 (GSV) model, or of the ground truth alone (GT_ONLY=1).
 #
-#   CKPT=logs/quick-gsv/ckpt/last.pt sh run_vis.sh                  # data and model options come from the checkpoint
-#   CKPT=logs/nusc-gsv/ckpt/last.pt SCENES="scene-0916" sh run_vis.sh --dataroot data/nuscenes
+#   CKPT=logs/quick-gsv/ckpt/last.pt sh run_vis.sh --config configs/quick-gsv.txt   # model options: the checkpoint's
+#   CKPT=logs/nusc-gsv/ckpt/last.pt SCENES="scene-0916" sh run_vis.sh --config configs/nusc-gsv.txt
 #   GT_ONLY=1 sh run_vis.sh --config configs/quick-gsv.txt           # inputs + Occ3D ground truth, no model
+# A checkpoint keeps no paths: the data options (--config, --dataroot...) come from this command.
 #
 # Environment: CKPT (checkpoint), OUT (default vis), SCENES (space separated, default all of the split),
 # MAX_FRAMES (0 = all), FPS (video frame rate), SEM_ONLY=1 (videos of the 3D occupancy views only).

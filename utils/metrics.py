@@ -1,6 +1,6 @@
 """Depth evaluation: the 7 standard metrics against projected LiDAR, per camera, then averaged over cameras.
 
-Protocol (docs/METHOD.md, "Evaluation"): the predicted depth is resized (bilinear) to the ground-truth size, ground truth
+Protocol (docs/evaluation.md): the predicted depth is resized (bilinear) to the ground-truth size, ground truth
 is kept where ``min_depth < gt < max_depth``, the prediction is clamped to ``[min_depth, max_depth]``, no median
 scaling. The metrics of one (frame, camera) are averaged over the frames of each camera, and those per-camera means
 are averaged over the cameras. ``median_scaling=True`` is there only to compare with scale-less methods; it scales
