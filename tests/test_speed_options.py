@@ -193,3 +193,27 @@ def test_channels_last_logits_give_the_same_gaussians():
     for ga, gb in zip(a, b):
         assert all(torch.allclose(ga[k], gb[k], rtol=1e-6, atol=1e-7) for k in ga if k != "index")
         assert torch.equal(ga["index"], gb["index"])
+
+
+def test_fused_optimizer_same_update():
+    """--fused_optimizer: AdamW's fused kernel (CUDA only in the trainer; the same class on the CPU here) moves the
+    parameters as the default one."""
+    from types import SimpleNamespace
+    from utils.speed import make_optimizer
+    g = torch.Generator().manual_seed(4)
+    params = [torch.randn(5, 3, generator=g), torch.randn(7, generator=g)]
+    grads = [torch.randn(p.shape, generator=g) for p in params]
+    out = []
+    for fused in (False, True):
+        ps = [p.clone().requires_grad_() for p in params]
+        opt = SimpleNamespace(lr=1e-3, weight_decay=0.01, fused_optimizer=fused)
+        optim = make_optimizer([{"params": ps}], opt, torch.device("cpu"))
+        if fused:  # make_optimizer fuses on CUDA only: the fused kernel itself, on the CPU
+            optim = torch.optim.AdamW([{"params": ps}], lr=1e-3, weight_decay=0.01, fused=True)
+        for _ in range(3):
+            for p, gr in zip(ps, grads):
+                p.grad = gr.clone()
+            optim.step()
+        out.append(ps)
+    for a, b in zip(*out):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)

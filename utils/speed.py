@@ -19,7 +19,8 @@ GPU; each computes the same function as the default, tests/test_speed_options.py
 * ``lift_impl gather``: the lifting as one weighted gather, channels-last (networks/lift_gather.py);
 * ``raster_zsq moments``: sum_i w_i z_i^2 of the depth-spread term from 9 moment channels shared by the cameras
   instead of per-camera copies of every feature (utils/rasterizer.py);
-* ``gsplat_packed``, ``gsplat_tile_size``: gsplat's own options (the same render).
+* ``gsplat_packed``, ``gsplat_tile_size``: gsplat's own options (the same render);
+* ``fused_optimizer``: AdamW's fused CUDA kernel (``make_optimizer``).
 """
 import torch
 
@@ -49,6 +50,9 @@ def add_args(parser):
                    help="how the render gives sum_i w_i z_i^2 for --w_dist: per_camera copies every feature per "
                         "camera with z^2 appended; moments renders 9 shared moment channels of the Gaussian means "
                         "and combines them per camera (utils/rasterizer.py)")
+    g.add_argument("--fused_optimizer", type=str2bool, default=False,
+                   help="AdamW's fused kernel on CUDA (one launch per parameter group instead of its foreach "
+                        "launches; the same update to float32 rounding)")
     g.add_argument("--gsplat_packed", type=str2bool, default=True, help="gsplat's packed mode (the same render)")
     g.add_argument("--gsplat_tile_size", type=int, default=16, choices=[8, 16],
                    help="gsplat's tile size in pixels (the same render)")
@@ -95,3 +99,9 @@ def prepare_model(model, opt, device):
             getattr(model, n).compile()  # in place: state_dict keys stay the same
         done.append(f"torch.compile ({', '.join(names)})")
     return done
+
+
+def make_optimizer(groups, opt, device):
+    """The trainer's AdamW over ``groups`` (fused on CUDA with --fused_optimizer)."""
+    fused = bool(getattr(opt, "fused_optimizer", False)) and device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=opt.lr, weight_decay=opt.weight_decay, **({"fused": True} if fused else {}))

@@ -139,22 +139,37 @@ def norm_cases(device, quick, reps):
 
 
 def conv_cases(device, quick, reps):
-    shape = (1, 32, *(QUICK_VOLUME if quick else PAPER_VOLUME))
+    """3x3x3 convolutions of the decoders NCDHW / NDHWC: 32 -> 32, and the residual decoder's first, 65 -> 32 (64
+    lifted channels + visibility; NDHWC also with the input and the weight padded by zeros to 72 channels, the same
+    result: cuDNN's fast NDHWC kernels want channels in multiples of 8)."""
+    grid = QUICK_VOLUME if quick else PAPER_VOLUME
     amp = device.type == "cuda"
-    base = torch.randn(shape, device=device, generator=torch.Generator(device).manual_seed(2))
-    conv = torch.nn.Conv3d(32, 32, 3, padding=1, bias=False).to(device)
+    dtype = "bf16" if amp else "float32"
     rows = []
-    for name, fmt in (("NCDHW", torch.contiguous_format), ("NDHWC", CL3D)):
-        def make(fmt=fmt):
-            conv.to(memory_format=fmt)
-            x = base.detach().clone(memory_format=fmt).requires_grad_()
+    for cin in (32, 65):
+        base = torch.randn(1, cin, *grid, device=device, generator=torch.Generator(device).manual_seed(2))
+        conv = torch.nn.Conv3d(cin, 32, 3, padding=1, bias=False).to(device)
+        ref = None
+        for name, fmt, pad in (("NCDHW", torch.contiguous_format, 0), ("NDHWC", CL3D, 0),
+                               ("NDHWC, padded to 72", CL3D, -cin % 8)):
+            if name.endswith("72") and pad == 0:
+                continue
 
-            def fwd():
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    return conv(x)
-            return fwd, x
-        rows.append(_case("conv", f"conv3d 3x3x3 32->32 {'bf16' if amp else 'float32'}, {name}", make, device, reps,
-                          rows[0] if rows else None))
+            def make(fmt=fmt, pad=pad):
+                conv.to(memory_format=fmt)
+                x = base.detach().clone(memory_format=fmt).requires_grad_()
+
+                def fwd():
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                        if not pad:
+                            return conv(x)
+                        xp = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, 0, 0, pad)).contiguous(memory_format=fmt)
+                        w = torch.nn.functional.pad(conv.weight, (0, 0, 0, 0, 0, 0, 0, pad))
+                        return torch.nn.functional.conv3d(xp, w.contiguous(memory_format=fmt), padding=1)
+                return fwd, x
+            row = _case("conv", f"conv3d 3x3x3 {cin}->32 {dtype}, {name}", make, device, reps, ref)
+            ref = ref or row
+            rows.append(row)
     return rows
 
 

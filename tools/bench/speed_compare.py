@@ -37,7 +37,8 @@ from tools.bench.step_compare import NETS
 from utils.speed import prepare_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ALL_ON = {"channels_last_3d": True, "group_norm_impl": "parallel", "lift_impl": "gather", "raster_zsq": "moments"}
+ALL_ON = {"channels_last_3d": True, "group_norm_impl": "parallel", "lift_impl": "gather", "raster_zsq": "moments",
+          "fused_optimizer": True}
 # (name, settings over today's defaults, networks (None: every one), priority: lower runs first)
 VARIANTS = [
     ("today", {}, None, 0),
@@ -46,6 +47,7 @@ VARIANTS = [
     ("+group_norm parallel", {"group_norm_impl": "parallel"}, ("project", "quick"), 1),
     ("+lift gather", {"lift_impl": "gather"}, None, 1),
     ("+zsq moments", {"raster_zsq": "moments"}, None, 1),
+    ("+fused optimizer", {"fused_optimizer": True}, None, 1),
     ("all +tile 8", {**ALL_ON, "gsplat_tile_size": 8}, None, 2),
     ("all +unpacked", {**ALL_ON, "gsplat_packed": False}, None, 3),
     ("all +compile", {**ALL_ON, "compile": True}, None, 4),
