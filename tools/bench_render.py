@@ -118,7 +118,7 @@ def build_parser():
     g.add_argument("--speed_compare", action="store_true", help="time today's step against each speed option")
     g.add_argument("--speed_budget", type=float, default=None,
                    help="seconds for the whole comparison, gsplat's build included; later variants that do not fit "
-                        "are skipped (default 450; --quick 60)")
+                        "are skipped (default 480; --quick 60)")
     p.add_argument("--no_plot", action="store_true", help="do not write bench_render.png")
     return p
 
@@ -138,7 +138,7 @@ def resolve_args(argv=None):
     args.step_net = args.step_net.split(",")
     args.step_iters = args.step_iters or (4 if q else 24)
     args.step_workers = args.step_workers if args.step_workers is not None else (0 if q else 4)
-    args.speed_budget = args.speed_budget or (60.0 if q else 450.0)
+    args.speed_budget = args.speed_budget or (60.0 if q else 480.0)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in args.methods:
         if m not in METHODS:

@@ -37,8 +37,7 @@ from tools.bench.step_compare import NETS
 from utils.speed import prepare_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ALL_ON = {"channels_last_3d": True, "group_norm_impl": "parallel", "lift_impl": "gather", "raster_zsq": "moments",
-          "fused_optimizer": True}
+ALL_ON = {"channels_last_3d": True, "group_norm_impl": "parallel", "lift_impl": "gather", "raster_zsq": "moments"}
 # (name, settings over today's defaults, networks (None: every one), priority: lower runs first)
 VARIANTS = [
     ("today", {}, None, 0),
@@ -48,6 +47,7 @@ VARIANTS = [
     ("+lift gather", {"lift_impl": "gather"}, None, 1),
     ("+zsq moments", {"raster_zsq": "moments"}, None, 1),
     ("+fused optimizer", {"fused_optimizer": True}, None, 1),
+    ("all +fused optimizer", {**ALL_ON, "fused_optimizer": True}, None, 2),
     ("all +tile 8", {**ALL_ON, "gsplat_tile_size": 8}, None, 2),
     ("all +unpacked", {**ALL_ON, "gsplat_packed": False}, None, 3),
     ("all +compile", {**ALL_ON, "compile": True}, None, 4),
