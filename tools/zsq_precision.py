@@ -1,4 +1,5 @@
-"""How far the depth-spread term's sum_i w_i z_i^2 was off under --amp bf16 before issue 20 (docs/results/speed_notes.md).
+"""How far the depth-spread term's sum_i w_i z_i^2 was off under --amp bf16 before issue 20
+(docs/results/speed_notes.md).
 
     python tools/zsq_precision.py            # CPU, about a minute: the benchmark street, torch rasteriser
 
@@ -43,8 +44,9 @@ def main(grid=(16, 200, 200), size=(45, 80)):
           f"{float(mean[solid].median()):.2f} m")
     for name, zsq in (("float32 (now)", now["zsq"]), ("bf16 (before, under --amp bf16)", old_zsq)):
         v = var["float32" if name.startswith("float32") else "bf16"]
+        err = (v - var["float32"])[solid].abs().median()
         print(f"{name}: depth-spread term {float(depth_spread(d, zsq, a)):.6f}; median Var(z) on opaque pixels "
-              f"{float(v[solid].median()):.3f} m^2; median |Var(z) - float32's| {float((v - var['float32'])[solid].abs().median()):.3f} m^2")
+              f"{float(v[solid].median()):.3f} m^2; median |Var(z) - float32's| {float(err):.3f} m^2")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,15 @@ def ceilings(device, quick):
 
 
 def _case(group, name, make, device, reps, ref=None, bytes_fwd=None, bytes_bwd=None):
-    """Times make() -> (forward fn returning the output, input tensor requiring grad); compares with ``ref``."""
+    """Times make() -> (forward fn returning the output, input tensor requiring grad); compares with ``ref``. A case
+    that fails is a row with its error (the others still run)."""
+    try:
+        return _timed_case(group, name, make, device, reps, ref, bytes_fwd, bytes_bwd)
+    except Exception as err:
+        return {"group": group, "case": name, "error": f"{type(err).__name__}: {str(err)[:200]}"}
+
+
+def _timed_case(group, name, make, device, reps, ref, bytes_fwd, bytes_bwd):
     fwd, x = make()
     out = fwd()
     dy = torch.randn(out.shape, device=device, generator=torch.Generator(device).manual_seed(0)).to(out.dtype)
@@ -87,7 +95,7 @@ def _case(group, name, make, device, reps, ref=None, bytes_fwd=None, bytes_bwd=N
            "out": out.detach(), "grad": x.grad.detach().clone()}
     if bytes_fwd:
         row["rate"] = f"{bytes_fwd / f_med / 1e12:.2f} / {(bytes_fwd + bytes_bwd) / b_med / 1e12:.2f} TB/s"
-    if ref is not None:
+    if ref is not None and "out" in ref:
         row["out_rel_diff"], row["grad_rel_diff"] = _rel(out, ref["out"]), _rel(x.grad, ref["grad"])
     return row
 
@@ -201,8 +209,9 @@ def run_components(device, quick=False, reps=None, log=print):
     """Every group; rows without the tensors (JSON-ready). A group that fails is one row with its error."""
     reps = reps or (2 if quick else 10)
     rows = []
-    for name, fn in (("ceiling", lambda: ceilings(device, quick)), ("norm", lambda: norm_cases(device, quick, reps)),
-                     ("conv", lambda: conv_cases(device, quick, reps)), ("lift", lambda: lift_cases(device, quick, reps))):
+    groups = (("ceiling", lambda: ceilings(device, quick)), ("norm", lambda: norm_cases(device, quick, reps)),
+              ("conv", lambda: conv_cases(device, quick, reps)), ("lift", lambda: lift_cases(device, quick, reps)))
+    for name, fn in groups:
         t0 = time.perf_counter()
         try:
             got = fn()
@@ -223,7 +232,7 @@ def markdown(rows):
     f = lambda r, k, fmt: format(r[k], fmt) if r.get(k) is not None else "-"  # noqa: E731
     for r in rows:
         if "error" in r:
-            L.append(f"| {r['group']} | error: {r['error']} | | | | | |")
+            L.append(f"| {r['group']} | {r['case']}: error {r['error']} | | | | | |")
             continue
         fwd = f(r, "fwd_ms", ".3f") if "fwd_ms" in r else f(r, "median_ms", ".3f")
         L.append(f"| {r['group']} | {r['case']} | {fwd} | {f(r, 'fwd_bwd_ms', '.3f')} | {r.get('rate', '-')} | "

@@ -238,9 +238,9 @@ def markdown(result):
         if r["status"] != "ok":
             L.append(f"| {r['net']} | {r['variant']} | {r['status']} | | | | | | | |")
             continue
-        L.append(f"| {r['net']} | {r['variant']} | {r['applied']} | {f(r, 'model_s', '.4f')} | {f(r, 'min_s', '.4f')} | "
-                 f"{f(r, 'speedup', '.2f')}x | {f(r, 'first_step_s', '.1f')} | {f(r, 'loss_rel_diff', '.1e')} | "
-                 f"{f(r, 'peak_mem_gib', '.1f')} | {f(r, 'n_gaussians', '.0f')} |")
+        L.append(f"| {r['net']} | {r['variant']} | {r['applied']} | {f(r, 'model_s', '.4f')} | "
+                 f"{f(r, 'min_s', '.4f')} | {f(r, 'speedup', '.2f')}x | {f(r, 'first_step_s', '.1f')} | "
+                 f"{f(r, 'loss_rel_diff', '.1e')} | {f(r, 'peak_mem_gib', '.1f')} | {f(r, 'n_gaussians', '.0f')} |")
     L += ["", "Headline (JSON `scalars`): " + ", ".join(
         f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result["scalars"].items()), ""]
     L += ["## Components (tools/bench/components.py)", "", components.markdown(result["components"]), ""]
