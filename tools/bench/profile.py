@@ -31,6 +31,13 @@ FAMILIES = [
 ]
 
 
+# Operators and autograd nodes whose inclusive time (their kernels and their children's) the profile also lists.
+OPS_OF_INTEREST = (r"aten::native_group_norm|aten::native_batch_norm|_batch_norm_with_update|NormBackward|"
+                   r"fast_norm::|_GroupNormBackward|aten::grid_sampler_2d|GridSampler2DBackward|aten::embedding_bag|"
+                   r"EmbeddingBagBackward|aten::cudnn_convolution|aten::convolution_backward|_RasterizeToPixels|"
+                   r"_FullyFusedProjection|aten::_fused_adamw|aten::_foreach")
+
+
 def family(name):
     for fam, pat in FAMILIES:
         if re.search(pat, name):
@@ -70,8 +77,11 @@ def profile_step(step, batch, device, n=3, top=25):
         kernels[e.key[:100]] += t
         launches += e.count
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    total = "device_time_total" if cuda else "cpu_time_total"
+    ops = collections.Counter({e.key[:100]: getattr(e, total, 0) / 1e3 / n for e in avgs
+                               if re.search(OPS_OF_INTEREST, e.key) and not e.key.startswith("void ")})
     return {"families_ms": dict(fams.most_common()), "busy_ms": sum(fams.values()), "launches": launches / n,
-            "top_kernels_ms": dict(kernels.most_common(15)),
+            "top_kernels_ms": dict(kernels.most_common(15)), "ops_ms": dict(ops.most_common(20)),
             "table": avgs.table(sort_by=key, row_limit=top)}
 
 

@@ -248,7 +248,10 @@ def markdown(result):
     if prof:
         walls = ", ".join(f"{r['net']}: {r['variant']} {r['model_s'] * 1e3:.1f}" for r in rows if r.get("profile"))
         L += ["## Profile: device time per kernel family, ms per step (tools/bench/profile.py)", "",
-              families_markdown(prof), "", f"Wall ms per step of the same variants: {walls}.", ""]
+              families_markdown(prof), "", f"Wall ms per step of the same variants: {walls}.", "",
+              "Inclusive device time of some operators and autograd nodes, ms per step (nested entries overlap):", ""]
+        L += [f"- {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in p["ops_ms"].items()) for name, p in prof.items()]
+        L += [""]
         syncs = "; ".join(f"{r['net']}: {r['variant']} {r['syncs']} ("
                           f"{', '.join(f'{k} x{v}' for k, v in r['sync_sites'].items())})"
                           for r in rows if r.get("profile") and r.get("syncs") is not None)
