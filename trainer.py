@@ -40,7 +40,7 @@ from utils.checkpoint import (load_checkpoint, load_model_state, load_resume_che
                               remove_partial_files, require_stage, save_checkpoint)
 from utils.errors import ConfigError, RunBusy, disk_full_cause, message
 from utils.rng import rng_state, set_rng_state
-from utils.speed import prepare_model
+from utils.speed import make_optimizer, prepare_model
 from utils.throughput import Throughput, timed_batches
 from utils.vis import training_pictures
 
@@ -127,7 +127,7 @@ class Trainer:
         groups = param_groups(self.model.trainable_parameters())
         if not groups:
             raise RuntimeError("the model has no trainable parameters for this phase")
-        self.optimizer = torch.optim.AdamW(groups, lr=opt.lr, weight_decay=opt.weight_decay)
+        self.optimizer = make_optimizer(groups, opt, self.device)
         self.ddp = self.world > 1
         self.net = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                        find_unused_parameters=True) if self.ddp else self.model

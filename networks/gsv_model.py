@@ -139,7 +139,8 @@ class GSVModel(nn.Module):
         self.pose_source = pose_source
         self.occ_net = OccNet(opt)
         self.criterion = criterion
-        self.rasterize = functools.partial(rasterize, backend=opt.raster_backend)
+        self.rasterize = functools.partial(rasterize, backend=opt.raster_backend, packed=opt.gsplat_packed,
+                                           tile_size=opt.gsplat_tile_size)
 
     def set_step(self, step):
         """The trainer's step, for the criterion's schedules."""
@@ -173,18 +174,14 @@ class GSVModel(nn.Module):
             gaussians = voxels_to_gaussians(out["logits"], self.occ_net.centres, self.opt, out.get("scale"),
                                             viewmats, self.opt.min_depth, opacity=opacity)
             renders = []
+            zsq = self.opt.raster_zsq if self.opt.w_dist > 0 else None  # sum_i w_i z_i^2 for the depth spread
             for b, g in enumerate(gaussians):
                 o = g["opacities"].detach()[:, None]
                 feats = torch.cat([g["features"], o.to(g["features"].dtype),
                                    (o < FAINT_OPACITY).to(g["features"].dtype)], 1)
-                if self.opt.w_dist > 0:  # z^2 of every Gaussian in every camera: per-camera features
-                    z = (g["means"] @ viewmats[b, :, 2, :3].t() + viewmats[b, :, 2, 3]).detach().t()  # (6, N)
-                    feats = torch.cat([feats.expand(len(z), -1, -1), (z * z)[..., None].to(feats.dtype)], 2)
                 renders.append(self.rasterize(g["means"], g["quats"], g["scales"], g["opacities"], feats,
-                                              viewmats[b], Kr[b], w, h, near=self.opt.min_depth))
+                                              viewmats[b], Kr[b], w, h, near=self.opt.min_depth, zsq=zsq))
                 f = renders[-1].pop("features")
-                if self.opt.w_dist > 0:
-                    f, renders[-1]["zsq"] = f[:, :-1], f[:, -1:]
                 renders[-1].update(features=f[:, :-2], seen_opacity=f[:, -2:-1], faint_alpha=f[:, -1:])
             n_gauss = out["logits"].new_tensor(sum(len(g["means"]) for g in gaussians) / len(gaussians))
         r = {"logits": out["logits"], "opacity": opacity, "K": Kr, "num_gaussians": n_gauss,

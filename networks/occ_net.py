@@ -13,8 +13,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from options import above, at_least, str2bool, within
+from networks.fast_norm import make_group_norm
 from networks.hourglass3d import HourglassTrunk, hourglass_head
 from networks.image_neck import UpConcatNeck
+from networks.lift_gather import lift_features_gather
 from networks.resnet_encoder import ResnetEncoder
 from networks.voxel_grid import CONTRACT_MODES, VoxelGrid  # noqa: F401  (VoxelGrid: imported from here too)
 from utils.constants import NUM_SEM_CLASSES
@@ -123,13 +125,13 @@ def lift_features(feats, K, cam2ego, pts, image_size, min_depth=0.1):
 
 
 class ResBlock3d(nn.Module):
-    """Two 3x3x3 convolutions with group norm and a skip connection."""
+    """Two 3x3x3 convolutions with group norm and a skip connection (``norm``: networks/fast_norm.py's impl)."""
 
-    def __init__(self, ch):
+    def __init__(self, ch, norm="torch"):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv3d(ch, ch, 3, padding=1, bias=False), nn.GroupNorm(min(8, ch), ch), nn.ReLU(inplace=True),
-            nn.Conv3d(ch, ch, 3, padding=1, bias=False), nn.GroupNorm(min(8, ch), ch))
+            nn.Conv3d(ch, ch, 3, padding=1, bias=False), make_group_norm(min(8, ch), ch, norm), nn.ReLU(inplace=True),
+            nn.Conv3d(ch, ch, 3, padding=1, bias=False), make_group_norm(min(8, ch), ch, norm))
 
     def forward(self, x):
         return F.relu(x + self.body(x))
@@ -148,6 +150,8 @@ class OccNet(nn.Module):
         self.feat_stride = opt.feat_stride
         self.neck_type = opt.image_neck
         self.lift_visibility = opt.lift_visibility
+        self.lift_impl = opt.lift_impl  # grid_sample (lift_features) or gather (networks/lift_gather.py)
+        self.volume_format = torch.contiguous_format  # the 3D CNN's layout; utils/speed.py may set channels_last_3d
         self.decoder_lr_mult = opt.decoder_lr_mult
         f, v = opt.feat_dim, opt.voxel_feat_dim
         if opt.image_neck == "upconcat":
@@ -167,9 +171,10 @@ class OccNet(nn.Module):
             self.head = hourglass_head(v, n_cls + 1)
             logit_bias = self.head[-1][1].bias  # the last batch norm's shift
         else:
+            norm = opt.group_norm_impl
             self.decoder = nn.Sequential(
-                nn.Conv3d(lifted, v, 3, padding=1, bias=False), nn.GroupNorm(min(8, v), v), nn.ReLU(inplace=True),
-                *[ResBlock3d(v) for _ in range(opt.decoder_blocks)])
+                nn.Conv3d(lifted, v, 3, padding=1, bias=False), make_group_norm(min(8, v), v, norm),
+                nn.ReLU(inplace=True), *[ResBlock3d(v, norm) for _ in range(opt.decoder_blocks)])
             self.head = nn.Conv3d(v, n_cls + 1, 1)
             logit_bias = self.head.bias
         with torch.no_grad():  # the free logit's bias that gives opacity --init_opacity under opt.opacity
@@ -203,10 +208,15 @@ class OccNet(nn.Module):
         B, n_cam, _, H, W = imgs.shape
         feats = self.image_features(imgs.flatten(0, 1))
         feats = feats.view(B, n_cam, *feats.shape[1:])
-        vol = lift_features(feats, K, cam2ego, self.centres.view(-1, 3), (H, W), self.min_depth)
-        if not self.lift_visibility:
-            vol = vol[:, :-1]
-        x = self.decoder(vol.view(B, -1, *self.grid.shape))
+        pts = self.centres.view(-1, 3)
+        if self.lift_impl == "gather":
+            vol = lift_features_gather(feats, K, cam2ego, pts, (H, W), self.min_depth, self.lift_visibility)
+        else:
+            vol = lift_features(feats, K, cam2ego, pts, (H, W), self.min_depth)
+            if not self.lift_visibility:
+                vol = vol[:, :-1]
+        vol = vol.view(B, -1, *self.grid.shape).contiguous(memory_format=self.volume_format)
+        x = self.decoder(vol)
         out = {"logits": self.head(x)}
         if self.scale_head is not None:
             out["scale"] = self.scale_head(x)

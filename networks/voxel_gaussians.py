@@ -28,6 +28,8 @@ def voxel_opacity(logits, mode="sigmoid"):
     if mode == "sigmoid":
         return 1 - torch.sigmoid(logits[:, -1])
     if mode == "softmax":
+        if logits.dim() > 2 and logits.stride(1) == 1:  # channels-last volume: softmax along its contiguous axis
+            return 1 - torch.softmax(logits.movedim(1, -1), dim=-1)[..., -1]
         return 1 - torch.softmax(logits, dim=1)[:, -1]
     raise ValueError(f"unknown opacity mode {mode!r} (expected sigmoid or softmax)")
 

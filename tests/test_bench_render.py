@@ -116,3 +116,32 @@ def test_step_compare_networks_parse():
         (50, "fpn", 8, "residual") and project.lift_visibility
     assert (authors.encoder_layers, authors.occ_decoder) == (101, "hourglass")
     assert project.grid_size == authors.grid_size == [300, 300, 24] and project.input_size == [384, 640]
+
+
+def test_speed_compare_quick_cpu(tmp_path):
+    """--speed_compare (issue 20) on the CPU: every variant but torch.compile runs from today's weights with the same
+    first loss, the components and the profile of today / all are there, and tools/record_result.py reads the
+    headline numbers from bench_speed.json."""
+    from tools.bench.speed_compare import VARIANTS
+    from tools.record_result import record
+    n = torch.get_num_threads()
+    try:
+        res = bench_render.main(["--speed_compare", "--quick", "--device", "cpu", "--warmup", "0", "--step_repeats",
+                                 "1", "--threads", "1", "--profile", "--out_dir", str(tmp_path)])
+    finally:
+        torch.set_num_threads(n)
+    rows = {r["variant"]: r for r in res["rows"]}
+    assert set(rows) == {name for name, s, _, _ in VARIANTS if not s.get("compile")}
+    for r in rows.values():
+        assert r["status"] == "ok" and r["model_s"] > 0 and r["loss_rel_diff"] < 1e-5, r
+    assert rows["today"]["profile"]["families_ms"]["convolution"] > 0 and rows["all"]["profile"]["busy_ms"] > 0
+    groups = {c["group"] for c in res["components"] if "error" not in c}
+    assert groups == {"ceiling", "norm", "conv", "lift"}, res["components"]
+    assert all(c.get("grad_rel_diff", 0) < 1e-5 for c in res["components"])
+    md = (tmp_path / "bench_speed.md").read_text()
+    assert "| quick | all |" in md and "## Components" in md and "busy (sum)" in md
+    assert (tmp_path / "bench_speed_profile.txt").stat().st_size > 0
+    summary = tmp_path / "summary.json"
+    for key in ("step_s_quick", "step_s_quick_old"):
+        entry = record(key, str(tmp_path / "bench_speed.json"), key, "cmd", "cpu", "abc", summary=str(summary))
+        assert entry["value"] == round(res["scalars"][key], 4) > 0

@@ -8,6 +8,8 @@ with Gaussian splatting than with volume rendering (0.17 s vs 0.85 s on an A100)
     python tools/bench_render.py --quick --device cpu --out_dir /tmp/b   # CPU smoke run (tiny sizes, < 1 min)
     python tools/bench_render.py --step_compare --out_dir bench_step  # training step, old vs new code path
                                                                       # (tools/bench/step_compare.py)
+    python tools/bench_render.py --speed_compare --profile --out_dir bench_speed  # issue 20: today's step vs each
+                                                                      # speed option (tools/bench/speed_compare.py)
 
 1. Render benchmark. For every grid (Z x X x Y, as the paper writes them; the volume is (X, Y, Z), X forward,
    over the Occ3D range [-40, 40]^2 x [-1, 5.4] m) and every render size (H x W), the 6 cameras of the real
@@ -108,7 +110,15 @@ def build_parser():
     g.add_argument("--step_ablations", action="store_true", help="also 'new' without each speed option")
     g.add_argument("--step_compile", action="store_true", help="also 'new' with torch.compile (slow to start)")
     g.add_argument("--profile", action="store_true",
-                   help="top operators of the new step (torch.profiler) to bench_step_profile.txt")
+                   help="top operators of the new step (torch.profiler) to bench_step_profile.txt; with "
+                        "--speed_compare: the profile of today's and of all options' step")
+    g = p.add_argument_group("speed options", "--speed_compare: the training step with each speed option of issue "
+                             "20 against today's path (tools/bench/speed_compare.py); uses --step_net, "
+                             "--step_repeats, --warmup, --step_compile, --profile")
+    g.add_argument("--speed_compare", action="store_true", help="time today's step against each speed option")
+    g.add_argument("--speed_budget", type=float, default=None,
+                   help="seconds for the whole comparison, gsplat's build included; later variants that do not fit "
+                        "are skipped (default 480; --quick 60)")
     p.add_argument("--no_plot", action="store_true", help="do not write bench_render.png")
     return p
 
@@ -128,6 +138,7 @@ def resolve_args(argv=None):
     args.step_net = args.step_net.split(",")
     args.step_iters = args.step_iters or (4 if q else 24)
     args.step_workers = args.step_workers if args.step_workers is not None else (0 if q else 4)
+    args.speed_budget = args.speed_budget or (60.0 if q else 480.0)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in args.methods:
         if m not in METHODS:
@@ -142,6 +153,13 @@ def main(argv=None):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     grids, sizes = parse_triplets(args.grids, 3), parse_triplets(args.sizes, 2)
     os.makedirs(args.out_dir, exist_ok=True)
+    command = "python tools/bench_render.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.speed_compare:  # gsplat builds in the background there, while the components run
+        from types import SimpleNamespace
+        from tools.bench.speed_compare import run as speed_run
+        meta = environment(device, SimpleNamespace(gsplat_ok=None, gsplat_first_call_s=None))
+        meta["command"] = command
+        return speed_run(args, device, meta)
     bench = Bench(args, device)
     bench.warm_gsplat()
     if args.step_compare:

@@ -10,6 +10,8 @@
 #   sh tools/run_benchmarks.sh data        # synthetic benchmark set (18 scenes x 30 frames, 270x480) + LiDAR depth
 #   sh tools/run_benchmarks.sh bench       # render / training-iteration speed: GSV (gsplat, torch) vs volume rendering
 #   sh tools/run_benchmarks.sh step        # stage-2 training step at the paper config: old code path vs new (+ profile)
+#   sh tools/run_benchmarks.sh speed       # 1 GPU, ~8 min: today's stage-2 step vs each speed option of issue 20, both
+#                                          #   networks, components, profile (docs/results/speed_notes.md)
 #   sh tools/run_benchmarks.sh ddp         # 2 GPUs vs 1 (tools/bench_ddp.sh; needs a machine with >= 2 GPUs)
 #   sh tools/run_benchmarks.sh cpu-default # the README's CPU default (sh run_gs_occ.sh without GPU, from scratch)
 #                                          #   -> docs/results/cpu_default/{metrics.json,metrics.md,run.md}
@@ -177,6 +179,9 @@ bench)
     ;;
 step)
     $PY tools/bench_render.py --step_compare --step_ablations --profile --out_dir logs/bench_step
+    ;;
+speed)
+    $PY tools/bench_render.py --speed_compare --profile --step_net project,authors --step_compile --out_dir logs/bench_speed
     ;;
 ddp)
     PY=$PY sh tools/bench_ddp.sh

@@ -41,16 +41,23 @@ FOV_CLIP = 1.3           # Jacobian evaluated at most this many half fields of v
 
 
 def rasterize(means, quats, scales, opacities, features, viewmats, Ks, width, height, *,
-              near=0.1, far=1e10, backend="auto", max_pairs=1 << 22):
+              near=0.1, far=1e10, backend="auto", max_pairs=1 << 22, zsq=None, packed=True, tile_size=16):
     """Render N Gaussians into C cameras.
 
     means (N,3) world frame; quats (N,4) wxyz (not necessarily normalised); scales (N,3) standard deviations;
     opacities (N,) in [0,1]; features (N,D), per camera (C,N,D), or None; viewmats (C,4,4) world -> camera (OpenCV);
     Ks (C,3,3) pixel intrinsics (OpenCV pixel centres, see the module docstring); width, height in pixels;
     near, far: camera-z range of the Gaussian centres that are drawn; max_pairs: torch backend, bounds the
-    pixel-Gaussian pairs handled at once (memory).
+    pixel-Gaussian pairs handled at once (memory); packed, tile_size: gsplat's options (gsplat backend; the
+    same render).
+    zsq: also render ``zsq`` (C,1,H,W) = sum_i w_i z_i^2 (z_i the camera depth of Gaussian i's mean, no gradient
+    through z), by ``per_camera``: a copy of the features per camera with z^2 appended (C,N,D+1), or ``moments``:
+    9 channels shared by the cameras, the mean p and the products p p^T, combined per camera after the render as
+    z^2 = n^T (p p^T) n + 2 t n.p + t^2 (z = n.p + t, n and t the view matrix's third row): the same value to
+    float32 rounding, without the per-camera copy (``depth_moments``). z is computed in float32 under autocast too.
     Returns dict(depth (C,1,H,W) sum_i w_i z_i, depth_exp (C,1,H,W) depth / max(alpha, 1e-10),
-                 alpha (C,1,H,W) sum_i w_i, features (C,D,H,W) sum_i w_i f_i, D = 0 when features is None).
+                 alpha (C,1,H,W) sum_i w_i, features (C,D,H,W) sum_i w_i f_i, D = 0 when features is None
+                 [, zsq (C,1,H,W)]).
     Differentiable w.r.t. means, quats, scales, opacities and features (not Ks or viewmats in gsplat).
     """
     N, C = means.shape[0], viewmats.shape[0]
@@ -61,6 +68,10 @@ def rasterize(means, quats, scales, opacities, features, viewmats, Ks, width, he
         features.dim() == 3 and features.shape[:2] == (C, N)), features.shape
     assert viewmats.shape == (C, 4, 4) and Ks.shape == (C, 3, 3), (viewmats.shape, Ks.shape)
     backend = resolve_backend(backend, means.device)
+    if zsq is not None:
+        return _rasterize_with_zsq(means, quats, scales, opacities, features, viewmats, Ks, width, height, zsq,
+                                   near=near, far=far, backend=backend, max_pairs=max_pairs, packed=packed,
+                                   tile_size=tile_size)
     D = 0 if features is None else features.shape[-1]
     Ks = Ks.clone()
     Ks[:, 0, 2] += 0.5
@@ -74,14 +85,63 @@ def rasterize(means, quats, scales, opacities, features, viewmats, Ks, width, he
                 for x in (means, quats, scales, opacities, features, viewmats, Ks)]
         with torch.autocast(means.device.type, enabled=False):
             if backend == "gsplat":
-                img = _rasterize_gsplat(*args, width, height, near, far)
+                img = _rasterize_gsplat(*args, width, height, near, far, packed, tile_size)
             else:
                 img = _rasterize_torch(*args, width, height, near, far, max_pairs)
     depth, alpha = img[:, D:D + 1], img[:, D + 1:D + 2]
     return {"depth": depth, "depth_exp": depth / alpha.clamp(min=1e-10), "alpha": alpha, "features": img[:, :D]}
 
 
-def _rasterize_gsplat(means, quats, scales, opacities, features, viewmats, Ks, width, height, near, far):
+def depth_moments(means):
+    """(N, 9): x, y, z, xx, xy, xz, yy, yz, zz of the means (N, 3) (float32, float64 kept), no gradient: the
+    shared channels of zsq moments."""
+    p = means.detach()
+    p = p if p.dtype == torch.float64 else p.float()
+    x, y, z = p.unbind(-1)
+    return torch.stack([x, y, z, x * x, x * y, x * z, y * y, y * z, z * z], -1)
+
+
+def zsq_from_moments(moments, alpha, viewmats):
+    """sum_i w_i z_i^2 (C,1,H,W) from the rendered moments (C,9,H,W) (sum_i w_i of depth_moments) and alpha
+    (C,1,H,W): z = n.p + t per camera, n, t = viewmats[:, 2, :3], viewmats[:, 2, 3]."""
+    n, t = viewmats[:, 2, :3].to(moments.dtype), viewmats[:, 2, 3].to(moments.dtype)
+    nx, ny, nz = n.unbind(-1)
+    coef = torch.stack([2 * t * nx, 2 * t * ny, 2 * t * nz, nx * nx, 2 * nx * ny, 2 * nx * nz, ny * ny,
+                        2 * ny * nz, nz * nz, t * t], -1)  # (C, 10) over (moments, alpha)
+    return torch.einsum("ck,ckhw->chw", coef, torch.cat([moments, alpha], 1))[:, None]
+
+
+def _rasterize_with_zsq(means, quats, scales, opacities, features, viewmats, Ks, width, height, mode, **kw):
+    """rasterize(..., zsq=mode): the features get z^2 (per camera) or the 9 moments (shared); see rasterize."""
+    if mode not in ("per_camera", "moments"):
+        raise ValueError(f"zsq must be None, per_camera or moments, got {mode!r}")
+    C, N = viewmats.shape[0], means.shape[0]
+    feats = features if features is not None else means.new_zeros(N, 0)
+    if feats.dtype != torch.float64:
+        feats = feats.float()  # what the backends render anyway; z^2 and the moments must not be rounded to bf16
+    with torch.autocast(means.device.type, enabled=False):
+        if mode == "per_camera":
+            z = (means @ viewmats[:, 2, :3].t() + viewmats[:, 2, 3]).detach().t().to(feats.dtype)  # (C, N)
+            if feats.dim() == 2:
+                feats = feats.expand(C, -1, -1)
+            extra = (z * z)[..., None]
+        else:
+            if feats.dim() == 3:
+                raise ValueError("zsq moments needs features shared by the cameras, (N, D)")
+            extra = depth_moments(means)
+        feats = torch.cat([feats, extra.to(feats.dtype)], -1)
+    out = rasterize(means, quats, scales, opacities, feats, viewmats, Ks, width, height, **kw)
+    f = out["features"]
+    if mode == "per_camera":
+        out["features"], out["zsq"] = f[:, :-1], f[:, -1:]
+    else:
+        with torch.autocast(means.device.type, enabled=False):  # a bf16 einsum would ruin the cancellation
+            out["features"], out["zsq"] = f[:, :-9], zsq_from_moments(f[:, -9:], out["alpha"], viewmats)
+    return out
+
+
+def _rasterize_gsplat(means, quats, scales, opacities, features, viewmats, Ks, width, height, near, far,
+                      packed=True, tile_size=16):
     """One gsplat.rasterization call -> (C, D+2, H, W): features, accumulated depth, alpha."""
     from gsplat import rasterization
     N = means.shape[0]
@@ -89,9 +149,9 @@ def _rasterize_gsplat(means, quats, scales, opacities, features, viewmats, Ks, w
     colours = features if D > 0 else means.new_zeros(N, 1)  # ignored in mode "D"
     render, alpha, _ = rasterization(
         means, quats, scales, opacities, colours, viewmats, Ks, width, height,
-        near_plane=near, far_plane=far, radius_clip=0.0, eps2d=EPS2D, sh_degree=None, packed=True,
-        render_mode="RGB+D" if D > 0 else "D", rasterize_mode="classic", camera_model="pinhole",
-        channel_chunk=max(32, D + 1))
+        near_plane=near, far_plane=far, radius_clip=0.0, eps2d=EPS2D, sh_degree=None, packed=packed,
+        tile_size=tile_size, render_mode="RGB+D" if D > 0 else "D", rasterize_mode="classic",
+        camera_model="pinhole", channel_chunk=max(32, D + 1))
     # render (C,H,W,D+1): features then accumulated depth; alpha (C,H,W,1).
     return torch.cat([render, alpha], dim=-1).permute(0, 3, 1, 2)
 

@@ -7,11 +7,26 @@
   Not the stage-1 pose net, whose fusion reshapes its features with ``view`` (needs the default layout).
 * ``compile``: ``torch.compile`` on each trainable sub-network (off by default: compile time, and a gain that
   has to be measured first; ``tools/bench_render.py --step_compare`` does).
-All three act on CUDA only; on the CPU the model is returned untouched.
+These three act on CUDA only; on the CPU the model is returned untouched.
+
+Stage-2 speed options (off by default until ``tools/bench_render.py --speed_compare`` has measured them on a
+GPU; each computes the same function as the default, tests/test_speed_options.py compares values and gradients):
+* ``channels_last_3d`` (CUDA only): the 3D CNN's weights and its input volume NDHWC, so cuDNN's convolutions need
+  no layout transposes and batch norm takes PyTorch's channels-last kernels (the contiguous ones reduce each
+  channel in one thread block);
+* ``group_norm_impl parallel``: the residual decoder's group norms through whole-GPU reductions
+  (networks/fast_norm.py);
+* ``lift_impl gather``: the lifting as one weighted gather, channels-last (networks/lift_gather.py);
+* ``raster_zsq moments``: sum_i w_i z_i^2 of the depth-spread term from 9 moment channels shared by the cameras
+  instead of per-camera copies of every feature (utils/rasterizer.py);
+* ``gsplat_packed``, ``gsplat_tile_size``: gsplat's own options (the same render);
+* ``fused_optimizer``: AdamW's fused CUDA kernel (``make_optimizer``).
 """
 import torch
 
 from utils.cli import str2bool
+
+GROUP_NORM_IMPLS = ("torch", "parallel")  # --group_norm_impl: networks/fast_norm.py implements them
 
 
 def add_args(parser):
@@ -24,6 +39,24 @@ def add_args(parser):
                    help="torch.compile each trainable sub-network (experimental: measure it first)")
     g.add_argument("--prefetch_factor", type=int, default=4,
                    help="batches each data loader worker prepares ahead")
+    g.add_argument("--channels_last_3d", type=str2bool, default=False,
+                   help="NDHWC weights and volume in the stage-2 3D CNN (CUDA only)")
+    g.add_argument("--group_norm_impl", type=str, default="torch", choices=GROUP_NORM_IMPLS,
+                   help="residual decoder's group norm: torch (nn.GroupNorm) or parallel (networks/fast_norm.py: the "
+                        "same function through whole-GPU reductions, any layout, output in the input's dtype)")
+    g.add_argument("--lift_impl", type=str, default="grid_sample", choices=["grid_sample", "gather"],
+                   help="stage-2 lifting: grid_sample per camera, or gather (one embedding_bag over a channels-last "
+                        "table of the feature maps, the same average; networks/lift_gather.py)")
+    g.add_argument("--raster_zsq", type=str, default="per_camera", choices=["per_camera", "moments"],
+                   help="how the render gives sum_i w_i z_i^2 for --w_dist: per_camera copies every feature per "
+                        "camera with z^2 appended; moments renders 9 shared moment channels of the Gaussian means "
+                        "and combines them per camera (utils/rasterizer.py)")
+    g.add_argument("--fused_optimizer", type=str2bool, default=False,
+                   help="AdamW's fused kernel on CUDA (one launch per parameter group instead of its foreach "
+                        "launches; the same update to float32 rounding)")
+    g.add_argument("--gsplat_packed", type=str2bool, default=True, help="gsplat's packed mode (the same render)")
+    g.add_argument("--gsplat_tile_size", type=int, default=16, choices=[8, 16],
+                   help="gsplat's tile size in pixels (the same render)")
 
 
 def channels_last_modules(model):
@@ -31,6 +64,11 @@ def channels_last_modules(model):
     those inside a module that needs the default layout (``nhwc_ok = False``: the stage-1 pose net)."""
     skip = {id(m) for p in model.modules() if getattr(p, "nhwc_ok", None) is False for m in p.modules()}
     return [m for m in model.modules() if getattr(m, "nhwc_ok", None) is True and id(m) not in skip]
+
+
+def volume_networks(model):
+    """The modules of ``model`` whose 3D CNN keeps its layout in ``volume_format`` (stage 2's OccNet)."""
+    return [m for m in model.modules() if hasattr(m, "volume_format")]
 
 
 def prepare_model(model, opt, device):
@@ -46,9 +84,23 @@ def prepare_model(model, opt, device):
         for m in mods:
             m.to(memory_format=torch.channels_last)
         done.append(f"channels_last ({len(mods)} encoders)")
+    if getattr(opt, "channels_last_3d", False):
+        nets = volume_networks(model)
+        for net in nets:
+            net.volume_format = torch.channels_last_3d
+            for part in (net.decoder, net.head, net.scale_head):
+                if part is not None:
+                    part.to(memory_format=torch.channels_last_3d)
+        done.append(f"channels_last_3d ({len(nets)} 3D CNNs)")
     if opt.compile:
         names = [n for n, m in model.named_children() if any(p.requires_grad for p in m.parameters())]
         for n in names:
             getattr(model, n).compile()  # in place: state_dict keys stay the same
         done.append(f"torch.compile ({', '.join(names)})")
     return done
+
+
+def make_optimizer(groups, opt, device):
+    """The trainer's AdamW over ``groups`` (fused on CUDA with --fused_optimizer)."""
+    fused = bool(getattr(opt, "fused_optimizer", False)) and device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=opt.lr, weight_decay=opt.weight_decay, **({"fused": True} if fused else {}))

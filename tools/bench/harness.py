@@ -90,11 +90,12 @@ def make_train_step(model, opt, device):
     """The trainer's optimiser step (zero_grad, forward under autocast ``opt.amp``, backward, grad clip, AdamW)
     as ``step(batch on the device) -> (loss as a float, logs)``."""
     from trainer import param_groups
+    from utils.speed import make_optimizer
     groups = param_groups(model.trainable_parameters())
     for g in groups:  # the trainer's lr of each group at a step without warm-up or decay
         g["lr"] = opt.lr * g["lr_scale"]
     params = [p for g in groups for p in g["params"]]
-    optim = torch.optim.AdamW(groups, lr=opt.lr, weight_decay=opt.weight_decay)
+    optim = make_optimizer(groups, opt, device)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opt.amp)
 
     def step(batch):

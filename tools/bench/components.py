@@ -1,0 +1,240 @@
+"""The parts of the stage-2 step that issue 20 speeds up, timed alone at the paper sizes (they need no gsplat, so
+``tools/bench/speed_compare.py`` runs them while gsplat's kernels build), and the two ceilings of the device.
+
+Each case: forward, and forward + backward of a random gradient, median of CUDA-event times (wall clock with a
+synchronize on the CPU); the bytes one pass must move (floor) and the rate it reached; the relative difference of
+output and input gradient to the case's reference (the first of its group), which must stay at rounding level.
+Groups: ``ceiling`` (device-to-device copy, a bf16 matrix product), ``norm`` (one normalisation of the decoder's
+32-channel bf16 volume 300 x 300 x 24: torch's group norm under autocast as the step runs it, the parallel one in
+NCDHW and NDHWC, batch norm NCDHW / NDHWC, an elementwise x * 2 as the cost of one pass), ``conv`` (a
+3x3x3 32 -> 32 convolution NCDHW / NDHWC) and ``lift`` (grid_sample per camera / one gather, at both networks'
+feature maps).
+"""
+import statistics
+import time
+
+import torch
+
+from networks.fast_norm import ParallelGroupNorm
+from networks.lift_gather import lift_features_gather
+from networks.occ_net import VoxelGrid, lift_features
+from tools.bench.scene import rig_cameras
+
+PAPER_VOLUME, QUICK_VOLUME = (300, 300, 24), (24, 24, 8)
+CL3D = torch.channels_last_3d
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, reps, warmup=2):
+    """Median and minimum seconds of ``fn()`` over ``reps`` runs after ``warmup``."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times), min(times)
+
+
+def _rel(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp(min=1e-30))
+
+
+def ceilings(device, quick):
+    """Copy bandwidth (bytes read + written per second) and bf16 (CPU: float32) matrix-product rate."""
+    n = (1 << 22) if quick else (1 << 30)
+    src = torch.rand(n // 4, device=device)
+    dst = torch.empty_like(src)
+    med, _ = timed(lambda: dst.copy_(src), device, 5 if quick else 20)
+    m = 256 if quick else 8192
+    dt = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = torch.randn(m, m, device=device, dtype=dt), torch.randn(m, m, device=device, dtype=dt)
+    mm, _ = timed(lambda: a @ b, device, 3 if quick else 10)
+    return [{"group": "ceiling", "case": f"copy {2 * n / 2**30:.2f} GiB read+written", "median_ms": med * 1e3,
+             "rate": f"{2 * n / med / 1e12:.2f} TB/s", "copy_tb_s": 2 * n / med / 1e12},
+            {"group": "ceiling", "case": f"matmul {m}^3 {str(dt).split('.')[-1]}", "median_ms": mm * 1e3,
+             "rate": f"{2 * m ** 3 / mm / 1e12:.0f} TFLOP/s", "matmul_tflops": 2 * m ** 3 / mm / 1e12}]
+
+
+def _case(group, name, make, device, reps, ref=None, bytes_fwd=None, bytes_bwd=None):
+    """Times make() -> (forward fn returning the output, input tensor requiring grad); compares with ``ref``. A case
+    that fails is a row with its error (the others still run)."""
+    try:
+        return _timed_case(group, name, make, device, reps, ref, bytes_fwd, bytes_bwd)
+    except Exception as err:
+        return {"group": group, "case": name, "error": f"{type(err).__name__}: {str(err)[:200]}"}
+
+
+def _timed_case(group, name, make, device, reps, ref, bytes_fwd, bytes_bwd):
+    fwd, x = make()
+    out = fwd()
+    dy = torch.randn(out.shape, device=device, generator=torch.Generator(device).manual_seed(0)).to(out.dtype)
+
+    def both():
+        x.grad = None
+        fwd().backward(dy)
+    f_med, _ = timed(fwd, device, reps)
+    b_med, _ = timed(both, device, reps)
+    both()
+    row = {"group": group, "case": name, "fwd_ms": f_med * 1e3, "fwd_bwd_ms": b_med * 1e3,
+           "out": out.detach(), "grad": x.grad.detach().clone()}
+    if bytes_fwd:
+        row["rate"] = f"{bytes_fwd / f_med / 1e12:.2f} / {(bytes_fwd + bytes_bwd) / b_med / 1e12:.2f} TB/s"
+    if ref is not None and "out" in ref:
+        row["out_rel_diff"], row["grad_rel_diff"] = _rel(out, ref["out"]), _rel(x.grad, ref["grad"])
+    return row
+
+
+def norm_cases(device, quick, reps):
+    """One normalisation of a (1, 32, X, Y, Z) bf16 volume (float32 on the CPU), forward and backward."""
+    shape = (1, 32, *(QUICK_VOLUME if quick else PAPER_VOLUME))
+    dt = torch.bfloat16 if device.type == "cuda" else torch.float32
+    base = torch.randn(shape, device=device, generator=torch.Generator(device).manual_seed(1)).to(dt)
+    nbytes = base.numel() * base.element_size()
+    amp = device.type == "cuda"
+
+    def gn(cls, fmt):
+        m = cls(8, 32).to(device)
+
+        def make():
+            x = base.detach().clone(memory_format=fmt).requires_grad_()
+
+            def fwd():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    return m(x)
+            return fwd, x
+        return make
+
+    def bn(fmt):
+        m = torch.nn.BatchNorm3d(32).to(device)
+
+        def make():
+            x = base.detach().clone(memory_format=fmt).requires_grad_()
+            return (lambda: m(x)), x
+        return make
+
+    def scale():
+        x = base.clone().requires_grad_()
+        return (lambda: x * 2), x
+
+    rows = [_case("norm", "group norm, torch (autocast float32), NCDHW", gn(torch.nn.GroupNorm,
+                                                                           torch.contiguous_format), device, reps,
+                  bytes_fwd=2 * nbytes, bytes_bwd=3 * nbytes)]
+    for name, fmt in (("NCDHW", torch.contiguous_format), ("NDHWC", CL3D)):
+        rows.append(_case("norm", f"group norm, parallel, {name}", gn(ParallelGroupNorm, fmt), device, reps,
+                          rows[0], 2 * nbytes, 3 * nbytes))
+    rows.append(_case("norm", "batch norm, torch, NCDHW", bn(torch.contiguous_format), device, reps,
+                      bytes_fwd=2 * nbytes, bytes_bwd=3 * nbytes))
+    rows.append(_case("norm", "batch norm, torch, NDHWC", bn(CL3D), device, reps, rows[-1], 2 * nbytes, 3 * nbytes))
+    rows.append(_case("norm", "elementwise reference: x * 2 (one read, one write)", scale, device, reps,
+                      bytes_fwd=2 * nbytes, bytes_bwd=2 * nbytes))
+    return rows
+
+
+def conv_cases(device, quick, reps):
+    """3x3x3 convolutions of the decoders NCDHW / NDHWC: 32 -> 32, and the residual decoder's first, 65 -> 32 (64
+    lifted channels + visibility; NDHWC also with the input and the weight padded by zeros to 72 channels, the same
+    result: cuDNN's fast NDHWC kernels want channels in multiples of 8)."""
+    grid = QUICK_VOLUME if quick else PAPER_VOLUME
+    amp = device.type == "cuda"
+    dtype = "bf16" if amp else "float32"
+    rows = []
+    for cin in (32, 65):
+        base = torch.randn(1, cin, *grid, device=device, generator=torch.Generator(device).manual_seed(2))
+        conv = torch.nn.Conv3d(cin, 32, 3, padding=1, bias=False).to(device)
+        ref = None
+        for name, fmt, pad in (("NCDHW", torch.contiguous_format, 0), ("NDHWC", CL3D, 0),
+                               ("NDHWC, padded to 72", CL3D, -cin % 8)):
+            if name.endswith("72") and pad == 0:
+                continue
+
+            def make(fmt=fmt, pad=pad):
+                conv.to(memory_format=fmt)
+                x = base.detach().clone(memory_format=fmt).requires_grad_()
+
+                def fwd():
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                        if not pad:
+                            return conv(x)
+                        xp = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, 0, 0, pad)).contiguous(memory_format=fmt)
+                        w = torch.nn.functional.pad(conv.weight, (0, 0, 0, 0, 0, 0, 0, pad))
+                        return torch.nn.functional.conv3d(xp, w.contiguous(memory_format=fmt), padding=1)
+                return fwd, x
+            row = _case("conv", f"conv3d 3x3x3 {cin}->32 {dtype}, {name}", make, device, reps, ref)
+            ref = ref or row
+            rows.append(row)
+    return rows
+
+
+def lift_cases(device, quick, reps):
+    """lift_features vs lift_features_gather on the rig at 384 x 640, feature maps of stride 8 and 4."""
+    H, W = (64, 112) if quick else (384, 640)
+    grid = QUICK_VOLUME if quick else PAPER_VOLUME
+    pts = VoxelGrid(grid, [-40.0, 40.0, -40.0, 40.0, -1.0, 5.4]).centres(device).view(-1, 3)
+    _, K, cam2ego = rig_cameras(H, W, device)
+    K, cam2ego = K[None], cam2ego[None]
+    rows = []
+    for stride, net in ((8, "project"), (4, "authors")):
+        feats = torch.randn(1, 6, 64, H // stride, W // stride, device=device,
+                            generator=torch.Generator(device).manual_seed(3))
+        cases = (("grid_sample per camera", lambda f: lift_features(f, K, cam2ego, pts, (H, W))),
+                 ("gather (embedding_bag)", lambda f: lift_features_gather(f, K, cam2ego, pts, (H, W))))
+        ref = None
+        for name, fn in cases:
+            def make(fn=fn):
+                x = feats.clone().requires_grad_()
+                return (lambda: fn(x)), x
+            row = _case("lift", f"lift, {net} (stride {stride}, 64 ch): {name}", make, device, reps, ref)
+            ref = ref or row
+            rows.append(row)
+    return rows
+
+
+def run_components(device, quick=False, reps=None, log=print):
+    """Every group; rows without the tensors (JSON-ready). A group that fails is one row with its error."""
+    reps = reps or (2 if quick else 10)
+    rows = []
+    groups = (("ceiling", lambda: ceilings(device, quick)), ("norm", lambda: norm_cases(device, quick, reps)),
+              ("conv", lambda: conv_cases(device, quick, reps)), ("lift", lambda: lift_cases(device, quick, reps)))
+    for name, fn in groups:
+        t0 = time.perf_counter()
+        try:
+            got = fn()
+        except Exception as err:  # one broken group must not lose the others
+            got = [{"group": name, "case": "error", "error": f"{type(err).__name__}: {str(err)[:200]}"}]
+        for r in got:
+            r.pop("out", None), r.pop("grad", None)
+        rows += got
+        log(f"components: {name} ({time.perf_counter() - t0:.1f} s)")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def markdown(rows):
+    L = ["| group | case | forward ms | fwd+bwd ms | rate (fwd / fwd+bwd) | out rel. diff | grad rel. diff |",
+         "| --- | --- | ---: | ---: | --- | ---: | ---: |"]
+    f = lambda r, k, fmt: format(r[k], fmt) if r.get(k) is not None else "-"  # noqa: E731
+    for r in rows:
+        if "error" in r:
+            L.append(f"| {r['group']} | {r['case']}: error {r['error']} | | | | | |")
+            continue
+        fwd = f(r, "fwd_ms", ".3f") if "fwd_ms" in r else f(r, "median_ms", ".3f")
+        L.append(f"| {r['group']} | {r['case']} | {fwd} | {f(r, 'fwd_bwd_ms', '.3f')} | {r.get('rate', '-')} | "
+                 f"{f(r, 'out_rel_diff', '.1e')} | {f(r, 'grad_rel_diff', '.1e')} |")
+    return "\n".join(L)

@@ -1,0 +1,116 @@
+"""Where a training step's time goes: device time per kernel family, the top operators, and the synchronisations.
+
+``profile_step(step, batch, device)`` runs ``n`` steps under torch.profiler and returns per-step device (on the
+CPU: CPU) time of each family of ``FAMILIES`` (first pattern that matches a kernel's or an operator's name), the
+busy time, the number of kernel launches and the text of the top operators. ``count_syncs(step, batch, device)``
+runs one step under ``torch.cuda.set_sync_debug_mode("warn")`` and counts the host-device synchronisations by the
+line of Python that caused them.
+"""
+import collections
+import os
+import re
+import warnings
+
+import torch
+
+# (family, pattern); the first match names a kernel (CUDA) or an operator (CPU).
+FAMILIES = [
+    ("normalisation", r"group_?norm|GroupNorm|RowwiseMoments|ComputeFusedParams|ComputeInternalGradients|"
+                      r"BackwardFusedParams|GammaBeta|batch_?norm|BatchNorm|Welford|welford|fast_norm"),
+    ("layout (NCHW <-> NHWC)", r"nchwToNhwc|nhwcToNchw|[Tt]ranspose|permute"),
+    ("convolution", r"conv|fprop|dgrad|wgrad|implicit|cudnn"),
+    ("matmul", r"gemm|gemv|cublas|matmul|aten::mm|aten::bmm|aten::addmm"),
+    ("rasteriser (gsplat / torch)", r"rasteriz|projection|isect|gsplat|_Composite|_pixel_pairs"),
+    ("grid_sample (lifting, the loss's warps)", r"grid_sampler"),
+    ("lifting: embedding_bag", r"embedding|EmbeddingBag|compute_grad_weight|sum_and_scatter|krn_partial|segment_"),
+    ("sort / scan / nonzero", r"[Rr]adix|cub::|Scan|[Ss]ort|cumsum|nonzero|unique"),
+    ("reduction", r"reduce_kernel|[Rr]educe|norm_kernel|aten::sum|aten::mean|aten::norm"),
+    ("optimizer", r"multi_tensor|foreach|[Aa]dam"),
+    ("copy / cast / fill", r"[Cc]opy|Memcpy|Memset|fill|aten::to|_to_copy|cat"),
+    ("elementwise", r"elementwise|vectorized|unrolled|pointwise|threshold|relu|softmax|aten::"),
+]
+
+
+# Operators and autograd nodes whose inclusive time (their kernels and their children's) the profile also lists.
+OPS_OF_INTEREST = (r"aten::native_group_norm|aten::native_batch_norm|_batch_norm_with_update|NormBackward|"
+                   r"fast_norm::|_GroupNormBackward|aten::grid_sampler_2d|GridSampler2DBackward|aten::embedding_bag|"
+                   r"EmbeddingBagBackward|aten::cudnn_convolution|aten::convolution_backward|_RasterizeToPixels|"
+                   r"_FullyFusedProjection|aten::_fused_adamw|aten::_foreach")
+
+
+def family(name):
+    for fam, pat in FAMILIES:
+        if re.search(pat, name):
+            return fam
+    return "other"
+
+
+def _self_time(e, cuda):
+    """Self time in microseconds of a key_averages entry (device time for kernels, CPU time on the CPU)."""
+    if cuda:
+        return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+    return e.self_cpu_time_total
+
+
+def profile_step(step, batch, device, n=3, top=25):
+    """dict(families {family: ms per step}, launches per step, busy_ms per step, table: top operators text)."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        for _ in range(n):
+            step(batch)
+        if cuda:
+            torch.cuda.synchronize(device)
+    avgs = prof.key_averages()
+    if cuda:  # kernels: entries that have device time of their own and no CPU time (CUPTI events)
+        entries = [e for e in avgs if str(getattr(e, "device_type", "")).endswith("CUDA")] or \
+            [e for e in avgs if e.self_cpu_time_total == 0 and _self_time(e, True) > 0]
+    else:  # the operators that ran no other operator inside (their self time is their whole cost)
+        entries = [e for e in avgs if e.key.startswith("aten::")]
+    fams = collections.Counter()
+    kernels = collections.Counter()
+    launches = 0
+    for e in entries:
+        t = _self_time(e, cuda) / 1e3 / n
+        fams[family(e.key)] += t
+        kernels[e.key[:100]] += t
+        launches += e.count
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    total = "device_time_total" if cuda else "cpu_time_total"
+    ops = collections.Counter({e.key[:100]: getattr(e, total, 0) / 1e3 / n for e in avgs
+                               if re.search(OPS_OF_INTEREST, e.key) and not e.key.startswith("void ")})
+    return {"families_ms": dict(fams.most_common()), "busy_ms": sum(fams.values()), "launches": launches / n,
+            "top_kernels_ms": dict(kernels.most_common(15)), "ops_ms": dict(ops.most_common(20)),
+            "table": avgs.table(sort_by=key, row_limit=top)}
+
+
+def count_syncs(step, batch, device):
+    """(number of host-device synchronisations in one step, {file:line: count}); (None, {}) without CUDA."""
+    if device.type != "cuda":
+        return None, {}
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step(batch)
+            torch.cuda.synchronize(device)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    sites = collections.Counter(f"{os.path.relpath(w.filename)}:{w.lineno}" for w in caught
+                                if "synchroniz" in str(w.message))
+    return sum(sites.values()), dict(sites.most_common())
+
+
+def families_markdown(profiles):
+    """profiles: {column name: profile_step result} -> one table, a row per family, ms per step."""
+    names = list(profiles)
+    fams = []
+    for p in profiles.values():
+        fams += [f for f in p["families_ms"] if f not in fams]
+    L = ["| family | " + " | ".join(names) + " |", "| --- |" + " ---: |" * len(names)]
+    for f in fams:
+        L.append(f"| {f} | " + " | ".join(f"{p['families_ms'].get(f, 0):.1f}" for p in profiles.values()) + " |")
+    L.append("| **busy (sum)** | " + " | ".join(f"**{p['busy_ms']:.1f}**" for p in profiles.values()) + " |")
+    L.append("| launches per step | " + " | ".join(f"{p['launches']:.0f}" for p in profiles.values()) + " |")
+    return "\n".join(L)

@@ -1,0 +1,272 @@
+"""Issue 20: the stage-2 training step at the paper sizes, today's path against each speed option, in one process.
+
+    python tools/bench_render.py --speed_compare --out_dir $OUT                           # CUDA, both networks
+    python tools/bench_render.py --speed_compare --quick --device cpu --out_dir /tmp/s    # CPU smoke run (< 30 s)
+
+Order (CUDA): gsplat's kernels build in a background process (tools/gsplat_build.py, its log in gsplat_build.log)
+while the component benchmarks run (tools/bench/components.py: copy and matmul ceilings, normalisation, 3D
+convolution, lifting at the paper sizes); then, per network (``--step_net``: project, authors), the trainer's step
+(zero_grad, forward under bf16 autocast, backward, grad clip, AdamW) of GSVModel at input 384x640, render 180x320,
+grid 300 300 24, random init, ``--pose gt --use_sem true``, one batch on the device: ``today`` (the option
+defaults: cudnn.benchmark, channels_last encoders), ``all`` (every option of ``ALL_ON``), each option alone, then
+``all`` + gsplat's tile 8, unpacked and (``--step_compile``) torch.compile, while ``--speed_budget`` lasts. Every
+variant starts from the same weights (today's, copied), so the first step's loss compares the arithmetic:
+``loss_rel_diff`` against today's. ``today`` and ``all`` are also profiled (``--profile``: device time per kernel
+family, top operators, host-device synchronisations: tools/bench/profile.py).
+
+Per variant: ``model_s`` median of ``--step_repeats`` steps after ``--warmup`` (+1: the first step pays cuDNN's
+algorithm search), ``min_s``, the first step, peak memory, Gaussians. Files in ``--out_dir``: bench_speed.md
+(tables), bench_speed.json (every number; ``scalars``: step_s_<net> = all, step_s_<net>_old = today, best variant,
+loss differences; tools/record_result.py reads them), bench_speed_profile.txt (operator tables), gsplat_build.log.
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from options import parse_args as parse_model_args
+from tools.bench import components
+from tools.bench.harness import PAPER_MODEL, QUICK_MODEL, free_memory, make_train_step, sync
+from tools.bench.profile import count_syncs, families_markdown, profile_step
+from tools.bench.scene import train_batch
+from tools.bench.step_compare import NETS
+from utils.speed import prepare_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ALL_ON = {"channels_last_3d": True, "group_norm_impl": "parallel", "lift_impl": "gather", "raster_zsq": "moments"}
+# (name, settings over today's defaults, networks (None: every one), priority: lower runs first)
+VARIANTS = [
+    ("today", {}, None, 0),
+    ("all", ALL_ON, None, 0),
+    ("+channels_last_3d", {"channels_last_3d": True}, None, 1),
+    ("+group_norm parallel", {"group_norm_impl": "parallel"}, ("project", "quick"), 1),
+    ("+lift gather", {"lift_impl": "gather"}, None, 1),
+    ("+zsq moments", {"raster_zsq": "moments"}, None, 1),
+    ("+fused optimizer", {"fused_optimizer": True}, None, 1),
+    ("all +fused optimizer", {**ALL_ON, "fused_optimizer": True}, None, 2),
+    ("all +tile 8", {**ALL_ON, "gsplat_tile_size": 8}, None, 2),
+    ("all +unpacked", {**ALL_ON, "gsplat_packed": False}, None, 3),
+    ("all +compile", {**ALL_ON, "compile": True}, None, 4),
+]
+PROFILED = ("today", "all")
+COMPILE_EXTRA_S = 240  # what torch.compile may add to a variant (estimate for the budget)
+
+
+def plan(args):
+    """(net, name, settings) in the order they run."""
+    nets = ["quick"] if args.quick else args.step_net
+    out = []
+    for prio in sorted({v[3] for v in VARIANTS}):
+        for net in nets:
+            for name, settings, only, p in VARIANTS:
+                if p != prio or (only is not None and net not in only):
+                    continue
+                if settings.get("compile") and not args.step_compile:
+                    continue
+                out.append((net, name, settings))
+    return out
+
+
+def start_gsplat_build(device, out_dir):
+    """Builds gsplat's kernels in a background process (CUDA and an importable gsplat); returns it or None."""
+    if device.type != "cuda":
+        return None
+    try:
+        import gsplat  # noqa: F401
+    except Exception:
+        return None
+    log = open(os.path.join(out_dir, "gsplat_build.log"), "w")
+    return subprocess.Popen([sys.executable, "-m", "tools.gsplat_build"], stdout=log,
+                            stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def gsplat_ready(device, proc, log):
+    """Waits for the build, loads the kernels here and renders once: (ok, detail, seconds waited)."""
+    from utils.raster_backend import gsplat_status
+    t0 = time.perf_counter()
+    if proc is not None:
+        proc.wait()
+    ok, detail = gsplat_status()
+    if ok:
+        try:
+            from tools.gsplat_build import smoke_render
+            smoke_render(device)
+        except Exception as err:
+            ok, detail = False, f"first render failed ({type(err).__name__}: {err})"
+    log(f"gsplat: {detail} (waited {time.perf_counter() - t0:.0f} s)")
+    return ok, detail
+
+
+def build_model(opt, device, seed, ref_state):
+    """GSVModel on ``device`` (made there when it can be), with ``ref_state``'s weights when given."""
+    from networks.gsv_model import GSVModel
+    torch.manual_seed(seed)
+    try:
+        with torch.device(device):
+            model = GSVModel(opt)
+    except Exception:  # something in the constructor wants the CPU
+        torch.manual_seed(seed)
+        model = GSVModel(opt)
+    model = model.to(device).train()
+    if ref_state is not None:
+        model.load_state_dict(ref_state)
+    return model
+
+
+def run_variant(net, name, settings, args, device, ref_states):
+    """One row: the model step's timings of a variant, its first loss and (PROFILED) its profile."""
+    amp = "bf16" if device.type == "cuda" else "none"
+    argv = ["--stage", "gsv", "--pose", "gt", "--use_sem", "true", "--seed", str(args.seed), "--amp", amp,
+            "--raster_backend", "gsplat" if device.type == "cuda" else "torch",
+            *(QUICK_MODEL if net == "quick" else PAPER_MODEL + NETS[net]),
+            *[x for k, v in settings.items() for x in (f"--{k}", str(v).lower())]]
+    opt = parse_model_args(argv)
+    row = {"net": net, "variant": name, "settings": settings, "status": "ok"}
+    t0 = time.perf_counter()
+    model = build_model(opt, device, args.seed, ref_states.get(net))
+    if net not in ref_states:
+        ref_states[net] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    row["applied"] = "; ".join(prepare_model(model, opt, device)) or "-"
+    step = make_train_step(model, opt, device)
+    batch = train_batch(opt, device, args.seed)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(args.warmup + 1 + args.step_repeats):
+        sync(device)
+        t = time.perf_counter()
+        loss, logs = step(batch)
+        sync(device)
+        if i == 0:
+            row.update(loss_first=loss, first_step_s=time.perf_counter() - t,
+                       n_gaussians=float(logs["num_gaussians"]))
+        elif i > args.warmup:
+            times.append(time.perf_counter() - t)
+    row.update(model_s=statistics.median(times), min_s=min(times), n_runs=len(times))
+    if device.type == "cuda":
+        row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    if args.profile and name in PROFILED:
+        row["profile"] = profile_step(lambda b: step(b), batch, device)
+        row["syncs"], row["sync_sites"] = count_syncs(lambda b: step(b), batch, device)
+    row["wall_s"] = time.perf_counter() - t0
+    return row
+
+
+def run(args, device, meta, log=print):
+    """Everything; writes the files of the module docstring to ``args.out_dir`` and returns the result dict."""
+    t_start = time.perf_counter()
+    deadline = t_start + args.speed_budget
+    os.makedirs(args.out_dir, exist_ok=True)
+    proc = start_gsplat_build(device, args.out_dir)
+    if proc is not None:
+        log("gsplat: building its kernels in the background (gsplat_build.log)")
+    comp = components.run_components(device, quick=args.quick, log=log)
+    ok, detail = gsplat_ready(device, proc, log) if device.type == "cuda" else (False, "no CUDA: torch rasteriser")
+    meta.update(gsplat_usable=ok, gsplat_detail=detail, components_and_build_s=round(time.perf_counter() - t_start, 1))
+    rows, ref_states, est = [], {}, {}
+    for net, name, settings in plan(args):
+        need = est.get(net, 0) * 1.3 + (COMPILE_EXTRA_S if settings.get("compile") else 0)
+        if device.type == "cuda" and not ok:
+            rows.append({"net": net, "variant": name, "settings": settings, "status": f"gsplat unavailable: {detail}"})
+            continue
+        if time.perf_counter() + need > deadline:
+            rows.append({"net": net, "variant": name, "settings": settings, "status": "skipped (time budget)"})
+            continue
+        log(f"[{time.perf_counter() - t_start:5.0f} s] {net}: {name}", end=" ")
+        try:
+            row = run_variant(net, name, settings, args, device, ref_states)
+            est[net] = max(est.get(net, 0), row["wall_s"])
+            log(f"step {row['model_s']:.4f} s (first {row['first_step_s']:.1f} s, loss {row['loss_first']:.5f})")
+        except Exception as err:
+            row = {"net": net, "variant": name, "settings": settings,
+                   "status": f"error: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"}
+            log(row["status"])
+        rows.append(row)
+        free_memory(device)
+    compare(rows)
+    meta["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+    result = {"meta": meta, "scalars": scalars(rows), "rows": rows, "components": comp}
+    write(result, args.out_dir, log)
+    return result
+
+
+def compare(rows):
+    """speedup and loss_rel_diff of every row against today's row of its network."""
+    for r in rows:
+        ref = next((x for x in rows if x["net"] == r["net"] and x["variant"] == "today" and x["status"] == "ok"), None)
+        if ref and r["status"] == "ok":
+            r["speedup"] = ref["model_s"] / r["model_s"]
+            r["loss_rel_diff"] = abs(r["loss_first"] - ref["loss_first"]) / max(abs(ref["loss_first"]), 1e-12)
+
+
+def scalars(rows):
+    """Headline numbers per network: step_s_<net> (all), step_s_<net>_old (today), the best variant whose first
+    loss is within 1e-3 of today's, and the loss differences."""
+    out = {}
+    for net in dict.fromkeys(r["net"] for r in rows):
+        ok = {r["variant"]: r for r in rows if r["net"] == net and r["status"] == "ok"}
+        if "today" in ok:
+            out[f"step_s_{net}_old"] = ok["today"]["model_s"]
+        if "all" in ok:
+            out[f"step_s_{net}"] = ok["all"]["model_s"]
+            out[f"loss_rel_diff_{net}"] = ok["all"].get("loss_rel_diff")
+        good = [r for r in ok.values() if r.get("loss_rel_diff") is not None and r["loss_rel_diff"] <= 1e-3]
+        if good:
+            best = min(good, key=lambda r: r["model_s"])
+            out[f"step_s_{net}_best"], out[f"best_variant_{net}"] = best["model_s"], best["variant"]
+    return out
+
+
+def markdown(result):
+    meta, rows = result["meta"], result["rows"]
+    L = ["# Stage-2 training step: today's path and the speed options of issue 20", "",
+         f"- device: {meta['device']}; torch {meta['torch']} (CUDA {meta['cuda']}); gsplat {meta['gsplat']} "
+         f"({meta.get('gsplat_detail', '')})",
+         f"- date: {meta['date']}; command: `{meta['command']}`; {meta.get('elapsed_s')} s "
+         f"(components and gsplat build: {meta.get('components_and_build_s')} s)",
+         "- step: median of the timed steps, one batch on the device (bf16 on CUDA); every variant starts from "
+         "today's weights; loss rel. diff = first step's loss against today's", "",
+         "| network | variant | applied | step s | min s | speed-up | first step s | loss rel. diff | peak GiB | "
+         "Gaussians |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    f = lambda r, k, fmt: format(r[k], fmt) if r.get(k) is not None else "-"  # noqa: E731
+    for r in rows:
+        if r["status"] != "ok":
+            L.append(f"| {r['net']} | {r['variant']} | {r['status']} | | | | | | | |")
+            continue
+        L.append(f"| {r['net']} | {r['variant']} | {r['applied']} | {f(r, 'model_s', '.4f')} | "
+                 f"{f(r, 'min_s', '.4f')} | {f(r, 'speedup', '.2f')}x | {f(r, 'first_step_s', '.1f')} | "
+                 f"{f(r, 'loss_rel_diff', '.1e')} | {f(r, 'peak_mem_gib', '.1f')} | {f(r, 'n_gaussians', '.0f')} |")
+    L += ["", "Headline (JSON `scalars`): " + ", ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result["scalars"].items()), ""]
+    L += ["## Components (tools/bench/components.py)", "", components.markdown(result["components"]), ""]
+    prof = {f"{r['net']}: {r['variant']}": r["profile"] for r in rows if r.get("profile")}
+    if prof:
+        walls = ", ".join(f"{r['net']}: {r['variant']} {r['model_s'] * 1e3:.1f}" for r in rows if r.get("profile"))
+        L += ["## Profile: device time per kernel family, ms per step (tools/bench/profile.py)", "",
+              families_markdown(prof), "", f"Wall ms per step of the same variants: {walls}.", "",
+              "Inclusive device time of some operators and autograd nodes, ms per step (nested entries overlap):", ""]
+        L += [f"- {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in p["ops_ms"].items()) for name, p in prof.items()]
+        L += [""]
+        syncs = "; ".join(f"{r['net']}: {r['variant']} {r['syncs']} ("
+                          f"{', '.join(f'{k} x{v}' for k, v in r['sync_sites'].items())})"
+                          for r in rows if r.get("profile") and r.get("syncs") is not None)
+        L += [f"Host-device synchronisations in one step: {syncs or '(counted on CUDA only)'}", ""]
+    return "\n".join(L)
+
+
+def write(result, out_dir, log):
+    tables = "\n\n".join(f"## {r['net']}: {r['variant']}\n{r['profile'].pop('table')}" for r in result["rows"]
+                         if r.get("profile"))
+    if tables:
+        with open(os.path.join(out_dir, "bench_speed_profile.txt"), "w") as fh:
+            fh.write(tables + "\n")
+    md = markdown(result)
+    with open(os.path.join(out_dir, "bench_speed.md"), "w") as fh:
+        fh.write(md + "\n")
+    with open(os.path.join(out_dir, "bench_speed.json"), "w") as fh:
+        json.dump(result, fh, indent=1, default=str)
+    log("\n" + md)
