@@ -92,7 +92,8 @@ def add_base_args(p):
                    help="linear learning-rate warm-up over this many first steps (0 = off): the first Adam steps "
                         "otherwise throw the stage-1 motion far out, where the auto-masked loss has no gradient")
     g.add_argument("--lr_milestones", type=float, nargs="*", default=[0.8],
-                   help="fractions of the total steps at which the lr is divided by 10")
+                   help="fractions of the total steps at which the lr is divided by 10; with --max_minutes also of the "
+                        "minutes (whichever comes first), so a run the clock ends still gets its decay")
     g.add_argument("--grad_clip", type=float, default=5.0, help="clip gradient norm (0 = off)")
     g.add_argument("--amp", type=str, default="none", choices=["none", "bf16", "fp16"],
                    help="automatic mixed precision (CUDA only)")

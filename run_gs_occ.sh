@@ -12,6 +12,9 @@
 # effective batch is N x batch_size and an epoch has 1/N of the steps.
 set -e
 cd "$(dirname "$0")"
+T0=$(date +%s)
+took() { echo "$(( $(date +%s) - T0 )) s"; }
+GSOCC_GSPLAT_BACKGROUND=1  # the CUDA kernels build while the data is made (gsplat_wait below)
 . tools/setup_env.sh
 
 DATA=${1:-auto}
@@ -38,11 +41,11 @@ synthetic)
         ROOT=data/synthetic; C1=configs/quick-gsp.txt; C2=configs/quick-gsv.txt; REFINE_STEPS=${REFINE_STEPS:-20}
         GEN="--num_scenes 3 --frames_per_scene 10 --img_size 180 320 --val_scenes 1"
     else
-        # 10 streets x 12 keyframes with 12 Hz sweeps, 2 held out: about 3 minutes on 16 cores; with stage 1 (4 min),
-        # refine and stage 2 (4000 steps, about 8 min on one H200) the whole run takes about 20 minutes
+        # 16 streets x 8 keyframes with 12 Hz sweeps, 4 held out: about 3 minutes on 16 cores (gsplat's kernels
+        # build meanwhile); with stage 1 (4 min), refine and stage 2 (10 min on one H200) about 20 minutes
         ROOT=data/synthetic-full; C1=configs/synthetic-gsp.txt; C2=configs/synthetic-gsv.txt
         REFINE_STEPS=${REFINE_STEPS:-500}
-        GEN="--num_scenes 10 --frames_per_scene 12 --img_size 270 480 --val_scenes 2 --workers $(nproc)"
+        GEN="--num_scenes 16 --frames_per_scene 8 --img_size 270 480 --val_scenes 4 --workers $(nproc)"
     fi
     if [ ! -f "$ROOT/v1.0-synthetic/sample.json" ]; then
         "$PY" -m tools.data.make_synthetic_nusc --out "$ROOT" $GEN --preview "$ROOT/preview.png"
@@ -69,13 +72,15 @@ ddad)
 esac
 
 S1=$(basename "$C1" .txt); S2=$(basename "$C2" .txt)
-echo "[run_gs_occ] stage 1 (GSP): $C1"
+gsplat_wait
+echo "[run_gs_occ] stage 1 (GSP): $C1 (after $(took))"
 $RUN train.py --config "$C1" --exp_name "$S1" "$@"
-echo "[run_gs_occ] stage 1 refine (pose net frozen, no cross-view term)"
+echo "[run_gs_occ] stage 1 refine (pose net frozen, no cross-view term) (after $(took))"
 $RUN train.py --config "$C1" --exp_name "$S1-refine" --gsp_phase refine --load_weights "logs/$S1/ckpt/last.pt" \
     --max_steps "$REFINE_STEPS" "$@"
-echo "[run_gs_occ] stage 2 (GSV) with the stage-1 pose: $C2"
+echo "[run_gs_occ] stage 2 (GSV) with the stage-1 pose: $C2 (after $(took))"
 $RUN train.py --config "$C2" --exp_name "$S2" --pose stage1 --stage1_ckpt "logs/$S1-refine/ckpt/last.pt" \
     --val_every -1 "$@"
-echo "[run_gs_occ] evaluation"
+echo "[run_gs_occ] evaluation (after $(took))"
 $RUN eval.py --config "$C2" --ckpt "logs/$S2/ckpt/last.pt"
+echo "[run_gs_occ] done after $(took)"

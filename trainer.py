@@ -144,6 +144,8 @@ class Trainer:
         self.total_steps = opt.num_epochs * self.steps_per_epoch
         if opt.max_steps > 0:
             self.total_steps = min(self.total_steps, opt.max_steps)
+        # lr / 10 at these steps; with --max_minutes a milestone also falls once its fraction of the minutes has
+        # passed (_time_milestones), so a run that the clock ends still gets its decay
         self.milestones = [int(f * self.total_steps) for f in opt.lr_milestones]
 
         self.step, self.epoch, self.epoch_batches = 0, 0, 0  # epoch_batches: batches of this epoch consumed
@@ -193,7 +195,7 @@ class Trainer:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
                 "epoch_batches": self.epoch_batches, "world": self.world, "batch_size": self.opt.batch_size,
-                "rng": rngs, "opt": checkpoint_options(self.opt)}
+                "rng": rngs, "opt": checkpoint_options(self.opt), "milestones": list(self.milestones)}
 
     def _position(self):
         return self.step, self.epoch, self.epoch_batches
@@ -254,6 +256,10 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = state["step"], state["epoch"]
+        # milestones that the clock made fall before the save stay where they fell
+        for i, m in enumerate((state.get("milestones") or [])[:len(self.milestones)]):
+            if m <= self.step:
+                self.milestones[i] = m
         # Checkpoints from before the position was stored: derived from the step count (exact without NaN skips).
         self.epoch_batches = state.get("epoch_batches", self.step - self.epoch * self.steps_per_epoch)
         same_split = (state.get("world", self.world), state.get("batch_size", self.opt.batch_size)) == \
@@ -301,6 +307,25 @@ class Trainer:
         warm = min(1.0, (step + 1) / self.opt.lr_warmup) if self.opt.lr_warmup > 0 else 1.0
         return warm * 0.1 ** sum(step >= m for m in self.milestones)
 
+    def _clock(self, elapsed_min):
+        """--max_minutes, after each step: True when the run's minutes are over; each lr milestone fraction f also
+        falls at the first step after f x max_minutes of this process's training (whichever of steps and minutes
+        comes first). The processes decide together (one may not stop while the others wait for it)."""
+        if self.opt.max_minutes <= 0:
+            return False
+        fr = self.opt.lr_milestones
+        flags = [float(elapsed_min > self.opt.max_minutes)] + [float(elapsed_min >= f * self.opt.max_minutes)
+                                                                for f in fr]
+        if self.world > 1:
+            flags = dist.all_reduce_sum(torch.tensor(flags, device=self.device)).tolist()
+        for i, f in enumerate(fr):
+            if flags[1 + i] > 0 and self.milestones[i] > self.step:
+                self.milestones[i] = self.step
+                if dist.is_main():
+                    tqdm.write(f"lr / 10 from step {self.step}: {f:g} of --max_minutes {self.opt.max_minutes:g} "
+                               f"passed before {f:g} of the steps")
+        return flags[0] > 0
+
     def lr_at(self, step):
         return self.opt.lr * self.lr_factor(step)
 
@@ -327,7 +352,7 @@ class Trainer:
                     nan_run = self._train_step(batch, nan_run, bar)
                     if self.step >= self.total_steps or self.stop_signal is not None:
                         break
-                    if opt.max_minutes > 0 and (time.time() - t0) / 60 > opt.max_minutes:
+                    if self._clock((time.time() - t0) / 60):  # (its milestones act from the next step)
                         if dist.is_main():
                             print(f"\n--max_minutes {opt.max_minutes} reached at step {self.step}")
                         self.total_steps = self.step

@@ -5,6 +5,8 @@
 #   sh tools/run_benchmarks.sh pipeline    # 2 GPUs, ~10 min: no-GT-pose pipeline on a small synthetic set + fixture
 #   sh tools/run_benchmarks.sh occupancy   # 1 GPU, ~10 min: stage-2 criteria side by side on a small synthetic set
 #                                          #   (OCC_VARIANTS, recorded poses), scored by occupancy and its health
+#   sh tools/run_benchmarks.sh gpu-default # 1 GPU, ~21 min (detached): run_gs_occ.sh timed + stage 2 on recorded
+#                                          #   poses on its data (+ GD_VARIANTS) + stage 1 per held-out street
 #   sh tools/run_benchmarks.sh stage1-heldout  # 1 GPU, <= 9 min: stage 1 per held-out street at sweep and keyframe
 #                                          #   spacing, motion by alignment vs the pose net, + the real fixture
 #   sh tools/run_benchmarks.sh data        # synthetic benchmark set (18 scenes x 30 frames, 270x480) + LiDAR depth
@@ -97,6 +99,60 @@ softmax-noent:--opacity softmax --w_entropy 0 --w_tv 0"}
             --num_workers "${OCC_WORKERS:-2}" --eval_rayiou false ${v#*:} &
     done; wait; }
     $PY tools/occ_summary.py logs/occ-* --json logs/occ-summary.json | tee logs/occ-summary.md
+    ;;
+gpu-default)
+    # The GPU default and the occupancy floor at once on ONE GPU from a bare machine (about 21 minutes: run it
+    # detached, e.g. under setsid, across device calls): `sh run_gs_occ.sh` as a user runs it (data, stage 1,
+    # refine, stage 2 on stage-1 poses, eval; timed), and on the same data, once it exists, stage 2 on recorded
+    # poses with the same options (the number the stage-1 pose is compared with) plus GD_VARIANTS ("name:options"
+    # lines over configs/synthetic-gsv.txt, recorded poses); after the refine phase, stage 1 per held-out street at
+    # sweep and keyframe spacing. GD_MIN: minutes of each recorded-pose run (default 10, as run_gs_occ.sh's).
+    # Results in GD_OUT (logs/gpu-default): summary.md / .json (stage 2), stage1/summary.md / .json, logs.tar.gz;
+    # copied to GD_PACK when set.
+    T0=$(date +%s); O=${GD_OUT:-logs/gpu-default}
+    mkdir -p "$O"
+    GSOCC_PYTHON=$PY NGPU=1 sh run_gs_occ.sh synthetic > "$O/run_gs_occ.log" 2>&1 &
+    MAIN=$!
+    until grep -q "^\[run_gs_occ\] stage 1 (GSP)" "$O/run_gs_occ.log" 2>/dev/null; do
+        kill -0 $MAIN 2>/dev/null || { cat "$O/run_gs_occ.log"; exit 1; }
+        sleep 5
+    done
+    echo "[gpu-default] data ready after $(( $(date +%s) - T0 )) s"
+    GT="--config configs/synthetic-gsv.txt --pose gt --max_minutes ${GD_MIN:-10}"
+    printf 'default:\n%s\n' "${GD_VARIANTS:-}" | { while IFS= read -r v; do
+        [ -n "$v" ] || continue
+        train_eval "gd-gtpose-${v%%:*}" $GT ${v#*:} &
+    done; wait; } &
+    VARS=$!
+    until grep -q "^\[run_gs_occ\] stage 2" "$O/run_gs_occ.log" 2>/dev/null; do
+        kill -0 $MAIN 2>/dev/null || break
+        sleep 5
+    done
+    S1="--config configs/synthetic-gsp.txt --ckpt logs/synthetic-gsp-refine/ckpt/last.pt --num_workers 2"
+    for sp in sweep keyframe; do
+        $PY eval.py $S1 --adjacent $sp --out_dir "$O/stage1-$sp" > "$O/stage1-$sp.log" 2>&1 &
+    done
+    RC=0; wait $MAIN || RC=$?
+    echo "[gpu-default] run_gs_occ.sh exit $RC after $(( $(date +%s) - T0 )) s"
+    wait
+    $PY tools/stage1_summary.py --main default --out_dir "$O/stage1" default:sweep="$O/stage1-sweep/metrics.json" \
+        default:keyframe="$O/stage1-keyframe/metrics.json" > "$O/stage1-summary.log" 2>&1 || cat "$O/stage1-summary.log"
+    $PY tools/occ_summary.py logs/synthetic-gsv logs/gd-gtpose-* --json "$O/summary.json" > "$O/summary.md" || true
+    cat "$O/summary.md" "$O/stage1/summary.md" 2>/dev/null || true
+    for r in logs/synthetic-gsp logs/synthetic-gsp-refine logs/synthetic-gsv logs/gd-gtpose-*; do
+        n=$(basename "$r"); mkdir -p "$O/runs/$n"
+        cp "$r/options.txt" "$r/train_log.jsonl" "$O/runs/$n/" 2>/dev/null || true
+        cp "$r/eval/metrics.json" "$r/eval/metrics.md" "$O/runs/$n/" 2>/dev/null || true
+        [ -f "logs/$n.log" ] && tail -c 20000 "logs/$n.log" > "$O/runs/$n/console.log"
+    done
+    cp data/synthetic-full/preview.png "$O/" 2>/dev/null || true
+    tar czf "$O/logs.tar.gz" -C "$O" --exclude=logs.tar.gz . 2>/dev/null || true
+    if [ -n "${GD_PACK:-}" ]; then
+        mkdir -p "$GD_PACK"
+        for f in summary.md summary.json stage1/summary.md logs.tar.gz; do [ -f "$O/$f" ] && cp "$O/$f" "$GD_PACK/"; done
+        [ -f "$O/stage1/summary.md" ] && cp "$O/stage1/summary.md" "$GD_PACK/stage1.md"
+    fi
+    echo "[gpu-default] all done after $(( $(date +%s) - T0 )) s"
     ;;
 stage1-heldout)
     # Issue 18, one GPU, <= 9 minutes from a bare machine: a synthetic set (SH_SCENES streets, SH_VAL held out,

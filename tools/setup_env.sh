@@ -34,6 +34,21 @@ if command -v nvidia-smi >/dev/null 2>&1 && [ "${GSOCC_SKIP_GSPLAT:-0}" != 1 ]; 
         fi
     fi
     # Builds the kernels once (about 90 s the first time) and prints the rasteriser; a failure is reported with
-    # its fix here, and training with --raster_backend auto stops with the same message.
-    "$PY" -m tools.gsplat_build || true
+    # its fix here, and training with --raster_backend auto stops with the same message. A caller that has other
+    # work first (run_gs_occ.sh: the synthetic data) sets GSOCC_GSPLAT_BACKGROUND=1 and calls gsplat_wait later.
+    if [ "${GSOCC_GSPLAT_BACKGROUND:-0}" = 1 ]; then
+        mkdir -p logs
+        "$PY" -m tools.gsplat_build > logs/gsplat_build.log 2>&1 &
+        GSPLAT_PID=$!
+    else
+        "$PY" -m tools.gsplat_build || true
+    fi
 fi
+
+gsplat_wait() {  # the background build, if one was started: wait for it and show what it said
+    if [ -n "${GSPLAT_PID:-}" ]; then
+        wait "$GSPLAT_PID" || true
+        cat logs/gsplat_build.log
+        GSPLAT_PID=""
+    fi
+}
