@@ -6,6 +6,7 @@
 #   sh run_gs_occ.sh synthetic|nuscenes|ddad [train.py options...]
 #
 # Environment: PROFILE=quick|full (default: quick on a CPU, full with CUDA), REFINE_STEPS (stage-1 refine length),
+# GSV_MINUTES (stage 2's training minutes instead of its config's max_minutes),
 # NGPU (processes = GPUs used; default: every GPU torch sees, through torchrun when more than one; NGPU=1 for one).
 # Sets up .venv on first use (tools/setup_env.sh; on a GPU machine also gsplat and its CUDA kernels). Runs resume
 # from their last checkpoint when restarted. With N GPUs each process takes batch_size samples a step: the
@@ -41,8 +42,8 @@ synthetic)
         ROOT=data/synthetic; C1=configs/quick-gsp.txt; C2=configs/quick-gsv.txt; REFINE_STEPS=${REFINE_STEPS:-20}
         GEN="--num_scenes 3 --frames_per_scene 10 --img_size 180 320 --val_scenes 1"
     else
-        # 16 streets x 8 keyframes with 12 Hz sweeps, 4 held out: about 3 minutes on 16 cores (gsplat's kernels
-        # build meanwhile); with stage 1 (4 min), refine and stage 2 (10 min on one H200) about 20 minutes
+        # 16 streets x 8 keyframes with 12 Hz sweeps, 4 held out: about 3.5 minutes on 16 cores (gsplat's kernels
+        # build meanwhile); with stage 1 (4 min), refine (500 steps) and stage 2 (8 min on one H200) about 20 minutes
         ROOT=data/synthetic-full; C1=configs/synthetic-gsp.txt; C2=configs/synthetic-gsv.txt
         REFINE_STEPS=${REFINE_STEPS:-500}
         GEN="--num_scenes 16 --frames_per_scene 8 --img_size 270 480 --val_scenes 4 --workers $(nproc)"
@@ -74,13 +75,13 @@ esac
 S1=$(basename "$C1" .txt); S2=$(basename "$C2" .txt)
 gsplat_wait
 echo "[run_gs_occ] stage 1 (GSP): $C1 (after $(took))"
-$RUN train.py --config "$C1" --exp_name "$S1" "$@"
+$RUN train.py --config "$C1" --exp_name "$S1" --val_every -1 "$@"  # (the refine phase validates stage 1)
 echo "[run_gs_occ] stage 1 refine (pose net frozen, no cross-view term) (after $(took))"
 $RUN train.py --config "$C1" --exp_name "$S1-refine" --gsp_phase refine --load_weights "logs/$S1/ckpt/last.pt" \
     --max_steps "$REFINE_STEPS" "$@"
 echo "[run_gs_occ] stage 2 (GSV) with the stage-1 pose: $C2 (after $(took))"
 $RUN train.py --config "$C2" --exp_name "$S2" --pose stage1 --stage1_ckpt "logs/$S1-refine/ckpt/last.pt" \
-    --val_every -1 "$@"
+    --val_every -1 ${GSV_MINUTES:+--max_minutes "$GSV_MINUTES"} "$@"
 echo "[run_gs_occ] evaluation (after $(took))"
 $RUN eval.py --config "$C2" --ckpt "logs/$S2/ckpt/last.pt"
 echo "[run_gs_occ] done after $(took)"

@@ -86,12 +86,21 @@ def param_groups(params):
     return groups
 
 
+def leave_stop_signals_to_the_trainer(_worker_id):
+    """DataLoader workers ignore SIGTERM / SIGINT: a signal sent to the whole process group (a cluster's scancel,
+    Ctrl-C, ``kill -- -PGID``) then stops the run through the trainer's handler (save, clean exit) instead of killing
+    a worker under it (a RuntimeError mid-step). The workers end with the loader, or when their parent is gone."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(dataset, sampler, opt, device):
     """The training DataLoader, made once a run: its workers persist across epochs (``sampler.set_epoch`` changes
     the order), each prepares ``prefetch_factor`` batches ahead, batches come in pinned memory on CUDA."""
     workers = opt.num_workers
     return torch.utils.data.DataLoader(
         dataset, batch_size=opt.batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+        worker_init_fn=leave_stop_signals_to_the_trainer if workers > 0 else None,
         drop_last=True, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
         prefetch_factor=opt.prefetch_factor if workers > 0 else None,
         generator=torch.Generator().manual_seed(opt.seed))  # its own: making it draws nothing from torch's RNG

@@ -119,8 +119,8 @@ def test_step_compare_networks_parse():
 
 
 def test_speed_compare_quick_cpu(tmp_path):
-    """--speed_compare (issue 20) on the CPU: every variant but torch.compile runs from today's weights with the same
-    first loss, the components and the profile of today / all are there, and tools/record_result.py reads the
+    """--speed_compare (issue 20) on the CPU: every variant but torch.compile runs from the old path's weights with the
+    same first loss, the components and the profile of old / all are there, and tools/record_result.py reads the
     headline numbers from bench_speed.json."""
     from tools.bench.speed_compare import VARIANTS
     from tools.record_result import record
@@ -134,7 +134,7 @@ def test_speed_compare_quick_cpu(tmp_path):
     assert set(rows) == {name for name, s, _, _ in VARIANTS if not s.get("compile")}
     for r in rows.values():
         assert r["status"] == "ok" and r["model_s"] > 0 and r["loss_rel_diff"] < 1e-5, r
-    assert rows["today"]["profile"]["families_ms"]["convolution"] > 0 and rows["all"]["profile"]["busy_ms"] > 0
+    assert rows["old"]["profile"]["families_ms"]["convolution"] > 0 and rows["all"]["profile"]["busy_ms"] > 0
     groups = {c["group"] for c in res["components"] if "error" not in c}
     assert groups == {"ceiling", "norm", "conv", "lift"}, res["components"]
     assert all(c.get("grad_rel_diff", 0) < 1e-5 for c in res["components"])

@@ -26,13 +26,7 @@ TINY = ["--stage", "gsv", "--pose", "gt", "--encoder_layers", "18", "--grid_size
         "--render_size", "32", "56", "--raster_backend", "torch", "--use_sem", "true", *OURS_NET]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors on a shared 2-core machine: one thread is several times faster than two fighting."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/conftest.py)
 
 
 def tiny_opt(*extra):

@@ -460,6 +460,25 @@ def test_sigterm_saves_and_the_resume_repeats_the_losses(toy_reference, tmp_path
     assert sorted(got) == list(range(1, 13)) and max(abs(got[s] - toy_reference[s]) for s in got) <= 1e-6
 
 
+def test_sigterm_to_the_whole_process_group_with_loader_workers_saves_and_exits_cleanly(tmp_path):
+    """A cluster's scancel (or Ctrl-C) signals every process of the job, the DataLoader workers too: the run still
+    stops through the trainer (checkpoint saved, exit 0), not by a RuntimeError of a killed worker."""
+    argv = [str(a) for a in toy_argv(tmp_path, "g", "--max_steps", 40, "--save_every", 100, "--num_workers", 2)]
+    proc = subprocess.Popen(TOY + argv, env={**ENV, "TOY_STEP_SECONDS": "0.3"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = tmp_path / "g" / "train_log.jsonl"
+    deadline = time.time() + 120
+    while not (log.exists() and len(log.read_text().splitlines()) >= 3) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)  # the process group: the trainer and its 2 loader workers
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "DataLoader worker" not in err and "Traceback" not in err
+    step = load_checkpoint(tmp_path / "g" / "ckpt" / "last.pt")["step"]
+    assert f"stopped by signal {int(signal.SIGTERM)} at step {step}; checkpoint saved" in out
+    assert 3 <= step < 40
+
+
 def test_two_runs_in_one_folder_the_second_is_refused(tmp_path):
     """The second run stops before it writes anything; the first (then stopped by SIGTERM) keeps its options, its
     log rows (each step once) and its checkpoint."""

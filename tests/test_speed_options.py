@@ -15,12 +15,7 @@ from utils.rasterizer import rasterize
 from tests.test_gsv_model import make_batch, ring_rig, tiny_opt
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # (tests/conftest.py)
 
 
 def rel(a, b):

@@ -106,24 +106,29 @@ gpu-default)
     # refine, stage 2 on stage-1 poses, eval; timed), and on the same data, once it exists, stage 2 on recorded
     # poses with the same options (the number the stage-1 pose is compared with) plus GD_VARIANTS ("name:options"
     # lines over configs/synthetic-gsv.txt, recorded poses); after the refine phase, stage 1 per held-out street at
-    # sweep and keyframe spacing. GD_MIN: minutes of each recorded-pose run (default 10, as run_gs_occ.sh's).
+    # sweep and keyframe spacing. GD_MIN: minutes of every stage-2 run, run_gs_occ.sh's too (default 8, its config's).
+    # GD_FIXTURE: a nuScenes fixture root with depth_gt/ and gts_lidar/: stage 2 on it too (configs/fixture-gsv.txt).
     # Results in GD_OUT (logs/gpu-default): summary.md / .json (stage 2), stage1/summary.md / .json, logs.tar.gz;
     # copied to GD_PACK when set.
     T0=$(date +%s); O=${GD_OUT:-logs/gpu-default}
     mkdir -p "$O"
-    GSOCC_PYTHON=$PY NGPU=1 sh run_gs_occ.sh synthetic > "$O/run_gs_occ.log" 2>&1 &
+    GSOCC_PYTHON=$PY NGPU=1 GSV_MINUTES=${GD_MIN:-8} sh run_gs_occ.sh synthetic > "$O/run_gs_occ.log" 2>&1 &
     MAIN=$!
     until grep -q "^\[run_gs_occ\] stage 1 (GSP)" "$O/run_gs_occ.log" 2>/dev/null; do
         kill -0 $MAIN 2>/dev/null || { cat "$O/run_gs_occ.log"; exit 1; }
         sleep 5
     done
     echo "[gpu-default] data ready after $(( $(date +%s) - T0 )) s"
-    GT="--config configs/synthetic-gsv.txt --pose gt --max_minutes ${GD_MIN:-10}"
+    GT="--config configs/synthetic-gsv.txt --pose gt --max_minutes ${GD_MIN:-8}"
     printf 'default:\n%s\n' "${GD_VARIANTS:-}" | { while IFS= read -r v; do
         [ -n "$v" ] || continue
         train_eval "gd-gtpose-${v%%:*}" $GT ${v#*:} &
     done; wait; } &
     VARS=$!
+    if [ -n "${GD_FIXTURE:-}" ]; then  # the real fixture beside them (its LiDAR depth and labels in depth_gt, gts_lidar)
+        train_eval gd-fixture --config configs/fixture-gsv.txt --dataroot "$GD_FIXTURE" --max_minutes "${GD_MIN:-8}" \
+            --num_workers 4 --occ_root gts_lidar --eval_occ true --eval_rayiou false &
+    fi
     until grep -q "^\[run_gs_occ\] stage 2" "$O/run_gs_occ.log" 2>/dev/null; do
         kill -0 $MAIN 2>/dev/null || break
         sleep 5
@@ -137,9 +142,11 @@ gpu-default)
     wait
     $PY tools/stage1_summary.py --main default --out_dir "$O/stage1" default:sweep="$O/stage1-sweep/metrics.json" \
         default:keyframe="$O/stage1-keyframe/metrics.json" > "$O/stage1-summary.log" 2>&1 || cat "$O/stage1-summary.log"
-    $PY tools/occ_summary.py logs/synthetic-gsv logs/gd-gtpose-* --json "$O/summary.json" > "$O/summary.md" || true
+    $PY tools/occ_summary.py logs/synthetic-gsv logs/gd-gtpose-* logs/gd-fixture --json "$O/summary.json" \
+        > "$O/summary.md" || true
     cat "$O/summary.md" "$O/stage1/summary.md" 2>/dev/null || true
-    for r in logs/synthetic-gsp logs/synthetic-gsp-refine logs/synthetic-gsv logs/gd-gtpose-*; do
+    for r in logs/synthetic-gsp logs/synthetic-gsp-refine logs/synthetic-gsv logs/gd-gtpose-* logs/gd-fixture; do
+        [ -d "$r" ] || continue
         n=$(basename "$r"); mkdir -p "$O/runs/$n"
         cp "$r/options.txt" "$r/train_log.jsonl" "$O/runs/$n/" 2>/dev/null || true
         cp "$r/eval/metrics.json" "$r/eval/metrics.md" "$O/runs/$n/" 2>/dev/null || true
@@ -149,7 +156,7 @@ gpu-default)
     tar czf "$O/logs.tar.gz" -C "$O" --exclude=logs.tar.gz . 2>/dev/null || true
     if [ -n "${GD_PACK:-}" ]; then
         mkdir -p "$GD_PACK"
-        for f in summary.md summary.json stage1/summary.md logs.tar.gz; do [ -f "$O/$f" ] && cp "$O/$f" "$GD_PACK/"; done
+        for f in summary.md summary.json logs.tar.gz; do [ -f "$O/$f" ] && cp "$O/$f" "$GD_PACK/"; done
         [ -f "$O/stage1/summary.md" ] && cp "$O/stage1/summary.md" "$GD_PACK/stage1.md"
     fi
     echo "[gpu-default] all done after $(( $(date +%s) - T0 )) s"

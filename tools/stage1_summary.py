@@ -37,6 +37,9 @@ def summarise(runs, main):
         sweep = out["variants"].get(f"{main}:sweep", mine[0])
         out["stage1_heldout_abs_rel"] = sweep["abs_rel"]
         out["stage1_heldout_depth_scale_max_dev"] = max(x["depth_scale_max_dev"] for x in mine)
+        # the same under "scalars", as eval.py writes them (tools/record_result.py reads them from there)
+        out["scalars"] = {k: out[k] for k in ("stage1_heldout_scale_max_dev", "stage1_heldout_abs_rel",
+                                              "stage1_heldout_depth_scale_max_dev")}
     return out
 
 

@@ -30,7 +30,10 @@ GROUP_NORM_IMPLS = ("torch", "parallel")  # --group_norm_impl: networks/fast_nor
 
 
 def add_args(parser):
-    g = parser.add_argument_group("speed", "training-step speed on CUDA, results unchanged (utils/speed.py)")
+    g = parser.add_argument_group("speed", "training-step speed on CUDA, results unchanged (utils/speed.py); the "
+                                  "defaults are the fastest measured on one H200 (docs/speed.md), the old path is "
+                                  "--channels_last_3d false --group_norm_impl torch --lift_impl grid_sample "
+                                  "--raster_zsq per_camera --fused_optimizer false")
     g.add_argument("--cudnn_benchmark", type=str2bool, default=True,
                    help="let cuDNN pick the fastest convolution algorithms for the fixed input shapes")
     g.add_argument("--channels_last", type=str2bool, default=True,
@@ -39,19 +42,19 @@ def add_args(parser):
                    help="torch.compile each trainable sub-network (experimental: measure it first)")
     g.add_argument("--prefetch_factor", type=int, default=4,
                    help="batches each data loader worker prepares ahead")
-    g.add_argument("--channels_last_3d", type=str2bool, default=False,
+    g.add_argument("--channels_last_3d", type=str2bool, default=True,
                    help="NDHWC weights and volume in the stage-2 3D CNN (CUDA only)")
-    g.add_argument("--group_norm_impl", type=str, default="torch", choices=GROUP_NORM_IMPLS,
+    g.add_argument("--group_norm_impl", type=str, default="parallel", choices=GROUP_NORM_IMPLS,
                    help="residual decoder's group norm: torch (nn.GroupNorm) or parallel (networks/fast_norm.py: the "
                         "same function through whole-GPU reductions, any layout, output in the input's dtype)")
-    g.add_argument("--lift_impl", type=str, default="grid_sample", choices=["grid_sample", "gather"],
+    g.add_argument("--lift_impl", type=str, default="gather", choices=["grid_sample", "gather"],
                    help="stage-2 lifting: grid_sample per camera, or gather (one embedding_bag over a channels-last "
                         "table of the feature maps, the same average; networks/lift_gather.py)")
-    g.add_argument("--raster_zsq", type=str, default="per_camera", choices=["per_camera", "moments"],
+    g.add_argument("--raster_zsq", type=str, default="moments", choices=["per_camera", "moments"],
                    help="how the render gives sum_i w_i z_i^2 for --w_dist: per_camera copies every feature per "
                         "camera with z^2 appended; moments renders 9 shared moment channels of the Gaussian means "
                         "and combines them per camera (utils/rasterizer.py)")
-    g.add_argument("--fused_optimizer", type=str2bool, default=False,
+    g.add_argument("--fused_optimizer", type=str2bool, default=True,
                    help="AdamW's fused kernel on CUDA (one launch per parameter group instead of its foreach "
                         "launches; the same update to float32 rounding)")
     g.add_argument("--gsplat_packed", type=str2bool, default=True, help="gsplat's packed mode (the same render)")

@@ -1,4 +1,5 @@
 """A picture of one written sample: 6 cameras, their semantic maps and a bird's-eye view of the Occ3D labels."""
+import json
 from pathlib import Path
 
 import cv2
@@ -31,15 +32,16 @@ def occ_bev(semantics, mask_camera, size):
 
 
 def save_preview(root, path, sample=0):
-    """Write the picture of the ``sample``-th sample of the set at ``root`` to ``path``."""
-    from nuscenes.nuscenes import NuScenes
-    nusc = NuScenes("v1.0-synthetic", str(root), verbose=False)
-    rec = nusc.sample[sample]
-    scene = nusc.get("scene", rec["scene_token"])["name"]
+    """Write the picture of the ``sample``-th sample of the set at ``root`` to ``path`` (reads the tables directly:
+    no nuscenes-devkit needed)."""
+    tables = Path(root) / "v1.0-synthetic"
+    rec = json.loads((tables / "sample.json").read_text())[sample]
+    scene = next(s["name"] for s in json.loads((tables / "scene.json").read_text()) if s["token"] == rec["scene_token"])
+    files = {sd["filename"].split("/")[1]: sd["filename"] for sd in json.loads((tables / "sample_data.json").read_text())
+             if sd["sample_token"] == rec["token"] and sd["is_key_frame"] and sd["filename"].startswith("samples/")}
     cams, sems = [], []
     for row in LAYOUT:
-        cams.append([np.array(Image.open(Path(root) / nusc.get("sample_data", rec["data"][c])["filename"]))
-                     for c in row])
+        cams.append([np.array(Image.open(Path(root) / files[c])) for c in row])
         sems.append([palette()[np.array(Image.open(Path(root) / "sem" / rec["token"] / f"{c}.png"))] for c in row])
     grid = np.concatenate([np.concatenate(r, 1) for r in cams + sems], 0)
     lab = np.load(Path(root) / "gts" / scene / rec["token"] / "labels.npz")

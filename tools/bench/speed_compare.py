@@ -1,4 +1,4 @@
-"""Issue 20: the stage-2 training step at the paper sizes, today's path against each speed option, in one process.
+"""The stage-2 training step at the paper sizes: the old path (``OLD``) against each speed option, in one process.
 
     python tools/bench_render.py --speed_compare --out_dir $OUT                           # CUDA, both networks
     python tools/bench_render.py --speed_compare --quick --device cpu --out_dir /tmp/s    # CPU smoke run (< 30 s)
@@ -7,16 +7,17 @@ Order (CUDA): gsplat's kernels build in a background process (tools/gsplat_build
 while the component benchmarks run (tools/bench/components.py: copy and matmul ceilings, normalisation, 3D
 convolution, lifting at the paper sizes); then, per network (``--step_net``: project, authors), the trainer's step
 (zero_grad, forward under bf16 autocast, backward, grad clip, AdamW) of GSVModel at input 384x640, render 180x320,
-grid 300 300 24, random init, ``--pose gt --use_sem true``, one batch on the device: ``today`` (the option
-defaults: cudnn.benchmark, channels_last encoders), ``all`` (every option of ``ALL_ON``), each option alone, then
+grid 300 300 24, random init, ``--pose gt --use_sem true``, one batch on the device: ``old`` (the step before the
+speed options: cudnn.benchmark, channels_last encoders), ``all`` (every option of ``ALL_ON``), ``default`` (the
+option defaults as they are now), each option alone over ``old``, then
 ``all`` + gsplat's tile 8, unpacked and (``--step_compile``) torch.compile, while ``--speed_budget`` lasts. Every
-variant starts from the same weights (today's, copied), so the first step's loss compares the arithmetic:
-``loss_rel_diff`` against today's. ``today`` and ``all`` are also profiled (``--profile``: device time per kernel
+variant starts from the same weights (the old path's, copied), so the first step's loss compares the arithmetic:
+``loss_rel_diff`` against the old path's. ``old`` and ``all`` are also profiled (``--profile``: device time per kernel
 family, top operators, host-device synchronisations: tools/bench/profile.py).
 
 Per variant: ``model_s`` median of ``--step_repeats`` steps after ``--warmup`` (+1: the first step pays cuDNN's
 algorithm search), ``min_s``, the first step, peak memory, Gaussians. Files in ``--out_dir``: bench_speed.md
-(tables), bench_speed.json (every number; ``scalars``: step_s_<net> = all, step_s_<net>_old = today, best variant,
+(tables), bench_speed.json (every number; ``scalars``: step_s_<net> = all, step_s_<net>_old = old, best variant,
 loss differences; tools/record_result.py reads them), bench_speed_profile.txt (operator tables), gsplat_build.log.
 """
 import json
@@ -37,22 +38,26 @@ from tools.bench.step_compare import NETS
 from utils.speed import prepare_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The step before the speed options (the defaults until they measured faster on one H200, docs/speed.md)
+OLD = {"channels_last_3d": False, "group_norm_impl": "torch", "lift_impl": "grid_sample", "raster_zsq": "per_camera",
+       "fused_optimizer": False}
 ALL_ON = {"channels_last_3d": True, "group_norm_impl": "parallel", "lift_impl": "gather", "raster_zsq": "moments"}
-# (name, settings over today's defaults, networks (None: every one), priority: lower runs first)
+# (name, settings over the option defaults, networks (None: every one), priority: lower runs first)
 VARIANTS = [
-    ("today", {}, None, 0),
-    ("all", ALL_ON, None, 0),
-    ("+channels_last_3d", {"channels_last_3d": True}, None, 1),
-    ("+group_norm parallel", {"group_norm_impl": "parallel"}, ("project", "quick"), 1),
-    ("+lift gather", {"lift_impl": "gather"}, None, 1),
-    ("+zsq moments", {"raster_zsq": "moments"}, None, 1),
-    ("+fused optimizer", {"fused_optimizer": True}, None, 1),
-    ("all +fused optimizer", {**ALL_ON, "fused_optimizer": True}, None, 2),
-    ("all +tile 8", {**ALL_ON, "gsplat_tile_size": 8}, None, 2),
-    ("all +unpacked", {**ALL_ON, "gsplat_packed": False}, None, 3),
-    ("all +compile", {**ALL_ON, "compile": True}, None, 4),
+    ("old", OLD, None, 0),
+    ("all", {**OLD, **ALL_ON}, None, 0),
+    ("default", {}, None, 1),
+    ("+channels_last_3d", {**OLD, "channels_last_3d": True}, None, 1),
+    ("+group_norm parallel", {**OLD, "group_norm_impl": "parallel"}, ("project", "quick"), 1),
+    ("+lift gather", {**OLD, "lift_impl": "gather"}, None, 1),
+    ("+zsq moments", {**OLD, "raster_zsq": "moments"}, None, 1),
+    ("+fused optimizer", {**OLD, "fused_optimizer": True}, None, 1),
+    ("all +fused optimizer", {**OLD, **ALL_ON, "fused_optimizer": True}, None, 2),
+    ("all +tile 8", {**OLD, **ALL_ON, "gsplat_tile_size": 8}, None, 2),
+    ("all +unpacked", {**OLD, **ALL_ON, "gsplat_packed": False}, None, 3),
+    ("all +compile", {**OLD, **ALL_ON, "compile": True}, None, 4),
 ]
-PROFILED = ("today", "all")
+PROFILED = ("old", "all")
 COMPILE_EXTRA_S = 240  # what torch.compile may add to a variant (estimate for the budget)
 
 
@@ -195,22 +200,22 @@ def run(args, device, meta, log=print):
 
 
 def compare(rows):
-    """speedup and loss_rel_diff of every row against today's row of its network."""
+    """speedup and loss_rel_diff of every row against the old path's row of its network."""
     for r in rows:
-        ref = next((x for x in rows if x["net"] == r["net"] and x["variant"] == "today" and x["status"] == "ok"), None)
+        ref = next((x for x in rows if x["net"] == r["net"] and x["variant"] == "old" and x["status"] == "ok"), None)
         if ref and r["status"] == "ok":
             r["speedup"] = ref["model_s"] / r["model_s"]
             r["loss_rel_diff"] = abs(r["loss_first"] - ref["loss_first"]) / max(abs(ref["loss_first"]), 1e-12)
 
 
 def scalars(rows):
-    """Headline numbers per network: step_s_<net> (all), step_s_<net>_old (today), the best variant whose first
-    loss is within 1e-3 of today's, and the loss differences."""
+    """Headline numbers per network: step_s_<net> (all), step_s_<net>_old (the old path), the best variant whose first
+    loss is within 1e-3 of the old path's, and the loss differences."""
     out = {}
     for net in dict.fromkeys(r["net"] for r in rows):
         ok = {r["variant"]: r for r in rows if r["net"] == net and r["status"] == "ok"}
-        if "today" in ok:
-            out[f"step_s_{net}_old"] = ok["today"]["model_s"]
+        if "old" in ok:
+            out[f"step_s_{net}_old"] = ok["old"]["model_s"]
         if "all" in ok:
             out[f"step_s_{net}"] = ok["all"]["model_s"]
             out[f"loss_rel_diff_{net}"] = ok["all"].get("loss_rel_diff")
@@ -223,13 +228,13 @@ def scalars(rows):
 
 def markdown(result):
     meta, rows = result["meta"], result["rows"]
-    L = ["# Stage-2 training step: today's path and the speed options of issue 20", "",
+    L = ["# Stage-2 training step: the old path and the speed options", "",
          f"- device: {meta['device']}; torch {meta['torch']} (CUDA {meta['cuda']}); gsplat {meta['gsplat']} "
          f"({meta.get('gsplat_detail', '')})",
          f"- date: {meta['date']}; command: `{meta['command']}`; {meta.get('elapsed_s')} s "
          f"(components and gsplat build: {meta.get('components_and_build_s')} s)",
          "- step: median of the timed steps, one batch on the device (bf16 on CUDA); every variant starts from "
-         "today's weights; loss rel. diff = first step's loss against today's", "",
+         "the old path's weights; loss rel. diff = first step's loss against the old path's", "",
          "| network | variant | applied | step s | min s | speed-up | first step s | loss rel. diff | peak GiB | "
          "Gaussians |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     f = lambda r, k, fmt: format(r[k], fmt) if r.get(k) is not None else "-"  # noqa: E731
