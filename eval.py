@@ -287,7 +287,7 @@ def main(argv=None):
 
     try:  # bad input (options, checkpoint, data, a full disk) ends with one line, no traceback
         opt, state = load_for_eval(argv)
-        _, _, device = dist.init_distributed(opt.device)
+        _, _, device = dist.init_distributed(opt.device, getattr(opt, "share_gpu", False))
         model = build_model(opt).to(device)
         load_model_state(model, state, opt.ckpt)
         dataset = build_dataset(opt, "val")

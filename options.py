@@ -72,6 +72,9 @@ def add_base_args(p):
     g.add_argument("--device", type=str, default="auto",
                    help="auto, cpu, cuda or cuda:N (one process); under torchrun process i takes GPU LOCAL_RANK i "
                         "of CUDA_VISIBLE_DEVICES")
+    g.add_argument("--share_gpu", type=str2bool, default=False,
+                   help="under torchrun, more processes than GPUs: process i on GPU i mod the GPUs seen, gloo "
+                        "instead of NCCL, no SyncBatchNorm (to exercise the multi-process path on one GPU, not faster)")
     g.add_argument("--seed", type=int, default=0, help="random seed")
     g.add_argument("--num_workers", type=int, default=2, help="data loader workers per process")
 

@@ -110,7 +110,7 @@ class Trainer:
     def __init__(self, opt):
         check_options(opt)
         self.opt = opt
-        self.rank, self.world, self.device = dist.init_distributed(opt.device)
+        self.rank, self.world, self.device = dist.init_distributed(opt.device, opt.share_gpu)
         random.seed(opt.seed + self.rank)
         torch.manual_seed(opt.seed + self.rank)
         np.random.seed(opt.seed + self.rank)
@@ -183,7 +183,8 @@ class Trainer:
 
     def _speed_up(self):
         """SyncBatchNorm under DDP on GPUs, then the speed options (utils/speed.py); says what it did."""
-        self.model, n_bn = dist.sync_batchnorm(self.model, self.world, self.device, self.opt.sync_bn)
+        self.model, n_bn = dist.sync_batchnorm(self.model, self.world, self.device,
+                                                 self.opt.sync_bn and not self.opt.share_gpu)
         done = prepare_model(self.model, self.opt, self.device)
         if n_bn:
             done.append(f"SyncBatchNorm ({n_bn} layers, {self.world} processes)")

@@ -132,8 +132,12 @@ def test_each_process_takes_its_own_gpu():
     assert R("cuda:1", 0, 1, 2) == torch.device("cuda", 1)  # one process: the GPU asked for
     with pytest.raises(dist.DeviceError, match="would put every process on GPU 0.*CUDA_VISIBLE_DEVICES"):
         R("cuda:0", 1, 2, 2)
-    with pytest.raises(dist.DeviceError, match="torch sees 2"):
+    with pytest.raises(dist.DeviceError, match="torch sees 2.*--share_gpu true"):
         R("cuda", 2, 3, 2)
+    # --share_gpu: more processes than GPUs, round robin (the multi-process path on one GPU)
+    assert [R("auto", i, 3, 1, share=True) for i in range(3)] == [torch.device("cuda", 0)] * 3
+    assert [R("cuda", i, 4, 2, share=True).index for i in range(4)] == [0, 1, 0, 1]
+    assert R("cpu", 1, 2, 1, share=True) == torch.device("cpu")
     with pytest.raises(dist.DeviceError, match="no CUDA device"):
         R("cuda", 0, 1, 0)
     with pytest.raises(dist.DeviceError, match="expected auto, cpu, cuda"):
@@ -218,8 +222,13 @@ def test_ddp_report_compares_throughput_and_metrics(tmp_path):
                  "peak_mem_gib": 3.0, "steps_per_s": 9.0} for s in (5, 50, 100)]
         (run / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         (run / "eval" / "metrics.json").write_text(json.dumps({"scalars": {"occ/mIoU*": miou, "depth/abs_rel": 0.2}}))
+    (tmp_path / "two" / "eval-ranks").mkdir()  # the 2-process checkpoint evaluated by 2 processes too
+    (tmp_path / "two" / "eval-ranks" / "metrics.json").write_text(
+        json.dumps({"scalars": {"occ/mIoU*": 9.0 + 2e-6, "depth/abs_rel": 0.2}}))
     one, two = main([str(tmp_path / "one"), str(tmp_path / "two"), "--out", str(tmp_path / "r")])
+    assert "eval_ranks_max_abs_diff" not in one and two["eval_ranks_max_abs_diff"] == pytest.approx(2e-6)
     assert one["samples_per_s"] == pytest.approx(95 / 10) and two["samples_per_s"] == pytest.approx(190 / 6)
     assert (one["processes"], two["processes"]) == (1, 2) and two["metrics"]["mIoU*"] == 9.0
     md = (tmp_path / "r.md").read_text()
     assert "| two | 2 | 100 | 200 | 6 | 31.7 | 3.33x | 10 % | 3.0 | 9.00 |" in md
+    assert md.splitlines()[-1].endswith("| 2e-06 |") and md.splitlines()[-2].endswith("| - |")

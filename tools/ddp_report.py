@@ -3,7 +3,9 @@
     python tools/ddp_report.py logs/bench_ddp/ddp-1gpu logs/bench_ddp/ddp-2gpu --out logs/bench_ddp/bench_ddp
 
 Per run folder: <run>/options.txt, <run>/train_log.jsonl (written by the trainer: steps_per_s, data_wait_frac,
-peak_mem_gib, samples, time_s) and <run>/eval/metrics.json (eval.py). Throughput = samples / seconds between the
+peak_mem_gib, samples, time_s) and <run>/eval/metrics.json (eval.py), and <run>/eval-ranks/metrics.json when the
+same checkpoint was also evaluated by several processes (its largest difference to the one-process numbers is
+reported: one confusion matrix means 0 up to float summation order). Throughput = samples / seconds between the
 first and the last log line (the start-up and the first step are left out); the first run is the reference of
 the speed-up. Writes <out>.md and <out>.json and prints the table.
 """
@@ -42,20 +44,37 @@ def summarise(run):
     if os.path.isfile(path):
         scalars = json.load(open(path)).get("scalars", {})
         out["metrics"] = {name: scalars.get(key) for key, name in METRICS}
+        ranks = os.path.join(run, "eval-ranks", "metrics.json")
+        if os.path.isfile(ranks):
+            other = json.load(open(ranks)).get("scalars", {})
+            diffs = [abs(other[k] - v) for k, v in scalars.items()
+                     if isinstance(v, (int, float)) and isinstance(other.get(k), (int, float))]
+            out["eval_ranks_max_abs_diff"] = max(diffs) if diffs else None
+            out["eval_ranks_missing"] = sorted(set(scalars) ^ set(other))
     return out
+
+
+def ranks_cell(r):
+    if "eval_ranks_max_abs_diff" not in r:
+        return "-"
+    d = r["eval_ranks_max_abs_diff"]
+    miss = f" ({len(r['eval_ranks_missing'])} metrics in one only)" if r["eval_ranks_missing"] else ""
+    return ("-" if d is None else f"{d:.2g}") + miss
 
 
 def table(runs):
     ref = runs[0]["samples_per_s"]
     L = ["| run | processes | steps | samples | s (after the 1st log line) | samples/s | speed-up | data wait | "
-         "peak GiB | " + " | ".join(n for _, n in METRICS) + " |",
-         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in METRICS) + " |"]
+         "peak GiB | " + " | ".join(n for _, n in METRICS) + " | eval on N processes vs 1: largest difference |",
+         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in METRICS)
+         + " | ---: |"]
     for r in runs:
         m = [("-" if r["metrics"].get(n) is None else f"{r['metrics'][n]:.3f}" if n == "AbsRel"
               else f"{r['metrics'][n]:.2f}") for _, n in METRICS]
         L.append(f"| {os.path.basename(r['run'])} | {r['processes']} | {r['steps']} | {r['samples']} | "
                  f"{r['seconds']:.0f} | {r['samples_per_s']:.1f} | {r['samples_per_s'] / ref:.2f}x | "
-                 f"{100 * r['data_wait_frac']:.0f} % | {r['peak_mem_gib']:.1f} | " + " | ".join(m) + " |")
+                 f"{100 * r['data_wait_frac']:.0f} % | {r['peak_mem_gib']:.1f} | " + " | ".join(m) + " | "
+                 + ranks_cell(r) + " |")
     return "\n".join(L)
 
 

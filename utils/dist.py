@@ -11,12 +11,14 @@ class DeviceError(UserError, RuntimeError):
     """A --device that cannot work here (the message gives the fix)."""
 
 
-def resolve_device(device_opt, local_rank=0, world=1, cuda_count=0):
+def resolve_device(device_opt, local_rank=0, world=1, cuda_count=0, share=False):
     """``--device`` (auto, cpu, cuda, cuda:N) for the process of local rank ``local_rank`` -> torch.device.
 
     Under torchrun (world > 1) each process takes GPU ``local_rank`` of the ones it sees (CUDA_VISIBLE_DEVICES
-    chooses them); an explicit ``cuda:N`` there would put every process on GPU N and is refused. ``cuda_count``:
-    the GPUs torch sees (0 without CUDA). Raises DeviceError with the fix for anything that cannot work.
+    chooses them); an explicit ``cuda:N`` there would put every process on GPU N and is refused. ``share``
+    (``--share_gpu``): more processes than GPUs, process i on GPU i mod the GPUs seen (to exercise the multi-process
+    path on one GPU; not faster). ``cuda_count``: the GPUs torch sees (0 without CUDA). Raises DeviceError with the
+    fix for anything that cannot work.
     """
     if device_opt == "auto":
         device_opt = "cuda" if cuda_count > 0 else "cpu"
@@ -33,23 +35,28 @@ def resolve_device(device_opt, local_rank=0, world=1, cuda_count=0):
                           f"{device.index}: use --device cuda (process i takes GPU LOCAL_RANK i) and choose the GPUs "
                           f"with CUDA_VISIBLE_DEVICES")
     index = local_rank if device.index is None else device.index
+    if share and device.index is None:
+        index = local_rank % cuda_count
     if index >= cuda_count:
         raise DeviceError(f"GPU {index} asked for (--device {device_opt}, LOCAL_RANK {local_rank}) but torch sees "
-                          f"{cuda_count}: start at most {cuda_count} processes per machine (NGPU / --nproc_per_node)")
+                          f"{cuda_count}: start at most {cuda_count} processes per machine (NGPU / --nproc_per_node), or "
+                          f"--share_gpu true to put several on one GPU")
     return torch.device("cuda", index)
 
 
-def init_distributed(device_opt="auto"):
-    """Initialise torch.distributed when launched by torchrun. Returns (rank, world_size, device)."""
+def init_distributed(device_opt="auto", share_gpu=False):
+    """Initialise torch.distributed when launched by torchrun. Returns (rank, world_size, device).
+
+    NCCL between GPUs; gloo on the CPU and with ``share_gpu`` (NCCL refuses two processes on one GPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    device = resolve_device(device_opt, local_rank, world, cuda_count)
+    device = resolve_device(device_opt, local_rank, world, cuda_count, share=share_gpu)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" and not share_gpu else "gloo")
     return rank, world, device
 
 
