@@ -107,7 +107,8 @@ gpu-default)
     # poses with the same options (the number the stage-1 pose is compared with) plus GD_VARIANTS ("name:options"
     # lines over configs/synthetic-gsv.txt, recorded poses); after the refine phase, stage 1 per held-out street at
     # sweep and keyframe spacing. GD_MIN: minutes of every stage-2 run, run_gs_occ.sh's too (default 8, its config's).
-    # GD_FIXTURE: a nuScenes fixture root with depth_gt/ and gts_lidar/: stage 2 on it too (configs/fixture-gsv.txt).
+    # GD_FIXTURE: a nuScenes fixture root with depth_gt/ and gts_lidar/: stage 2 on it too (configs/fixture-gsv.txt,
+    # recorded poses, no labels in training) and stage 1 (configs/fixture-gsp.txt, 4 + 1 min, keyframe spacing).
     # Results in GD_OUT (logs/gpu-default): summary.md / .json (stage 2), stage1/summary.md / .json, logs.tar.gz;
     # copied to GD_PACK when set.
     T0=$(date +%s); O=${GD_OUT:-logs/gpu-default}
@@ -128,6 +129,12 @@ gpu-default)
     if [ -n "${GD_FIXTURE:-}" ]; then  # the real fixture beside them (its LiDAR depth and labels in depth_gt, gts_lidar)
         train_eval gd-fixture --config configs/fixture-gsv.txt --dataroot "$GD_FIXTURE" --max_minutes "${GD_MIN:-8}" \
             --num_workers 4 --occ_root gts_lidar --eval_occ true --eval_rayiou false &
+        F1="--config configs/fixture-gsp.txt --dataroot $GD_FIXTURE --num_workers 4 --val_every -1"
+        { $PY train.py $F1 --exp_name gd-fixture-gsp --max_minutes 4 > logs/gd-fixture-gsp.log 2>&1 \
+          && $PY train.py $F1 --exp_name gd-fixture-gsp-refine --gsp_phase refine --max_minutes 1 \
+                 --load_weights logs/gd-fixture-gsp/ckpt/last.pt >> logs/gd-fixture-gsp.log 2>&1 \
+          && $PY eval.py $F1 --ckpt logs/gd-fixture-gsp-refine/ckpt/last.pt --adjacent keyframe \
+                 --out_dir "$O/stage1-fixture" >> logs/gd-fixture-gsp.log 2>&1; } &
     fi
     until grep -q "^\[run_gs_occ\] stage 2" "$O/run_gs_occ.log" 2>/dev/null; do
         kill -0 $MAIN 2>/dev/null || break
@@ -140,12 +147,15 @@ gpu-default)
     RC=0; wait $MAIN || RC=$?
     echo "[gpu-default] run_gs_occ.sh exit $RC after $(( $(date +%s) - T0 )) s"
     wait
+    FXS=""; [ -f "$O/stage1-fixture/metrics.json" ] && FXS="fixture:keyframe=$O/stage1-fixture/metrics.json"
     $PY tools/stage1_summary.py --main default --out_dir "$O/stage1" default:sweep="$O/stage1-sweep/metrics.json" \
-        default:keyframe="$O/stage1-keyframe/metrics.json" > "$O/stage1-summary.log" 2>&1 || cat "$O/stage1-summary.log"
+        default:keyframe="$O/stage1-keyframe/metrics.json" $FXS > "$O/stage1-summary.log" 2>&1 \
+        || cat "$O/stage1-summary.log"
     $PY tools/occ_summary.py logs/synthetic-gsv logs/gd-gtpose-* logs/gd-fixture --json "$O/summary.json" \
         > "$O/summary.md" || true
     cat "$O/summary.md" "$O/stage1/summary.md" 2>/dev/null || true
-    for r in logs/synthetic-gsp logs/synthetic-gsp-refine logs/synthetic-gsv logs/gd-gtpose-* logs/gd-fixture; do
+    for r in logs/synthetic-gsp logs/synthetic-gsp-refine logs/synthetic-gsv logs/gd-gtpose-* logs/gd-fixture \
+             logs/gd-fixture-gsp logs/gd-fixture-gsp-refine; do
         [ -d "$r" ] || continue
         n=$(basename "$r"); mkdir -p "$O/runs/$n"
         cp "$r/options.txt" "$r/train_log.jsonl" "$O/runs/$n/" 2>/dev/null || true
