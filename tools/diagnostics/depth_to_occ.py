@@ -10,7 +10,8 @@ it that end in it). Read-outs: ``any``: a voxel with a hit is occupied, every ot
 are free, as the model's read-out treats them); hit ratio >= t for each t of ``THRESHOLDS`` (0.5: at least as many
 hits as passes, free-space carving); "best" is the best t per row over all keyframes (an upper bound). Scored
 against the exact labels inside mask_camera AND mask_lidar by ``utils.occ_metrics.OccEvaluator`` (one confusion
-matrix over all keyframes): geo IoU, and precision / recall of occupied voxels. Recall of exact depth under
+matrix over all keyframes): geo IoU, and precision / recall of occupied voxels (recall also of the ground classes
+and of the rest). Geo IoU, precision and recall are of the ``any`` read-out. Recall of exact depth under
 ``any`` is the resolution ceiling: the share of occupied evaluated voxels in which some pixel's ray ends.
 
 Rows (``--rows``, ``kind[:level][@frames]``), each at every ``--hw`` size:
@@ -25,7 +26,7 @@ Rows (``--rows``, ``kind[:level][@frames]``), each at every ``--hw`` size:
 A factor multiplies camera z and the range along the ray alike. The AbsRel column is measured on the corrupted
 maps (the keyframe's, dense, 0.1 < z < 80 m, no median scaling: ``utils.metrics.compute_depth_errors``).
 
-    python -m tools.diagnostics.depth_to_occ --scenes 12 13 14 15 --keyframes 2 5 --threads 2 \\
+    python -m tools.diagnostics.depth_to_occ --scenes 6 7 --frames 12 --keyframes 2 6 10 --threads 2 \\
         --out logs/depth_to_occ.jsonl --md logs/depth_to_occ.md
 
 Results: docs/results/depth_to_occ.md.
@@ -55,6 +56,7 @@ THRESHOLDS = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)  # hit ratio read-outs; 0: an
 DEFAULT_ROWS = ["exact", "pixel:0.02", "pixel:0.05", "pixel:0.1", "pixel:0.18", "pixel:0.25", "smooth:0.02",
                 "smooth:0.05", "smooth:0.1", "smooth:0.18", "smooth:0.25", "scale:0.95", "scale:1.05", "metres:0.1",
                 "metres:0.2", "metres:0.4", "exact@3", "pixel:0.18@3", "smooth:0.18@3"]
+GROUND = ("driveable_surface", "other_flat", "sidewalk", "terrain")
 KINDS = ("exact", "pixel", "smooth", "scale", "metres")
 DEPTH_RANGE = (0.1, 80.0)  # pixels the AbsRel column averages over, as eval.py's depth metric
 
@@ -146,14 +148,19 @@ def read_out(hits, passes, t):
 
 
 def occupied_scores(ev):
-    """geo IoU, precision and recall of occupied voxels (percent), the voxel counts, and the recall of each class
-    present, of an OccEvaluator."""
-    h = ev.hist.numpy().astype(np.float64)
+    """geo IoU, precision and recall of occupied voxels (percent), the voxel counts, the recall of the ground
+    classes (``GROUND``) and of the other classes, and per class present [occupied voxels found, evaluated], of an
+    OccEvaluator."""
+    h = ev.hist.numpy().astype(np.int64)
     tp, gt, pred = h[:FREE_ID, :FREE_ID].sum(), h[:FREE_ID].sum(), h[:, :FREE_ID].sum()
+    found, total = h[:FREE_ID, :FREE_ID].sum(1), h[:FREE_ID].sum(1)  # per GT class
+    ground = np.isin(np.arange(FREE_ID), [OCC_CLASSES.index(c) for c in GROUND])
     pct = lambda a, b: float(100 * a / b) if b else float("nan")  # noqa: E731
-    by_class = {OCC_CLASSES[c]: round(pct(h[c, :FREE_ID].sum(), h[c].sum()), 2) for c in range(FREE_ID) if h[c].sum()}
     return dict(geo_iou=ev.summary()["geo_IoU"], precision=pct(tp, pred), recall=pct(tp, gt),
-                tp=int(tp), fp=int(pred - tp), fn=int(gt - tp), n_eval=int(h.sum()), recall_by_class=by_class)
+                recall_ground=pct(found[ground].sum(), total[ground].sum()),
+                recall_objects=pct(found[~ground].sum(), total[~ground].sum()),
+                tp=int(tp), fp=int(pred - tp), fn=int(gt - tp), n_eval=int(h.sum()),
+                by_class={OCC_CLASSES[c]: [int(found[c]), int(total[c])] for c in range(FREE_ID) if total[c]})
 
 
 def frame_poses(world, k, frames):
@@ -207,24 +214,25 @@ def _job(args):
 
 def table(evals, absrel, keys):
     """Markdown: one line per (row, (h, w)) of ``keys``, over all keyframes."""
-    lines = ["| depth | size | AbsRel | geo IoU (any hit) | precision | recall | IoU, hit ratio >= 0.5 | "
-             "best IoU (ratio >=) |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| depth | size | AbsRel | geo IoU | precision | recall | recall ground | recall objects | "
+             "IoU, hit ratio >= 0.5 | best IoU (ratio >=) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for spec, hw in keys:
         sc = {t: occupied_scores(evals[(spec, hw, t)]) for t in THRESHOLDS}
         a, best = sc[0.0], max(THRESHOLDS, key=lambda t: sc[t]["geo_iou"])
-        lines.append(f"| {spec} | {hw[0]}x{hw[1]} | {np.mean(absrel[(spec, hw)]):.3f} | {a['geo_iou']:.2f} | "
-                     f"{a['precision']:.2f} | {a['recall']:.2f} | {sc[0.5]['geo_iou']:.2f} | "
-                     f"{sc[best]['geo_iou']:.2f} ({best:g}) |")
+        lines.append(f"| {spec} | {hw[0]}x{hw[1]} | {np.mean(absrel[(spec, hw)]):.3f} | {a['geo_iou']:.1f} | "
+                     f"{a['precision']:.1f} | {a['recall']:.1f} | {a['recall_ground']:.1f} | "
+                     f"{a['recall_objects']:.1f} | {sc[0.5]['geo_iou']:.1f} | {sc[best]['geo_iou']:.1f} ({best:g}) |")
     return "\n".join(lines)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic set (0: the GPU default's)")
-    p.add_argument("--scenes", type=int, nargs="+", default=[12, 13],
-                   help="streets (12-15: held out in run_gs_occ.sh's GPU default)")
-    p.add_argument("--frames", type=int, default=8, help="keyframes per street (8: the GPU default's)")
-    p.add_argument("--keyframes", type=int, nargs="+", default=[2, 5], help="keyframes of each street (0 .. frames - 1)")
+    p.add_argument("--scenes", type=int, nargs="+", default=[6, 7],
+                   help="streets (6, 7: the held-out streets of run_benchmarks.sh occupancy / pipeline)")
+    p.add_argument("--frames", type=int, default=12, help="keyframes per street (12: those sets')")
+    p.add_argument("--keyframes", type=int, nargs="+", default=[2, 6, 10],
+                   help="keyframes of each street (0 .. frames - 1)")
     p.add_argument("--hw", type=int, nargs="+", default=[180, 320, 90, 160], help="render sizes: H W [H W ...]")
     p.add_argument("--exact_hw", type=int, nargs="*", default=[360, 640],
                    help="more render sizes for the exact rows only (the resolution ceiling): H W [H W ...]")
