@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.batch import self_occlusion
+from utils.geometry import inverse_rigid
 from utils.losses import opacity_entropy, semantic_ce, smoothness_loss, temporal_loss
 
 # The authors' options.py class_frequencies, one per class id 0..17 (17 = free).
@@ -164,6 +165,21 @@ class GSVLoss(nn.Module):
             raw["entropy"] = opacity_entropy(r["alpha"])
         if opt.w_dist > 0 and "zsq" in r:  # GS rendering (the volume renderer of the baseline does not give E[z^2])
             raw["dist"] = depth_spread(r["depth_acc"], r["zsq"], r["alpha"], opt.min_depth)
+        if "extra" in r:  # the previous / next frame's cameras: each its own target, the current images the source
+            ex = r["extra"]
+            cur = imgs[:, 1].flatten(0, 1)
+            parts = {"reproj_extra": [], "smooth_extra": [], "dist_extra": []}
+            for k, a in enumerate((0, 2)):
+                d = ex["depth"][:, k].flatten(0, 1).clamp(opt.min_depth, opt.max_depth)
+                tgt = imgs[:, a].flatten(0, 1)
+                loss_k, _ = temporal_loss(tgt, [cur], d, r["K"].flatten(0, 1), [inverse_rigid(T[:, k].flatten(0, 1))],
+                                          target_mask=valid, invalid=opt.reproj_invalid)
+                parts["reproj_extra"].append(loss_k)
+                parts["smooth_extra"].append(smoothness_loss(1 / d, tgt))
+                if opt.w_dist > 0 and "zsq" in ex:
+                    parts["dist_extra"].append(depth_spread(ex["depth_acc"][:, k], ex["zsq"][:, k], ex["alpha"][:, k],
+                                                            opt.min_depth))
+            raw.update({k: sum(v) / len(v) for k, v in parts.items() if v})
         if opt.w_tv > 0:
             raw["tv"] = total_variation(r["logits"])
         if opt.use_sem and "sem" in batch:
@@ -171,8 +187,10 @@ class GSVLoss(nn.Module):
             if valid is not None:
                 labels = labels.masked_fill(~valid[:, 0], 255)
             raw["sem"] = semantic_ce(r["sem"].flatten(0, 1), labels, weight=self.sem_weight)
+        x = getattr(opt, "w_extra_views", 0.0)
         weights = {"reproj": 1.0, "smooth": opt.w_smooth, "entropy": opt.w_entropy * self.entropy_ramp(),
-                   "tv": opt.w_tv, "sem": opt.w_sem, "dist": opt.w_dist}
+                   "tv": opt.w_tv, "sem": opt.w_sem, "dist": opt.w_dist,
+                   "reproj_extra": x, "smooth_extra": x * opt.w_smooth, "dist_extra": x * opt.w_dist}
         terms = {k: weights[k] * v for k, v in raw.items()}
         logs = {f"loss_{k}": v.detach() for k, v in raw.items()}
         logs.update(automask_kept=maps["mask"].float().mean(),
