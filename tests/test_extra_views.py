@@ -72,7 +72,7 @@ def test_the_extra_views_add_their_loss_and_train_the_network():
         assert float(logs[k]) == pytest.approx(float(logs0[k]), rel=1e-5, abs=1e-7), k
     extra = 0.5 * (logs["loss_reproj_extra"] + model.opt.w_smooth * logs["loss_smooth_extra"]
                    + model.opt.w_dist * logs["loss_dist_extra"])
-    assert float(loss.detach()) == pytest.approx(float(loss0) + float(extra), rel=1e-5, abs=1e-7)
+    assert float(loss.detach()) == pytest.approx(float(loss0.detach()) + float(extra), rel=1e-5, abs=1e-7)
     assert 0 < float(logs["loss_reproj_extra"]) < 1
     loss.backward()
     assert model.occ_net.decoder[0].weight.grad.abs().sum() > 0

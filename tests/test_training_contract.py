@@ -97,3 +97,23 @@ def test_an_old_checkpoint_with_every_path_still_loads(runs, stage, later, tmp_p
     assert {k: getattr(model.opt, k) for k in later} == later
     assert model.opt.dataroot == "/data/where/it/was"
     assert saved_options({"opt": old}, "old.pt", ["--dataroot", "here"]).dataroot == "here"
+
+
+def test_the_untrained_checkpoint_is_the_trainers_step_0_and_evaluates(synth_root, tmp_path, one_thread):
+    """tools/init_checkpoint writes what the trainer starts from (same seed -> same weights), at step 0, loadable by
+    eval.py; it refuses a run folder that already holds training."""
+    from tools.init_checkpoint import main as init_main
+    data = ["--dataroot", synth_root, "--version", "v1.0-synthetic", "--train_split",
+            Path(synth_root) / "splits" / "train.txt", "--val_split", Path(synth_root) / "splits" / "val.txt",
+            "--log_dir", tmp_path, "--raster_backend", "torch", "--device", "cpu", "--num_workers", 0]
+    argv = [str(a) for a in [*TINY["gsv"], *data]]
+    for name in ("a", "b"):
+        init_main(argv + ["--exp_name", name])
+    a, b = (load_checkpoint(tmp_path / n / "ckpt" / "last.pt") for n in ("a", "b"))
+    assert a["step"] == 0 and a["opt"]["stage"] == "gsv"
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    model = load_model(tmp_path / "a" / "ckpt" / "last.pt")
+    assert sum(p.numel() for p in model.parameters()) > 0
+    train_entry.main(argv + ["--exp_name", "a", "--max_steps", "1", "--val_every", "-1", "--image_every", "0"])
+    with pytest.raises(SystemExit, match="holds a run at step 1: give the untrained checkpoint its own --exp_name"):
+        init_main(argv + ["--exp_name", "a"])

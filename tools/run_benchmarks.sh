@@ -108,7 +108,8 @@ gpu-default)
     # lines over configs/synthetic-gsv.txt, recorded poses); after the refine phase, stage 1 per held-out street at
     # sweep and keyframe spacing. GD_MIN: minutes of every stage-2 run, run_gs_occ.sh's too (default 8, its config's).
     # GD_FIXTURE: a nuScenes fixture root with depth_gt/ and gts_lidar/: stage 2 on it too (configs/fixture-gsv.txt,
-    # recorded poses, no labels in training) and stage 1 (configs/fixture-gsp.txt, 4 + 1 min, keyframe spacing).
+    # recorded poses, no labels in training; trained on the first 3/4 of its keyframes, evaluated on them, on the last
+    # quarter and untrained on that quarter) and stage 1 (configs/fixture-gsp.txt, 4 + 1 min, keyframe spacing).
     # Results in GD_OUT (logs/gpu-default): summary.md / .json (stage 2), stage1/summary.md / .json, logs.tar.gz;
     # copied to GD_PACK when set.
     T0=$(date +%s); O=${GD_OUT:-logs/gpu-default}
@@ -127,8 +128,20 @@ gpu-default)
     done; wait; } &
     VARS=$!
     if [ -n "${GD_FIXTURE:-}" ]; then  # the real fixture beside them (its LiDAR depth and labels in depth_gt, gts_lidar)
-        train_eval gd-fixture --config configs/fixture-gsv.txt --dataroot "$GD_FIXTURE" --max_minutes "${GD_MIN:-8}" \
-            --num_workers 4 --occ_root gts_lidar --eval_occ true --eval_rayiou false &
+        # stage 2 trained on the first 3/4 of the scene's keyframes; evaluated on them ("its frames"), on the last
+        # quarter it never trained on, and the untrained network on that quarter (does training help where unseen?)
+        SPL=logs/fixture_split
+        $PY -m tools.data.make_split --dataroot "$GD_FIXTURE" --version v1.0-mini --val_fraction 0.25 --out_dir $SPL \
+            --name fx > logs/fixture_split.log 2>&1
+        FXC="--config configs/fixture-gsv.txt --dataroot $GD_FIXTURE --num_workers 4 --occ_root gts_lidar
+             --eval_occ true --eval_rayiou false --train_split $SPL/fx_train.txt"
+        { $PY train.py $FXC --exp_name gd-fixture --max_minutes "${GD_MIN:-8}" --val_every -1 > logs/gd-fixture.log 2>&1
+          $PY -m tools.init_checkpoint $FXC --exp_name gd-fixture-untrained >> logs/gd-fixture.log 2>&1
+          for e in "eval:gd-fixture:fx_train" "eval-heldout:gd-fixture:fx_val" "eval-heldout:gd-fixture-untrained:fx_val"; do
+              set -- $(echo "$e" | tr ':' ' ')
+              $PY eval.py $FXC --val_split "$SPL/$3.txt" --ckpt "logs/$2/ckpt/last.pt" --out_dir "logs/$2/$1" \
+                  >> logs/gd-fixture.log 2>&1
+          done; } &
         F1="--config configs/fixture-gsp.txt --dataroot $GD_FIXTURE --num_workers 4 --val_every -1"
         { $PY train.py $F1 --exp_name gd-fixture-gsp --max_minutes 4 > logs/gd-fixture-gsp.log 2>&1 \
           && $PY train.py $F1 --exp_name gd-fixture-gsp-refine --gsp_phase refine --max_minutes 1 \
@@ -155,11 +168,15 @@ gpu-default)
         > "$O/summary.md" || true
     cat "$O/summary.md" "$O/stage1/summary.md" 2>/dev/null || true
     for r in logs/synthetic-gsp logs/synthetic-gsp-refine logs/synthetic-gsv logs/gd-gtpose-* logs/gd-fixture \
-             logs/gd-fixture-gsp logs/gd-fixture-gsp-refine; do
+             logs/gd-fixture-untrained logs/gd-fixture-gsp logs/gd-fixture-gsp-refine; do
         [ -d "$r" ] || continue
         n=$(basename "$r"); mkdir -p "$O/runs/$n"
         cp "$r/options.txt" "$r/train_log.jsonl" "$O/runs/$n/" 2>/dev/null || true
         cp "$r/eval/metrics.json" "$r/eval/metrics.md" "$O/runs/$n/" 2>/dev/null || true
+        if [ -d "$r/eval-heldout" ]; then
+            cp "$r/eval-heldout/metrics.json" "$O/runs/$n/heldout.metrics.json" 2>/dev/null || true
+            cp "$r/eval-heldout/metrics.md" "$O/runs/$n/heldout.metrics.md" 2>/dev/null || true
+        fi
         [ -f "logs/$n.log" ] && tail -c 20000 "logs/$n.log" > "$O/runs/$n/console.log"
     done
     cp data/synthetic-full/preview.png "$O/" 2>/dev/null || true
@@ -304,7 +321,7 @@ fixture-gsv)
     for v in "default:" "alpha-entropy:$OLD" "no-entropy:--opacity softmax --w_entropy 0 --w_tv 0"; do
         train_eval "fixture-gsv-${v%%:*}" $C ${v#*:} --max_minutes "$GSV_MIN" &
     done
-    $PY train.py $C --exp_name fixture-gsv-untrained --num_epochs 0 --val_every -1 > logs/fixture-gsv-untrained.log 2>&1
+    $PY -m tools.init_checkpoint $C --exp_name fixture-gsv-untrained > logs/fixture-gsv-untrained.log 2>&1
     $PY eval.py $C --ckpt logs/fixture-gsv-untrained/ckpt/last.pt --out_dir logs/fixture-gsv-untrained/eval \
         >> logs/fixture-gsv-untrained.log 2>&1
     for v in "default:" "alpha-entropy:$OLD"; do
