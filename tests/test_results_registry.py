@@ -39,3 +39,20 @@ def test_record_reads_the_value_from_the_file_and_replaces_the_key(tmp_path):
     assert list(got) == ["k"] and got["k"]["value"] == 20.6975 and got["k"]["command"] == "cmd2"
     with pytest.raises(SystemExit, match="no scalar 'occ/RayIoU'"):
         record("k", str(metrics), "occ/RayIoU", "cmd", "m", "c", summary=str(summary))
+
+
+def test_a_gpu_default_folder_records_every_key_it_holds(tmp_path):
+    from tools.record_result import record_gpu_default
+    run = tmp_path / "gd"
+    (run / "runs" / "gd-gtpose-default").mkdir(parents=True)
+    (run / "runs" / "gd-gtpose-default" / "metrics.json").write_text(
+        json.dumps({"scalars": {"occ/mIoU*": 19.8348, "occ/IoU": 38.02, "occ/opacity_AUC": 85.82}}))
+    (run / "stage1").mkdir()
+    (run / "stage1" / "summary.json").write_text(json.dumps({"scalars": {"stage1_heldout_scale_max_dev": 0.0375,
+                                                                         "stage1_heldout_abs_rel": 0.2514}}))
+    summary = tmp_path / "docs" / "results" / "summary.json"
+    summary.parent.mkdir(parents=True)
+    got = record_gpu_default(str(run), "cmd", "m", "c", date="2026-12-02", summary=str(summary))
+    assert sorted(got) == ["stage1_heldout_abs_rel", "stage1_heldout_scale_max_dev", "synthetic_gsv_gtpose_geo_iou",
+                           "synthetic_gsv_gtpose_miou_star", "synthetic_occ_auc"]
+    assert got["synthetic_occ_auc"]["value"] == 0.8582 and got["stage1_heldout_abs_rel"]["value"] == 0.2514
