@@ -103,7 +103,7 @@ softmax-noent:--opacity softmax --w_entropy 0 --w_tv 0"}
 gpu-default)
     # The GPU default and the occupancy floor at once on ONE GPU from a bare machine (about 21 minutes: run it
     # detached, e.g. under setsid, across device calls): `sh run_gs_occ.sh` as a user runs it (data, stage 1,
-    # refine, stage 2 on stage-1 poses, eval; timed), and on the same data, once it exists, stage 2 on recorded
+    # refine, stage 2 on stage-1 poses, eval; timed), and on the same data, once stage 1 is done, stage 2 on recorded
     # poses with the same options (the number the stage-1 pose is compared with) plus GD_VARIANTS ("name:options"
     # lines over configs/synthetic-gsv.txt, recorded poses); after the refine phase, stage 1 per held-out street at
     # sweep and keyframe spacing. GD_MIN: minutes of every stage-2 run, run_gs_occ.sh's too (default 8, its config's).
@@ -121,6 +121,12 @@ gpu-default)
         sleep 5
     done
     echo "[gpu-default] data ready after $(( $(date +%s) - T0 )) s"
+    # stage 1 has the GPU to itself (it is the critical path: the other runs end before run_gs_occ.sh's stage 2)
+    until grep -q "^\[run_gs_occ\] stage 1 refine" "$O/run_gs_occ.log" 2>/dev/null; do
+        kill -0 $MAIN 2>/dev/null || break
+        sleep 5
+    done
+    echo "[gpu-default] stage 1 done after $(( $(date +%s) - T0 )) s"
     GT="--config configs/synthetic-gsv.txt --pose gt --max_minutes ${GD_MIN:-8}"
     printf 'default:\n%s\n' "${GD_VARIANTS:-}" | { while IFS= read -r v; do
         [ -n "$v" ] || continue
