@@ -17,7 +17,7 @@ from networks.fast_norm import make_group_norm
 from networks.hourglass3d import HourglassTrunk, hourglass_head
 from networks.image_neck import UpConcatNeck
 from networks.lift_gather import lift_features_gather
-from networks.resnet_encoder import ResnetEncoder
+from networks.resnet_encoder import ResnetEncoder, find_weights
 from networks.voxel_grid import CONTRACT_MODES, VoxelGrid  # noqa: F401  (VoxelGrid: imported from here too)
 from utils.constants import NUM_SEM_CLASSES
 from utils.precision import full_precision
@@ -60,7 +60,8 @@ def add_args(parser):
     g.add_argument("--encoder_weights", type=str, default="imagenet",
                    help="imagenet: torchvision's ImageNet file of that ResNet (e.g. resnet101-63fe2227.pth) from "
                         "ckpts/ or torch hub's cache, never downloaded, an error names the file and its URL when "
-                        "missing; or a path to such a file; none: random init")
+                        "missing; imagenet_if_present: that file when it is there, else a random init (said in "
+                        "the log); or a path to such a file; none: random init")
     g.add_argument("--image_neck", type=str, default="upconcat", choices=["upconcat", "fpn"],
                    help="upconcat: the authors' (ResNet stages 3-4 fused to one map at stride 4, needs "
                         "--feat_stride 4); fpn: this project's (stages 3-5 summed at --feat_stride)")
@@ -85,10 +86,20 @@ def add_args(parser):
 
 
 def encoder_weights(opt):
-    """--encoder_weights -> ResnetEncoder's ``weights`` argument (True = look up the ImageNet file)."""
+    """--encoder_weights -> ResnetEncoder's ``weights`` argument (True = look up the ImageNet file; with
+    ``imagenet_if_present`` its path when it is found, else None: a random init, said in one line)."""
     w = opt.encoder_weights
     if w is None or str(w).lower() in ("none", "", "false"):
         return None
+    if str(w).lower() == "imagenet_if_present":
+        try:
+            path = find_weights(opt.encoder_layers)
+        except FileNotFoundError:
+            print(f"[encoder] no ImageNet file of ResNet-{opt.encoder_layers} in ckpts/ or torch hub's cache: random "
+                  "init (--encoder_weights imagenet_if_present)")
+            return None
+        print(f"[encoder] ImageNet weights {path} (--encoder_weights imagenet_if_present)")
+        return path
     return True if str(w).lower() == "imagenet" else w
 
 

@@ -86,6 +86,25 @@ def test_resnet_encoder_loads_local_weights(tmp_path):
         ResnetEncoder(18, str(tmp_path / "missing.pth"))
 
 
+def test_imagenet_if_present_uses_the_file_when_found_and_a_random_init_otherwise(tmp_path, monkeypatch, capsys):
+    import networks.occ_net as occ_net_mod
+    from torchvision.models import resnet18
+    ref = resnet18(weights=None)
+    torch.save(ref.state_dict(), tmp_path / "r18.pth")
+    opt = tiny_opt("--encoder_weights", "imagenet_if_present")
+
+    def missing(n):
+        raise FileNotFoundError(f"no ResNet-{n}")
+
+    monkeypatch.setattr(occ_net_mod, "find_weights", missing)
+    assert occ_net_mod.encoder_weights(opt) is None
+    assert "random init" in capsys.readouterr().out
+    monkeypatch.setattr(occ_net_mod, "find_weights", lambda n: str(tmp_path / "r18.pth"))
+    assert occ_net_mod.encoder_weights(opt) == str(tmp_path / "r18.pth")
+    net = OccNet(opt)
+    assert torch.equal(net.encoder.net.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
+
+
 def test_lifting_samples_where_the_camera_looks():
     K, cam2ego = ring_rig()
     stride = 8
