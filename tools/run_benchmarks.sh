@@ -104,8 +104,9 @@ gpu-default)
     # The GPU default and the occupancy floor at once on ONE GPU from a bare machine (about 21 minutes: run it
     # detached, e.g. under setsid, across device calls): `sh run_gs_occ.sh` as a user runs it (data, stage 1,
     # refine, stage 2 on stage-1 poses, eval; timed), and on the same data, once stage 1 is done, stage 2 on recorded
-    # poses with the same options (the number the stage-1 pose is compared with) plus GD_VARIANTS ("name:options"
-    # lines over configs/synthetic-gsv.txt, recorded poses); after the refine phase, stage 1 per held-out street at
+    # poses with the same options (the number the stage-1 pose is compared with), the untrained network (the baseline),
+    # plus GD_VARIANTS ("name:options" lines over configs/synthetic-gsv.txt, recorded poses); after the refine phase,
+    # stage 1 per held-out street at
     # sweep and keyframe spacing. GD_MIN: minutes of every stage-2 run, run_gs_occ.sh's too (default 8, its config's).
     # GD_FIXTURE: a nuScenes fixture root with depth_gt/ and gts_lidar/: stage 2 on it too (configs/fixture-gsv.txt,
     # recorded poses, no labels in training; trained on the first 3/4 of its keyframes, evaluated on them, on the last
@@ -128,6 +129,9 @@ gpu-default)
     done
     echo "[gpu-default] stage 1 done after $(( $(date +%s) - T0 )) s"
     GT="--config configs/synthetic-gsv.txt --pose gt --max_minutes ${GD_MIN:-8}"
+    { $PY -m tools.init_checkpoint $GT --exp_name gd-untrained > logs/gd-untrained.log 2>&1  # the baseline
+      $PY eval.py $GT --ckpt logs/gd-untrained/ckpt/last.pt --out_dir logs/gd-untrained/eval >> logs/gd-untrained.log 2>&1
+    } &
     printf 'default:\n%s\n' "${GD_VARIANTS:-}" | { while IFS= read -r v; do
         [ -n "$v" ] || continue
         train_eval "gd-gtpose-${v%%:*}" $GT ${v#*:} &
@@ -170,10 +174,10 @@ gpu-default)
     $PY tools/stage1_summary.py --main default --out_dir "$O/stage1" default:sweep="$O/stage1-sweep/metrics.json" \
         default:keyframe="$O/stage1-keyframe/metrics.json" $FXS > "$O/stage1-summary.log" 2>&1 \
         || cat "$O/stage1-summary.log"
-    $PY tools/occ_summary.py logs/synthetic-gsv logs/gd-gtpose-* logs/gd-fixture --json "$O/summary.json" \
+    $PY tools/occ_summary.py logs/synthetic-gsv logs/gd-gtpose-* logs/gd-untrained logs/gd-fixture --json "$O/summary.json" \
         > "$O/summary.md" || true
     cat "$O/summary.md" "$O/stage1/summary.md" 2>/dev/null || true
-    for r in logs/synthetic-gsp logs/synthetic-gsp-refine logs/synthetic-gsv logs/gd-gtpose-* logs/gd-fixture \
+    for r in logs/synthetic-gsp logs/synthetic-gsp-refine logs/synthetic-gsv logs/gd-gtpose-* logs/gd-untrained logs/gd-fixture \
              logs/gd-fixture-untrained logs/gd-fixture-gsp logs/gd-fixture-gsp-refine; do
         [ -d "$r" ] || continue
         n=$(basename "$r"); mkdir -p "$O/runs/$n"
