@@ -154,7 +154,7 @@ class Trainer:
         if opt.max_steps > 0:
             self.total_steps = min(self.total_steps, opt.max_steps)
         # lr / 10 at these steps; with --max_minutes a milestone also falls once its fraction of the minutes has
-        # passed (_time_milestones), so a run that the clock ends still gets its decay
+        # passed (_clock), so a run that the clock ends still gets its decay
         self.milestones = [int(f * self.total_steps) for f in opt.lr_milestones]
 
         self.step, self.epoch, self.epoch_batches = 0, 0, 0  # epoch_batches: batches of this epoch consumed

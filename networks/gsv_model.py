@@ -51,12 +51,6 @@ def add_args(parser):
                         "sample; none: sum_i w_i z_i only (the authors' GS depth, whose contracted infinite-range "
                         "grid makes every ray end on the outer shell; in an 80 m box a ray that leaves it reads as "
                         "close to the camera, and measured on the real fixture the depth collapsed with it)")
-    g.add_argument("--w_extra_views", type=float, default=0.0,
-                   help="> 0: also render the 6 cameras at the previous and next frame's poses (the pose source's "
-                        "motion, in the current ego frame) and add their temporal loss (the current images warped "
-                        "into them), smoothness and depth spread with this weight: 3x the rays on the same volume "
-                        "(a depth-only volume's ceiling rises from 68.8 to 82.7 geo IoU with the adjacent sweeps' "
-                        "rays, docs/results/depth_to_occ.md); 0 = the current cameras only (the authors')")
     g.add_argument("--occ_readout", type=str, default="argmax", choices=["argmax", "opacity"],
                    help="occupancy read-out at the Occ3D voxels: argmax = the authors' argmax over the C+1 channels "
                         "(free last); opacity = occupied where the voxel opacity exceeds --occ_threshold, class = "

@@ -8,9 +8,9 @@ while the component benchmarks run (tools/bench/components.py: copy and matmul c
 convolution, lifting at the paper sizes); then, per network (``--step_net``: project, authors), the trainer's step
 (zero_grad, forward under bf16 autocast, backward, grad clip, AdamW) of GSVModel at input 384x640, render 180x320,
 grid 300 300 24, random init, ``--pose gt --use_sem true``, one batch on the device: ``old`` (the step before the
-speed options: cudnn.benchmark, channels_last encoders), ``all`` (every option of ``ALL_ON``), ``default`` (the
-option defaults as they are now), each option alone over ``old``, then
-``all`` + gsplat's tile 8, unpacked and (``--step_compile``) torch.compile, while ``--speed_budget`` lasts. Every
+speed options: cudnn.benchmark, channels_last encoders), ``all`` (every option of ``ALL_ON``), each option alone
+over ``old``, then ``all`` + the fused optimizer (the option defaults), + gsplat's tile 8, unpacked and
+(``--step_compile``) torch.compile, while ``--speed_budget`` lasts. Every
 variant starts from the same weights (the old path's, copied), so the first step's loss compares the arithmetic:
 ``loss_rel_diff`` against the old path's. ``old`` and ``all`` are also profiled (``--profile``: device time per kernel
 family, top operators, host-device synchronisations: tools/bench/profile.py).
@@ -46,13 +46,12 @@ ALL_ON = {"channels_last_3d": True, "group_norm_impl": "parallel", "lift_impl": 
 VARIANTS = [
     ("old", OLD, None, 0),
     ("all", {**OLD, **ALL_ON}, None, 0),
-    ("default", {}, None, 1),
     ("+channels_last_3d", {**OLD, "channels_last_3d": True}, None, 1),
     ("+group_norm parallel", {**OLD, "group_norm_impl": "parallel"}, ("project", "quick"), 1),
     ("+lift gather", {**OLD, "lift_impl": "gather"}, None, 1),
     ("+zsq moments", {**OLD, "raster_zsq": "moments"}, None, 1),
     ("+fused optimizer", {**OLD, "fused_optimizer": True}, None, 1),
-    ("all +fused optimizer", {**OLD, **ALL_ON, "fused_optimizer": True}, None, 2),
+    ("all +fused optimizer", {**OLD, **ALL_ON, "fused_optimizer": True}, None, 2),  # = the option defaults
     ("all +tile 8", {**OLD, **ALL_ON, "gsplat_tile_size": 8}, None, 2),
     ("all +unpacked", {**OLD, **ALL_ON, "gsplat_packed": False}, None, 3),
     ("all +compile", {**OLD, **ALL_ON, "compile": True}, None, 4),
