@@ -1,7 +1,8 @@
 """One table of stage-2 runs: occupancy, its health and the depth, from each run's eval/metrics.json and the last
-row of its train_log.jsonl.
+row of its train_log.jsonl. An eval folder itself (one holding metrics.json, e.g. a run's eval-train) is a row too,
+named run/folder.
 
-    python tools/occ_summary.py logs/occ-* [--json out.json]
+    python tools/occ_summary.py logs/occ-* [logs/occ-a/eval-train] [--json out.json]
 """
 import argparse
 import json
@@ -10,8 +11,14 @@ import os
 
 
 def row_of(run):
-    """Summary dict of one run folder (None if it has no eval/metrics.json)."""
+    """Summary dict of one run folder (None if it has no eval/metrics.json), or of one eval folder of a run."""
+    run = run.rstrip("/")
     path = os.path.join(run, "eval", "metrics.json")
+    name = os.path.basename(run)
+    if not os.path.exists(path) and os.path.exists(os.path.join(run, "metrics.json")):
+        path = os.path.join(run, "metrics.json")
+        run, ev = os.path.split(run)
+        name = f"{os.path.basename(run)}/{ev}"
     if not os.path.exists(path):
         return None
     with open(path) as f:
@@ -26,7 +33,7 @@ def row_of(run):
         last = steps[-1] if steps else {}
         last["warnings"] = sorted({r["warning"] for r in rows if "warning" in r})
     best = m.get("opacity", {}).get("best") or {}
-    return {"run": os.path.basename(run.rstrip("/")), "step": m.get("step"),
+    return {"run": name, "step": m.get("step"),
             "mIoU*": s.get("occ/mIoU*"), "geo_IoU": s.get("occ/IoU"), "AUC": s.get("occ/opacity_AUC"),
             "best_t": best.get("t"), "best_mIoU*": best.get("mIoU_star"), "best_geo_IoU": best.get("geo_IoU"),
             "abs_rel": s.get("depth/abs_rel"), "seen_opacity": s.get("fog/seen_opacity"),

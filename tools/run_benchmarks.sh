@@ -135,7 +135,10 @@ gpu-default)
     printf 'default:\n%s\n' "${GD_VARIANTS:-}" | { while IFS= read -r v; do
         [ -n "$v" ] || continue
         train_eval "gd-gtpose-${v%%:*}" $GT ${v#*:} &
-    done; wait; } &
+    done; wait
+    # the default on its own training streets too: the gap to the held-out ones says what more streets would buy
+    $PY eval.py $GT --val_split data/synthetic-full/splits/train.txt --ckpt logs/gd-gtpose-default/ckpt/last.pt \
+        --out_dir logs/gd-gtpose-default/eval-train >> logs/gd-gtpose-default.log 2>&1; } &
     VARS=$!
     if [ -n "${GD_FIXTURE:-}" ]; then  # the real fixture beside them (its LiDAR depth and labels in depth_gt, gts_lidar)
         # stage 2 trained on the first 3/4 of the scene's keyframes; evaluated on them ("its frames"), on the last
@@ -174,7 +177,8 @@ gpu-default)
     $PY tools/stage1_summary.py --main default --out_dir "$O/stage1" default:sweep="$O/stage1-sweep/metrics.json" \
         default:keyframe="$O/stage1-keyframe/metrics.json" $FXS > "$O/stage1-summary.log" 2>&1 \
         || cat "$O/stage1-summary.log"
-    $PY tools/occ_summary.py logs/synthetic-gsv logs/gd-gtpose-* logs/gd-untrained logs/gd-fixture --json "$O/summary.json" \
+    $PY tools/occ_summary.py logs/synthetic-gsv logs/gd-gtpose-* logs/gd-gtpose-default/eval-train logs/gd-untrained \
+        logs/gd-fixture logs/gd-fixture/eval-heldout logs/gd-fixture-untrained/eval-heldout --json "$O/summary.json" \
         > "$O/summary.md" || true
     cat "$O/summary.md" "$O/stage1/summary.md" 2>/dev/null || true
     for r in logs/synthetic-gsp logs/synthetic-gsp-refine logs/synthetic-gsv logs/gd-gtpose-* logs/gd-untrained logs/gd-fixture \
@@ -183,6 +187,10 @@ gpu-default)
         n=$(basename "$r"); mkdir -p "$O/runs/$n"
         cp "$r/options.txt" "$r/train_log.jsonl" "$O/runs/$n/" 2>/dev/null || true
         cp "$r/eval/metrics.json" "$r/eval/metrics.md" "$O/runs/$n/" 2>/dev/null || true
+        if [ -d "$r/eval-train" ]; then
+            cp "$r/eval-train/metrics.json" "$O/runs/$n/train.metrics.json" 2>/dev/null || true
+            cp "$r/eval-train/metrics.md" "$O/runs/$n/train.metrics.md" 2>/dev/null || true
+        fi
         if [ -d "$r/eval-heldout" ]; then
             cp "$r/eval-heldout/metrics.json" "$O/runs/$n/heldout.metrics.json" 2>/dev/null || true
             cp "$r/eval-heldout/metrics.md" "$O/runs/$n/heldout.metrics.md" 2>/dev/null || true
