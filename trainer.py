@@ -94,6 +94,16 @@ def leave_stop_signals_to_the_trainer(_worker_id):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def stop_loader_workers(loader):
+    """End the persistent workers of ``loader`` now (torch's own shutdown: each worker is told to stop and joined).
+    Without it a run that fails hangs at exit: the exception keeps the loader alive past Python's atexit, which
+    then stops the workers with SIGTERM, which they ignore (``leave_stop_signals_to_the_trainer``), and joins them."""
+    it = getattr(loader, "_iterator", None)
+    if it is not None and hasattr(it, "_shutdown_workers"):
+        it._shutdown_workers()
+    loader._iterator = None
+
+
 def make_loader(dataset, sampler, opt, device):
     """The training DataLoader, made once a run: its workers persist across epochs (``sampler.set_epoch`` changes
     the order), each prepares ``prefetch_factor`` batches ahead, batches come in pinned memory on CUDA."""
@@ -372,6 +382,7 @@ class Trainer:
             raise
         finally:
             bar.close()
+            stop_loader_workers(loader)
             for s, h in old_handlers.items():
                 signal.signal(s, h)
         self.save()

@@ -566,3 +566,17 @@ def test_every_default_output_folder_is_ignored_by_git():
                "bench_render/bench_render.md", "bench_step/step.json", "outputs/x.png"]
     r = subprocess.run(["git", "check-ignore", *outputs], cwd=REPO, capture_output=True, text=True)
     assert sorted(r.stdout.split()) == sorted(outputs)
+
+
+def test_a_failing_run_with_loader_workers_exits_instead_of_hanging(synth_root, tmp_path):
+    """With 2 DataLoader workers (which ignore SIGTERM so that a process-group signal goes through the trainer), a
+    missing image ends the process with its error line; before stop_loader_workers it hung at exit forever."""
+    image = train_sample(synth_root)["cur"][0][0]
+    root = overlay(synth_root, tmp_path / "data", remove=[image])
+    argv = [str(a) for a in gsv_argv(root, tmp_path / "logs", "--num_workers", 2, "--max_steps", 5)]
+    try:
+        r = subprocess.run([sys.executable, str(REPO / "train.py")] + argv, cwd=REPO, env=ENV, capture_output=True,
+                           text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("train.py did not exit within 120 s of a missing image (hung on its loader workers)")
+    assert r.returncode == 1 and last_line(r.stderr) == f"error: image missing: {root / image}"
