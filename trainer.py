@@ -124,6 +124,10 @@ class Trainer:
         random.seed(opt.seed + self.rank)
         torch.manual_seed(opt.seed + self.rank)
         np.random.seed(opt.seed + self.rank)
+        oracle = getattr(opt, "w_depth_oracle", 0) > 0  # a diagnostic that trains on the LiDAR depth
+        if oracle and not opt.depth_root:
+            raise ConfigError("--w_depth_oracle needs --depth_root (the LiDAR depth maps it trains on)")
+        self.skip_keys = tuple(k for k in EVAL_ONLY_KEYS if not (oracle and k == "depth_gt"))
         self.train_set = self._dataset("train")  # before anything slow: bad data paths fail at once
         self.val_set = None  # built at the first validation, then kept
         if len(self.train_set) < self.world * opt.batch_size:
@@ -402,7 +406,7 @@ class Trainer:
         self.perf.stepped()
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr_at(self.step) * g.get("lr_scale", 1.0)  # each group's own multiple of the schedule
-        batch = to_device(batch, self.device, skip=EVAL_ONLY_KEYS)
+        batch = to_device(batch, self.device, skip=self.skip_keys)
         if opt.color_aug > 0 and "imgs" in batch:
             batch["imgs_net"] = color_jitter(batch["imgs"], opt.color_aug, self.aug_generator)
         self.net.train()

@@ -318,6 +318,7 @@ class NuScenesDataset(Dataset):
         self.input_size = tuple(opt.input_size)
         self.render_size = tuple(opt.render_size)
         self.eval_labels, self.uint8_images = eval_labels, uint8_images
+        self.load_depth = eval_labels or getattr(opt, "w_depth_oracle", 0) > 0  # (a training diagnostic reads it)
         tables = load_tables(opt.dataroot, opt.version)  # first: a wrong --dataroot is reported as such
         self.sem_root = resolve(opt.dataroot, opt.sem_root) if opt.use_sem else None
         self.sem_format = opt.sem_format
@@ -500,7 +501,7 @@ class NuScenesDataset(Dataset):
                 found = torch.from_numpy(self.ray_origins[m["token"]])
                 origins[:len(found)] = found
                 item["ray_origins"] = origins
-        if self.depth_root is not None and self.eval_labels:
+        if self.depth_root is not None and self.load_depth:
             item["depth_gt"] = torch.stack([self._load_depth(os.path.join(self.depth_root, m["token"], cam + ".npz"))
                                             for cam in CAMS])
         return item

@@ -71,6 +71,11 @@ def add_args(parser):
                         "into them), smoothness and depth spread with this weight: 3x the rays on the same volume "
                         "(a depth-only volume's ceiling rises from 68.8 to 82.7 geo IoU with the adjacent sweeps' "
                         "rays, docs/results/depth_to_occ.md); 0 = the current cameras only (the authors')")
+    g.add_argument("--w_depth_oracle", type=float, default=0.0,
+                   help="DIAGNOSTIC ONLY, uses ground truth: > 0 adds this weight times |rendered depth - LiDAR depth| "
+                        "/ LiDAR depth at the points of --depth_root (the training set then loads them). It says how "
+                        "much occupancy a better depth would buy; a run with it is not self-supervised and never a "
+                        "result of the method. 0 = off")
     g.add_argument("--w_tv", type=float, default=0.0,
                    help="weight of the total variation of the voxel logits (the authors' weight_distortion in GS mode: "
                         "0.1)")
@@ -110,6 +115,20 @@ def depth_spread(depth_acc, zsq_acc, alpha, min_depth=0.1):
     mean = depth_acc / a
     var = (zsq_acc / a - mean * mean).clamp(min=0)
     return (alpha * var / mean.clamp(min=min_depth) ** 2).mean()
+
+
+def depth_oracle_loss(depth, depth_gt, max_depth):
+    """Mean |d - d_gt| / d_gt over the LiDAR points (diagnostic; uses ground truth). depth: rendered (B, 6, 1, h, w)
+    or (B, 6, h, w); depth_gt: (B, 6, H, W) at the image size, 0 where no point. The render is sampled bilinearly at
+    every point (upsampled to H x W), so no point is dropped by the smaller render."""
+    d = depth.flatten(0, 1)
+    d = d if d.dim() == 4 else d[:, None]
+    gt = depth_gt.flatten(0, 1)[:, None].to(d.dtype)
+    up = F.interpolate(d, gt.shape[-2:], mode="bilinear", align_corners=False)
+    m = (gt > 0) & (gt < max_depth)
+    if not m.any():
+        return d.sum() * 0
+    return ((up - gt).abs() / gt.clamp(min=1e-3))[m].mean()
 
 
 def total_variation(volume):
@@ -186,6 +205,11 @@ class GSVLoss(nn.Module):
                     parts["dist_extra"].append(depth_spread(ex["depth_acc"][:, k], ex["zsq"][:, k], ex["alpha"][:, k],
                                                             opt.min_depth))
             raw.update({k: sum(v) / len(v) for k, v in parts.items() if v})
+        if getattr(opt, "w_depth_oracle", 0) > 0:
+            if "depth_gt" not in batch:
+                raise ValueError("--w_depth_oracle > 0 but the batch holds no depth_gt (this loader reads no LiDAR "
+                                 "depth for training)")
+            raw["depth_oracle"] = depth_oracle_loss(r["depth"], batch["depth_gt"], opt.max_depth)
         if opt.w_tv > 0:
             raw["tv"] = total_variation(r["logits"])
         if opt.use_sem and "sem" in batch:
@@ -196,6 +220,7 @@ class GSVLoss(nn.Module):
         x = opt.w_extra_views
         weights = {"reproj": 1.0, "smooth": opt.w_smooth, "entropy": opt.w_entropy * self.entropy_ramp(),
                    "tv": opt.w_tv, "sem": opt.w_sem, "dist": opt.w_dist,
+                   "depth_oracle": getattr(opt, "w_depth_oracle", 0.0),
                    "reproj_extra": x, "smooth_extra": x * opt.w_smooth, "dist_extra": x * opt.w_dist}
         terms = {k: weights[k] * v for k, v in raw.items()}
         logs = {f"loss_{k}": v.detach() for k, v in raw.items()}
