@@ -81,16 +81,24 @@ pipeline)
 occupancy)
     # Stage-2 criteria side by side on ONE GPU: SYN_SCENES synthetic streets (2 held out) with 12 Hz sweeps, recorded
     # poses, 2D labels, all variants training at once for GSV_MIN minutes; each evaluated on the held-out streets
+    # (SYN_VAL of them, default 2)
     # (occupancy, opacity AUC and read-out thresholds, fog statistics, depth); one table: logs/occ-summary.md.
     # OCC_VARIANTS: lines "name:options over configs/synthetic-gsv.txt" (or OCC_VARIANTS_FILE: a file of them).
-    SYNP=${SYNP:-data/synthetic-pipe}
+    SYNP=${SYNP:-data/synthetic-pipe}; GB=""
+    if command -v nvidia-smi > /dev/null 2>&1; then  # gsplat's kernels build while the data is made
+        $PY -m tools.gsplat_build > logs/gsplat_build.log 2>&1 & GB=$!
+    fi
     [ -f $SYNP/v1.0-synthetic/sample.json ] || $PY -m tools.data.make_synthetic_nusc --out $SYNP \
-        --num_scenes "${SYN_SCENES:-8}" --frames_per_scene "${SYN_FRAMES:-12}" --img_size 270 480 --val_scenes 2 \
-        --workers "${WORKERS:-14}" > logs/occ-data.log 2>&1
-    [ -d $SYNP/depth_gt ] || $PY -m tools.data.export_gt_depth_nusc --dataroot $SYNP --version v1.0-synthetic \
-        --out depth_gt --split $SYNP/splits/val.txt >> logs/occ-data.log 2>&1
-    SD="--dataroot $SYNP --train_split $SYNP/splits/train.txt --val_split $SYNP/splits/val.txt"
+        --num_scenes "${SYN_SCENES:-8}" --frames_per_scene "${SYN_FRAMES:-12}" --img_size 270 480 \
+        --val_scenes "${SYN_VAL:-2}" --workers "${WORKERS:-14}" > logs/occ-data.log 2>&1
     [ -n "${OCC_VARIANTS_FILE:-}" ] && OCC_VARIANTS=$(grep -v '^#' "$OCC_VARIANTS_FILE")
+    # the held-out streets' LiDAR depth (evaluation); every sample's when a variant trains on it (--w_depth_oracle)
+    DSPLIT="--split $SYNP/splits/val.txt"; case "${OCC_VARIANTS:-}" in *w_depth_oracle*) DSPLIT="";; esac
+    [ -d $SYNP/depth_gt ] && [ -n "$DSPLIT" ] || $PY -m tools.data.export_gt_depth_nusc --dataroot $SYNP \
+        --version v1.0-synthetic --out depth_gt $DSPLIT >> logs/occ-data.log 2>&1
+    [ -z "$GB" ] || wait $GB || true
+    echo "[occupancy] data and kernels ready"
+    SD="--dataroot $SYNP --train_split $SYNP/splits/train.txt --val_split $SYNP/splits/val.txt"
     VARIANTS=${OCC_VARIANTS:-"default:
 softmax-noent:--opacity softmax --w_entropy 0 --w_tv 0"}
     echo "$VARIANTS" | { while IFS= read -r v; do
@@ -141,6 +149,9 @@ gpu-default)
         --out_dir logs/gd-gtpose-default/eval-train >> logs/gd-gtpose-default.log 2>&1; } &
     VARS=$!
     if [ -n "${GD_FIXTURE:-}" ]; then  # the real fixture beside them (its LiDAR depth and labels in depth_gt, gts_lidar)
+        # read from a private copy: a device call that carries GD_FIXTURE replaces it, and a run reading it then
+        # loses its images mid-run (seen: "image missing" after 52 s)
+        rm -rf logs/gd-fixture-data; cp -r "$GD_FIXTURE" logs/gd-fixture-data; GD_FIXTURE=logs/gd-fixture-data
         # stage 2 trained on the first 3/4 of the scene's keyframes; evaluated on them ("its frames"), on the last
         # quarter it never trained on, and the untrained network on that quarter (does training help where unseen?)
         SPL=logs/fixture_split
