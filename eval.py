@@ -163,7 +163,8 @@ def evaluate(model, dataset, opt, device):
         s = depth_ev.summary()
         out["depth"] = s
         out["scalars"].update({f"depth/{k}": v for k, v in s["mean"].items()})
-        out["text"] += "### Depth (no median scaling)\n\n" + depth_ev.table() + "\n\n"
+        out["scalars"].update({f"depth/abs_rel_{k}": v for k, v in s["abs_rel_by_range"].items()})
+        out["text"] += "### Depth (no median scaling)\n\n" + depth_ev.table() + "\n\n" + depth_ev.range_line() + "\n\n"
     if seen["occ"]:
         s = occ_ev.summary()
         out["occupancy"] = s

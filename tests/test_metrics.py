@@ -123,3 +123,27 @@ def test_all_reduce_over_two_processes(tmp_path):
         for state, ref in zip(torch.load(tmp_path / f"rank{rank}.pt"), reference):
             for key, value in ref.state_dict().items():
                 assert torch.allclose(state[key], value), (rank, key)
+
+
+def test_depth_error_by_lidar_distance_pools_points_and_merges():
+    """AbsRel per distance bin (inside 20 m, 20-40 m, beyond) over the points, exact across merged evaluators."""
+    gt = torch.zeros(1, 4, 6)
+    pred = torch.zeros(1, 4, 6)
+    gt[0, 0, :3], pred[0, 0, :3] = 10.0, 10.0  # 3 exact points at 10 m
+    gt[0, 1, :2], pred[0, 1, :2] = 30.0, 33.0  # 2 points at 30 m, 10% off
+    gt[0, 2, :1], pred[0, 2, :1] = 50.0, 40.0  # 1 point at 50 m, 20% off
+    whole = DepthEvaluator(num_cams=1)
+    # the prediction is resized to the LiDAR size (same here), so each point reads its own value
+    whole.update(pred, gt)
+    s = whole.summary()
+    assert s["points_by_range"] == {"0-20m": 3, "20-40m": 2, "40m+": 1}
+    assert s["abs_rel_by_range"]["0-20m"] == pytest.approx(0.0)
+    assert s["abs_rel_by_range"]["20-40m"] == pytest.approx(0.1)
+    assert s["abs_rel_by_range"]["40m+"] == pytest.approx(0.2)
+    a, b = DepthEvaluator(num_cams=1), DepthEvaluator(num_cams=1)
+    a.update(pred, gt)
+    b.update(pred * 1.5, gt)
+    a.merge(b)
+    assert a.summary()["points_by_range"]["0-20m"] == 6
+    assert a.summary()["abs_rel_by_range"]["0-20m"] == pytest.approx(0.25)  # (3 * 0 + 3 * 0.5) / 6
+    assert "20-40m 0.100 (33% of points)" in whole.range_line()

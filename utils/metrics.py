@@ -17,6 +17,13 @@ from utils.constants import CAMS
 from utils.dist import all_reduce_sum
 
 DEPTH_METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
+# LiDAR distance bins of the depth error by range: inside 20 m, 20-40 m (the edge of the 80 x 80 m occupancy grid),
+# beyond (where an uncontracted grid's rays read as the far background)
+DEPTH_RANGES = (0.0, 20.0, 40.0, float("inf"))
+
+
+def range_names(edges=DEPTH_RANGES):
+    return [f"{a:g}-{b:g}m" if b != float("inf") else f"{a:g}m+" for a, b in zip(edges[:-1], edges[1:])]
 
 
 class SummedState:
@@ -75,7 +82,7 @@ class DepthEvaluator(SummedState):
     least one valid pixel, ``ratios`` (3,) float64 (count, sum, sum of squares) of the median-scaling ratios.
     """
 
-    STATE = ("sums", "counts", "ratios")
+    STATE = ("sums", "counts", "ratios", "range_sums")
 
     def __init__(self, min_depth=0.1, max_depth=80.0, num_cams=6, median_scaling=False):
         self.min_depth, self.max_depth = float(min_depth), float(max_depth)
@@ -85,6 +92,7 @@ class DepthEvaluator(SummedState):
         self.sums = torch.zeros(num_cams, len(DEPTH_METRICS), dtype=torch.float64)
         self.counts = torch.zeros(num_cams, dtype=torch.int64)
         self.ratios = torch.zeros(3, dtype=torch.float64)
+        self.range_sums = torch.zeros(len(DEPTH_RANGES) - 1, 2, dtype=torch.float64)  # (sum |g-p|/g, points)
 
     def update(self, pred, gt):
         """Add one frame (or a batch of frames).
@@ -117,6 +125,10 @@ class DepthEvaluator(SummedState):
                 self.ratios += torch.tensor([1.0, ratio, ratio**2], dtype=torch.float64)
             p = np.clip(p, self.min_depth, self.max_depth)
             errors = compute_depth_errors(g, p)
+            rel = np.abs(g - p) / g
+            bins = np.digitize(g, DEPTH_RANGES[1:-1])
+            self.range_sums[:, 0] += torch.from_numpy(np.bincount(bins, rel, len(DEPTH_RANGES) - 1))
+            self.range_sums[:, 1] += torch.from_numpy(np.bincount(bins, None, len(DEPTH_RANGES) - 1))
             self.sums[c] += torch.tensor([errors[k] for k in DEPTH_METRICS], dtype=torch.float64)
             self.counts[c] += 1
             out.append((errors["abs_rel"], scale))
@@ -135,6 +147,10 @@ class DepthEvaluator(SummedState):
             "mean": dict(zip(DEPTH_METRICS, mean.tolist())),
             "num_frames": dict(zip(self.cam_names, self.counts.tolist())),
         }
+        sums, pts = self.range_sums[:, 0], self.range_sums[:, 1]
+        out["abs_rel_by_range"] = {n: (float(a / c) if c > 0 else float("nan"))
+                                   for n, a, c in zip(range_names(), sums.tolist(), pts.tolist())}
+        out["points_by_range"] = dict(zip(range_names(), [int(c) for c in pts.tolist()]))
         if self.median_scaling:
             n, s, s2 = self.ratios.tolist()
             m = s / n if n else float("nan")
@@ -149,3 +165,11 @@ class DepthEvaluator(SummedState):
         for name, m in rows:
             lines.append(f"| {name} | " + " | ".join(f"{m[k]:.3f}" for k in DEPTH_METRICS) + " |")
         return "\n".join(lines)
+
+    def range_line(self):
+        """One line: AbsRel per LiDAR distance bin, pooled over the points, and each bin's share of them."""
+        s = self.summary()
+        total = max(1, sum(s["points_by_range"].values()))
+        return "AbsRel by LiDAR distance (pooled over points): " + ", ".join(
+            f"{n} {v:.3f} ({100 * s['points_by_range'][n] / total:.0f}% of points)"
+            for n, v in s["abs_rel_by_range"].items())
