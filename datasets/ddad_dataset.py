@@ -171,6 +171,7 @@ class DDADDataset(NuScenesDataset):
         self.input_size = tuple(opt.input_size)
         self.render_size = tuple(opt.render_size)
         self.eval_labels, self.uint8_images = eval_labels, uint8_images
+        self.load_depth = eval_labels or getattr(opt, "w_depth_oracle", 0) > 0  # (as NuScenesDataset)
         self.sem_root = resolve(root, opt.sem_root) if opt.use_sem else None
         self.sem_format = opt.sem_format
         self.occ_root = None
