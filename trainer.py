@@ -410,29 +410,37 @@ class Trainer:
         if opt.color_aug > 0 and "imgs" in batch:
             batch["imgs_net"] = color_jitter(batch["imgs"], opt.color_aug, self.aug_generator)
         self.net.train()
-        if hasattr(self.model, "set_step"):  # schedules inside the criterion
-            self.model.set_step(self.step)
+        logging = (self.step + 1) % opt.log_every == 0 or self.step == 0  # this step's scalars are written
+        if hasattr(self.model, "set_step"):  # schedules inside the criterion; its log-only statistics
+            self.model.set_step(self.step, log=logging)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             loss, logs, outputs = self.net(batch)
-        finite = torch.tensor(float(torch.isfinite(loss).all()), device=self.device)
-        if dist.all_reduce_sum(finite).item() < self.world:
-            return self._skip(nan_run, f"non-finite loss ({ {k: float(v) for k, v in logs.items()} })")
+        # The backward is queued before the host waits for anything (one wait a step, for the checks below): the GPU
+        # runs the forward while the CPU queues the backward. A non-finite loss's NaN gradients are dropped by _skip.
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if opt.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
+        checks, clipped = [torch.isfinite(loss).all()], False
+        if opt.grad_clip > 0 and not self.scaler.is_enabled():
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), opt.grad_clip)
-            if not self.scaler.is_enabled() and not torch.isfinite(norm):  # (fp16: the scaler skips those itself)
-                return self._skip(nan_run, f"finite loss {loss.item():.4g} but non-finite gradients")
+            checks, clipped = checks + [torch.isfinite(norm)], True
+        ok = dist.all_reduce_sum(torch.stack(checks).float()).tolist()  # every process skips together
+        if ok[0] < self.world:
+            return self._skip(nan_run, f"non-finite loss ({ {k: float(v) for k, v in logs.items()} })")
+        if clipped and ok[1] < self.world:
+            return self._skip(nan_run, f"finite loss {loss.item():.4g} but non-finite gradients")
+        if opt.grad_clip > 0 and self.scaler.is_enabled():  # (fp16: the scaler skips non-finite gradients itself)
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), opt.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
         self._pending = None  # the step is done: a later failure keeps it
         bar.update(1)
         if dist.is_main():
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if self.step % opt.log_every == 0 or self.step == 1:
+            if logging:  # (reading the loss waits for the GPU: only on the steps that log)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            if logging:
                 self.writer.add_scalar("train/loss", loss.item(), self.step)
                 self.writer.add_scalar("train/lr", self.lr_at(self.step), self.step)
                 row = {"step": self.step, "epoch": self.epoch, "loss": loss.item(), "lr": self.lr_at(self.step)}

@@ -148,11 +148,12 @@ class GSVLoss(nn.Module):
         super().__init__()
         self.opt = opt
         self.step = 0  # the trainer's step (set_step), for --entropy_schedule
+        self.log_details = True  # False (set_step): leave out the depth quantiles and fog statistics (log only)
         w = sem_class_weights(opt, n_sem_classes) if opt.use_sem else None
         self.register_buffer("sem_weight", w, persistent=False)
 
-    def set_step(self, step):
-        self.step = step
+    def set_step(self, step, log=True):
+        self.step, self.log_details = step, log
 
     def entropy_ramp(self):
         """Factor of --w_entropy at the current step (--entropy_schedule)."""
@@ -228,6 +229,8 @@ class GSVLoss(nn.Module):
                     warp_valid=maps["warp_valid"].float().mean())  # pixels with a source inside its image
         if valid is not None:
             logs["mask_visible"] = valid.float().mean()  # share of pixels left in by the self-occlusion mask
+        if not self.log_details:  # (they wait for the GPU: only on the steps that are logged)
+            return terms, logs
         d = depth.detach()
         q = torch.quantile(d.flatten()[:: max(1, d.numel() // 100000)].float(),
                            torch.tensor([0.1, 0.5, 0.9], device=d.device))

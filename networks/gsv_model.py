@@ -142,10 +142,11 @@ class GSVModel(nn.Module):
         self.rasterize = functools.partial(rasterize, backend=opt.raster_backend, packed=opt.gsplat_packed,
                                            tile_size=opt.gsplat_tile_size)
 
-    def set_step(self, step):
-        """The trainer's step, for the criterion's schedules."""
+    def set_step(self, step, log=True):
+        """The trainer's step, for the criterion's schedules; log=False: the criterion leaves out the statistics
+        that are only logged (the trainer writes scalars every --log_every steps)."""
         if self.criterion is not None:
-            self.criterion.set_step(step)
+            self.criterion.set_step(step, log)
 
     def trainable_parameters(self):
         """Optimiser parameter groups, dict(params, lr_scale) (see OccNet.param_groups)."""

@@ -86,9 +86,10 @@ def time_case(fn, device, warmup, repeats, cap):
     return {"times": times, "peak_mb": peak, "base_mb": base, "note": note, "last": last}
 
 
-def make_train_step(model, opt, device):
+def make_train_step(model, opt, device, log_details=True):
     """The trainer's optimiser step (zero_grad, forward under autocast ``opt.amp``, backward, grad clip, AdamW)
-    as ``step(batch on the device) -> (loss as a float, logs)``."""
+    as ``step(batch on the device) -> (loss as a float, logs)``. ``log_details=False``: the criterion leaves out its
+    log-only statistics, as on the trainer's steps that write no scalars (all but one in --log_every)."""
     from trainer import param_groups
     from utils.speed import make_optimizer
     groups = param_groups(model.trainable_parameters())
@@ -97,6 +98,9 @@ def make_train_step(model, opt, device):
     params = [p for g in groups for p in g["params"]]
     optim = make_optimizer(groups, opt, device)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opt.amp)
+
+    if hasattr(model, "set_step"):
+        model.set_step(0, log=log_details)
 
     def step(batch):
         optim.zero_grad(set_to_none=True)
