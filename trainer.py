@@ -410,9 +410,9 @@ class Trainer:
         if opt.color_aug > 0 and "imgs" in batch:
             batch["imgs_net"] = color_jitter(batch["imgs"], opt.color_aug, self.aug_generator)
         self.net.train()
-        logging = (self.step + 1) % opt.log_every == 0 or self.step == 0  # this step's scalars are written
+        log_now = (self.step + 1) % opt.log_every == 0 or self.step == 0  # this step's scalars are written
         if hasattr(self.model, "set_step"):  # schedules inside the criterion; its log-only statistics
-            self.model.set_step(self.step, log=logging)
+            self.model.set_step(self.step, log=log_now)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             loss, logs, outputs = self.net(batch)
@@ -438,9 +438,8 @@ class Trainer:
         self._pending = None  # the step is done: a later failure keeps it
         bar.update(1)
         if dist.is_main():
-            if logging:  # (reading the loss waits for the GPU: only on the steps that log)
+            if log_now:  # (reading the loss waits for the GPU: only on the steps that log)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
-            if logging:
                 self.writer.add_scalar("train/loss", loss.item(), self.step)
                 self.writer.add_scalar("train/lr", self.lr_at(self.step), self.step)
                 row = {"step": self.step, "epoch": self.epoch, "loss": loss.item(), "lr": self.lr_at(self.step)}
