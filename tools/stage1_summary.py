@@ -25,6 +25,7 @@ def variant_summary(metrics):
             "scale_max_dev": max((abs(s - 1) for s in scales), default=math.nan),
             "depth_scale_max_dev": max((abs(s - 1) for s in depth_scales), default=math.nan),
             "abs_rel": metrics.get("scalars", {}).get("depth/abs_rel", math.nan),
+            "abs_rel_by_range": metrics.get("depth", {}).get("abs_rel_by_range", {}),
             "step": metrics.get("step")}
 
 
@@ -50,7 +51,9 @@ def markdown(summary, main):
             lines.append(f"- `{k}` ({main}): {summary[k]:.3f}")
     for name, v in summary["variants"].items():
         lines += ["", f"## {name} (step {v['step']}): largest |motion scale - 1| {v['scale_max_dev']:.3f}, "
-                      f"largest |depth scale - 1| {v['depth_scale_max_dev']:.3f}, depth AbsRel {v['abs_rel']:.3f}",
+                      f"largest |depth scale - 1| {v['depth_scale_max_dev']:.3f}, depth AbsRel {v['abs_rel']:.3f}"
+                      + ("" if not v.get("abs_rel_by_range") else " (by LiDAR distance, pooled over points: " + ", ".join(
+                          f"{n} {x:.3f}" for n, x in v["abs_rel_by_range"].items()) + ")"),
                   "", "| street | depth scale (depth alone) | depth AbsRel | motion scale | RPE t (m) | RPE r (deg) | "
                       "ATE (m) |", "|---|---|---|---|---|---|---|"]
         for s, r in sorted(v["streets"].items()):
