@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from datasets import EVAL_ONLY_KEYS, build_dataset, collate
+from datasets.options import trains_on_depth
 from datasets.sampler import EpochSampler
 import networks
 from options import checkpoint_options, dump_options
@@ -124,7 +125,7 @@ class Trainer:
         random.seed(opt.seed + self.rank)
         torch.manual_seed(opt.seed + self.rank)
         np.random.seed(opt.seed + self.rank)
-        oracle = getattr(opt, "w_depth_oracle", 0) > 0  # a diagnostic that trains on the LiDAR depth
+        oracle = trains_on_depth(opt)
         if oracle and not opt.depth_root:
             raise ConfigError("--w_depth_oracle needs --depth_root (the LiDAR depth maps it trains on)")
         self.skip_keys = tuple(k for k in EVAL_ONLY_KEYS if not (oracle and k == "depth_gt"))

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from datasets.options import trains_on_depth
 from datasets.checks import check_intrinsics, check_pose
 from datasets.nuscenes_dataset import NuScenesDataset, read_split, resolve
 from utils.constants import CAMS
@@ -171,7 +172,7 @@ class DDADDataset(NuScenesDataset):
         self.input_size = tuple(opt.input_size)
         self.render_size = tuple(opt.render_size)
         self.eval_labels, self.uint8_images = eval_labels, uint8_images
-        self.load_depth = eval_labels or getattr(opt, "w_depth_oracle", 0) > 0  # (as NuScenesDataset)
+        self.load_depth = eval_labels or trains_on_depth(opt)
         self.sem_root = resolve(root, opt.sem_root) if opt.use_sem else None
         self.sem_format = opt.sem_format
         self.occ_root = None

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from datasets.options import trains_on_depth
 from datasets.checks import check_intrinsics, check_occ_labels, check_pose, check_split
 from datasets.pseudo_labels import SEM_FORMATS, gsam_path, read_gsam_bin, read_png_label, resize_labels
 from utils.geometry import pose_matrix, scale_intrinsics
@@ -318,7 +319,7 @@ class NuScenesDataset(Dataset):
         self.input_size = tuple(opt.input_size)
         self.render_size = tuple(opt.render_size)
         self.eval_labels, self.uint8_images = eval_labels, uint8_images
-        self.load_depth = eval_labels or getattr(opt, "w_depth_oracle", 0) > 0  # (a training diagnostic reads it)
+        self.load_depth = eval_labels or trains_on_depth(opt)
         tables = load_tables(opt.dataroot, opt.version)  # first: a wrong --dataroot is reported as such
         self.sem_root = resolve(opt.dataroot, opt.sem_root) if opt.use_sem else None
         self.sem_format = opt.sem_format

@@ -61,3 +61,8 @@ def add_args(parser):
     g.add_argument("--ddad_mask_dir", type=str, metavar="PATH", default=None,
                    help="DDAD only: folder of the per-camera self-occlusion masks (relative to dataroot unless "
                         "absolute)")
+
+
+def trains_on_depth(opt):
+    """Whether training reads the LiDAR depth (``depth_gt``) too: only for the stage-2 diagnostic --w_depth_oracle."""
+    return getattr(opt, "w_depth_oracle", 0) > 0

@@ -206,7 +206,7 @@ class GSVLoss(nn.Module):
                     parts["dist_extra"].append(depth_spread(ex["depth_acc"][:, k], ex["zsq"][:, k], ex["alpha"][:, k],
                                                             opt.min_depth))
             raw.update({k: sum(v) / len(v) for k, v in parts.items() if v})
-        if getattr(opt, "w_depth_oracle", 0) > 0:
+        if opt.w_depth_oracle > 0:
             if "depth_gt" not in batch:
                 raise ValueError("--w_depth_oracle > 0 but the batch holds no depth_gt (this loader reads no LiDAR "
                                  "depth for training)")
@@ -221,7 +221,7 @@ class GSVLoss(nn.Module):
         x = opt.w_extra_views
         weights = {"reproj": 1.0, "smooth": opt.w_smooth, "entropy": opt.w_entropy * self.entropy_ramp(),
                    "tv": opt.w_tv, "sem": opt.w_sem, "dist": opt.w_dist,
-                   "depth_oracle": getattr(opt, "w_depth_oracle", 0.0),
+                   "depth_oracle": opt.w_depth_oracle,
                    "reproj_extra": x, "smooth_extra": x * opt.w_smooth, "dist_extra": x * opt.w_dist}
         terms = {k: weights[k] * v for k, v in raw.items()}
         logs = {f"loss_{k}": v.detach() for k, v in raw.items()}
