@@ -106,6 +106,8 @@ def evaluate(model, dataset, opt, device):
                                          generator=torch.Generator())  # draws nothing from torch's RNG
     depth_ev = DepthEvaluator(opt.min_depth_eval, opt.max_depth_eval, num_cams=len(CAMS))
     occ_ev, ray_ev, opa_ev = OccEvaluator(), RayIoU(), OpacityStats()
+    cal_ev = OccEvaluator()  # the label-free calibrated read-out beside the default one (--occ_readout calibrated)
+    cal_t = torch.zeros(2, dtype=torch.float64)  # sum and count of its per-sample thresholds
     fog = torch.zeros(len(FOG_KEYS), 2, dtype=torch.float64)  # sum and count of each fog statistic (stage 2)
     poses = []  # (dataset index, scene, token, predicted next-motion, true next-motion)
     street_depth = []  # stage 1: (dataset index, scene, per camera (abs_rel, depth scale) or None)
@@ -116,7 +118,7 @@ def evaluate(model, dataset, opt, device):
         want_depth = opt.eval_depth and "depth_gt" in batch
         want_occ = opt.stage == "gsv" and opt.eval_occ and "occ_semantics" in batch
         if opt.stage == "gsv" and (want_depth or want_occ):  # one network forward for both
-            pred = model.predict(batch, depth=want_depth, occupancy=want_occ)
+            pred = model.predict(batch, depth=want_depth, occupancy=want_occ, calibrate=want_occ and want_depth)
         else:
             pred = {"depth": model.predict_depth(batch)} if want_depth else {}
         for j, k in enumerate(FOG_KEYS):
@@ -134,6 +136,9 @@ def evaluate(model, dataset, opt, device):
                 gt = batch["occ_semantics"][b].cpu().numpy()
                 mask = occ_eval_mask(batch["occ_mask_camera"][b], batch["occ_mask_lidar"][b], opt.occ_eval_mask)
                 occ_ev.update(occ[b], gt, mask)
+                if "occupancy_calibrated" in pred:
+                    cal_ev.update(pred["occupancy_calibrated"][b].cpu().numpy(), gt, mask)
+                    cal_t += torch.tensor([float(pred["occ_threshold"][b]), 1.0], dtype=torch.float64)
                 if "occ_opacity" in pred:
                     opa_ev.update(pred["occ_opacity"][b], pred["occ_sem"][b], gt, mask)
                 if opt.eval_rayiou:  # SparseOcc: no visibility mask
@@ -153,6 +158,8 @@ def evaluate(model, dataset, opt, device):
     occ_ev.all_reduce()
     ray_ev.all_reduce()
     opa_ev.all_reduce()
+    cal_ev.all_reduce()
+    cal_t = dist.all_reduce_sum(cal_t.to(device)).cpu()
     if fog[:, 1].sum() > 0:
         out["fog"] = {k: float(s / n) for k, (s, n) in zip(FOG_KEYS, fog) if n > 0}
         out["scalars"].update({f"fog/{k}": v for k, v in out["fog"].items()})
@@ -175,6 +182,16 @@ def evaluate(model, dataset, opt, device):
                        f"{opt.occ_eval_mask}; read-out: --occ_readout {opt.occ_readout}" + \
                        (f", --occ_threshold {opt.occ_threshold:g}" if opt.occ_readout == "opacity" else "") + \
                        ")\n\n" + occ_ev.table() + "\n\n"
+        if cal_t[1] > 0:
+            c = cal_ev.summary()
+            out["occupancy_calibrated"] = {"mIoU_star": c["mIoU_star"], "mIoU": c["mIoU"], "geo_IoU": c["geo_IoU"],
+                                           "mean_threshold": float(cal_t[0] / cal_t[1])}
+            out["scalars"].update({"occ/calibrated_mIoU*": c["mIoU_star"], "occ/calibrated_IoU": c["geo_IoU"],
+                                   "occ/calibrated_t": float(cal_t[0] / cal_t[1])})
+            out["text"] += (f"Read-out calibrated without labels (--occ_readout calibrated: per sample, the opacity "
+                            f"threshold whose first hits best match the rendered depth; mean t "
+                            f"{cal_t[0] / cal_t[1]:.2f}): mIoU* {c['mIoU_star']:.2f}, mIoU {c['mIoU']:.2f}, geo IoU "
+                            f"{c['geo_IoU']:.2f}\n\n")
         o = opa_ev.summary()
         if o["thresholds"] and opa_ev.hist.sum() > 0:
             out["opacity"] = o

@@ -20,6 +20,7 @@ from networks.voxel_gaussians import voxel_opacity, voxels_to_gaussians
 from utils.cli import str2bool
 from utils.constants import FREE_ID, OCC3D_LABEL_RANGE, OCC3D_SHAPE, OCC3D_VOXEL
 from utils.geometry import inverse_rigid, rescale_K_to
+from utils.occ_readout import consistent_threshold
 from utils.rasterizer import rasterize
 
 CHECKPOINT_DEFAULTS = {"opacity": "softmax", "depth_background": "none"}  # what a checkpoint older than the option was trained with
@@ -51,10 +52,13 @@ def add_args(parser):
                         "sample; none: sum_i w_i z_i only (the authors' GS depth, whose contracted infinite-range "
                         "grid makes every ray end on the outer shell; in an 80 m box a ray that leaves it reads as "
                         "close to the camera, and measured on the real fixture the depth collapsed with it)")
-    g.add_argument("--occ_readout", type=str, default="argmax", choices=["argmax", "opacity"],
+    g.add_argument("--occ_readout", type=str, default="argmax", choices=["argmax", "opacity", "calibrated"],
                    help="occupancy read-out at the Occ3D voxels: argmax = the authors' argmax over the C+1 channels "
                         "(free last); opacity = occupied where the voxel opacity exceeds --occ_threshold, class = "
-                        "the semantic argmax")
+                        "the semantic argmax; calibrated = the same with a threshold chosen per sample WITHOUT labels: "
+                        "the one under which the first voxel above it along each camera ray best matches the "
+                        "sample's own rendered depth (utils/occ_readout.py; --occ_threshold where nothing is "
+                        "rendered)")
     g.add_argument("--occ_threshold", type=float, default=0.5, help="opacity threshold of --occ_readout opacity")
     g.add_argument("--opacity", type=str, default="softmax", choices=["sigmoid", "softmax"],
                    help="voxel opacity: 1 - softmax(logits)[free] (the semantic channels and the free one compete, "
@@ -231,21 +235,48 @@ class GSVModel(nn.Module):
         return loss, logs, outputs
 
     @torch.no_grad()
-    def predict(self, batch, depth=True, occupancy=True):
+    def predict(self, batch, depth=True, occupancy=True, calibrate=False):
         """The read-outs asked for, from ONE network forward: {"depth": rendered accumulated depth (B, 6, h, w) at
         ``render_size``, metres, and "fog": the fog statistics of that render (networks/gsv_loss.fog_stats);
         "occupancy": (B, 200, 200, 16) uint8 Occ3D class ids (17 = free, the read-out of --occ_readout), with
-        "occ_opacity" (float) and "occ_sem" (semantic argmax) at the same voxels}."""
-        if depth:
+        "occ_opacity" (float) and "occ_sem" (semantic argmax) at the same voxels; with ``calibrate`` (or
+        --occ_readout calibrated) also the label-free calibrated read-out of ``readout``}."""
+        calibrated = occupancy and self.opt.occ_readout == "calibrated"
+        if depth or calibrated or (occupancy and calibrate):
             r = self.render(batch)
         else:
             r = self.occ_net(batch["imgs"][:, 1], batch["K"], batch["cam2ego"])
         out = {"depth": r["depth"][:, :, 0], "fog": fog_stats(r)} if depth else {}
         if occupancy:
-            ro = occ3d_readout(r["logits"], self.occ_net.grid, self.opt.opacity, self.opt.occ_label_zmin)
+            out.update(self.readout(r, batch["cam2ego"], calibrate=calibrate))
+        return out
+
+    @torch.no_grad()
+    def readout(self, r, cam2ego=None, calibrate=False):
+        """The Occ3D read-out of a ``render`` (or of an ``occ_net`` output with its logits only): "occupancy" (B,
+        200, 200, 16) uint8 class ids (17 = free) by --occ_readout, "occ_opacity" (float, 0 outside the volume) and
+        "occ_sem" (the semantic argmax). With a render (depth_acc, alpha, K) and ``cam2ego``, for --occ_readout
+        calibrated or with ``calibrate``: "occ_threshold" / "occ_threshold_error" (B,) of
+        ``utils.occ_readout.consistent_threshold`` and "occupancy_calibrated", the read-out at those thresholds."""
+        ro = occ3d_readout(r["logits"], self.occ_net.grid, self.opt.opacity, self.opt.occ_label_zmin)
+        opacity = torch.where(ro["inside"], ro["opacity"], torch.zeros_like(ro["opacity"]))
+        out = {"occ_opacity": opacity, "occ_sem": ro["sem"]}
+        if "alpha" in r and cam2ego is not None and (calibrate or self.opt.occ_readout == "calibrated"):
+            cal = [consistent_threshold(opacity[b], r["depth_acc"][b], r["alpha"][b], r["K"][b], cam2ego[b],
+                                        self.opt.occ_label_zmin) for b in range(len(opacity))]
+            t = torch.tensor([c[0] for c in cal], dtype=torch.float64)
+            out["occ_threshold"] = t
+            out["occ_threshold_error"] = torch.tensor([c[1] for c in cal])
+            out["occupancy_calibrated"] = torch.stack([readout_classes({k: v[b:b + 1] if torch.is_tensor(v) else v
+                                                                         for k, v in ro.items()}, "opacity",
+                                                                        float(t[b]), self.opt.opacity)[0]
+                                                       for b in range(len(opacity))])
+        if self.opt.occ_readout == "calibrated":
+            out["occupancy"] = out.get("occupancy_calibrated")
+            if out["occupancy"] is None:  # nothing rendered: the fixed threshold
+                out["occupancy"] = readout_classes(ro, "opacity", self.opt.occ_threshold, self.opt.opacity)
+        else:
             out["occupancy"] = readout_classes(ro, self.opt.occ_readout, self.opt.occ_threshold, self.opt.opacity)
-            out["occ_opacity"] = torch.where(ro["inside"], ro["opacity"], torch.zeros_like(ro["opacity"]))
-            out["occ_sem"] = ro["sem"]
         return out
 
     def predict_occupancy(self, batch):

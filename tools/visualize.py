@@ -110,7 +110,7 @@ def draw_frame(item, model, opt, view_hw):
         pics["depth"] = depth_mosaic(r["depth"][0, :, 0])
         if r["sem"].shape[2] > 1:
             pics["sem"] = semantic_mosaic(r["sem"][0], r["alpha"][0])
-        occ = model.occupancy(r["logits"])[0].cpu().numpy()
+        occ = model.readout(r, batch["cam2ego"])["occupancy"][0].cpu().numpy()
         pics["occ"] = render_voxels(occ, view_hw[1], view_hw[0])
         occ_rows.append(occupancy_row(pics["occ"], occ, "prediction"))
     if "occ_semantics" in item:
