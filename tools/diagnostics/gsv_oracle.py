@@ -52,6 +52,9 @@ def variant_args(argv):
     p.add_argument("--background", choices=["far", "none"], default="far")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--offsets", type=float, default=0.0,
+                   help="> 0: each Gaussian's mean also learns an offset from its voxel centre, at most this share of "
+                        "the voxel along each axis (tanh-bounded; lr as the opacities'); 0 = fixed centres")
     p.add_argument("--save", default=None, help="write the final opacity volume to this .npy")
     return p.parse_args(argv)
 
@@ -91,10 +94,11 @@ def voxel_centres(shape, voxel):
     return torch.tensor(np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3), dtype=torch.float32)
 
 
-def render(o, centres, scale, viewmats, K, w, h, with_sq=False):
-    """Rasterise the voxel Gaussians of opacity o (those >= 1/255); with_sq adds sum_i w_i z_i^2 (``zsq``)."""
+def render(o, centres, scale, viewmats, K, w, h, with_sq=False, shift=None):
+    """Rasterise the voxel Gaussians of opacity o (those >= 1/255), at centres + shift (N, 3) metres if given;
+    with_sq adds sum_i w_i z_i^2 (``zsq``)."""
     keep = (o.detach() >= 1 / 255).nonzero()[:, 0]
-    means = centres[keep]
+    means = centres[keep] if shift is None else centres[keep] + shift[keep]
     quats = torch.zeros(len(keep), 4)
     quats[:, 0] = 1
     feats = None
@@ -141,7 +145,14 @@ def run_variant(frame, a, h, w, voxel, max_depth=80.0):
     else:
         p = o0.clone().requires_grad_()
         to_o = lambda x: x.clamp(0, 1)  # noqa: E731
-    opt = torch.optim.Adam([p], lr=a.lr)
+    params = [p]
+    if a.offsets > 0:
+        raw_shift = torch.zeros(len(centres), 3, requires_grad=True)
+        params.append(raw_shift)
+        to_shift = lambda: a.offsets * voxel * torch.tanh(raw_shift)  # noqa: E731
+    else:
+        to_shift = lambda: None  # noqa: E731
+    opt = torch.optim.Adam(params, lr=a.lr)
     viewmats = inverse_rigid(frame["cam2ego"])
     K = frame["K"]
     imgs = frame["imgs"]
@@ -153,7 +164,7 @@ def run_variant(frame, a, h, w, voxel, max_depth=80.0):
         target = frame["depth"]
     for step in range(a.steps):
         o = to_o(p)
-        r = render(o, centres, scale, viewmats, K, w, h, with_sq=a.w_dist > 0)
+        r = render(o, centres, scale, viewmats, K, w, h, with_sq=a.w_dist > 0, shift=to_shift())
         bg = (1 - r["alpha"]).clamp(min=0)
         depth = r["depth"] + (bg * max_depth if a.background == "far" else 0)
         dc = depth.clamp(0.1, max_depth)
