@@ -228,6 +228,7 @@ stage1-heldout)
     #   fixture   the fix on the real keyframes-only fixture (when FIXTURE or shared/fixtures/... holds it)
     # Results: $SH_OUT/summary.json, summary.md, logs.tar.gz (options, logs, train_log.jsonl, metrics of every run),
     # also copied to $SH_PACK when set (e.g. SH_PACK=$OUT). S1_EXTRA: options for every run (the CPU test).
+    # S1_VARIANTS: "name:options" lines, each another run over the fix's options (e.g. "stride6:--frame_stride 6").
     T0=$(date +%s); BUDGET=${BUDGET_S:-530}; O=${SH_OUT:-logs/stage1-heldout}; S=${SH_DATA:-data/synthetic-heldout}
     mkdir -p "$O"
     OA=$(cd "$O" && pwd)  # absolute: the fixture's depth folder is named relative to nothing
@@ -263,6 +264,10 @@ stage1-heldout)
     main_refine fix $SD $FIX &
     run1 old $SD --gsp_pose net --train_sweeps false --max_minutes "$MALL" &
     [ -n "$FX" ] && main_refine fixture $FXD --gsp_pose net_solve &
+    # S1_VARIANTS: lines "name:options" over the fix, trained (main + refine), evaluated and summarised like it
+    echo "${S1_VARIANTS:-}" | { while IFS= read -r v; do
+        [ -n "$v" ] && main_refine "${v%%:*}" $SD $FIX ${v#*:} &
+    done; wait; }
     wait
     ev() { name=$1; ckpt=$2; shift 2; $PY eval.py --ckpt "$O/$ckpt/ckpt/last.pt" --out_dir "$O/$name" --num_workers 2 \
            "$@" $S1_EXTRA >> "$O/eval.log" 2>&1; echo "[eval] $name"; }
@@ -272,9 +277,14 @@ stage1-heldout)
         ev old+align-$sp old $SD --adjacent $sp --gsp_pose net_solve &
     done
     [ -n "$FX" ] && ev fixture-keyframe fixture $FXD &
+    VNAMES=$(echo "${S1_VARIANTS:-}" | sed -n 's/^\([^:][^:]*\):.*/\1/p')
+    for vn in $VNAMES; do
+        for sp in sweep keyframe; do ev $vn-$sp $vn $SD --adjacent $sp & done
+    done
     wait
     runs=""
-    for r in fix:sweep fix:keyframe old:sweep old:keyframe old+align:sweep old+align:keyframe fixture:keyframe; do
+    for r in fix:sweep fix:keyframe old:sweep old:keyframe old+align:sweep old+align:keyframe fixture:keyframe \
+             $(for vn in $VNAMES; do echo $vn:sweep $vn:keyframe; done); do
         runs="$runs $r=$O/${r%%:*}-${r#*:}/metrics.json"
     done
     $PY tools/stage1_summary.py --main fix --out_dir "$O" $runs > "$O/summary.log" 2>&1 || cat "$O/summary.log"
