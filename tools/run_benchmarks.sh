@@ -279,7 +279,7 @@ stage1-heldout)
     [ -n "$FX" ] && ev fixture-keyframe fixture $FXD &
     VNAMES=$(echo "${S1_VARIANTS:-}" | sed -n 's/^\([^:][^:]*\):.*/\1/p')
     for vn in $VNAMES; do
-        for sp in sweep keyframe; do ev $vn-$sp $vn $SD --adjacent $sp & done
+        for sp in sweep keyframe; do ev $vn-$sp $vn $SD --adjacent $sp --frame_stride 1 & done  # each spacing as is
     done
     wait
     runs=""
