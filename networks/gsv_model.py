@@ -290,6 +290,8 @@ class GSVModel(nn.Module):
     @torch.no_grad()
     def occupancy(self, logits):
         """(B, 200, 200, 16) uint8 Occ3D class ids (17 = free) of logits (B, C+1, X, Y, Z): the read-out of
-        ``--occ_readout`` (the trainer's top-view picture, tools/visualize.py)."""
+        ``--occ_readout`` (the trainer's top-view picture); without a render, ``calibrated`` reads out at the fixed
+        --occ_threshold (``readout`` calibrates from a render)."""
+        readout = "opacity" if self.opt.occ_readout == "calibrated" else self.opt.occ_readout
         return logits_to_occ3d(logits, self.occ_net.grid, self.opt.opacity, self.opt.occ_label_zmin,
-                               self.opt.occ_readout, self.opt.occ_threshold)
+                               readout, self.opt.occ_threshold)

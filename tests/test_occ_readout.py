@@ -92,6 +92,9 @@ def test_the_model_reads_out_at_its_calibrated_threshold_and_eval_reports_it():
     assert "occ_threshold" not in fixed
     assert torch.equal(fixed["occupancy"].long(), torch.where(fixed["occ_opacity"] > 0.5, fixed["occ_sem"],
                                                               torch.full_like(fixed["occ_sem"], FREE_ID)))
+    # the trainer's picture has no render: the fixed threshold, as above
+    assert torch.equal(model.occupancy(model.occ_net(batch["imgs"][:, 1], batch["K"], batch["cam2ego"])["logits"]),
+                       fixed["occupancy"])
     # eval scores the calibrated read-out beside the default one (argmax here), from the same forward
     model = GSVModel(tiny_opt()).eval()
     item = {k: v[0] for k, v in batch.items() if k != "sem"}
