@@ -91,7 +91,8 @@ def occ3d_readout(logits, grid, opacity="softmax", zmin=OCC3D_LABEL_RANGE[2]):
 def readout_classes(ro, readout="argmax", threshold=0.5, opacity="softmax"):
     """Occ3D class ids (B, 200, 200, 16) uint8 (17 = free, also outside the volume) from ``occ3d_readout`` (with
     ``num_semantic`` = C):
-      * ``opacity``: occupied where the opacity exceeds ``threshold``, class = the semantic argmax there;
+      * ``opacity``: occupied where the opacity exceeds ``threshold`` (a float, or a (B, 1, 1, 1) tensor: one per
+        sample), class = the semantic argmax there;
       * ``argmax`` (the authors'): the argmax over the C+1 channels, the last (free) -> FREE_ID, with either
         opacity (with their sigmoid opacity it compares the free logit with the semantic ones); with C = 1 and
         sigmoid opacity the occupied channel is not rendered and its logit means nothing: opacity > 0.5 decides.
@@ -241,8 +242,7 @@ class GSVModel(nn.Module):
         "occupancy": (B, 200, 200, 16) uint8 Occ3D class ids (17 = free, the read-out of --occ_readout), with
         "occ_opacity" (float) and "occ_sem" (semantic argmax) at the same voxels; with ``calibrate`` (or
         --occ_readout calibrated) also the label-free calibrated read-out of ``readout``}."""
-        calibrated = occupancy and self.opt.occ_readout == "calibrated"
-        if depth or calibrated or (occupancy and calibrate):
+        if depth or (occupancy and (calibrate or self.opt.occ_readout == "calibrated")):
             r = self.render(batch)
         else:
             r = self.occ_net(batch["imgs"][:, 1], batch["K"], batch["cam2ego"])
@@ -264,19 +264,17 @@ class GSVModel(nn.Module):
         if "alpha" in r and cam2ego is not None and (calibrate or self.opt.occ_readout == "calibrated"):
             cal = [consistent_threshold(opacity[b], r["depth_acc"][b], r["alpha"][b], r["K"][b], cam2ego[b],
                                         self.opt.occ_label_zmin) for b in range(len(opacity))]
-            t = torch.tensor([c[0] for c in cal], dtype=torch.float64)
-            out["occ_threshold"] = t
+            out["occ_threshold"] = torch.tensor([c[0] for c in cal], dtype=torch.float64)
             out["occ_threshold_error"] = torch.tensor([c[1] for c in cal])
-            out["occupancy_calibrated"] = torch.stack([readout_classes({k: v[b:b + 1] if torch.is_tensor(v) else v
-                                                                         for k, v in ro.items()}, "opacity",
-                                                                        float(t[b]), self.opt.opacity)[0]
-                                                       for b in range(len(opacity))])
-        if self.opt.occ_readout == "calibrated":
-            out["occupancy"] = out.get("occupancy_calibrated")
-            if out["occupancy"] is None:  # nothing rendered: the fixed threshold
-                out["occupancy"] = readout_classes(ro, "opacity", self.opt.occ_threshold, self.opt.opacity)
-        else:
+            # one threshold per sample, compared in float32 as a Python float threshold is
+            t = out["occ_threshold"].to(opacity.device, torch.float32).view(-1, 1, 1, 1)
+            out["occupancy_calibrated"] = readout_classes(ro, "opacity", t, self.opt.opacity)
+        if self.opt.occ_readout != "calibrated":
             out["occupancy"] = readout_classes(ro, self.opt.occ_readout, self.opt.occ_threshold, self.opt.opacity)
+        elif "occupancy_calibrated" in out:
+            out["occupancy"] = out["occupancy_calibrated"]
+        else:  # nothing rendered: the fixed threshold
+            out["occupancy"] = readout_classes(ro, "opacity", self.opt.occ_threshold, self.opt.opacity)
         return out
 
     def predict_occupancy(self, batch):

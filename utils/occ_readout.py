@@ -7,17 +7,17 @@ opacity > 0.5), then throws most of a faint but well-placed volume away. This re
 sample from the sample's own render, without labels:
 
   for each camera ray whose rendered alpha is above ``min_alpha`` (it ends on the volume, not on the far background)
-  and whose rendered surface point lies inside the Occ3D grid, the thresholded volume places the surface where the
-  ray first meets a voxel of opacity > t. That agrees with the rendered depth D (the Gaussians' expected depth,
-  sum_i w_i z_i / alpha) when every voxel the ray crosses in front of the surface (more than ``window`` metres before
-  D along the ray) has opacity <= t and some voxel within ``window`` of D has opacity > t.
+  and whose rendered surface point lies inside the Occ3D grid, the thresholded volume places the surface at the first
+  voxel of opacity > t the ray meets (a binary volume of voxel Gaussians renders about at that voxel's centre). The
+  error of t is how far that lands from the rendered surface, |log(z of the voxel centre / rendered z)| clipped at 1,
+  averaged over the rays.
 
-``consistent_threshold`` returns the t among ``candidates`` under which the largest share of rays agrees. It is a
-property of the model's own volume and render: the labels are used only to score the result.
+``consistent_threshold`` returns the middle one of the candidates whose error is within a tolerance of the
+smallest. It is a property of the model's own volume and render: the labels are used only to score the result.
 """
 import torch
 
-from utils.constants import OCC3D_LABEL_RANGE, OCC3D_SHAPE, OCC3D_VOXEL
+from utils.constants import OCC3D_LABEL_RANGE, OCC3D_VOXEL
 
 CANDIDATES = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05 ... 0.95
 
@@ -66,8 +66,8 @@ def first_hits(opacity, depth, K, cam2ego, candidates=CANDIDATES, zmin=OCC3D_LAB
             lin = (li[..., 0].clamp(0, X - 1) * Y + li[..., 1].clamp(0, Y - 1)) * Z + li[..., 2].clamp(0, Z - 1)
             run = torch.where(inside, flat[lin], torch.zeros((), device=dev)).cummax(1).values  # (R, S)
             zc = ((idx + 0.5) * OCC3D_VOXEL + lo - origin) @ R[:, 2]  # camera z of each sample's voxel centre
-            # the first sample above t comes after those whose running maximum is <= t
-            first = torch.stack([(run <= x).sum(1) for x in thr], 1).clamp(max=n_s - 1)  # (R, T)
+            # the first sample above t comes after those whose running maximum (non-decreasing) is <= t
+            first = torch.searchsorted(run, thr.expand(len(run), -1).contiguous(), right=True).clamp(max=n_s - 1)
             hits.append(zc.gather(1, first))
         surface.append(d[ok])
     if not hits:
