@@ -106,7 +106,8 @@ def evaluate(model, dataset, opt, device):
                                          generator=torch.Generator())  # draws nothing from torch's RNG
     depth_ev = DepthEvaluator(opt.min_depth_eval, opt.max_depth_eval, num_cams=len(CAMS))
     occ_ev, ray_ev, opa_ev = OccEvaluator(), RayIoU(), OpacityStats()
-    cal_ev = OccEvaluator()  # the label-free calibrated read-out beside the default one (--occ_readout calibrated)
+    cal_ev = OccEvaluator()  # the label-free calibrated read-out (--occ_readout calibrated, the default)
+    arg_ev = OccEvaluator()  # the authors' argmax read-out, beside whichever is the default
     cal_t = torch.zeros(2, dtype=torch.float64)  # sum and count of its per-sample thresholds
     fog = torch.zeros(len(FOG_KEYS), 2, dtype=torch.float64)  # sum and count of each fog statistic (stage 2)
     poses = []  # (dataset index, scene, token, predicted next-motion, true next-motion)
@@ -136,6 +137,8 @@ def evaluate(model, dataset, opt, device):
                 gt = batch["occ_semantics"][b].cpu().numpy()
                 mask = occ_eval_mask(batch["occ_mask_camera"][b], batch["occ_mask_lidar"][b], opt.occ_eval_mask)
                 occ_ev.update(occ[b], gt, mask)
+                if "occupancy_argmax" in pred:
+                    arg_ev.update(pred["occupancy_argmax"][b].cpu().numpy(), gt, mask)
                 if "occupancy_calibrated" in pred:
                     cal_ev.update(pred["occupancy_calibrated"][b].cpu().numpy(), gt, mask)
                     cal_t += torch.tensor([float(pred["occ_threshold"][b]), 1.0], dtype=torch.float64)
@@ -159,6 +162,7 @@ def evaluate(model, dataset, opt, device):
     ray_ev.all_reduce()
     opa_ev.all_reduce()
     cal_ev.all_reduce()
+    arg_ev.all_reduce()
     cal_t = dist.all_reduce_sum(cal_t.to(device)).cpu()
     if fog[:, 1].sum() > 0:
         out["fog"] = {k: float(s / n) for k, (s, n) in zip(FOG_KEYS, fog) if n > 0}
@@ -192,6 +196,12 @@ def evaluate(model, dataset, opt, device):
                             f"threshold whose first hits best match the rendered depth; mean t "
                             f"{cal_t[0] / cal_t[1]:.2f}): mIoU* {c['mIoU_star']:.2f}, mIoU {c['mIoU']:.2f}, geo IoU "
                             f"{c['geo_IoU']:.2f}\n\n")
+        if arg_ev.hist.sum() > 0:
+            a = arg_ev.summary()
+            out["occupancy_argmax"] = {"mIoU_star": a["mIoU_star"], "mIoU": a["mIoU"], "geo_IoU": a["geo_IoU"]}
+            out["scalars"].update({"occ/argmax_mIoU*": a["mIoU_star"], "occ/argmax_IoU": a["geo_IoU"]})
+            out["text"] += (f"Read-out argmax over the C+1 channels (--occ_readout argmax, the authors'): mIoU* "
+                            f"{a['mIoU_star']:.2f}, mIoU {a['mIoU']:.2f}, geo IoU {a['geo_IoU']:.2f}\n\n")
         o = opa_ev.summary()
         if o["thresholds"] and opa_ev.hist.sum() > 0:
             out["opacity"] = o

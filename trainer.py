@@ -467,9 +467,13 @@ class Trainer:
     @torch.no_grad()
     def _pictures(self, batch, outputs):
         """The pictures of a training step (``utils.vis.training_pictures``); a model that reads occupancy out of its
-        logits (stage 2: ``occupancy``) adds the top view of the first sample's read-out."""
+        logits (stage 2: ``occupancy``, calibrated on the step's own render) adds the top view of the first sample's
+        read-out."""
         readout = getattr(self.model, "occupancy", None)
-        occ = readout(outputs["logits"][:1])[0] if readout is not None and "logits" in outputs else None
+        occ = None
+        if readout is not None and "logits" in outputs:
+            render = {k: outputs[k][:1] for k in ("depth_acc", "alpha", "K") if k in outputs}
+            occ = readout(outputs["logits"][:1], render, batch["cam2ego"][:1])[0]
         return training_pictures(batch, outputs, occ)
 
     def _skip(self, nan_run, what):

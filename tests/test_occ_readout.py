@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from networks.gsv_model import GSVModel, occ3d_centres, readout_classes
+from networks.gsv_model import GSVModel, occ3d_centres, occ3d_readout, readout_classes
 from test_gsv_model import make_batch, ring_rig, tiny_opt
 from utils.constants import FREE_ID, OCC3D_SHAPE
 from utils.geometry import inverse_rigid
@@ -92,11 +92,15 @@ def test_the_model_reads_out_at_its_calibrated_threshold_and_eval_reports_it():
     assert "occ_threshold" not in fixed
     assert torch.equal(fixed["occupancy"].long(), torch.where(fixed["occ_opacity"] > 0.5, fixed["occ_sem"],
                                                               torch.full_like(fixed["occ_sem"], FREE_ID)))
-    # the trainer's picture has no render: the fixed threshold, as above
-    assert torch.equal(model.occupancy(model.occ_net(batch["imgs"][:, 1], batch["K"], batch["cam2ego"])["logits"]),
-                       fixed["occupancy"])
+    # the trainer's picture: without a render the fixed threshold, as above; with the step's render (forward's
+    # outputs) the calibrated read-out of that render
+    logits = model.occ_net(batch["imgs"][:, 1], batch["K"], batch["cam2ego"])["logits"]
+    assert torch.equal(model.occupancy(logits), fixed["occupancy"])
+    r = model.render(batch)
+    render = {"depth_acc": r["depth_acc"][:, :, 0], "alpha": r["alpha"][:, :, 0], "K": r["K"]}
+    assert torch.equal(model.occupancy(r["logits"], render, batch["cam2ego"]), pred["occupancy"])
     # eval scores the calibrated read-out beside the default one (argmax here), from the same forward
-    model = GSVModel(tiny_opt()).eval()
+    model = GSVModel(tiny_opt("--occ_readout", "argmax")).eval()
     item = {k: v[0] for k, v in batch.items() if k != "sem"}
     gt = torch.full(OCC3D_SHAPE, FREE_ID, dtype=torch.uint8)
     gt[90:110, 90:110, 0] = 11
@@ -112,3 +116,44 @@ def test_the_model_reads_out_at_its_calibrated_threshold_and_eval_reports_it():
     assert cal["mean_threshold"] == pytest.approx(float(pred["occ_threshold"][0]))
     assert out["scalars"]["occ/calibrated_IoU"] == pytest.approx(cal["geo_IoU"])
     assert "Read-out calibrated without labels" in out["text"]
+
+
+def test_the_default_read_out_is_the_calibrated_one_with_the_authors_argmax_beside(monkeypatch):
+    """--occ_readout defaults to calibrated (measured: docs/results/runs/2026-12-02/occ-round6); eval's headline
+    occupancy is that read-out, and the authors' argmax is scored beside it from the same forward. A faint ground
+    (class 11 at opacity 0.3, everything else 0.002) is read out by the calibrated threshold, while the argmax gives
+    it to the free channel (0.7 > 0.3)."""
+    from eval import evaluate
+    from utils.occ_metrics import OccEvaluator
+    opt = tiny_opt("--num_workers", "0", "--eval_rayiou", "false", "--gs_scale", "1.2")  # (3.3 m voxels)
+    assert opt.occ_readout == "calibrated"
+    model = GSVModel(opt).eval()
+    X, Y, Z = model.occ_net.grid.shape
+    o = torch.full((X, Y, Z), 0.002)
+    o[:, :, 1] = 0.3  # the second layer of the tiny grid (0.07 to 1.13 m): the ground
+    logits = torch.full((1, 18, X, Y, Z), -20.0)
+    logits[0, 11], logits[0, 17] = o.log(), (1 - o).log()
+    monkeypatch.setattr(model.occ_net, "forward", lambda imgs, K, cam2ego: {"logits": logits.clone()})
+    batch = make_batch()
+    item = {k: v[0] for k, v in batch.items() if k != "sem"}
+    gt = torch.full(OCC3D_SHAPE, FREE_ID, dtype=torch.uint8)
+    gt[:, :, 1:3] = 11  # the Occ3D layers inside that ground layer (0.2 to 1.0 m)
+    ones = torch.ones(OCC3D_SHAPE, dtype=torch.uint8)
+    item.update(depth_gt=torch.full((6, 32, 56), 5.0), token="t", scene="s", occ_semantics=gt, occ_mask_camera=ones,
+                occ_mask_lidar=ones)
+    out = evaluate(model, [item], opt, torch.device("cpu"))
+    pred = model.predict({k: v[None] for k, v in item.items() if torch.is_tensor(v)})
+    assert torch.equal(pred["occupancy"], pred["occupancy_calibrated"])
+    assert float(pred["occ_threshold"][0]) < 0.3
+    ro = occ3d_readout(logits, model.occ_net.grid, opt.opacity, opt.occ_label_zmin)
+    assert torch.equal(pred["occupancy_argmax"], readout_classes(ro, "argmax", opacity=opt.opacity))
+    assert (pred["occupancy_argmax"] == FREE_ID).all()  # the authors' read-out loses the faint ground
+    ev_cal, ev_arg = OccEvaluator(), OccEvaluator()
+    ev_cal.update(pred["occupancy"][0].numpy(), gt.numpy(), ones.numpy())
+    ev_arg.update(pred["occupancy_argmax"][0].numpy(), gt.numpy(), ones.numpy())
+    assert out["scalars"]["occ/IoU"] == pytest.approx(ev_cal.summary()["geo_IoU"]) == \
+        pytest.approx(out["scalars"]["occ/calibrated_IoU"])
+    assert out["scalars"]["occ/IoU"] > 90  # the faint ground is read out
+    assert out["scalars"]["occ/argmax_IoU"] == ev_arg.summary()["geo_IoU"] == 0
+    assert out["occupancy_argmax"]["mIoU_star"] == pytest.approx(ev_arg.summary()["mIoU_star"])
+    assert "Read-out argmax over the C+1 channels" in out["text"]

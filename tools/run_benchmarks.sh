@@ -84,6 +84,10 @@ occupancy)
     # (SYN_VAL of them, default 2)
     # (occupancy, opacity AUC and read-out thresholds, fog statistics, depth); one table: logs/occ-summary.md.
     # OCC_VARIANTS: lines "name:options over configs/synthetic-gsv.txt" (or OCC_VARIANTS_FILE: a file of them).
+    # OCC_SUBSET=N: also writes $SYNP/splits/first<N>_train.txt, the training split of the first N streets only (a
+    # variant's "--train_split $SYNP/splits/first<N>_train.txt" then trains on fewer streets, same held-out ones).
+    # OCC_EVAL_TRAIN=N: each run is also evaluated on N training samples (logs/occ-<name>/eval-train, a row of the
+    # summary: the gap to the held-out streets).
     SYNP=${SYNP:-data/synthetic-pipe}; GB=""
     if command -v nvidia-smi > /dev/null 2>&1; then  # gsplat's kernels build while the data is made
         $PY -m tools.gsplat_build > logs/gsplat_build.log 2>&1 & GB=$!
@@ -94,8 +98,20 @@ occupancy)
     [ -n "${OCC_VARIANTS_FILE:-}" ] && OCC_VARIANTS=$(grep -v '^#' "$OCC_VARIANTS_FILE")
     # the held-out streets' LiDAR depth (evaluation); every sample's when a variant trains on it (--w_depth_oracle)
     DSPLIT="--split $SYNP/splits/val.txt"; case "${OCC_VARIANTS:-}" in *w_depth_oracle*) DSPLIT="";; esac
+    [ -z "${OCC_EVAL_TRAIN:-}" ] || DSPLIT=""
     [ -d $SYNP/depth_gt ] && [ -n "$DSPLIT" ] || $PY -m tools.data.export_gt_depth_nusc --dataroot $SYNP \
         --version v1.0-synthetic --out depth_gt $DSPLIT >> logs/occ-data.log 2>&1
+    if [ -n "${OCC_SUBSET:-}" ]; then  # the first N training streets (scene names in order), the same held-out ones
+        FIRST=$($PY -c "import json, sys; n = sorted(s['name'] for s in json.load(open(sys.argv[1]))); \
+v = int(sys.argv[3]); print(' '.join(n[:int(sys.argv[2])] + n[len(n) - v:]))" $SYNP/v1.0-synthetic/scene.json \
+            "$OCC_SUBSET" "${SYN_VAL:-2}")
+        $PY -m tools.data.make_split --dataroot $SYNP --version v1.0-synthetic --scenes $FIRST \
+            --val_fraction "$($PY -c "print(${SYN_VAL:-2} / ($OCC_SUBSET + ${SYN_VAL:-2}))")" --out_dir $SYNP/splits \
+            --name "first$OCC_SUBSET" >> logs/occ-data.log 2>&1
+        grep -v "^#" $SYNP/splits/first${OCC_SUBSET}_val.txt | sort > logs/occ-subset-val.txt
+        grep -v "^#" $SYNP/splits/val.txt | sort | cmp -s - logs/occ-subset-val.txt \
+            || { echo "[occupancy] first$OCC_SUBSET: its held-out streets are not those of val.txt"; exit 1; }
+    fi
     [ -z "$GB" ] || wait $GB || true
     echo "[occupancy] data and kernels ready"
     SD="--dataroot $SYNP --train_split $SYNP/splits/train.txt --val_split $SYNP/splits/val.txt"
@@ -103,10 +119,15 @@ occupancy)
 softmax-noent:--opacity softmax --w_entropy 0 --w_tv 0"}
     echo "$VARIANTS" | { while IFS= read -r v; do
         [ -n "$v" ] || continue
-        train_eval "occ-${v%%:*}" --config configs/synthetic-gsv.txt $SD --pose gt --max_minutes "$GSV_MIN" \
-            --num_workers "${OCC_WORKERS:-2}" --eval_rayiou false ${v#*:} &
+        { train_eval "occ-${v%%:*}" --config configs/synthetic-gsv.txt $SD --pose gt --max_minutes "$GSV_MIN" \
+              --num_workers "${OCC_WORKERS:-2}" --eval_rayiou false ${v#*:}
+          [ -z "${OCC_EVAL_TRAIN:-}" ] || $PY eval.py --config configs/synthetic-gsv.txt $SD --pose gt \
+              --num_workers "${OCC_WORKERS:-2}" --eval_rayiou false ${v#*:} --val_split $SYNP/splits/train.txt \
+              --eval_max_samples "$OCC_EVAL_TRAIN" --ckpt "logs/occ-${v%%:*}/ckpt/last.pt" \
+              --out_dir "logs/occ-${v%%:*}/eval-train" >> "logs/occ-${v%%:*}.log" 2>&1; } &
     done; wait; }
-    $PY tools/occ_summary.py logs/occ-* --json logs/occ-summary.json | tee logs/occ-summary.md
+    $PY tools/occ_summary.py logs/occ-* $(ls -d logs/occ-*/eval-train 2>/dev/null) --json logs/occ-summary.json \
+        | tee logs/occ-summary.md
     ;;
 gpu-default)
     # The GPU default and the occupancy floor at once on ONE GPU from a bare machine (about 21 minutes: run it
@@ -236,7 +257,10 @@ stage1-heldout)
     BUILD=$!
     FX=""
     for f in "$FIXTURE" shared/fixtures/nuscenes-scene-0916; do [ -f "$f/v1.0-mini/sample.json" ] && FX=$f && break; done
-    if [ -n "$FX" ]; then  # LiDAR depth of the fixture into our own folder (the fixture may be read-only)
+    FXDEPTH=$OA/fixture_depth
+    if [ -n "$FX" ] && [ -d "$FX/depth_gt" ]; then  # exported already (a fixture packed without its LiDAR sweeps)
+        FXDEPTH=$(cd "$FX/depth_gt" && pwd)
+    elif [ -n "$FX" ]; then  # LiDAR depth of the fixture into our own folder (the fixture may be read-only)
         mkdir -p "$O/fixture_depth"
         $PY -m tools.data.export_gt_depth_nusc --dataroot "$FX" --version v1.0-mini --out "$OA/fixture_depth" \
             > "$O/fixture-depth.log" 2>&1 &
@@ -254,7 +278,7 @@ stage1-heldout)
     MALL=$(awk -v a=$M1 -v b=$M2 'BEGIN { print a + b + 0.4 }')
     echo "[stage1-heldout] data ready after $(( $(date +%s) - T0 )) s; main $M1 min + refine $M2 min"
     SD="--config configs/synthetic-gsp.txt --dataroot $S --train_split $S/splits/train.txt --val_split $S/splits/val.txt"
-    FXD="--config configs/fixture-gsp.txt --dataroot $FX --depth_root $OA/fixture_depth"
+    FXD="--config configs/fixture-gsp.txt --dataroot $FX --depth_root $FXDEPTH"
     FIX="--gsp_pose net_solve --train_sweeps true"
     run1() { name=$1; shift; $PY train.py --exp_name "$name" --val_every -1 --log_dir "$O" --num_workers 4 "$@" \
              $S1_EXTRA > "$O/$name.log" 2>&1; echo "[trained] $name"; }
