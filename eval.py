@@ -127,7 +127,8 @@ def evaluate(model, dataset, opt, device):
                 fog[j] += torch.tensor([float(pred["fog"][k]), 1.0], dtype=torch.float64)
         if "depth" in pred:
             for b in range(pred["depth"].shape[0]):
-                cams = depth_ev.update(pred["depth"][b].float().cpu(), batch["depth_gt"][b].cpu())
+                cams = depth_ev.update(pred["depth"][b].float().cpu(), batch["depth_gt"][b].cpu(),
+                                       batch["sem"][b].cpu() if "sem" in batch else None)
                 if opt.stage == "gsp":
                     street_depth.append((idx[n], batch["scene"][b], cams))
             seen["depth"] += pred["depth"].shape[0]
@@ -176,6 +177,9 @@ def evaluate(model, dataset, opt, device):
         out["scalars"].update({f"depth/{k}": v for k, v in s["mean"].items()})
         out["scalars"].update({f"depth/abs_rel_{k}": v for k, v in s["abs_rel_by_range"].items()})
         out["text"] += "### Depth (no median scaling)\n\n" + depth_ev.table() + "\n\n" + depth_ev.range_line() + "\n\n"
+        if depth_ev.class_line():
+            out["text"] += depth_ev.class_line() + "\n\n"
+            out["scalars"].update({f"depth/abs_rel_{k}": v["abs_rel"] for k, v in s["by_class"].items()})
     if seen["occ"]:
         s = occ_ev.summary()
         out["occupancy"] = s

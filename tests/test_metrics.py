@@ -147,3 +147,26 @@ def test_depth_error_by_lidar_distance_pools_points_and_merges():
     assert a.summary()["points_by_range"]["0-20m"] == 6
     assert a.summary()["abs_rel_by_range"]["0-20m"] == pytest.approx(0.25)  # (3 * 0 + 3 * 0.5) / 6
     assert "20-40m 0.100 (33% of points)" in whole.range_line()
+
+
+def test_abs_rel_by_the_class_of_the_2d_label_at_each_point():
+    """Points of a 2x4 LiDAR grid labelled through a 1x2 label map (nearest: the left half class 11, the right half
+    class 15); per class the pooled AbsRel, the mean log(pred / gt) and the share of the points; 255 counts nowhere."""
+    gt = torch.tensor([[[10.0, 10.0, 10.0, 20.0], [10.0, 0.0, 20.0, 20.0]]])  # one camera, 2 x 4, one point missing
+    pred = torch.tensor([[[11.0, 9.0, 10.0, 10.0], [10.0, 5.0, 20.0, 20.0]]])
+    labels = torch.tensor([[[11, 15]]])
+    ev = DepthEvaluator(num_cams=1)
+    ev.update(pred, gt, labels)
+    by = ev.summary()["by_class"]
+    # class 11: (10 -> 11), (10 -> 9), (10 -> 10); class 15: (10 -> 10), (20 -> 10), (20 -> 20), (20 -> 20)
+    assert by["driveable_surface"]["abs_rel"] == pytest.approx((0.1 + 0.1 + 0) / 3)
+    assert by["driveable_surface"]["log_bias"] == pytest.approx((math.log(1.1) + math.log(0.9)) / 3)
+    assert by["manmade"]["abs_rel"] == pytest.approx(0.5 / 4)
+    assert by["manmade"]["log_bias"] == pytest.approx(math.log(0.5) / 4)
+    assert by["driveable_surface"]["share"] == pytest.approx(3 / 7)
+    assert "manmade 0.125 (bias -0.173, 57%), driveable_surface 0.067" in ev.class_line()
+    other = DepthEvaluator(num_cams=1)
+    other.update(pred, gt, torch.full((1, 1, 2), 255))
+    assert "by_class" not in other.summary() and other.class_line() == ""
+    ev.merge(other)  # (as across processes)
+    assert ev.summary()["by_class"]["manmade"]["share"] == pytest.approx(4 / 7)

@@ -250,6 +250,7 @@ stage1-heldout)
     # Results: $SH_OUT/summary.json, summary.md, logs.tar.gz (options, logs, train_log.jsonl, metrics of every run),
     # also copied to $SH_PACK when set (e.g. SH_PACK=$OUT). S1_EXTRA: options for every run (the CPU test).
     # S1_VARIANTS: "name:options" lines, each another run over the fix's options (e.g. "stride6:--frame_stride 6").
+    # S1_OLD=0: leaves the stage 1 of before out.
     T0=$(date +%s); BUDGET=${BUDGET_S:-530}; O=${SH_OUT:-logs/stage1-heldout}; S=${SH_DATA:-data/synthetic-heldout}
     mkdir -p "$O"
     OA=$(cd "$O" && pwd)  # absolute: the fixture's depth folder is named relative to nothing
@@ -286,7 +287,8 @@ stage1-heldout)
         run1 "$mr-main" "$@" --max_minutes "$M1"
         run1 "$mr" "$@" --gsp_phase refine --load_weights "$O/$mr-main/ckpt/last.pt" --max_minutes "$M2"; }
     main_refine fix $SD $FIX &
-    run1 old $SD --gsp_pose net --train_sweeps false --max_minutes "$MALL" &
+    OLD=${S1_OLD:-1}  # S1_OLD=0: without the stage 1 of before (measured once: gpu-2026-12-02), more GPU for the rest
+    [ "$OLD" = 1 ] && run1 old $SD --gsp_pose net --train_sweeps false --max_minutes "$MALL" &
     [ -n "$FX" ] && main_refine fixture $FXD --gsp_pose net_solve &
     # S1_VARIANTS: lines "name:options" over the fix, trained (main + refine), evaluated and summarised like it
     echo "${S1_VARIANTS:-}" | { while IFS= read -r v; do
@@ -297,6 +299,7 @@ stage1-heldout)
            "$@" $S1_EXTRA >> "$O/eval.log" 2>&1; echo "[eval] $name"; }
     for sp in sweep keyframe; do
         ev fix-$sp fix $SD --adjacent $sp &
+        [ "$OLD" = 1 ] || continue
         ev old-$sp old $SD --adjacent $sp --gsp_pose net &
         ev old+align-$sp old $SD --adjacent $sp --gsp_pose net_solve &
     done
@@ -307,7 +310,8 @@ stage1-heldout)
     done
     wait
     runs=""
-    for r in fix:sweep fix:keyframe old:sweep old:keyframe old+align:sweep old+align:keyframe fixture:keyframe \
+    OLDRUNS="old:sweep old:keyframe old+align:sweep old+align:keyframe"; [ "$OLD" = 1 ] || OLDRUNS=""
+    for r in fix:sweep fix:keyframe $OLDRUNS fixture:keyframe \
              $(for vn in $VNAMES; do echo $vn:sweep $vn:keyframe; done); do
         runs="$runs $r=$O/${r%%:*}-${r#*:}/metrics.json"
     done

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.constants import CAMS
+from utils.constants import CAMS, OCC_CLASSES
 from utils.dist import all_reduce_sum
 
 DEPTH_METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
@@ -82,7 +82,7 @@ class DepthEvaluator(SummedState):
     least one valid pixel, ``ratios`` (3,) float64 (count, sum, sum of squares) of the median-scaling ratios.
     """
 
-    STATE = ("sums", "counts", "ratios", "range_sums")
+    STATE = ("sums", "counts", "ratios", "range_sums", "class_sums")
 
     def __init__(self, min_depth=0.1, max_depth=80.0, num_cams=6, median_scaling=False):
         self.min_depth, self.max_depth = float(min_depth), float(max_depth)
@@ -93,13 +93,18 @@ class DepthEvaluator(SummedState):
         self.counts = torch.zeros(num_cams, dtype=torch.int64)
         self.ratios = torch.zeros(3, dtype=torch.float64)
         self.range_sums = torch.zeros(len(DEPTH_RANGES) - 1, 2, dtype=torch.float64)  # (sum |g-p|/g, points)
+        # per class of the 2D label at each point (update's ``labels``): (sum |g-p|/g, sum log(p/g), points)
+        self.class_sums = torch.zeros(len(OCC_CLASSES), 3, dtype=torch.float64)
 
-    def update(self, pred, gt):
+    def update(self, pred, gt, labels=None):
         """Add one frame (or a batch of frames).
 
         Args:
             pred: (num_cams, h, w) or (B, num_cams, h, w) predicted depth in metres (torch or numpy).
             gt: (num_cams, Hg, Wg) or (B, num_cams, Hg, Wg) sparse LiDAR depth, 0 where there is none.
+            labels: optional (num_cams, hl, wl) (or batched) 2D class ids (Occ3D ids, 255 = none) of the same
+                views, resized to the LiDAR grid by nearest neighbour: AbsRel and the signed log error per class of
+                the point's pixel (``summary()["by_class"]``).
         Returns, per camera of the frame (a list of those per frame for a batch): None where no pixel is valid,
         else (abs_rel, scale) with scale = median of pred / gt over the valid pixels (the prediction clamped to
         the range, before any median scaling): the depth's own metric scale, 1 when right.
@@ -107,9 +112,13 @@ class DepthEvaluator(SummedState):
         pred = torch.as_tensor(pred).detach().float().cpu()
         gt = torch.as_tensor(gt).detach().float().cpu()
         if pred.dim() == 4:
-            return [self.update(p, g) for p, g in zip(pred, gt)]
+            return [self.update(p, g, None if labels is None else lab)
+                    for p, g, lab in zip(pred, gt, labels if labels is not None else [None] * len(pred))]
         assert pred.shape[0] == gt.shape[0] == self.num_cams, (pred.shape, gt.shape)
         pred = F.interpolate(pred[:, None], size=gt.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        if labels is not None:
+            labels = F.interpolate(torch.as_tensor(labels).detach().cpu()[:, None].float(), size=gt.shape[-2:],
+                                   mode="nearest")[:, 0].long()
         out = []
         for c in range(self.num_cams):
             valid = (gt[c] > self.min_depth) & (gt[c] < self.max_depth)
@@ -129,6 +138,13 @@ class DepthEvaluator(SummedState):
             bins = np.digitize(g, DEPTH_RANGES[1:-1])
             self.range_sums[:, 0] += torch.from_numpy(np.bincount(bins, rel, len(DEPTH_RANGES) - 1))
             self.range_sums[:, 1] += torch.from_numpy(np.bincount(bins, None, len(DEPTH_RANGES) - 1))
+            if labels is not None:
+                cls = labels[c][valid].numpy()
+                keep = (cls >= 0) & (cls < len(OCC_CLASSES))
+                n = len(OCC_CLASSES)
+                self.class_sums[:, 0] += torch.from_numpy(np.bincount(cls[keep], rel[keep], n))
+                self.class_sums[:, 1] += torch.from_numpy(np.bincount(cls[keep], np.log(p[keep] / g[keep]), n))
+                self.class_sums[:, 2] += torch.from_numpy(np.bincount(cls[keep], None, n))
             self.sums[c] += torch.tensor([errors[k] for k in DEPTH_METRICS], dtype=torch.float64)
             self.counts[c] += 1
             out.append((errors["abs_rel"], scale))
@@ -151,6 +167,12 @@ class DepthEvaluator(SummedState):
         out["abs_rel_by_range"] = {n: (float(a / c) if c > 0 else float("nan"))
                                    for n, a, c in zip(range_names(), sums.tolist(), pts.tolist())}
         out["points_by_range"] = dict(zip(range_names(), [int(c) for c in pts.tolist()]))
+        cs = self.class_sums
+        if cs[:, 2].sum() > 0:  # points with a 2D label, per class: AbsRel, mean log(pred / gt), share of points
+            out["by_class"] = {OCC_CLASSES[k]: {"abs_rel": float(cs[k, 0] / cs[k, 2]),
+                                                "log_bias": float(cs[k, 1] / cs[k, 2]),
+                                                "share": float(cs[k, 2] / cs[:, 2].sum())}
+                               for k in range(len(OCC_CLASSES)) if cs[k, 2] > 0}
         if self.median_scaling:
             n, s, s2 = self.ratios.tolist()
             m = s / n if n else float("nan")
@@ -173,3 +195,13 @@ class DepthEvaluator(SummedState):
         return "AbsRel by LiDAR distance (pooled over points): " + ", ".join(
             f"{n} {v:.3f} ({100 * s['points_by_range'][n] / total:.0f}% of points)"
             for n, v in s["abs_rel_by_range"].items())
+
+    def class_line(self):
+        """One line (empty without labels): AbsRel per class of the 2D label at the points, pooled over them, with
+        the mean log(pred / gt) (negative: too short) and each class's share of the points, largest share first."""
+        by = self.summary().get("by_class")
+        if not by:
+            return ""
+        return "AbsRel by the 2D label of the point's pixel (pooled over points; log bias = mean log(pred / gt), < 0: " \
+               "too near): " + ", ".join(f"{n} {v['abs_rel']:.3f} (bias {v['log_bias']:+.3f}, {100 * v['share']:.0f}%)"
+                                          for n, v in sorted(by.items(), key=lambda kv: -kv[1]["share"]))
