@@ -46,6 +46,15 @@ def add_args(parser):
     g.add_argument("--gs_scale_learn", type=str2bool, default=False,
                    help="predict the Gaussian scale per voxel, smoothly clamped at gs_scale_max")
     g.add_argument("--gs_scale_max", type=float, default=0.12, help="cap of the learnt Gaussian scale, metres")
+    g.add_argument("--gs_scale_axes", type=int, default=1, choices=[1, 3],
+                   help="with --gs_scale_learn: 1 = one scale per voxel (isotropic, the authors'); 3 = one per grid "
+                        "axis (axis-aligned ellipsoids: a ground voxel can flatten, so that a ray grazing the road "
+                        "stops on it and not on the Gaussian's top, a wall voxel thin across the wall), starting at "
+                        "--gs_scale (which must then be below --gs_scale_max)")
+    g.add_argument("--gs_offset", type=float, default=0.0,
+                   help="> 0: the 3D CNN also moves each Gaussian's mean off its voxel centre, by at most this share "
+                        "of the voxel along each axis (F voxel tanh(raw offset)), so that a surface inside a voxel "
+                        "can be drawn where it is; uniform grids only; 0 = fixed centres (the authors')")
     g.add_argument("--depth_background", type=str, default="far", choices=["far", "none"],
                    help="far: every ray ends at max_depth, rendered depth = sum_i w_i z_i + (1 - alpha) max_depth, so "
                         "a transparent ray reads as far away (sky), as in volume rendering with a last, opaque "
@@ -190,7 +199,8 @@ class GSVModel(nn.Module):
             n_gauss = out["logits"].new_zeros(())
         else:
             gaussians = voxels_to_gaussians(out["logits"], self.occ_net.centres, self.opt, out.get("scale"),
-                                            viewmats, self.opt.min_depth, opacity=opacity)
+                                            viewmats, self.opt.min_depth, opacity=opacity,
+                                            raw_offset=out.get("offset"))
             renders = []
             zsq = self.opt.raster_zsq if self.opt.w_dist > 0 else None  # sum_i w_i z_i^2 for the depth spread
             for b, g in enumerate(gaussians):

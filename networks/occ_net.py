@@ -8,6 +8,8 @@ over the cameras that see the voxel, plus (``lift_visibility``) the fraction of 
 (``occ_decoder``: this project's ``residual`` blocks with group norm, or the authors' ``hourglass``,
 networks/hourglass3d.py) decodes logits (B, C+1, X, Y, Z) whose last channel is "free".
 """
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -31,7 +33,7 @@ REBUILD_OVERRIDES = {"encoder_weights": "none"}
 
 OPTION_RANGES = {"grid_size": at_least(1), "feat_dim": at_least(1), "voxel_feat_dim": at_least(1),
                  "decoder_blocks": at_least(0), "decoder_lr_mult": above(0), "contract_outer": above(0),
-                 "contract_ratio": within(0.01, 1)}
+                 "contract_ratio": within(0.01, 1), "gs_offset": within(0, 1)}
 
 
 def add_args(parser):
@@ -151,7 +153,8 @@ class ResBlock3d(nn.Module):
 class OccNet(nn.Module):
     """forward(imgs (B, 6, 3, H, W), K (B, 6, 3, 3), cam2ego (B, 6, 4, 4)) -> dict(
         logits (B, C + 1, X, Y, Z): C = num_classes semantic logits, last channel free,
-        scale (B, 1, X, Y, Z) raw Gaussian scale, only when ``gs_scale_learn``)."""
+        scale (B, 1 or 3, X, Y, Z) raw Gaussian scale (one, or one per grid axis: ``gs_scale_axes``), only when
+        ``gs_scale_learn``), offset (B, 3, X, Y, Z) raw mean offset, only when ``gs_offset`` > 0)."""
 
 
     def __init__(self, opt):
@@ -192,7 +195,24 @@ class OccNet(nn.Module):
             p = opt.init_opacity
             logit_bias.zero_()
             logit_bias[-1] = torch.log(torch.tensor((1 - p) / p * (n_cls if opt.opacity == "softmax" else 1)))
-        self.scale_head = nn.Conv3d(v, 1, 1) if opt.gs_scale_learn else None
+        self.scale_head = None
+        if opt.gs_scale_learn:
+            axes = getattr(opt, "gs_scale_axes", 1)
+            self.scale_head = nn.Conv3d(v, axes, 1)
+            if axes == 3:  # every axis starts at --gs_scale: gs_scale_max sigmoid(bias) = gs_scale
+                if not 0 < opt.gs_scale < opt.gs_scale_max:
+                    raise ValueError(f"--gs_scale_axes 3 starts at --gs_scale {opt.gs_scale}, which must lie in "
+                                     f"(0, --gs_scale_max {opt.gs_scale_max})")
+                with torch.no_grad():
+                    self.scale_head.weight.normal_(0, 1e-3)
+                    self.scale_head.bias.fill_(math.log(opt.gs_scale / (opt.gs_scale_max - opt.gs_scale)))
+        self.offset_head = None
+        if getattr(opt, "gs_offset", 0) > 0:  # starts at the voxel centres (tanh(0) = 0)
+            if opt.contracted:
+                raise ValueError("--gs_offset works on uniform grids only: set --contracted false or --gs_offset 0")
+            self.offset_head = nn.Conv3d(v, 3, 1)
+            nn.init.zeros_(self.offset_head.weight)
+            nn.init.zeros_(self.offset_head.bias)
         self.register_buffer("centres", self.grid.centres(), persistent=False)
 
     def param_groups(self):
@@ -231,4 +251,6 @@ class OccNet(nn.Module):
         out = {"logits": self.head(x)}
         if self.scale_head is not None:
             out["scale"] = self.scale_head(x)
+        if self.offset_head is not None:
+            out["offset"] = self.offset_head(x)
         return out

@@ -405,3 +405,56 @@ def test_occupancy_readout_without_semantics_follows_the_rendered_opacity():
     sem[:, 4], sem[:, 17, :100] = 1.0, 2.0
     occ = logits_to_occ3d(sem, grid, "sigmoid", zmin=-0.8)[0]
     assert (occ[:99] == FREE_ID).all() and (occ[101:] == 4).all()
+
+
+def test_per_axis_scales_start_at_gs_scale_and_learn_each_axis():
+    """--gs_scale_axes 3: the scale head gives one raw scale per grid axis, every axis starts at --gs_scale, the
+    Gaussians are axis-aligned ellipsoids of those scales (x4 beyond 60 m on a contracted grid), and the render's
+    depth loss reaches each axis's raw scale; a start at or above the cap is refused by name."""
+    torch.manual_seed(0)
+    opt = tiny_opt("--gs_scale_learn", "true", "--gs_scale_axes", "3", "--gs_scale", "0.9", "--gs_scale_max", "1.8")
+    model = GSVModel(opt)
+    batch = make_batch()
+    out = model.occ_net(batch["imgs"][:, 1], batch["K"], batch["cam2ego"])
+    assert out["scale"].shape == (1, 3, 24, 24, 6)
+    g = voxels_to_gaussians(out["logits"], model.occ_net.centres, opt, out["scale"])[0]
+    assert g["scales"].shape == (len(g["means"]), 3)
+    assert torch.allclose(g["scales"], torch.full_like(g["scales"], 0.9), atol=0.01)  # (weights ~1e-3 at the start)
+    raw = torch.tensor([[0.0, 2.0], [0.0, -2.0], [0.0, 0.0]]).view(1, 3, 2, 1, 1)  # two voxels, 3 axes
+    two = voxels_to_gaussians(torch.zeros(1, 18, 2, 1, 1), torch.tensor([[10.0, 0, 0], [70.0, 0, 0]]),
+                              tiny_opt("--gs_scale_learn", "true", "--gs_scale_axes", "3", "--gs_scale", "0.05",
+                                       "--gs_scale_max", "0.2", "--contracted", "true", "--contract_mode", "xy"),
+                              raw_scale=raw)[0]
+    s = torch.sigmoid(torch.tensor(2.0)).item()
+    assert torch.allclose(two["scales"], torch.tensor([[0.1, 0.1, 0.1], [0.8 * s, 0.8 * (1 - s), 0.4]]))
+    r = model.render(batch)
+    r["depth"].mean().backward()
+    grad = model.occ_net.scale_head.weight.grad
+    assert grad.shape[0] == 3 and (grad.abs().sum((1, 2, 3, 4)) > 0).all()
+    with pytest.raises(ValueError, match="--gs_scale_axes 3 starts at --gs_scale 0.2, which must lie in"):
+        GSVModel(tiny_opt("--gs_scale_learn", "true", "--gs_scale_axes", "3", "--gs_scale", "0.2",
+                          "--gs_scale_max", "0.2"))
+
+
+def test_mean_offsets_start_at_the_voxel_centres_and_stay_inside_the_voxel():
+    """--gs_offset F: the offset head starts at zero (the Gaussians at the voxel centres, as without it), a raw offset
+    r moves a mean by F x voxel x tanh(r) per axis, the render's loss reaches the head, and a contracted grid (voxels
+    of varying size) is refused by name."""
+    torch.manual_seed(0)
+    opt = tiny_opt("--gs_offset", "0.5")
+    model = GSVModel(opt)
+    batch = make_batch()
+    out = model.occ_net(batch["imgs"][:, 1], batch["K"], batch["cam2ego"])
+    assert out["offset"].shape == (1, 3, 24, 24, 6) and not out["offset"].any()
+    g = voxels_to_gaussians(out["logits"], model.occ_net.centres, opt, raw_offset=out["offset"])[0]
+    assert torch.equal(g["means"], model.occ_net.centres.reshape(-1, 3)[g["index"]])
+    raw = torch.tensor([[100.0], [-100.0], [0.5]]).view(1, 3, 1, 1, 1)
+    one = voxels_to_gaussians(torch.zeros(1, 18, 1, 1, 1), torch.tensor([[1.0, 2.0, 3.0]]), opt, raw_offset=raw)[0]
+    voxel = torch.tensor([80 / 24, 80 / 24, 6.4 / 6])  # real_size / grid_size of the tiny config
+    assert torch.allclose(one["means"][0], torch.tensor([1.0, 2.0, 3.0]) + 0.5 * voxel * torch.tensor(
+        [1.0, -1.0, math.tanh(0.5)]))
+    r = model.render(batch)
+    r["depth"].mean().backward()
+    assert model.occ_net.offset_head.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="--gs_offset works on uniform grids only"):
+        GSVModel(tiny_opt("--gs_offset", "0.5", "--contracted", "true"))

@@ -55,6 +55,10 @@ def variant_args(argv):
     p.add_argument("--offsets", type=float, default=0.0,
                    help="> 0: each Gaussian's mean also learns an offset from its voxel centre, at most this share of "
                         "the voxel along each axis (tanh-bounded; lr as the opacities'); 0 = fixed centres")
+    p.add_argument("--scales", choices=["fixed", "iso", "aniso"], default="fixed",
+                   help="iso / aniso: each Gaussian also learns its scale (one, or one per axis: the rotation stays "
+                        "the identity, so the axes are the grid's), from --gs_scale, bounded to [1/4, 2] x it "
+                        "(sigmoid; lr as the opacities'); fixed = --gs_scale for every Gaussian")
     p.add_argument("--save", default=None, help="write the final opacity volume to this .npy")
     return p.parse_args(argv)
 
@@ -96,8 +100,9 @@ def voxel_centres(shape, voxel):
 
 def render(o, centres, scale, viewmats, K, w, h, with_sq=False, shift=None):
     """Rasterise the voxel Gaussians of opacity o (those >= 1/255), at centres + shift (N, 3) metres if given;
-    with_sq adds sum_i w_i z_i^2 (``zsq``)."""
+    ``scale``: metres, one for all or (N, 3) per Gaussian and axis; with_sq adds sum_i w_i z_i^2 (``zsq``)."""
     keep = (o.detach() >= 1 / 255).nonzero()[:, 0]
+    scales = scale[keep] if torch.is_tensor(scale) else torch.full((len(keep), 3), scale)
     means = centres[keep] if shift is None else centres[keep] + shift[keep]
     quats = torch.zeros(len(keep), 4)
     quats[:, 0] = 1
@@ -105,8 +110,7 @@ def render(o, centres, scale, viewmats, K, w, h, with_sq=False, shift=None):
     if with_sq:  # E[z^2] per pixel: z^2 of each Gaussian in each camera as a per-camera feature
         z = means @ viewmats[:, 2, :3].T + viewmats[:, 2, 3]  # (N, C)
         feats = (z * z).T[..., None]
-    r = rasterize(means, quats, torch.full((len(keep), 3), scale), o[keep], feats, viewmats, K, w, h, near=0.1,
-                  backend="torch")
+    r = rasterize(means, quats, scales, o[keep], feats, viewmats, K, w, h, near=0.1, backend="torch")
     out = dict(depth=r["depth"], alpha=r["alpha"], n=len(keep))
     if with_sq:
         out["zsq"] = r["features"]
@@ -152,6 +156,14 @@ def run_variant(frame, a, h, w, voxel, max_depth=80.0):
         to_shift = lambda: a.offsets * voxel * torch.tanh(raw_shift)  # noqa: E731
     else:
         to_shift = lambda: None  # noqa: E731
+    if a.scales != "fixed":  # scale = s0 (1/4 + 7/4 sigmoid(raw)), raw = 0 at s0: logit(3/7)
+        raw_scale = torch.full((len(centres), 1 if a.scales == "iso" else 3), float(np.log(3 / 4)),
+                               requires_grad=True)
+        params.append(raw_scale)
+        s0 = scale
+        scale_of = lambda: (s0 * (0.25 + 1.75 * torch.sigmoid(raw_scale))).expand(-1, 3)  # noqa: E731
+    else:
+        scale_of = lambda: scale  # noqa: E731
     opt = torch.optim.Adam(params, lr=a.lr)
     viewmats = inverse_rigid(frame["cam2ego"])
     K = frame["K"]
@@ -164,7 +176,7 @@ def run_variant(frame, a, h, w, voxel, max_depth=80.0):
         target = frame["depth"]
     for step in range(a.steps):
         o = to_o(p)
-        r = render(o, centres, scale, viewmats, K, w, h, with_sq=a.w_dist > 0, shift=to_shift())
+        r = render(o, centres, scale_of(), viewmats, K, w, h, with_sq=a.w_dist > 0, shift=to_shift())
         bg = (1 - r["alpha"]).clamp(min=0)
         depth = r["depth"] + (bg * max_depth if a.background == "far" else 0)
         dc = depth.clamp(0.1, max_depth)
@@ -203,7 +215,11 @@ def run_variant(frame, a, h, w, voxel, max_depth=80.0):
         if step % 25 == 0 or step == a.steps - 1:
             gt = frame["depth"].clamp(max=max_depth)
             rel = float(((dc.detach()[:6] - gt).abs() / gt).mean())
-            row = dict(step=step, loss=float(loss), depth_absrel=rel, n_gauss=r["n"],
+            sc = scale_of()
+            sc_occ = sc.detach()[torch.from_numpy(occ.reshape(-1))] if torch.is_tensor(sc) else None
+            extra = {} if sc_occ is None else dict(scale_occ_xy=float(sc_occ[:, :2].median()),
+                                                   scale_occ_z=float(sc_occ[:, 2].median()))
+            row = dict(step=step, loss=float(loss), depth_absrel=rel, n_gauss=r["n"], **extra,
                        **{k: float(v) for k, v in terms.items()}, **score(to_o(p).detach().view(occ.shape).numpy(),
                                                                          occ, mask), sec=time.time() - t0)
             log.append(row)
