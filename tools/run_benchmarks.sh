@@ -279,6 +279,7 @@ stage1-heldout)
     MALL=$(awk -v a=$M1 -v b=$M2 'BEGIN { print a + b + 0.4 }')
     echo "[stage1-heldout] data ready after $(( $(date +%s) - T0 )) s; main $M1 min + refine $M2 min"
     SD="--config configs/synthetic-gsp.txt --dataroot $S --train_split $S/splits/train.txt --val_split $S/splits/val.txt"
+    SEM="--use_sem true --sem_root sem"  # at evaluation: the depth error per class of the synthetic 2D labels
     FXD="--config configs/fixture-gsp.txt --dataroot $FX --depth_root $FXDEPTH"
     FIX="--gsp_pose net_solve --train_sweeps true"
     run1() { name=$1; shift; $PY train.py --exp_name "$name" --val_every -1 --log_dir "$O" --num_workers 4 "$@" \
@@ -298,15 +299,15 @@ stage1-heldout)
     ev() { name=$1; ckpt=$2; shift 2; $PY eval.py --ckpt "$O/$ckpt/ckpt/last.pt" --out_dir "$O/$name" --num_workers 2 \
            "$@" $S1_EXTRA >> "$O/eval.log" 2>&1; echo "[eval] $name"; }
     for sp in sweep keyframe; do
-        ev fix-$sp fix $SD --adjacent $sp &
+        ev fix-$sp fix $SD $SEM --adjacent $sp &
         [ "$OLD" = 1 ] || continue
-        ev old-$sp old $SD --adjacent $sp --gsp_pose net &
-        ev old+align-$sp old $SD --adjacent $sp --gsp_pose net_solve &
+        ev old-$sp old $SD $SEM --adjacent $sp --gsp_pose net &
+        ev old+align-$sp old $SD $SEM --adjacent $sp --gsp_pose net_solve &
     done
     [ -n "$FX" ] && ev fixture-keyframe fixture $FXD &
     VNAMES=$(echo "${S1_VARIANTS:-}" | sed -n 's/^\([^:][^:]*\):.*/\1/p')
     for vn in $VNAMES; do
-        for sp in sweep keyframe; do ev $vn-$sp $vn $SD --adjacent $sp --frame_stride 1 & done  # each spacing as is
+        for sp in sweep keyframe; do ev $vn-$sp $vn $SD $SEM --adjacent $sp --frame_stride 1 & done  # each spacing as is
     done
     wait
     runs=""
