@@ -5,13 +5,15 @@ Each voxel becomes a Gaussian with identity rotation and
   * features = the C semantic logits,
   * mean     = the voxel centre, or with ``gs_offset`` F > 0 the centre + F voxel tanh(raw offset) per axis,
   * scale    = ``gs_scale`` metres, or with ``gs_scale_learn`` ``gs_scale_max * sigmoid(raw scale)`` (a smooth
-               clamp at the maximum; ``gs_scale_axes 3``: one per grid axis, axis-aligned ellipsoids); with contracted coordinates, x4 beyond 60 m and x8 beyond 80 m from the
-               ego origin, where the voxels are large: distance along the contracted axes (horizontal for
-               ``contract_mode xy``, 3D for ``xyz``, as the authors' point_distance).
-Two prunings, both exact (they only drop Gaussians the rasteriser would not draw anyway):
+               clamp at the maximum; ``gs_scale_axes 3``: one per grid axis, axis-aligned ellipsoids); with
+               contracted coordinates, x4 beyond 60 m and x8 beyond 80 m from the ego origin, where the voxels
+               are large: distance along the contracted axes (horizontal for ``contract_mode xy``, 3D for ``xyz``,
+               as the authors' point_distance).
+Two prunings, both exact (they only drop Gaussians the rasteriser would not draw anyway; see the second):
   * opacity < 1/255: the rasteriser skips any alpha below 1/255 and alpha <= opacity;
   * behind all cameras: a Gaussian whose mean is closer than ``near`` along the optical axis of every camera
-    (half-space test per camera) is culled by the rasteriser in every view.
+    (half-space test per camera) is culled by the rasteriser in every view (tested on the voxel centre: with
+    ``gs_offset`` a mean within half a voxel of the cameras' planes may differ, next to the ego car only).
 """
 import torch
 
@@ -76,9 +78,10 @@ def voxels_to_gaussians(logits, centres, opt, raw_scale=None, viewmats=None, nea
 
     logits (B, C+1, X, Y, Z), last channel free; opacity (B, X, Y, Z) (default ``voxel_opacity(logits,
     opt.opacity)``); centres (X, Y, Z, 3) or (P, 3) metric ego coordinates;
-    raw_scale (B, 1 or 3, X, Y, Z) when ``opt.gs_scale_learn`` (3: one per grid axis, ``gs_scale_axes``); viewmats (B, N_cam, 4, 4) ego -> camera enable the
-    behind-all-cameras cull at depth ``near``; raw_offset (B, 3, X, Y, Z) with ``opt.gs_offset`` > 0: each mean moves
-    by gs_offset x voxel x tanh(raw offset) per axis (uniform grid: the voxel size of real_size / grid_size).
+    raw_scale (B, 1 or 3, X, Y, Z) when ``opt.gs_scale_learn`` (3: one per grid axis, ``gs_scale_axes``);
+    viewmats (B, N_cam, 4, 4) ego -> camera enable the behind-all-cameras cull at depth ``near``; raw_offset
+    (B, 3, X, Y, Z) with ``opt.gs_offset`` > 0: each mean moves by gs_offset x voxel x tanh(raw offset) per axis
+    (uniform grid: the voxel size of real_size / grid_size).
     Returns a list of B dicts: means (N, 3), quats (N, 4) wxyz, scales (N, 3), opacities (N,),
     features (N, C), index (N,) flat voxel index of each Gaussian.
     """

@@ -202,6 +202,7 @@ class DepthEvaluator(SummedState):
         by = self.summary().get("by_class")
         if not by:
             return ""
-        return "AbsRel by the 2D label of the point's pixel (pooled over points; log bias = mean log(pred / gt), < 0: " \
-               "too near): " + ", ".join(f"{n} {v['abs_rel']:.3f} (bias {v['log_bias']:+.3f}, {100 * v['share']:.0f}%)"
-                                          for n, v in sorted(by.items(), key=lambda kv: -kv[1]["share"]))
+        parts = [f"{n} {v['abs_rel']:.3f} (bias {v['log_bias']:+.3f}, {100 * v['share']:.0f}%)"
+                 for n, v in sorted(by.items(), key=lambda kv: -kv[1]["share"])]
+        return "AbsRel by the 2D label of the point's pixel (pooled over points; log bias = mean log(pred / gt), " \
+               "< 0: too near): " + ", ".join(parts)
