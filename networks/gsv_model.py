@@ -68,7 +68,8 @@ def add_args(parser):
                         "(utils/occ_readout.py; --occ_threshold where nothing is rendered), class = the semantic "
                         "argmax; argmax = the authors' argmax over the C+1 channels (free last), which kept "
                         "60-94 %% of the calibrated mIoU* on held-out synthetic streets "
-                        "(docs/results/runs/2026-12-02/occ-round6); opacity = occupied where the opacity exceeds --occ_threshold")
+                        "(docs/results/runs/2026-12-02/occ-round6); opacity = occupied where the opacity exceeds "
+                        "--occ_threshold")
     g.add_argument("--occ_threshold", type=float, default=0.5,
                    help="opacity threshold of --occ_readout opacity (and of calibrated where a volume is read out "
                         "without a render)")
