@@ -177,8 +177,9 @@ def evaluate(model, dataset, opt, device):
         out["scalars"].update({f"depth/{k}": v for k, v in s["mean"].items()})
         out["scalars"].update({f"depth/abs_rel_{k}": v for k, v in s["abs_rel_by_range"].items()})
         out["text"] += "### Depth (no median scaling)\n\n" + depth_ev.table() + "\n\n" + depth_ev.range_line() + "\n\n"
-        if depth_ev.class_line():
-            out["text"] += depth_ev.class_line() + "\n\n"
+        line = depth_ev.class_line()
+        if line:
+            out["text"] += line + "\n\n"
             out["scalars"].update({f"depth/abs_rel_{k}": v["abs_rel"] for k, v in s["by_class"].items()})
     if seen["occ"]:
         s = occ_ev.summary()

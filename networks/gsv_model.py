@@ -279,7 +279,8 @@ class GSVModel(nn.Module):
         opacity = torch.where(ro["inside"], ro["opacity"], torch.zeros_like(ro["opacity"]))
         out = {"occ_opacity": opacity, "occ_sem": ro["sem"],
                "occupancy_argmax": readout_classes(ro, "argmax", opacity=self.opt.opacity)}
-        if "alpha" in r and cam2ego is not None and (calibrate or self.opt.occ_readout == "calibrated"):
+        rendered = cam2ego is not None and all(k in r for k in ("depth_acc", "alpha", "K"))
+        if rendered and (calibrate or self.opt.occ_readout == "calibrated"):
             cal = [consistent_threshold(opacity[b], r["depth_acc"][b], r["alpha"][b], r["K"][b], cam2ego[b],
                                         self.opt.occ_label_zmin) for b in range(len(opacity))]
             out["occ_threshold"] = torch.tensor([c[0] for c in cal], dtype=torch.float64)
@@ -306,12 +307,7 @@ class GSVModel(nn.Module):
     @torch.no_grad()
     def occupancy(self, logits, render=None, cam2ego=None):
         """(B, 200, 200, 16) uint8 Occ3D class ids (17 = free) of logits (B, C+1, X, Y, Z): the read-out of
-        ``--occ_readout`` (the trainer's top-view picture). ``calibrated`` calibrates on ``render`` (depth_acc, alpha,
-        K of the same samples, as ``forward``'s outputs hold them) with ``cam2ego``; without them it reads out at the
-        fixed --occ_threshold."""
-        if self.opt.occ_readout == "calibrated" and render is not None and cam2ego is not None \
-                and all(k in render for k in ("depth_acc", "alpha", "K")):
-            return self.readout({"logits": logits, **render}, cam2ego)["occupancy"]
-        readout = "opacity" if self.opt.occ_readout == "calibrated" else self.opt.occ_readout
-        return logits_to_occ3d(logits, self.occ_net.grid, self.opt.opacity, self.opt.occ_label_zmin,
-                               readout, self.opt.occ_threshold)
+        ``--occ_readout`` (the trainer's top-view picture): ``readout`` of the logits and ``render`` (depth_acc, alpha,
+        K of the same samples, as ``forward``'s outputs hold them), so ``calibrated`` calibrates on that render with
+        ``cam2ego`` and reads out at the fixed --occ_threshold without them."""
+        return self.readout({**(render or {}), "logits": logits}, cam2ego)["occupancy"]

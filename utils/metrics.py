@@ -112,7 +112,7 @@ class DepthEvaluator(SummedState):
         pred = torch.as_tensor(pred).detach().float().cpu()
         gt = torch.as_tensor(gt).detach().float().cpu()
         if pred.dim() == 4:
-            return [self.update(p, g, None if labels is None else lab)
+            return [self.update(p, g, lab)
                     for p, g, lab in zip(pred, gt, labels if labels is not None else [None] * len(pred))]
         assert pred.shape[0] == gt.shape[0] == self.num_cams, (pred.shape, gt.shape)
         pred = F.interpolate(pred[:, None], size=gt.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
@@ -139,9 +139,9 @@ class DepthEvaluator(SummedState):
             self.range_sums[:, 0] += torch.from_numpy(np.bincount(bins, rel, len(DEPTH_RANGES) - 1))
             self.range_sums[:, 1] += torch.from_numpy(np.bincount(bins, None, len(DEPTH_RANGES) - 1))
             if labels is not None:
-                cls = labels[c][valid].numpy()
-                keep = (cls >= 0) & (cls < len(OCC_CLASSES))
                 n = len(OCC_CLASSES)
+                cls = labels[c][valid].numpy()
+                keep = (cls >= 0) & (cls < n)
                 self.class_sums[:, 0] += torch.from_numpy(np.bincount(cls[keep], rel[keep], n))
                 self.class_sums[:, 1] += torch.from_numpy(np.bincount(cls[keep], np.log(p[keep] / g[keep]), n))
                 self.class_sums[:, 2] += torch.from_numpy(np.bincount(cls[keep], None, n))
