@@ -48,3 +48,14 @@ def test_two_cpu_processes_train_and_evaluate_like_one(synth_root, tmp_path):
     assert one["occupancy"]["num_voxels"] == two["occupancy"]["num_voxels"] > 0
     for k, v in one["scalars"].items():
         assert two["scalars"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+
+
+def test_bench_ddp_evaluates_on_its_own_data():
+    """A checkpoint keeps no paths, so each eval.py of tools/bench_ddp.sh must name the benchmark's data (the first
+    GPU run of the script trained and then stopped at 'nuScenes --dataroot not found: data/nuscenes')."""
+    script = open(os.path.join(REPO, "tools", "bench_ddp.sh")).read()
+    evals = [line for line in script.splitlines() if " eval.py " in line and not line.lstrip().startswith("#")]
+    assert len(evals) == 2, evals
+    assert 'EVAL_ARGS="--dataroot $DATA --val_split $DATA/splits/val.txt' in script
+    for line in evals:
+        assert "$EVAL_ARGS" in line, line
