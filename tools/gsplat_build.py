@@ -2,16 +2,21 @@
 tiny render, and say which rasteriser ``--raster_backend auto`` will use.
 
     python -m tools.gsplat_build        # called by tools/setup_env.sh when nvidia-smi exists
+    python -m tools.gsplat_build --save kernels/gsplat_cuda.so.gz   # also keep the built module (GSPLAT_KERNELS)
 
 Exit status 0 when gsplat is ready or when there is no CUDA device (the pure-PyTorch rasteriser runs, as it
 should on a CPU); 1 when a CUDA device is there but gsplat cannot run on it (the message gives the fix).
 """
+import argparse
+import gzip
+import os
+import shutil
 import sys
 import time
 
 import torch
 
-from utils.raster_backend import FIX, build_lock_path, gsplat_status
+from utils.raster_backend import FIX, build_lock_path, gsplat_status, prebuilt_kernels_path
 
 
 def smoke_render(device):
@@ -29,7 +34,27 @@ def smoke_render(device):
         raise RuntimeError("gsplat ran but rendered nothing or gave non-finite gradients")
 
 
-def main():
+def save_kernels(out):
+    """Copy the built module to ``out`` (gzipped when it ends in .gz) for GSPLAT_KERNELS on another machine."""
+    src = os.environ.get("GSPLAT_KERNELS") or prebuilt_kernels_path()
+    if not src:
+        print("[setup] --save: no built gsplat_cuda.so found in torch's extension cache", file=sys.stderr)
+        return 1
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    reader = gzip.open if src.endswith(".gz") and not out.endswith(".gz") else open
+    writer = gzip.open if out.endswith(".gz") and not src.endswith(".gz") else open
+    with reader(src, "rb") as f, writer(out + ".tmp", "wb") as g:
+        shutil.copyfileobj(f, g)
+    os.replace(out + ".tmp", out)
+    print(f"[setup] gsplat kernels saved: {out} ({os.path.getsize(out) / 2 ** 20:.1f} MiB; GSPLAT_KERNELS={out} "
+          "loads them on a machine of the same torch, CUDA and GPU)")
+    return 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--save", default=None, help="also copy the built kernels module here (.gz: gzipped)")
+    args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("[setup] rasteriser: torch (pure PyTorch; torch sees no CUDA device)")
         return 0
@@ -47,7 +72,7 @@ def main():
         return 1
     print(f"[setup] rasteriser: {detail} on {name} (ready in {time.perf_counter() - t0:.0f} s; kernels cached "
           f"next to {build_lock_path()})")
-    return 0
+    return save_kernels(args.save) if args.save else 0
 
 
 if __name__ == "__main__":

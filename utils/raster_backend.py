@@ -6,6 +6,11 @@ that build at once break each other (gsplat deletes an unfinished build folder b
 process here loads the kernels under one file lock: the first builds, the others wait, then load the result.
 ``tools/setup_env.sh`` does it once at set-up (``tools/gsplat_build.py``), before any training job starts.
 
+``GSPLAT_KERNELS=<file>``: the module such a build made (``gsplat_cuda.so``, or the same gzipped, ``.so.gz``), taken
+from a machine of the same torch, CUDA and GPU architecture (``python -m tools.gsplat_build --save <file>`` writes
+it). It is loaded instead of building; when it does not load (another torch, CUDA or architecture), the kernels
+build as usual and the reason is printed. For fleets of fresh machines, where the build is 90-160 s of every start.
+
 Rules of ``resolve_backend``: ``torch`` always runs the reference; ``gsplat`` needs CUDA tensors and working
 kernels; ``auto`` takes the reference on the CPU and gsplat on CUDA, and on CUDA without working gsplat it stops
 with the reason and the fix instead of training 3-10x slower (pass ``--raster_backend torch`` to do that on
@@ -13,7 +18,11 @@ purpose). The choice of ``auto`` is printed once per process (rank 0).
 """
 import contextlib
 import fcntl
+import gzip
+import importlib.util
 import os
+import shutil
+import sys
 import time
 
 from utils.errors import UserError
@@ -62,6 +71,44 @@ def file_lock(path, waiting_message=None):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def prebuilt_kernels_path():
+    """The built gsplat module of a previous build: the default build folder's ``gsplat_cuda.so`` (None if missing)."""
+    import torch.utils.cpp_extension
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or torch.utils.cpp_extension.get_default_build_root()
+    for d in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        path = os.path.join(root, d, "gsplat_cuda", "gsplat_cuda.so")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def use_prebuilt_kernels(path):
+    """Load gsplat's kernels from ``path`` (``GSPLAT_KERNELS``) so that gsplat imports them instead of building:
+    (True, detail) or (False, why not). ``.gz`` files are unpacked next to torch's extension cache first."""
+    if not os.path.isfile(path):
+        return False, f"GSPLAT_KERNELS={path}: no such file"
+    try:
+        if path.endswith(".gz"):
+            import torch.utils.cpp_extension
+            root = os.environ.get("TORCH_EXTENSIONS_DIR") or torch.utils.cpp_extension.get_default_build_root()
+            out = os.path.join(root, "gsplat_prebuilt", "gsplat_cuda.so")
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            with gzip.open(path, "rb") as src, open(out + ".tmp", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.replace(out + ".tmp", out)
+            path = out
+        import torch  # noqa: F401  (the module links against libtorch: load it first)
+        spec = importlib.util.spec_from_file_location("gsplat_cuda", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except Exception as e:  # another torch / CUDA / architecture, a truncated file
+        return False, f"GSPLAT_KERNELS={path} does not load ({type(e).__name__}: {e})"
+    import gsplat
+    sys.modules["gsplat.csrc"] = module  # gsplat.cuda._backend tries `from gsplat import csrc` before it builds
+    gsplat.csrc = module
+    return True, f"prebuilt kernels {path}"
+
+
 def gsplat_status(load_kernels=True):
     """(ok, detail): whether gsplat imports and, with ``load_kernels``, whether its CUDA kernels load (built once,
     under the lock, when missing). ``detail`` is the version when ok, else the reason. Cached per process."""
@@ -76,6 +123,12 @@ def gsplat_status(load_kernels=True):
         t0 = time.perf_counter()
         with file_lock(build_lock_path(), "[rasteriser] waiting for another process that builds gsplat's CUDA "
                                           "kernels"):
+            if os.environ.get("GSPLAT_KERNELS") and "gsplat.cuda._backend" not in sys.modules:
+                used, why = use_prebuilt_kernels(os.environ["GSPLAT_KERNELS"])
+                if used:
+                    detail += f" ({why})"
+                else:
+                    print(f"[rasteriser] {why}; building the kernels instead", flush=True)
             try:
                 from gsplat.cuda._backend import _C
             except Exception as e:
