@@ -56,6 +56,8 @@ RULES = [
      "XMIN XMAX YMIN YMAX ZMIN ZMAX with each minimum below its maximum"),
     ("input_size", lambda o: o.stage != "gsp" or min(o.input_size) > 32,
      "above 32 (each value) for stage 1: its encoders downsample 32 times"),
+    ("w_extra_sem", lambda o: o.w_extra_sem <= 0 or (o.w_extra_views > 0 and o.use_sem),
+     "0 unless --w_extra_views > 0 and --use_sem true (it scores the previous / next frame's rendered semantics)"),
 ]
 # The evaluation protocol: eval.py uses their defaults unless its own command line (or --config) sets them, whatever
 # the evaluated run was trained (and validated) with.

@@ -322,6 +322,8 @@ class NuScenesDataset(Dataset):
         self.load_depth = eval_labels or trains_on_depth(opt)
         tables = load_tables(opt.dataroot, opt.version)  # first: a wrong --dataroot is reported as such
         self.sem_root = resolve(opt.dataroot, opt.sem_root) if opt.use_sem else None
+        # the 2D labels of the previous / next keyframe too (their rendered semantics, --w_extra_sem)
+        self.sem_adjacent = self.sem_root is not None and getattr(opt, "w_extra_sem", 0) > 0
         self.sem_format = opt.sem_format
         if self.sem_format not in SEM_FORMATS:
             raise BadData(f"--sem_format must be one of {SEM_FORMATS}, got {self.sem_format!r}")
@@ -423,6 +425,10 @@ class NuScenesDataset(Dataset):
         def frame(sds):
             return [sd["filename"] for sd in sds], np.stack([ego_pose(sd) for sd in sds]).astype(np.float32)
 
+        def sample_of(sds):  # the sample whose keyframe images these are (its 2D labels), else None
+            tokens = {sd.get("sample_token") for sd in sds}
+            return tokens.pop() if len(tokens) == 1 and all(sd.get("is_key_frame") for sd in sds) else None
+
         cam2ego = np.zeros((len(CAMS), 4, 4), np.float32)
         K = np.zeros((len(CAMS), 3, 3), np.float32)
         for c, cam in enumerate(CAMS):
@@ -437,7 +443,7 @@ class NuScenesDataset(Dataset):
             K[c] = cs["camera_intrinsic"]
         out = dict(token=token, cur=frame(current), cam2ego=cam2ego, K=K)
         for direction in ("prev", "next"):
-            frames, sds = [], current
+            frames, sds, samples = [], current, []
             while len(frames) < max_stride:
                 nxt = [chain_step(tables, sd, direction, keyframes_only) for sd in sds]
                 if any(sd is None for sd in nxt):  # as far as all 6 chains reach
@@ -451,10 +457,13 @@ class NuScenesDataset(Dataset):
                         nxt = [chain_step(tables, sd, direction, True) for sd in sds]
                         if not any(sd is None for sd in nxt):
                             frames.append(frame(nxt))
+                            samples.append(sample_of(nxt))
                         break
                 frames.append(frame(nxt))
+                samples.append(sample_of(nxt))
                 sds = nxt
             out[direction] = frames
+            out[direction + "_samples"] = samples
         return out
 
     def _stride(self, m):
@@ -490,6 +499,15 @@ class NuScenesDataset(Dataset):
         if self.sem_root is not None:
             item["sem"] = torch.stack([resize_labels(self._read_sem(m, c, sizes[c]), self.render_size)
                                        for c in range(len(CAMS))])
+        if self.sem_adjacent:  # (2, 6, h, w): the previous / next keyframe's labels, 255 where it has none
+            adj = torch.full((2, len(CAMS)) + self.render_size, 255, dtype=item["sem"].dtype)
+            for k, d in enumerate(("prev", "next")):
+                token = m.get(d + "_samples", [None] * s)[s - 1] if 0 < s <= len(m[d]) else None
+                if token is not None:
+                    other = dict(m, token=token, cur=m[d][s - 1])
+                    adj[k] = torch.stack([resize_labels(self._read_sem(other, c, sizes[c]), self.render_size)
+                                          for c in range(len(CAMS))])
+            item["sem_adj"] = adj
         if self.occ_root is not None and self.eval_labels:
             path = os.path.join(self.occ_root, m["scene"], m["token"], "labels.npz")
             keys = ("semantics", "mask_camera", "mask_lidar")

@@ -71,6 +71,12 @@ def add_args(parser):
                         "into them), smoothness and depth spread with this weight: 3x the rays on the same volume "
                         "(a depth-only volume's ceiling rises from 68.8 to 82.7 geo IoU with the adjacent sweeps' "
                         "rays, docs/results/depth_to_occ.md); 0 = the current cameras only (the authors')")
+    g.add_argument("--w_extra_sem", type=float, default=0.0,
+                   help="> 0 (with --w_extra_views > 0 and --use_sem): also the semantic cross-entropy of the previous / "
+                        "next frame's rendered cameras against that keyframe's own 2D labels, with this weight: the "
+                        "silhouettes of the same volume from the viewpoints 0.5 s away, which constrain surfaces that "
+                        "have too little texture for the photometric loss (docs/results/photo_depth.md); neighbours "
+                        "without labels (camera sweeps) are left out. 0 = off (the authors')")
     g.add_argument("--w_depth_oracle", type=float, default=0.0,
                    help="DIAGNOSTIC ONLY, uses ground truth: > 0 adds this weight times |rendered depth - LiDAR depth| "
                         "/ LiDAR depth at the points of --depth_root (the training set then loads them). It says how "
@@ -206,6 +212,13 @@ class GSVLoss(nn.Module):
                     parts["dist_extra"].append(depth_spread(ex["depth_acc"][:, k], ex["zsq"][:, k], ex["alpha"][:, k],
                                                             opt.min_depth))
             raw.update({k: sum(v) / len(v) for k, v in parts.items() if v})
+            if opt.w_extra_sem > 0 and "sem_adj" in batch and "sem" in ex:
+                labels = batch["sem_adj"].flatten(0, 2)  # (B*2*6, h, w)
+                if valid is not None:
+                    labels = labels.masked_fill(~valid[:, 0].view(B, 1, n, h, w).expand(B, 2, n, h, w)
+                                                .flatten(0, 2), 255)
+                if (labels != 255).any():
+                    raw["sem_extra"] = semantic_ce(ex["sem"].flatten(0, 2), labels, weight=self.sem_weight)
         if opt.w_depth_oracle > 0:
             if "depth_gt" not in batch:
                 raise ValueError("--w_depth_oracle > 0 but the batch holds no depth_gt (this loader reads no LiDAR "
@@ -222,7 +235,8 @@ class GSVLoss(nn.Module):
         weights = {"reproj": 1.0, "smooth": opt.w_smooth, "entropy": opt.w_entropy * self.entropy_ramp(),
                    "tv": opt.w_tv, "sem": opt.w_sem, "dist": opt.w_dist,
                    "depth_oracle": opt.w_depth_oracle,
-                   "reproj_extra": x, "smooth_extra": x * opt.w_smooth, "dist_extra": x * opt.w_dist}
+                   "reproj_extra": x, "smooth_extra": x * opt.w_smooth, "dist_extra": x * opt.w_dist,
+                   "sem_extra": opt.w_extra_sem}
         terms = {k: weights[k] * v for k, v in raw.items()}
         logs = {f"loss_{k}": v.detach() for k, v in raw.items()}
         logs.update(automask_kept=maps["mask"].float().mean(),

@@ -180,7 +180,7 @@ class GSVModel(nn.Module):
         seen_opacity / faint_alpha (B, 6, 1, h, w): sum_i w_i o_i and sum_i w_i [o_i < FAINT_OPACITY], the opacity
         of the Gaussians that make each pixel's alpha and the part of the alpha that faint ones carry (fog
         statistics, ``fog_stats``); with ``T``: extra = dict of depth, depth_acc, alpha (, zsq) (B, 2, 6, 1, h, w)
-        of the previous / next frame's cameras, rendered in the same rasterize call.
+        and sem (B, 2, 6, C, h, w) of the previous / next frame's cameras, rendered in the same rasterize call.
         """
         imgs, K, cam2ego = batch.get("imgs_net", batch["imgs"])[:, 1], batch["K"], batch["cam2ego"]
         h, w = self.opt.render_size
@@ -223,7 +223,7 @@ class GSVModel(nn.Module):
         if T is not None:  # the cameras after the first 6 are the previous / next frame's
             B = r["depth"].shape[0]
             r["extra"] = {k: r[k][:, n_cam:].reshape(B, 2, n_cam, *r[k].shape[2:])
-                          for k in ("depth", "depth_acc", "alpha", "zsq") if k in r}
+                          for k in ("depth", "depth_acc", "alpha", "zsq", "sem") if k in r}
             for k in ("depth", "depth_acc", "alpha", "zsq", "sem", "seen_opacity", "faint_alpha"):
                 if k in r:
                     r[k] = r[k][:, :n_cam]

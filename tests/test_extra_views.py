@@ -83,3 +83,38 @@ def test_extra_views_need_the_gaussian_renderer():
     model = GSVModel(opt, criterion=GSVLoss(opt, 17), pose_source=lambda b: torch.eye(4).expand(1, 2, 6, 4, 4))
     with pytest.raises(ValueError, match="--w_extra_views needs --render_type gs"):
         model(make_batch())
+
+
+def test_extra_semantics_are_those_of_cameras_at_the_adjacent_poses_and_add_their_loss():
+    model = GSVModel(tiny_opt("--w_extra_views", "1", "--w_extra_sem", "0.3"))
+    fixed_volume(model)
+    batch = make_batch()
+    T = torch.stack([torch.stack([motion(-0.7, 0.05 * c) for c in range(6)]),
+                     torch.stack([motion(0.9, -0.03 * c) for c in range(6)])])[None]
+    r = model.render(batch, T)
+    assert r["extra"]["sem"].shape == (1, 2, 6) + r["sem"].shape[2:]
+    for k in range(2):
+        ref = model.render(dict(batch, cam2ego=batch["cam2ego"] @ inverse_rigid(T[0, k])))
+        assert torch.allclose(r["extra"]["sem"][:, k], ref["sem"], atol=1e-4), k
+    crit = GSVLoss(model.opt, 17)
+    labels = batch["sem"][:, None].repeat(1, 2, 1, 1, 1)
+    labels[:, 1, :, :4] = 255  # unlabelled pixels of the next frame are left out
+    torch.manual_seed(1)  # (the auto-mask's tie-breaking noise)
+    with_adj = crit.terms(r, dict(batch, sem_adj=labels), T)
+    torch.manual_seed(1)
+    without = crit.terms(r, batch, T)
+    assert "sem_extra" in with_adj[0] and "sem_extra" not in without[0]
+    from utils.losses import semantic_ce
+    want = semantic_ce(r["extra"]["sem"].flatten(0, 2), labels.flatten(0, 2), weight=crit.sem_weight)
+    assert float(with_adj[1]["loss_sem_extra"]) == pytest.approx(float(want), rel=1e-5)
+    assert float(with_adj[0]["sem_extra"]) == pytest.approx(0.3 * float(want), rel=1e-5)
+    for k in without[0]:  # the other terms are unchanged
+        assert float(with_adj[0][k]) == pytest.approx(float(without[0][k]), rel=1e-6, abs=1e-9), k
+    none = crit.terms(r, dict(batch, sem_adj=torch.full_like(labels, 255)), T)[0]
+    assert "sem_extra" not in none  # a frame without labels adds nothing (no NaN from an empty mean)
+
+
+def test_extra_semantics_need_the_extra_views():
+    from utils.errors import ConfigError
+    with pytest.raises(ConfigError, match="--w_extra_sem"):
+        tiny_opt("--w_extra_sem", "0.3")

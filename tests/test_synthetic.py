@@ -263,3 +263,20 @@ def test_the_preview_needs_no_nuscenes_devkit(synth_root, tmp_path, monkeypatch)
     img = np.array(Image.open(tmp_path / "p.png"))
     assert img.ndim == 3 and img.shape[0] == 4 * 90 and img.shape[1] > 3 * 160  # 2 rows of images + 2 of labels, BEV
     assert img[:90, :160].std() > 5  # a camera image, not a blank
+
+
+def test_adjacent_keyframe_labels_for_the_extra_views(synth_root):
+    """--w_extra_sem: each item also holds the previous / next keyframe's own 2D labels (``sem_adj``); 255 where the
+    neighbour has none (a camera sweep, or no neighbour at the end of the scene)."""
+    kw = dict(use_sem=True, sem_root="sem", w_extra_sem=0.5)
+    key = NuScenesDataset(_opt(synth_root, adjacent="keyframe", **kw), "val")
+    items = [key[i] for i in range(FRAMES)]
+    mid = items[1]
+    assert mid["sem_adj"].shape == (2,) + tuple(mid["sem"].shape)
+    assert torch.equal(mid["sem_adj"][0], items[0]["sem"]) and torch.equal(mid["sem_adj"][1], items[2]["sem"])
+    assert not torch.equal(items[0]["sem"], items[2]["sem"])  # (the check can fail: the frames differ)
+    assert (items[0]["sem_adj"][0] == 255).all() and torch.equal(items[0]["sem_adj"][1], mid["sem"])
+    sweep = NuScenesDataset(_opt(synth_root, adjacent="sweep", **kw), "val")[1]
+    assert (sweep["sem_adj"] == 255).all()  # sweeps have no labels
+    assert "sem_adj" not in NuScenesDataset(_opt(synth_root, adjacent="keyframe", use_sem=True, sem_root="sem"),
+                                            "val")[1]
