@@ -174,6 +174,8 @@ class DDADDataset(NuScenesDataset):
         self.eval_labels, self.uint8_images = eval_labels, uint8_images
         self.load_depth = eval_labels or trains_on_depth(opt)
         self.sem_root = resolve(root, opt.sem_root) if opt.use_sem else None
+        if self.sem_root is not None and getattr(opt, "w_extra_sem", 0) > 0:
+            raise BadData("--w_extra_sem: the DDAD loader has no labels of the neighbouring frames; use 0 on DDAD")
         self.sem_format = opt.sem_format
         self.occ_root = None
         self.depth_root = resolve(root, opt.depth_root)

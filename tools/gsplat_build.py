@@ -51,10 +51,10 @@ def save_kernels(out):
     return 0
 
 
-def main(argv=None):
+def main(argv=()):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--save", default=None, help="also copy the built kernels module here (.gz: gzipped)")
-    args = ap.parse_args(argv)
+    args = ap.parse_args(list(argv))
     if not torch.cuda.is_available():
         print("[setup] rasteriser: torch (pure PyTorch; torch sees no CUDA device)")
         return 0
@@ -76,4 +76,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
