@@ -11,6 +11,9 @@ def test_textured_facades_resolve_at_true_depth():
         assert res[box]["all"]["pixels"] > 5000
         assert res[box]["manmade"]["median"] <= 0.03, res[box]["manmade"]
     assert res["box5"]["manmade"]["within_5pct"] > 0.6
+    both = pd.run(seed=0, scenes=[12], keyframes=[2], size=(45, 80), spacing=[1 / 12, 0.5], boxes=(5,))
+    assert both["box5"]["all"]["pixels"] >= res["box5"]["all"]["pixels"]  # more neighbours see at least as much
+    assert both["box5"]["manmade"]["median"] <= 0.03
 
 
 def test_wrong_motion_does_not_resolve():

@@ -50,7 +50,7 @@ def render(world, ego2global, h, w, with_cls=False):
 
 
 def winner_take_all(img, depth, sources, motions, K, cam2ego, scales=SCALES, boxes=(1,)):
-    """Per box size: (6, 1, h, w) the factor s of the smallest (box-summed) photometric error per pixel, and a
+    """``sources`` / ``motions``: the neighbour images and the ego motions current -> neighbour. Per box size: (6, 1, h, w) the factor s of the smallest (box-summed) photometric error per pixel, and a
     (6, 1, h, w) mask of pixels with a valid warp from some source at every s."""
     best = {b: (torch.full_like(depth, float("inf")), torch.ones_like(depth)) for b in boxes}
     ok_all = torch.ones_like(depth, dtype=torch.bool)
@@ -61,7 +61,7 @@ def winner_take_all(img, depth, sources, motions, K, cam2ego, scales=SCALES, box
             wp, valid = warp(src, depth * s, K, T)
             e = photometric_error(wp, img)
             errs.append(torch.where(valid.bool(), e, torch.full_like(e, float("inf"))))
-        err = torch.minimum(*errs) if len(errs) == 2 else errs[0]
+        err = torch.stack(errs).min(0).values
         ok_all &= torch.isfinite(err)
         for b in boxes:
             e = err if b == 1 else F.avg_pool2d(torch.nan_to_num(err, posinf=1.0), b, 1, b // 2,
@@ -87,6 +87,8 @@ def summarise(rel, cls, keep):
 
 
 def run(seed, scenes, keyframes, size, spacing, boxes, frames_per_scene=8):
+    """``spacing``: seconds to the neighbours, one value or several (then all their neighbours are sources)."""
+    spacings = [spacing] if isinstance(spacing, (int, float)) else list(spacing)
     h, w = size
     K, c2e = rig_tensors(h, w)
     rels = {b: [] for b in boxes}
@@ -94,13 +96,12 @@ def run(seed, scenes, keyframes, size, spacing, boxes, frames_per_scene=8):
     for sc in scenes:
         world = make_scene(seed, sc, frames_per_scene)
         for k in keyframes:
-            t = k * SAMPLE_DT + np.array([-spacing, 0.0, spacing])
-            poses = world.ego_pose(t)
-            prev, _ = render(world, poses[0], h, w)
-            img, depth, cls = render(world, poses[1], h, w, with_cls=True)
-            nxt, _ = render(world, poses[2], h, w)
-            motions = [ego_motion(poses, 1, 0), ego_motion(poses, 1, 2)]
-            s_best, ok = winner_take_all(img, depth, [prev, nxt], motions, K, c2e, boxes=boxes)
+            offsets = [o for sp in spacings for o in (-sp, sp)]
+            poses = world.ego_pose(k * SAMPLE_DT + np.array([0.0] + offsets))
+            img, depth, cls = render(world, poses[0], h, w, with_cls=True)
+            srcs = [render(world, poses[j], h, w)[0] for j in range(1, len(poses))]
+            motions = [ego_motion(poses, 0, j) for j in range(1, len(poses))]
+            s_best, ok = winner_take_all(img, depth, srcs, motions, K, c2e, boxes=boxes)
             keep = ok[:, 0] & (depth[:, 0] < MAX_RANGE * 0.99) & (cls < 255)
             for b in boxes:
                 rels[b].append((s_best[b][:, 0] - 1).abs())
@@ -117,7 +118,9 @@ def main(argv=None):
     p.add_argument("--frames_per_scene", type=int, default=8)
     p.add_argument("--keyframes", type=int, nargs="+", default=[2, 5])
     p.add_argument("--size", type=int, nargs=2, default=(180, 320), metavar=("H", "W"))
-    p.add_argument("--spacing", type=float, default=SAMPLE_DT, help="seconds to the previous / next frame")
+    p.add_argument("--spacing", type=float, nargs="+", default=[SAMPLE_DT],
+                   help="seconds to the previous / next frame; several values: the neighbours at every spacing are "
+                        "sources at once (the per-pixel minimum over all of them)")
     p.add_argument("--boxes", type=int, nargs="+", default=[1, 7])
     p.add_argument("--out", default="logs/photo_depth.json")
     a = p.parse_args(argv)
