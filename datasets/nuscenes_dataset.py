@@ -355,6 +355,10 @@ class NuScenesDataset(Dataset):
         checked = set()  # calibration / ego pose records already checked
         self.stride_range = stride_range(opt.frame_stride)
         self.random_stride = split == "train" and self.stride_range[1] > self.stride_range[0]
+        self.near_stride = int(getattr(opt, "near_stride", 0) or 0)
+        if self.near_stride and not 0 < self.near_stride < self.stride_range[0]:
+            raise BadData(f"--near_stride {self.near_stride}: must be 0 or between 1 and --frame_stride - 1 "
+                          f"({self.stride_range[0]} here)")
         train_sweeps = split == "train" and opt.train_sweeps and self.adjacent == "sweep"
         if train_sweeps and (opt.use_sem or eval_labels):
             raise BadData("--train_sweeps: camera sweeps have no labels; use it without --use_sem (stage 1)")
@@ -384,6 +388,8 @@ class NuScenesDataset(Dataset):
         if self.stride_range != (1, 1):
             print(f"[data] {split}: neighbours {self.stride_range[0]}" + (f" to {self.stride_range[1]} (drawn per "
                   "sample)" if self.random_stride else "") + " steps along each camera's chain (--frame_stride)")
+        if self.near_stride:
+            print(f"[data] {split}: also the neighbours {self.near_stride} steps away (--near_stride): 4 sources")
         if train_sweeps:
             print(f"[data] train: {len(self.samples)} items centred on keyframes and camera sweeps (--train_sweeps)")
 
@@ -482,12 +488,15 @@ class NuScenesDataset(Dataset):
 
     def __getitem__(self, index):
         m = self.samples[index]
-        imgs = torch.zeros((3, len(CAMS), 3) + self.input_size, dtype=torch.uint8 if self.uint8_images else None)
         K = torch.from_numpy(m["K"].copy())
         sizes = []  # original (h, w) of the current images
         s = self._stride(m)
         frames = [m[d][s - 1] if 0 < s <= len(m[d]) else m["cur"] for d in ("prev", "next")]  # else: no neighbour
         frames.insert(1, m["cur"])
+        n = self.near_stride  # frames 3 / 4: the near neighbours (--near_stride)
+        frames += [m[d][n - 1] if 0 < n <= len(m[d]) else m["cur"] for d in ("prev", "next")] if n else []
+        imgs = torch.zeros((len(frames), len(CAMS), 3) + self.input_size,
+                           dtype=torch.uint8 if self.uint8_images else None)
         for f, (files, _) in enumerate(frames):
             for c in range(len(CAMS)):
                 imgs[f, c], (h0, w0) = load_image(os.path.join(self.dataroot, files[c]), self.input_size,

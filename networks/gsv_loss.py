@@ -179,14 +179,16 @@ class GSVLoss(nn.Module):
         opt = self.opt
         B, n = r["depth"].shape[:2]
         h, w = r["depth"].shape[-2:]
-        imgs = F.interpolate(batch["imgs"].flatten(0, 2), (h, w), mode="area").view(B, 3, n, 3, h, w)
-        target, sources = imgs[:, 1].flatten(0, 1), [imgs[:, 0].flatten(0, 1), imgs[:, 2].flatten(0, 1)]
+        imgs = F.interpolate(batch["imgs"].flatten(0, 2), (h, w), mode="area").view(B, -1, n, 3, h, w)
+        # frames: previous, current, next (and with --near_stride the near previous / next, T's 3rd and 4th)
+        target = imgs[:, 1].flatten(0, 1)
+        sources = [imgs[:, f].flatten(0, 1) for f in range(imgs.shape[1]) if f != 1]
         depth = r["depth"].flatten(0, 1).clamp(opt.min_depth, opt.max_depth)
         valid = self_occlusion(batch, (h, w))  # 0 = ego car body -> (B*6,1,h,w) bool
         valid = None if valid is None else valid.flatten(0, 1) > 0.5
         raw = {}  # unweighted
         raw["reproj"], maps = temporal_loss(target, sources, depth, r["K"].flatten(0, 1),
-                                            [T[:, k].flatten(0, 1) for k in range(2)], target_mask=valid,
+                                            [T[:, k].flatten(0, 1) for k in range(len(sources))], target_mask=valid,
                                             invalid=opt.reproj_invalid)
         raw["smooth"] = smoothness_loss(1 / depth, target)
         if opt.entropy_on == "gaussians":

@@ -242,7 +242,7 @@ class GSVModel(nn.Module):
             raise ValueError("this GSVModel has no criterion or no pose source: networks.build_model(opt, load_stage1="
                              "rebuild.load_stage1) composes one that trains")
         T = self.pose_source(batch)
-        r = self.render(batch, T) if self.opt.w_extra_views > 0 else self.render(batch)
+        r = self.render(batch, T[:, :2]) if self.opt.w_extra_views > 0 else self.render(batch)
         loss, logs = self.criterion(r, batch, T)
         logs["num_gaussians"] = r["num_gaussians"]
         outputs = {"depth": r["depth"].detach()[:, :, 0], "alpha": r["alpha"].detach()[:, :, 0],

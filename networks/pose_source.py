@@ -1,7 +1,8 @@
 """Where stage 2 gets the camera motion of its temporal loss: recorded ego poses or the frozen stage-1 pose net.
 
 A pose source is a callable ``source(batch) -> T (B, 2, 6, 4, 4)``: per camera, current camera -> previous (0) /
-next (1) camera of the same sensor, the ``T_tgt2src`` of ``utils.geometry.warp``. Built once by the caller
+next (1) camera of the same sensor, the ``T_tgt2src`` of ``utils.geometry.warp``; with the near neighbours of
+``--near_stride`` (batch frames 3 / 4) T is (B, 4, 6, 4, 4), those two following. Built once by the caller
 (``build_pose_source``, called by ``networks.build_model``) and handed to the model, so a test can swap it without
 checkpoints on disk.
 """
@@ -15,7 +16,7 @@ class RecordedPoses:
 
     def __call__(self, batch):
         cam2ego, e2g = batch["cam2ego"], batch["ego2global"]
-        return torch.stack([rel_cam_pose(cam2ego, e2g[:, 1], e2g[:, k]) for k in (0, 2)], 1)
+        return torch.stack([rel_cam_pose(cam2ego, e2g[:, 1], e2g[:, k]) for k in range(e2g.shape[1]) if k != 1], 1)
 
 
 class Stage1Poses:
@@ -37,6 +38,12 @@ class Stage1Poses:
         self.cache = {} if cache else None
 
     def __call__(self, batch):
+        if batch["imgs"].shape[1] > 3:  # the near neighbours (--near_stride): frames 3 / 4, predicted as a pair
+            near = dict(batch, imgs=batch["imgs"][:, [3, 1, 4]], ego2global=batch["ego2global"][:, [3, 1, 4]])
+            if batch.get("token") is not None:
+                near["token"] = [f"{t}#near" for t in batch["token"]]
+            far = dict(batch, imgs=batch["imgs"][:, :3], ego2global=batch["ego2global"][:, :3])
+            return torch.cat([self(far), self(near)], 1)
         cam2ego = batch["cam2ego"]
         if self.model is None:
             self.model = self.load(self.ckpt, cam2ego.device).requires_grad_(False)

@@ -118,3 +118,34 @@ def test_extra_semantics_need_the_extra_views():
     from utils.errors import ConfigError
     with pytest.raises(ConfigError, match="--w_extra_sem"):
         tiny_opt("--w_extra_sem", "0.3")
+
+
+def test_near_neighbours_are_two_more_sources_of_the_temporal_loss():
+    """--near_stride: the batch's frames 3 / 4 are sources too (per-pixel minimum over 4); the recorded pose source
+    gives their motion as T's 3rd / 4th entries. Copies of the previous / next frame change nothing."""
+    from networks.pose_source import RecordedPoses
+    batch = make_batch()
+    batch["ego2global"][:, 0, :, 0, 3] = -0.5
+    batch["ego2global"][:, 2, :, 0, 3] = 0.5
+    batch["imgs"][:, 0] = batch["imgs"][:, 0] * 0.8 + 0.1
+    batch["imgs"][:, 2] = batch["imgs"][:, 2].flip(-1) * 0.7 + 0.2  # neither neighbour matches the current frame
+    five = dict(batch, imgs=torch.cat([batch["imgs"], batch["imgs"][:, [0, 2]]], 1),
+                ego2global=torch.cat([batch["ego2global"], batch["ego2global"][:, [0, 2]]], 1))
+    T3, T5 = RecordedPoses()(batch), RecordedPoses()(five)
+    assert T3.shape[1] == 2 and T5.shape[1] == 4 and torch.allclose(T5[:, 2:], T3)
+    model = GSVModel(tiny_opt())
+    fixed_volume(model)
+    r = model.render(batch)
+    crit = GSVLoss(model.opt, 17)
+    torch.manual_seed(0)
+    three = crit.terms(r, batch, T3)[1]["loss_reproj"]
+    torch.manual_seed(0)
+    dup = crit.terms(r, five, T5)[1]["loss_reproj"]
+    assert float(three) > 0.01
+    assert float(dup) == pytest.approx(float(three), rel=1e-3)
+    other = dict(five, imgs=five["imgs"].clone())
+    other["imgs"][:, 3:] = other["imgs"][:, 1:2]  # near neighbours identical to the current frame: warps that fit
+    T_still = torch.cat([T3, torch.eye(4).expand(1, 2, 6, 4, 4)], 1)
+    torch.manual_seed(0)
+    still = crit.terms(r, other, T_still)[1]["loss_reproj"]
+    assert float(still) < 0.5 * float(three)  # the new sources are used: the minimum drops

@@ -280,3 +280,19 @@ def test_adjacent_keyframe_labels_for_the_extra_views(synth_root):
     assert (sweep["sem_adj"] == 255).all()  # sweeps have no labels
     assert "sem_adj" not in NuScenesDataset(_opt(synth_root, adjacent="keyframe", use_sem=True, sem_root="sem"),
                                             "val")[1]
+
+
+def test_near_neighbours_as_two_more_frames(synth_root):
+    """--near_stride N: frames 3 / 4 are the neighbours N steps away, frames 0 / 2 those of --frame_stride (here the
+    keyframes 0.5 s away through the sweep chain and the sweeps 1/12 s away)."""
+    world = make_scene(SEED, 1, FRAMES)
+    item = NuScenesDataset(_opt(synth_root, adjacent="sweep", frame_stride=[SWEEPS + 1], near_stride=1), "val")[1]
+    assert item["imgs"].shape[0] == 5 and item["ego2global"].shape[:2] == (5, len(CAMS))
+    E = item["ego2global"][:, 0].double().numpy()
+    dt = SAMPLE_DT / (SWEEPS + 1)
+    truth = world.ego_pose([0.0, SAMPLE_DT, 2 * SAMPLE_DT, SAMPLE_DT - dt, SAMPLE_DT + dt])
+    np.testing.assert_allclose(E, truth, atol=1e-4)
+    plain = NuScenesDataset(_opt(synth_root, adjacent="sweep", frame_stride=[SWEEPS + 1]), "val")[1]
+    assert plain["imgs"].shape[0] == 3 and torch.equal(plain["imgs"], item["imgs"][:3])
+    with pytest.raises(Exception, match="--near_stride"):
+        NuScenesDataset(_opt(synth_root, adjacent="sweep", frame_stride=[2], near_stride=2), "val")
