@@ -1,0 +1,41 @@
+"""tools/device_run.sh: a command's output and logs come back packed whether it ends by itself or is stopped at the
+deadline (then exit 124, and its process group is gone)."""
+import os
+import subprocess
+import tarfile
+import time
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "device_run.sh"
+
+
+def run(tmp_path, deadline, *cmd):
+    out = tmp_path / "out"
+    t0 = time.time()
+    r = subprocess.run(["sh", str(SCRIPT), str(deadline), str(out), *cmd], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120, env=dict(os.environ, PATH="/usr/bin:/bin"))
+    with tarfile.open(out / "logs.tar.gz") as t:
+        names = t.getnames()
+    return r, names, time.time() - t0
+
+
+def test_rc_and_logs_of_a_command_that_ends(tmp_path):
+    r, names, _ = run(tmp_path, 60, "sh", "-c", "mkdir -p logs/run1 && echo '{}' > logs/run1/metrics.json && exit 3")
+    assert r.returncode == 3, r.stderr
+    assert "logs/run1/metrics.json" in names and "logs/device_run.log" in names
+    assert "rc 3" in (tmp_path / "logs" / "device_run.log").read_text()
+
+
+def test_the_deadline_stops_the_command_and_still_packs(tmp_path):
+    r, names, took = run(tmp_path, 3, "sh", "-c", "echo started > logs/partial.log; sleep 60 & wait")
+    assert r.returncode == 124 and took < 30, (r.returncode, took, r.stderr)
+    assert "logs/partial.log" in names
+    assert "stopped at the deadline" in (tmp_path / "logs" / "device_run.log").read_text()
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "sleep 60" not in ps  # the whole process group went
+
+
+def test_bad_deadline_is_named(tmp_path):
+    r = subprocess.run(["sh", str(SCRIPT), "soon", str(tmp_path), "true"], cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "DEADLINE_S" in r.stderr

@@ -1,0 +1,57 @@
+#!/bin/sh
+# One whole GPU experiment inside one time-limited call on a fresh machine (a lent GPU, a CI runner, a cluster job
+# with a hard wall-clock limit): nothing is lost when the limit comes, because whatever the run has written is
+# packed before it.
+#
+#   sh tools/device_run.sh DEADLINE_S OUT_DIR COMMAND...
+#   e.g. sh tools/device_run.sh 570 $OUT sh tools/run_benchmarks.sh occupancy
+#
+# 1. wheels in .whl/ (if any) are installed into /tmp/site (no network needed) and put on PYTHONPATH;
+# 2. gsplat's kernels: .kernels/gsplat_cuda.so.gz is used when present (GSPLAT_KERNELS; ~1 s), else they are built
+#    once and saved to OUT_DIR/gsplat_cuda.so.gz for the next machine (tools/gsplat_build.py --save);
+# 3. COMMAND runs in the background, its output in logs/device_run.log;
+# 4. when it ends, or DEADLINE_S seconds after the start (then it is stopped), logs/ is packed into
+#    OUT_DIR/logs.tar.gz: logs and summaries, options, training logs, eval metrics (no checkpoints, no images).
+# Exit status: COMMAND's, or 124 when the deadline stopped it.
+[ $# -ge 3 ] || { echo "usage: sh tools/device_run.sh DEADLINE_S OUT_DIR COMMAND..." >&2; exit 2; }
+DEADLINE=$1; OUT_DIR=$2; shift 2
+case "$DEADLINE" in ''|*[!0-9]*) echo "device_run: DEADLINE_S must be whole seconds, got '$DEADLINE'" >&2; exit 2;; esac
+T0=$(date +%s)
+PY=${PY:-python3}
+mkdir -p logs "$OUT_DIR"
+if ls .whl/*.whl > /dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || { echo "device_run: installing .whl/ failed" >&2; exit 1; }
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if command -v nvidia-smi > /dev/null 2>&1; then
+    if [ -f .kernels/gsplat_cuda.so.gz ] && [ -z "${GSPLAT_KERNELS:-}" ]; then
+        export GSPLAT_KERNELS=.kernels/gsplat_cuda.so.gz
+        $PY -m tools.gsplat_build > logs/gsplat_build.log 2>&1
+    else
+        $PY -m tools.gsplat_build --save "$OUT_DIR/gsplat_cuda.so.gz" > logs/gsplat_build.log 2>&1
+    fi
+    tail -1 logs/gsplat_build.log
+fi
+export PYTHONUNBUFFERED=1
+setsid "$@" > logs/device_run.log 2>&1 < /dev/null &
+P=$!
+RC=""
+while [ -z "$RC" ]; do
+    if ! kill -0 $P 2> /dev/null; then
+        wait $P; RC=$?
+    elif [ $(( $(date +%s) - T0 )) -ge "$DEADLINE" ]; then
+        kill -TERM -$P 2> /dev/null || kill -TERM $P 2> /dev/null
+        sleep 2; kill -KILL -$P 2> /dev/null
+        RC=124
+        echo "[device_run] stopped at the deadline ($DEADLINE s)" >> logs/device_run.log
+    else
+        sleep 2
+    fi
+done
+echo "[device_run] rc $RC after $(( $(date +%s) - T0 )) s" >> logs/device_run.log
+find logs \( -name '*.log' -o -name '*.md' -o -name '*.json' -o -name '*.jsonl' -o -name 'options.txt' \) \
+    -size -20M > /tmp/device_run.files
+tar czf "$OUT_DIR/logs.tar.gz" -T /tmp/device_run.files
+tail -15 logs/device_run.log
+exit $RC
