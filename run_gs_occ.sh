@@ -43,7 +43,7 @@ synthetic)
         GEN="--num_scenes 3 --frames_per_scene 10 --img_size 180 320 --val_scenes 1"
     else
         # 16 streets x 8 keyframes with 12 Hz sweeps, 4 held out: about 3.5 minutes on 16 cores (gsplat's kernels
-        # build meanwhile); with stage 1 (4 min), refine (500 steps) and stage 2 (8 min on one H200) about 20 minutes
+        # build meanwhile); with stage 1 (4 min), refine (500 steps) and stage 2 (6 min on one H200) under 20 minutes
         ROOT=data/synthetic-full; C1=configs/synthetic-gsp.txt; C2=configs/synthetic-gsv.txt
         REFINE_STEPS=${REFINE_STEPS:-500}
         GEN="--num_scenes 16 --frames_per_scene 8 --img_size 270 480 --val_scenes 4 --workers $(nproc)"

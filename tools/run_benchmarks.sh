@@ -136,7 +136,7 @@ gpu-default)
     # poses with the same options (the number the stage-1 pose is compared with), the untrained network (the baseline),
     # plus GD_VARIANTS ("name:options" lines over configs/synthetic-gsv.txt, recorded poses); after the refine phase,
     # stage 1 per held-out street at
-    # sweep and keyframe spacing. GD_MIN: minutes of every stage-2 run, run_gs_occ.sh's too (default 8, its config's).
+    # sweep and keyframe spacing. GD_MIN: minutes of every stage-2 run, run_gs_occ.sh's too (default 6, its config's).
     # GD_FIXTURE: a nuScenes fixture root with depth_gt/ and gts_lidar/: stage 2 on it too (configs/fixture-gsv.txt,
     # recorded poses, no labels in training; trained on the first 3/4 of its keyframes, evaluated on them, on the last
     # quarter and untrained on that quarter) and stage 1 (configs/fixture-gsp.txt, 4 + 1 min, keyframe spacing).
@@ -144,7 +144,7 @@ gpu-default)
     # copied to GD_PACK when set.
     T0=$(date +%s); O=${GD_OUT:-logs/gpu-default}
     mkdir -p "$O"
-    GSOCC_PYTHON=$PY NGPU=1 GSV_MINUTES=${GD_MIN:-8} sh run_gs_occ.sh synthetic > "$O/run_gs_occ.log" 2>&1 &
+    GSOCC_PYTHON=$PY NGPU=1 GSV_MINUTES=${GD_MIN:-6} sh run_gs_occ.sh synthetic > "$O/run_gs_occ.log" 2>&1 &
     MAIN=$!
     until grep -q "^\[run_gs_occ\] stage 1 (GSP)" "$O/run_gs_occ.log" 2>/dev/null; do
         kill -0 $MAIN 2>/dev/null || { cat "$O/run_gs_occ.log"; exit 1; }
@@ -157,7 +157,7 @@ gpu-default)
         sleep 5
     done
     echo "[gpu-default] stage 1 done after $(( $(date +%s) - T0 )) s"
-    GT="--config configs/synthetic-gsv.txt --pose gt --max_minutes ${GD_MIN:-8}"
+    GT="--config configs/synthetic-gsv.txt --pose gt --max_minutes ${GD_MIN:-6}"
     { $PY -m tools.init_checkpoint $GT --exp_name gd-untrained > logs/gd-untrained.log 2>&1  # the baseline
       $PY eval.py $GT --ckpt logs/gd-untrained/ckpt/last.pt --out_dir logs/gd-untrained/eval >> logs/gd-untrained.log 2>&1
     } &
@@ -180,7 +180,7 @@ gpu-default)
             --name fx > logs/fixture_split.log 2>&1
         FXC="--config configs/fixture-gsv.txt --dataroot $GD_FIXTURE --num_workers 4 --occ_root gts_lidar
              --eval_occ true --eval_rayiou false --train_split $SPL/fx_train.txt"
-        { $PY train.py $FXC --exp_name gd-fixture --max_minutes "${GD_MIN:-8}" --val_every -1 > logs/gd-fixture.log 2>&1
+        { $PY train.py $FXC --exp_name gd-fixture --max_minutes "${GD_MIN:-6}" --val_every -1 > logs/gd-fixture.log 2>&1
           $PY -m tools.init_checkpoint $FXC --exp_name gd-fixture-untrained >> logs/gd-fixture.log 2>&1
           for e in "eval:gd-fixture:fx_train" "eval-heldout:gd-fixture:fx_val" "eval-heldout:gd-fixture-untrained:fx_val"; do
               set -- $(echo "$e" | tr ':' ' ')
