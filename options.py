@@ -56,8 +56,6 @@ RULES = [
      "XMIN XMAX YMIN YMAX ZMIN ZMAX with each minimum below its maximum"),
     ("input_size", lambda o: o.stage != "gsp" or min(o.input_size) > 32,
      "above 32 (each value) for stage 1: its encoders downsample 32 times"),
-    ("near_stride", lambda o: o.near_stride == 0 or o.stage == "gsv",
-     "0 for stage 1 (its losses use the previous / next frame only)"),
     ("w_extra_sem", lambda o: o.w_extra_sem <= 0 or (o.w_extra_views > 0 and o.use_sem),
      "0 unless --w_extra_views > 0 and --use_sem true (it scores the previous / next frame's rendered semantics)"),
 ]

@@ -35,8 +35,9 @@ def add_args(parser):
                    help="> 0: also the neighbours N steps away (N below --frame_stride) as two more frames, so that "
                         "stage 2's temporal loss takes the per-pixel minimum over 4 sources: e.g. --adjacent sweep "
                         "--frame_stride 6 --near_stride 1 = the keyframes 0.5 s away (precise far away) and the 12 Hz "
-                        "sweeps (near objects that leave the keyframes' view; docs/results/photo_depth.md). Stage 2 "
-                        "only; 0 = off (the authors')")
+                        "sweeps (near objects that leave the keyframes' view; docs/results/photo_depth.md). Stage 1 "
+                        "too: its pose source then also gives the near pair's motion (the pose net learns both "
+                        "spacings); 0 = off (the authors')")
     g.add_argument("--train_sweeps", type=str2bool, default=False,
                    help="training items centred on the camera sweeps between keyframes too, not only on the "
                         "keyframes (with sweeps as neighbours: 6x more images on nuScenes); they have no labels, so "

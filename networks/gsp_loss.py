@@ -73,10 +73,10 @@ class GSPLoss(nn.Module):
         b, _, n, _, h, w = imgs.shape
         valid = self_occlusion(batch, (h, w))
         valid = None if valid is None else valid.flatten(0, 1)  # (B*6,1,H,W)
-        T_cam = torch.stack([ego_motion_to_cam(poses[:, k], cam2ego) for k in range(2)], 1)  # (B,2,6,4,4)
-        T = [T_cam[:, k].flatten(0, 1) for k in range(2)]
+        # frames: previous, current, next (and with --near_stride the near previous / next: poses 3rd and 4th)
+        T = [ego_motion_to_cam(poses[:, k], cam2ego).flatten(0, 1) for k in range(poses.shape[1])]
         target = imgs[:, 1].flatten(0, 1)
-        sources = [imgs[:, 0].flatten(0, 1), imgs[:, 2].flatten(0, 1)]
+        sources = [imgs[:, f].flatten(0, 1) for f in range(imgs.shape[1]) if f != 1]
         Kf = K.flatten(0, 1)
         logs, pictures = {}, {}
         loss_t = loss_s = 0.0

@@ -126,15 +126,18 @@ class GSPModel(nn.Module):
         b, _, n, _, h, w = imgs.shape
         net_imgs = batch.get("imgs_net", imgs)  # the networks' (colour-augmented) copy; the losses use imgs
         out = self.depth_outputs(net_imgs[:, 1])
-        poses = self.motion(imgs, net_imgs, out["depth"].detach().unflatten(0, (b, n)), K, cam2ego,
-                            self_occlusion(batch, (h, w)))
+        depth, occl = out["depth"].detach().unflatten(0, (b, n)), self_occlusion(batch, (h, w))
+        poses = self.motion(imgs[:, :3], net_imgs[:, :3], depth, K, cam2ego, occl)
+        if imgs.shape[1] > 3:  # the near neighbours of --near_stride (frames 3 / 4): their motion too, (B, 4, 4, 4)
+            near = [3, 1, 4]
+            poses = torch.cat([poses, self.motion(imgs[:, near], net_imgs[:, near], depth, K, cam2ego, occl)], 1)
         loss, logs, pictures = self.criterion(out, poses, batch)
-        outputs = {"depth": out["depth"].detach().unflatten(0, (b, n))[:, :, 0], "poses": poses.detach(), **pictures}
+        outputs = {"depth": depth[:, :, 0], "poses": poses[:, :2].detach(), **pictures}
         logs["mean_depth"] = outputs["depth"].mean()
-        logs["ego_translation"] = poses[:, :, :3, 3].detach().norm(dim=-1).mean()
+        logs["ego_translation"] = poses[:, :2, :3, 3].detach().norm(dim=-1).mean()
         if "ego2global" in batch:  # a diagnostic only: the recorded motion never reaches a loss
-            true = recorded_ego_motion(batch["ego2global"])[:, :, :3, 3].norm(dim=-1)
-            logs["trans_ratio"] = (poses[:, :, :3, 3].detach().double().norm(dim=-1) / true.clamp(min=1e-3)).mean()
+            true = recorded_ego_motion(batch["ego2global"][:, :3])[:, :, :3, 3].norm(dim=-1)
+            logs["trans_ratio"] = (poses[:, :2, :3, 3].detach().double().norm(dim=-1) / true.clamp(min=1e-3)).mean()
         return loss, logs, outputs
 
     @torch.no_grad()

@@ -324,3 +324,28 @@ def test_pose_net_sees_pairs_in_time_order_and_prev_motion_is_inverted():
     assert torch.equal(seen[1][0], imgs[:, 1]) and torch.equal(seen[1][1], imgs[:, 2])
     torch.testing.assert_close(T[:, 1], A)
     torch.testing.assert_close(T[:, 0], inverse_rigid(A))
+
+
+def test_near_neighbours_in_stage_1_are_two_more_sources_with_their_own_motion():
+    """--near_stride: frames 3 / 4 get their motion from the same pose source (the near pair in time order) and are
+    sources of the temporal loss; copies of the previous / next frame leave the loss as it was."""
+    model = make_model("--use_gsp", "false", "--gsp_pose", "net").train()
+    batch = ring_batch()
+    batch["imgs"][:, 2] = batch["imgs"][:, 1].roll(3, -1)  # neighbours that differ from the current frame
+    five = dict(batch, imgs=torch.cat([batch["imgs"], batch["imgs"][:, [0, 2]]], 1))
+    seen = []
+    crit = model.criterion.forward
+    model.criterion.forward = lambda out, poses, b: seen.append(poses) or crit(out, poses, b)
+    torch.manual_seed(0)
+    _, logs3, out3 = model(batch)
+    torch.manual_seed(0)
+    _, logs5, out5 = model(five)
+    assert seen[0].shape[1] == 2 and seen[1].shape[1] == 4
+    torch.testing.assert_close(seen[1][:, 2:], seen[1][:, :2])  # the same pairs, the same motion
+    assert out5["poses"].shape[1] == 2
+    assert float(logs5["loss_temporal"]) == pytest.approx(float(logs3["loss_temporal"]), rel=1e-3)
+    same = dict(five, imgs=five["imgs"].clone())
+    same["imgs"][:, 3:] = batch["imgs"][:, 1:2]  # near neighbours = the current frame: the untrained pose net's
+    torch.manual_seed(0)                          # identity motion fits them, so the minimum over 4 sources drops
+    _, logs_same, _ = model(same)
+    assert float(logs_same["loss_temporal"]) < 0.5 * float(logs3["loss_temporal"])
