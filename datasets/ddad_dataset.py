@@ -174,6 +174,8 @@ class DDADDataset(NuScenesDataset):
         self.eval_labels, self.uint8_images = eval_labels, uint8_images
         self.load_depth = eval_labels or trains_on_depth(opt)
         self.sem_root = resolve(root, opt.sem_root) if opt.use_sem else None
+        if getattr(opt, "near_stride", 0):
+            raise BadData("--near_stride: the DDAD loader takes the adjacent frames only (like --frame_stride); use 0")
         if self.sem_root is not None and getattr(opt, "w_extra_sem", 0) > 0:
             raise BadData("--w_extra_sem: the DDAD loader has no labels of the neighbouring frames; use 0 on DDAD")
         self.sem_format = opt.sem_format

@@ -312,6 +312,7 @@ class NuScenesDataset(Dataset):
 
     stride_range, random_stride = (1, 1), False  # --frame_stride (subclasses without it: the adjacent frames)
     sem_adjacent = False  # the neighbours' 2D labels too (--w_extra_sem; nuScenes-format keyframes only)
+    near_stride = 0  # two more neighbours (--near_stride; nuScenes format only)
 
     def __init__(self, opt, split, eval_labels=True, uint8_images=False):
         if split not in ("train", "val"):

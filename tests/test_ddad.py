@@ -122,3 +122,10 @@ def test_clear_errors(ddad_root, tmp_path):
     (root / "scene_dataset_v1.0.json").unlink()
     with pytest.raises(FileNotFoundError, match="no dataset JSON"):
         DDADDataset(make_opt(root), "val")
+
+
+def test_options_it_cannot_serve_are_refused_by_name(ddad_root):
+    with pytest.raises(Exception, match="--near_stride"):
+        DDADDataset(make_opt(ddad_root, "--near_stride", "1", "--frame_stride", "2"), "val")
+    with pytest.raises(Exception, match="--w_extra_sem"):
+        DDADDataset(make_opt(ddad_root, "--use_sem", "true", "--w_extra_views", "1", "--w_extra_sem", "0.1"), "val")
