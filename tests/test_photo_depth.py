@@ -21,8 +21,8 @@ def test_wrong_motion_does_not_resolve():
     K, c2e = pd.rig_tensors(h, w)
     world = pd.make_scene(0, 12, 8)
     poses = world.ego_pose([0.5, 1.0, 1.5])
-    img, depth, cls = pd.render(world, poses[1], h, w, with_cls=True)
-    srcs = [pd.render(world, poses[k], h, w)[0] for k in (0, 2)]
+    img, depth, cls = pd.render_rgbd(world, poses[1], h, w, with_cls=True)
+    srcs = [pd.render_rgbd(world, poses[k], h, w)[0] for k in (0, 2)]
     right = [pd.ego_motion(poses, 1, 0), pd.ego_motion(poses, 1, 2)]
     wrong = [torch.linalg.inv(T) for T in right]  # the motions reversed
     keep = (depth[:, 0] < pd.MAX_RANGE * 0.99) & (cls < 255)

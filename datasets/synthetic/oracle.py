@@ -13,14 +13,17 @@ from datasets.synthetic.texture import shade
 from utils.constants import CAMS
 
 
-def render_rgbd(world, ego2global, h, w):
-    """Images (6, 3, h, w) in [0, 1] and camera-z depth (6, 1, h, w) metres (sky: MAX_RANGE) of one ego pose."""
-    imgs, depths = [], []
+def render_rgbd(world, ego2global, h, w, with_cls=False):
+    """Images (6, 3, h, w) in [0, 1] and camera-z depth (6, 1, h, w) metres (sky: MAX_RANGE) of one ego pose; with
+    ``with_cls`` also the 2D class of each pixel (6, h, w) int64 (255 = sky)."""
+    imgs, depths, cls = [], [], []
     for K, rays, d, hit in cast_cameras(world, ego2global, h, w):
         imgs.append(shade(hit, d, world, 1.0 / K[0, 0]).reshape(h, w, 3).transpose(2, 0, 1))
         t = np.where(np.isfinite(hit["t"]), hit["t"], MAX_RANGE)
         depths.append((t * rays[:, 2]).reshape(1, h, w))
-    return torch.tensor(np.stack(imgs), dtype=torch.float32), torch.tensor(np.stack(depths), dtype=torch.float32)
+        cls.append(hit["cls"].reshape(h, w))
+    out = (torch.tensor(np.stack(imgs), dtype=torch.float32), torch.tensor(np.stack(depths), dtype=torch.float32))
+    return out + (torch.tensor(np.stack(cls).astype(np.int64)),) if with_cls else out
 
 
 def rig_tensors(h, w):

@@ -25,28 +25,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datasets.synthetic.frame import MAX_RANGE, cast_cameras
-from datasets.synthetic.oracle import ego_motion, rig_tensors
+from datasets.synthetic.frame import MAX_RANGE
+from datasets.synthetic.oracle import ego_motion, render_rgbd, rig_tensors
 from datasets.synthetic.scene import SAMPLE_DT, make_scene
-from datasets.synthetic.texture import shade
 from utils.constants import OCC_CLASSES
 from utils.geometry import ego_motion_to_cam, warp
 from utils.losses import photometric_error
 
 SCALES = tuple(np.round(np.exp(np.linspace(np.log(0.7), np.log(1.4), 71)), 4))
-
-
-def render(world, ego2global, h, w, with_cls=False):
-    """Images (6, 3, h, w), camera-z depth (6, 1, h, w) (sky: MAX_RANGE) and, with ``with_cls``, the 2D class of
-    each pixel (6, h, w) int64 (255 = sky)."""
-    imgs, depths, cls = [], [], []
-    for K, rays, d, hit in cast_cameras(world, ego2global, h, w):
-        imgs.append(shade(hit, d, world, 1.0 / K[0, 0]).reshape(h, w, 3).transpose(2, 0, 1))
-        t = np.where(np.isfinite(hit["t"]), hit["t"], MAX_RANGE)
-        depths.append((t * rays[:, 2]).reshape(1, h, w))
-        cls.append(hit["cls"].reshape(h, w))
-    out = (torch.tensor(np.stack(imgs), dtype=torch.float32), torch.tensor(np.stack(depths), dtype=torch.float32))
-    return out + (torch.tensor(np.stack(cls).astype(np.int64)),) if with_cls else out
 
 
 def winner_take_all(img, depth, sources, motions, K, cam2ego, scales=SCALES, boxes=(1,)):
@@ -98,8 +84,8 @@ def run(seed, scenes, keyframes, size, spacing, boxes, frames_per_scene=8):
         for k in keyframes:
             offsets = [o for sp in spacings for o in (-sp, sp)]
             poses = world.ego_pose(k * SAMPLE_DT + np.array([0.0] + offsets))
-            img, depth, cls = render(world, poses[0], h, w, with_cls=True)
-            srcs = [render(world, poses[j], h, w)[0] for j in range(1, len(poses))]
+            img, depth, cls = render_rgbd(world, poses[0], h, w, with_cls=True)
+            srcs = [render_rgbd(world, poses[j], h, w)[0] for j in range(1, len(poses))]
             motions = [ego_motion(poses, 0, j) for j in range(1, len(poses))]
             s_best, ok = winner_take_all(img, depth, srcs, motions, K, c2e, boxes=boxes)
             keep = ok[:, 0] & (depth[:, 0] < MAX_RANGE * 0.99) & (cls < 255)
