@@ -47,11 +47,15 @@ class BackendError(UserError, RuntimeError):
     """The asked-for rasteriser cannot run here (the message says why and what to do)."""
 
 
+def extensions_root():
+    """torch's extension cache (``TORCH_EXTENSIONS_DIR``, default ~/.cache/torch_extensions), where gsplat builds."""
+    import torch.utils.cpp_extension
+    return os.environ.get("TORCH_EXTENSIONS_DIR") or torch.utils.cpp_extension.get_default_build_root()
+
+
 def build_lock_path():
     """The lock file every process takes while it loads (and maybe builds) gsplat's kernels."""
-    import torch.utils.cpp_extension
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or torch.utils.cpp_extension.get_default_build_root()
-    return os.path.join(root, "gsplat_build.lock")
+    return os.path.join(extensions_root(), "gsplat_build.lock")
 
 
 @contextlib.contextmanager
@@ -73,8 +77,7 @@ def file_lock(path, waiting_message=None):
 
 def prebuilt_kernels_path():
     """The built gsplat module of a previous build: the default build folder's ``gsplat_cuda.so`` (None if missing)."""
-    import torch.utils.cpp_extension
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or torch.utils.cpp_extension.get_default_build_root()
+    root = extensions_root()
     for d in sorted(os.listdir(root)) if os.path.isdir(root) else []:
         path = os.path.join(root, d, "gsplat_cuda", "gsplat_cuda.so")
         if os.path.isfile(path):
@@ -89,9 +92,7 @@ def use_prebuilt_kernels(path):
         return False, f"GSPLAT_KERNELS={path}: no such file"
     try:
         if path.endswith(".gz"):
-            import torch.utils.cpp_extension
-            root = os.environ.get("TORCH_EXTENSIONS_DIR") or torch.utils.cpp_extension.get_default_build_root()
-            out = os.path.join(root, "gsplat_prebuilt", "gsplat_cuda.so")
+            out = os.path.join(extensions_root(), "gsplat_prebuilt", "gsplat_cuda.so")
             os.makedirs(os.path.dirname(out), exist_ok=True)
             with gzip.open(path, "rb") as src, open(out + ".tmp", "wb") as dst:
                 shutil.copyfileobj(src, dst)
