@@ -16,6 +16,7 @@ from networks.depth_net import DepthNet, disp_to_depth
 from networks.pose_net import PoseNet
 from utils.batch import self_occlusion
 from utils.cli import str2bool
+from utils.constants import NEAR_FRAMES
 from utils.geometry import inverse_rigid, recorded_ego_motion, rescale_K_to
 from utils.pose_solver import LEVELS, TRAIN_LEVELS, solve_ego_motion
 
@@ -129,7 +130,7 @@ class GSPModel(nn.Module):
         depth, occl = out["depth"].detach().unflatten(0, (b, n)), self_occlusion(batch, (h, w))
         poses = self.motion(imgs[:, :3], net_imgs[:, :3], depth, K, cam2ego, occl)
         if imgs.shape[1] > 3:  # the near neighbours of --near_stride (frames 3 / 4): their motion too, (B, 4, 4, 4)
-            near = [3, 1, 4]
+            near = NEAR_FRAMES
             poses = torch.cat([poses, self.motion(imgs[:, near], net_imgs[:, near], depth, K, cam2ego, occl)], 1)
         loss, logs, pictures = self.criterion(out, poses, batch)
         outputs = {"depth": depth[:, :, 0], "poses": poses[:, :2].detach(), **pictures}

@@ -8,6 +8,7 @@ checkpoints on disk.
 """
 import torch
 
+from utils.constants import NEAR_FRAMES
 from utils.geometry import ego_motion_to_cam, rel_cam_pose
 
 
@@ -39,7 +40,7 @@ class Stage1Poses:
 
     def __call__(self, batch):
         if batch["imgs"].shape[1] > 3:  # the near neighbours (--near_stride): frames 3 / 4, predicted as a pair
-            near = dict(batch, imgs=batch["imgs"][:, [3, 1, 4]], ego2global=batch["ego2global"][:, [3, 1, 4]])
+            near = dict(batch, imgs=batch["imgs"][:, NEAR_FRAMES], ego2global=batch["ego2global"][:, NEAR_FRAMES])
             if batch.get("token") is not None:
                 near["token"] = [f"{t}#near" for t in batch["token"]]
             far = dict(batch, imgs=batch["imgs"][:, :3], ego2global=batch["ego2global"][:, :3])

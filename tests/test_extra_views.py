@@ -149,3 +149,33 @@ def test_near_neighbours_are_two_more_sources_of_the_temporal_loss():
     torch.manual_seed(0)
     still = crit.terms(r, other, T_still)[1]["loss_reproj"]
     assert float(still) < 0.5 * float(three)  # the new sources are used: the minimum drops
+
+
+def test_stage1_pose_source_predicts_the_near_pair_from_its_own_frames():
+    """Stage1Poses with --near_stride batches: the far pair from frames 0 / 1 / 2, the near pair from frames 3 / 1 /
+    4 (each in time order, as the stage-1 net was trained), cached under their own keys."""
+    from networks.pose_source import Stage1Poses
+    from utils.geometry import ego_motion_to_cam
+
+    class Fake:  # ego motion = a translation equal to the mean of the previous / next images
+        def requires_grad_(self, flag):
+            return self
+
+        def predict_pose(self, b):
+            out = torch.eye(4).repeat(b["imgs"].shape[0], 2, 1, 1)
+            out[:, 0, 0, 3] = b["imgs"][:, 0].mean()
+            out[:, 1, 0, 3] = b["imgs"][:, 2].mean()
+            return out
+
+    src = Stage1Poses("ckpt", lambda path, device: Fake(), cache=True)
+    batch = make_batch()
+    imgs = torch.stack([torch.full_like(batch["imgs"][:, 0], v) for v in (0.1, 0.5, 0.2, 0.3, 0.4)], 1)
+    five = dict(batch, imgs=imgs, ego2global=torch.eye(4).expand(1, 5, 6, 4, 4), token=["s0"])
+    T = src(five)
+    assert T.shape == (1, 4, 6, 4, 4)
+    cam = batch["cam2ego"]
+    for k, v in enumerate((0.1, 0.2, 0.3, 0.4)):  # prev, next, near prev, near next
+        M = torch.eye(4)
+        M[0, 3] = v
+        torch.testing.assert_close(T[:, k], ego_motion_to_cam(M[None], cam))
+    assert set(src.cache) == {"s0", "s0#near"}

@@ -85,3 +85,7 @@ OCC_COLORS = [
     (0, 175, 0),  # vegetation
     (255, 255, 255),  # free
 ]
+
+# Frames of a batch's ``imgs`` / ``ego2global``: 0 previous, 1 current, 2 next, and with --near_stride 3 / 4 the
+# near previous / next; NEAR_FRAMES picks the near pair as (previous, current, next).
+NEAR_FRAMES = [3, 1, 4]
