@@ -39,3 +39,18 @@ def test_bad_deadline_is_named(tmp_path):
     r = subprocess.run(["sh", str(SCRIPT), "soon", str(tmp_path), "true"], cwd=tmp_path, capture_output=True,
                        text=True)
     assert r.returncode == 2 and "DEADLINE_S" in r.stderr
+
+
+def test_the_command_is_told_the_deadline_and_training_time_fits_into_it(tmp_path):
+    from tools.time_budget import fit_minutes
+    r, _, _ = run(tmp_path, 60, "sh", "-c", "echo $DEADLINE_AT > logs/at.txt")
+    at = int((tmp_path / "logs" / "at.txt").read_text())
+    assert abs(at - (time.time() + 60)) < 15, at
+    assert fit_minutes(8, 150, deadline_at=1000 + 575, now=1000) == (575 - 150) / 60  # round 8's first call
+    assert fit_minutes(5, 150, deadline_at=1000 + 575, now=1000) == 5
+    assert fit_minutes(5, 150, deadline_at=None) == 5
+    assert fit_minutes(5, 150, deadline_at=1000, now=1000) == 0.5  # never nothing
+    env = dict(os.environ, DEADLINE_AT=str(int(time.time()) + 300))
+    p = subprocess.run([os.sys.executable, "-m", "tools.time_budget", "8", "120"], capture_output=True, text=True,
+                       env=env, cwd=SCRIPT.parents[1])
+    assert p.returncode == 0 and 2.9 < float(p.stdout) <= 3.0 and "deadline" in p.stderr

@@ -9,7 +9,8 @@
 # 1. wheels in .whl/ (if any) are installed into /tmp/site (no network needed) and put on PYTHONPATH;
 # 2. gsplat's kernels: .kernels/gsplat_cuda.so.gz is used when present (GSPLAT_KERNELS; ~1 s), else they are built
 #    once and saved to OUT_DIR/gsplat_cuda.so.gz for the next machine (tools/gsplat_build.py --save);
-# 3. COMMAND runs in the background, its output in logs/device_run.log;
+# 3. COMMAND runs in the background, its output in logs/device_run.log, with DEADLINE_AT (epoch seconds of the
+#    deadline) in its environment: tools/time_budget.py fits a training time into it;
 # 4. when it ends, or DEADLINE_S seconds after the start (then it is stopped), logs/ is packed into
 #    OUT_DIR/logs.tar.gz: logs and summaries, options, training logs, eval metrics (no checkpoints, no images).
 # Exit status: COMMAND's, or 124 when the deadline stopped it.
@@ -33,7 +34,7 @@ if command -v nvidia-smi > /dev/null 2>&1; then
     fi
     tail -1 logs/gsplat_build.log
 fi
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 DEADLINE_AT=$((T0 + DEADLINE))
 setsid "$@" > logs/device_run.log 2>&1 < /dev/null &
 P=$!
 RC=""

@@ -114,6 +114,8 @@ v = int(sys.argv[3]); print(' '.join(n[:int(sys.argv[2])] + n[len(n) - v:]))" $S
     fi
     [ -z "$GB" ] || wait $GB || true
     echo "[occupancy] data and kernels ready"
+    # inside tools/device_run.sh: training ends early enough for the evaluation (OCC_EVAL_S seconds) to fit
+    GSV_MIN=$($PY -m tools.time_budget "$GSV_MIN" "${OCC_EVAL_S:-150}")
     SD="--dataroot $SYNP --train_split $SYNP/splits/train.txt --val_split $SYNP/splits/val.txt"
     VARIANTS=${OCC_VARIANTS:-"default:
 softmax-noent:--opacity softmax --w_entropy 0 --w_tv 0"}
