@@ -4,7 +4,9 @@ Image features (``image_neck``): ``fpn`` (this project's) sums 1x1 projections o
 ``feat_stride`` and applies one 3x3 convolution; ``upconcat`` (the authors', networks/image_neck.py) fuses stages
 3-4 into one map at stride 4. Every voxel centre (ego frame, ``VoxelGrid`` of networks/voxel_grid.py: uniform or
 contracted) is projected into every camera and the feature map sampled bilinearly there; the volume holds the mean
-over the cameras that see the voxel, plus (``lift_visibility``) the fraction of cameras that do. A 3D CNN
+over the cameras that see the voxel, plus (``lift_visibility``) the fraction of cameras that do, plus
+(``lift_geometry``) where the voxel lies along those cameras' rays (without it the lifted feature is the same all
+along a camera ray, and only the 3D CNN's context can say where on the ray a surface is). A 3D CNN
 (``occ_decoder``: this project's ``residual`` blocks with group norm, or the authors' ``hourglass``,
 networks/hourglass3d.py) decodes logits (B, C+1, X, Y, Z) whose last channel is "free".
 """
@@ -26,14 +28,15 @@ from utils.precision import full_precision
 
 # What a checkpoint written before an option existed was trained with (options.merge_checkpoint_options).
 CHECKPOINT_DEFAULTS = {"contract_mode": "xy", "image_neck": "fpn", "lift_visibility": True,
-                       "occ_decoder": "residual", "decoder_lr_mult": 1.0}
+                       "occ_decoder": "residual", "decoder_lr_mult": 1.0, "lift_geometry": "none"}
 # A model rebuilt from a checkpoint takes its weights from there, not from an ImageNet file.
 REBUILD_OVERRIDES = {"encoder_weights": "none"}
 
 
 OPTION_RANGES = {"grid_size": at_least(1), "feat_dim": at_least(1), "voxel_feat_dim": at_least(1),
                  "decoder_blocks": at_least(0), "decoder_lr_mult": above(0), "contract_outer": above(0),
-                 "contract_ratio": within(0.01, 1), "gs_offset": within(0, 1)}
+                 "contract_ratio": within(0.01, 1), "gs_offset": within(0, 1), "depth_bins": at_least(2)}
+LIFT_GEOMETRY = ("none", "depth", "bins")
 
 
 def add_args(parser):
@@ -73,6 +76,16 @@ def add_args(parser):
     g.add_argument("--lift_visibility", type=str2bool, default=False,
                    help="append the fraction of cameras that see each voxel to its lifted features (this "
                         "project's; the authors lift the mean feature only)")
+    g.add_argument("--lift_geometry", type=str, default="none", choices=LIFT_GEOMETRY,
+                   help="what each voxel learns of its place on the rays that see it: none (the authors'); depth: "
+                        "+ 2 channels, its mean log depth in the cameras that see it and its height; bins: depth + "
+                        "a distribution over --depth_bins depths per image pixel (a 1x1 head on the image "
+                        "features, learnt through the renders) read at the voxel's depth in each camera")
+    g.add_argument("--depth_bins", type=int, default=48,
+                   help="--lift_geometry bins: log-spaced depth bins over --depth_bins_range")
+    g.add_argument("--depth_bins_range", type=float, nargs=2, default=[1.0, 60.0], metavar=("NEAR", "FAR"),
+                   help="--lift_geometry depth / bins: metres mapped to -1 / 1 in the depth channel and covered by "
+                        "the bins (a depth beyond them reads the first / last bin)")
     g.add_argument("--occ_decoder", type=str, default="hourglass", choices=["hourglass", "residual"],
                    help="3D CNN: hourglass = the authors' (3 stacked hourglasses, batch norm, grid axes "
                         "divisible by 4); residual = this project's (--decoder_blocks blocks, group norm)")
@@ -137,6 +150,40 @@ def lift_features(feats, K, cam2ego, pts, image_size, min_depth=0.1):
     return torch.cat([acc / count.clamp(min=1), count / n_cam], 1)
 
 
+@full_precision
+def voxel_geometry(K, cam2ego, pts, image_size, min_depth, depth_range, prob=None):
+    """Where each point lies along the rays of the cameras that see it.
+
+    K (B, N_cam, 3, 3) at ``image_size`` (H, W), cam2ego (B, N_cam, 4, 4), pts (P, 3) ego points, depth_range (near,
+    far) metres. Returns (B, 1 or 2, P): the mean over the cameras that see the point (as lift_features: in front by
+    ``min_depth``, inside the image) of its log depth in that camera mapped to [-1, 1] over depth_range (0 where no
+    camera sees it), and with ``prob`` (B, N_cam, D, h, w), a distribution over D log-spaced depths of
+    depth_range per pixel of a map of any size, the mean of that camera's probability of the point's depth bin at
+    its pixel (trilinear in pixel and log depth; beyond depth_range the first / last bin)."""
+    B, n_cam = K.shape[:2]
+    H, W = image_size
+    lo, hi = math.log(depth_range[0]), math.log(depth_range[1])
+    ego2cam = torch.linalg.inv(cam2ego)
+    pts_h = torch.cat([pts, torch.ones_like(pts[:, :1])], 1).t()  # (4, P)
+    out = pts.new_zeros(B, 1 if prob is None else 2, pts.shape[0])
+    count = pts.new_zeros(B, 1, pts.shape[0])
+    for i in range(n_cam):
+        cam = ego2cam[:, i, :3] @ pts_h  # (B, 3, P)
+        z = cam[:, 2]
+        uv = (K[:, i] @ cam)[:, :2] / z.clamp(min=1e-6)[:, None]
+        gx, gy = (uv[:, 0] + 0.5) / W * 2 - 1, (uv[:, 1] + 0.5) / H * 2 - 1
+        visible = ((z > min_depth) & (gx.abs() <= 1) & (gy.abs() <= 1)).to(out)  # (B, P)
+        gz = (2 * (torch.log(z.clamp(min=min_depth)) - lo) / (hi - lo) - 1)
+        out[:, 0] += visible * gz
+        if prob is not None:
+            grid = torch.stack([gx, gy, gz], -1)[:, None, None]  # (B, 1, 1, P, 3): x = u, y = v, z = depth bin
+            p = F.grid_sample(prob[:, i, None].float(), grid, mode="bilinear", padding_mode="border",
+                              align_corners=False)
+            out[:, 1] += visible * p[:, 0, 0, 0]
+        count[:, 0] += visible
+    return out / count.clamp(min=1)
+
+
 class ResBlock3d(nn.Module):
     """Two 3x3x3 convolutions with group norm and a skip connection (``norm``: networks/fast_norm.py's impl)."""
 
@@ -178,7 +225,12 @@ class OccNet(nn.Module):
             self.encoder = ResnetEncoder(opt.encoder_layers, encoder_weights(opt))
             self.lateral = nn.ModuleList(nn.Conv2d(c, f, 1) for c in self.encoder.num_ch_enc[2:])
             self.fuse = nn.Sequential(nn.Conv2d(f, f, 3, padding=1), nn.ReLU(inplace=True))
-        lifted = f + int(opt.lift_visibility)
+        self.lift_geometry = getattr(opt, "lift_geometry", "none")
+        self.depth_range = tuple(getattr(opt, "depth_bins_range", (1.0, 60.0)))
+        if not 0 < self.depth_range[0] < self.depth_range[1]:
+            raise ValueError(f"--depth_bins_range {self.depth_range}: needs 0 < NEAR < FAR")
+        self.depth_head = nn.Conv2d(f, opt.depth_bins, 1) if self.lift_geometry == "bins" else None
+        lifted = f + int(opt.lift_visibility) + {"none": 0, "depth": 2, "bins": 3}[self.lift_geometry]
         n_cls = semantic_classes(opt)
         if opt.occ_decoder == "hourglass":
             self.decoder = HourglassTrunk(lifted, v)
@@ -214,11 +266,15 @@ class OccNet(nn.Module):
             nn.init.zeros_(self.offset_head.weight)
             nn.init.zeros_(self.offset_head.bias)
         self.register_buffer("centres", self.grid.centres(), persistent=False)
+        z = self.centres.reshape(-1, 3)[:, 2]  # the height channel of lift_geometry: the grid's z range to [-1, 1]
+        self.register_buffer("height", ((z - z.min()) / (z.max() - z.min()).clamp(min=1e-6) * 2 - 1)
+                             .view(1, 1, -1), persistent=False)
 
     def param_groups(self):
         """Optimiser groups: the 2D part (encoder, neck) at the base lr, the 3D part (decoder, heads) at
         ``decoder_lr_mult`` x lr (one group when that is 1). Each group: dict(params=[...], lr_scale=float)."""
-        two_d = [p for n, p in self.named_parameters() if n.split(".")[0] in ("encoder", "neck", "lateral", "fuse")]
+        two_d = [p for n, p in self.named_parameters()
+                 if n.split(".")[0] in ("encoder", "neck", "lateral", "fuse", "depth_head")]
         ids = {id(p) for p in two_d}
         three_d = [p for p in self.parameters() if id(p) not in ids]
         if self.decoder_lr_mult == 1:
@@ -246,6 +302,13 @@ class OccNet(nn.Module):
             vol = lift_features(feats, K, cam2ego, pts, (H, W), self.min_depth)
             if not self.lift_visibility:
                 vol = vol[:, :-1]
+        if self.lift_geometry != "none":
+            prob = None
+            if self.depth_head is not None:
+                logits = self.depth_head(feats.flatten(0, 1)).float()
+                prob = torch.softmax(logits, 1).view(B, n_cam, *logits.shape[1:])
+            geo = voxel_geometry(K, cam2ego, pts, (H, W), self.min_depth, self.depth_range, prob)
+            vol = torch.cat([vol, geo.to(vol.dtype), self.height.to(vol.dtype).expand(B, 1, -1)], 1)
         vol = vol.view(B, -1, *self.grid.shape).contiguous(memory_format=self.volume_format)
         x = self.decoder(vol)
         out = {"logits": self.head(x)}

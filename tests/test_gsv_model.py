@@ -8,7 +8,7 @@ import torch
 from networks import build_model
 from networks.gsv_loss import GSVLoss
 from networks.gsv_model import GSVModel, logits_to_occ3d, occ3d_centres
-from networks.occ_net import OccNet, VoxelGrid, lift_features
+from networks.occ_net import OccNet, VoxelGrid, lift_features, voxel_geometry
 from networks.resnet_encoder import ResnetEncoder
 from networks.voxel_gaussians import MIN_OPACITY, voxels_to_gaussians
 from options import parse_args
@@ -120,6 +120,47 @@ def test_lifting_samples_where_the_camera_looks():
     assert out[0, 2, 0] == pytest.approx(1 / 6)  # seen by FRONT only: outside its neighbours' images
     assert torch.allclose(out[0, :2, 0], expect, atol=1e-4)
     assert out[0, 2, 1] == 0 and torch.all(out[0, :2, 1] == 0)
+
+
+def test_voxel_geometry_gives_the_depth_along_the_ray_and_the_depth_bin_probability():
+    K, cam2ego = ring_rig()
+    lo, hi, D = 1.0, 64.0, 6  # bins centred at 2^(0.5 + k) m
+    # on the FRONT camera's axis (camera at x = 1 m) at 2^1.5 and 2^3.5 m; behind every camera (the ego origin)
+    pts = torch.tensor([[1 + 2 ** 1.5, 0.0, 1.5], [1 + 2 ** 3.5, 0.0, 1.5], [0.0, 0.0, 1.5]])
+    geo = voxel_geometry(K, cam2ego, pts, (64, 112), 0.1, (lo, hi))
+    assert geo.shape == (1, 1, 3)
+    assert geo[0, 0, 0] == pytest.approx(2 * 1.5 / 6 - 1, abs=1e-5)  # log2 depth 1.5 of 0..6 -> [-1, 1]
+    assert geo[0, 0, 1] == pytest.approx(2 * 3.5 / 6 - 1, abs=1e-5)
+    assert geo[0, 0, 2] == 0  # no camera sees it
+    prob = torch.zeros(1, 6, D, 8, 14)
+    prob[:, :, 3] = 1  # every pixel of every camera: surface in bin 3 (8 .. 16 m, centre 2^3.5)
+    geo = voxel_geometry(K, cam2ego, pts, (64, 112), 0.1, (lo, hi), prob)
+    assert geo.shape == (1, 2, 3)
+    assert geo[0, 1, 1] == pytest.approx(1.0, abs=1e-4) and geo[0, 1, 0] == pytest.approx(0.0, abs=1e-4)
+    assert geo[0, 1, 2] == 0
+    half = 1 + 2 ** 3.0  # half way (in log depth) between the centres of bins 2 and 3
+    geo = voxel_geometry(K, cam2ego, torch.tensor([[half, 0.0, 1.5]]), (64, 112), 0.1, (lo, hi), prob)
+    assert geo[0, 1, 0] == pytest.approx(0.5, abs=1e-4)
+
+
+@pytest.mark.parametrize("mode,extra", [("depth", 2), ("bins", 3)])
+def test_lift_geometry_channels_reach_the_decoder_and_the_depth_head_learns(mode, extra):
+    torch.manual_seed(0)
+    batch = make_batch()
+    base = OccNet(tiny_opt())
+    net = OccNet(tiny_opt("--lift_geometry", mode, "--depth_bins", "8"))
+    assert net.decoder[0].in_channels == base.decoder[0].in_channels + extra
+    out = net(batch["imgs"][:, 1], batch["K"], batch["cam2ego"])
+    assert out["logits"].shape == (1, 18, 24, 24, 6)
+    out["logits"][:, -1].mean().backward()
+    w = net.decoder[0].weight.grad[:, -extra:]  # the geometry channels are read
+    assert w.abs().sum() > 0
+    if mode == "bins":
+        assert net.depth_head.weight.grad.abs().sum() > 0
+        two_d = {id(p) for p in net.param_groups()[0]["params"]}
+        assert id(net.depth_head.weight) in two_d
+    else:
+        assert net.depth_head is None
 
 
 def test_voxel_grid_uniform_and_contracted():
