@@ -30,6 +30,7 @@ def _shard(n):
     return list(range(rank, n, dist.world_size()))
 
 
+SHIFTS = (-1, 1)  # voxels the default occupancy read-out is also scored moved by (utils.occ_metrics.radial_shift)
 MASK_TEXT = {"camera_lidar": "inside mask_camera AND mask_lidar, the authors' protocol",
              "camera": "inside mask_camera only", "none": "every voxel, no visibility mask"}
 FOG_KEYS = ("seen_opacity", "faint_alpha_share", "voxels_to_half")  # networks/gsv_loss.fog_stats
@@ -92,7 +93,7 @@ def derived_labels_summary(info, occ, ray=None):
 def evaluate(model, dataset, opt, device):
     """Run every metric the dataset has labels for. Returns {'scalars': {...}, 'text': markdown, ...}."""
     from utils.metrics import DepthEvaluator
-    from utils.occ_metrics import OccEvaluator, OpacityStats, RayIoU, occ_eval_mask
+    from utils.occ_metrics import OccEvaluator, OpacityStats, RayIoU, occ_eval_mask, radial_shift
     from utils.batch import to_device
     from utils.geometry import recorded_ego_motion
     from utils.pose_metrics import evaluate_scene_poses, per_street
@@ -108,6 +109,7 @@ def evaluate(model, dataset, opt, device):
     occ_ev, ray_ev, opa_ev = OccEvaluator(), RayIoU(), OpacityStats()
     cal_ev = OccEvaluator()  # the label-free calibrated read-out (--occ_readout calibrated, the default)
     arg_ev = OccEvaluator()  # the authors' argmax read-out, beside whichever is the default
+    shift_ev = {k: OccEvaluator() for k in SHIFTS}  # the default read-out moved along the rays (radial_shift)
     cal_t = torch.zeros(2, dtype=torch.float64)  # sum and count of its per-sample thresholds
     fog = torch.zeros(len(FOG_KEYS), 2, dtype=torch.float64)  # sum and count of each fog statistic (stage 2)
     poses = []  # (dataset index, scene, token, predicted next-motion, true next-motion)
@@ -138,6 +140,8 @@ def evaluate(model, dataset, opt, device):
                 gt = batch["occ_semantics"][b].cpu().numpy()
                 mask = occ_eval_mask(batch["occ_mask_camera"][b], batch["occ_mask_lidar"][b], opt.occ_eval_mask)
                 occ_ev.update(occ[b], gt, mask)
+                for k, e in shift_ev.items():
+                    e.update(radial_shift(occ[b], k), gt, mask)
                 if "occupancy_argmax" in pred:
                     arg_ev.update(pred["occupancy_argmax"][b].cpu().numpy(), gt, mask)
                 if "occupancy_calibrated" in pred:
@@ -164,6 +168,8 @@ def evaluate(model, dataset, opt, device):
     opa_ev.all_reduce()
     cal_ev.all_reduce()
     arg_ev.all_reduce()
+    for e in shift_ev.values():
+        e.all_reduce()
     cal_t = dist.all_reduce_sum(cal_t.to(device)).cpu()
     if fog[:, 1].sum() > 0:
         out["fog"] = {k: float(s / n) for k, (s, n) in zip(FOG_KEYS, fog) if n > 0}
@@ -207,6 +213,15 @@ def evaluate(model, dataset, opt, device):
             out["scalars"].update({"occ/argmax_mIoU*": a["mIoU_star"], "occ/argmax_IoU": a["geo_IoU"]})
             out["text"] += (f"Read-out argmax over the C+1 channels (--occ_readout argmax, the authors'): mIoU* "
                             f"{a['mIoU_star']:.2f}, mIoU {a['mIoU']:.2f}, geo IoU {a['geo_IoU']:.2f}\n\n")
+        if all(e.hist.sum() > 0 for e in shift_ev.values()):
+            sh = {k: e.summary() for k, e in shift_ev.items()}
+            out["occupancy_shifted"] = {str(k): {"mIoU_star": v["mIoU_star"], "geo_IoU": v["geo_IoU"]}
+                                        for k, v in sh.items()}
+            out["scalars"].update({f"occ/shift{k:+d}_IoU": v["geo_IoU"] for k, v in sh.items()})
+            out["text"] += ("Read-out moved along the horizontal rays from the ego (a volume in front of or behind "
+                            "its surfaces scores higher moved): " + ", ".join(
+                                f"{k:+d} voxel: mIoU* {v['mIoU_star']:.2f}, geo IoU {v['geo_IoU']:.2f}"
+                                for k, v in sh.items()) + f" (as read: {s['mIoU_star']:.2f} / {s['geo_IoU']:.2f})\n\n")
         o = opa_ev.summary()
         if o["thresholds"] and opa_ev.hist.sum() > 0:
             out["opacity"] = o

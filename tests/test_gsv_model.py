@@ -413,6 +413,7 @@ def test_evaluation_runs_the_network_once_per_sample():
     opt = tiny_opt("--num_workers", "0", "--eval_rayiou", "false")
     out = evaluate(model, [item, item], opt, torch.device("cpu"))
     assert len(calls) == 2 and out["samples"] == {"depth": 2, "occ": 2}  # depth and occupancy from one forward
+    assert set(out["occupancy_shifted"]) == {"-1", "1"} and "moved along the horizontal rays" in out["text"]
     pred = model.predict(batch)
     assert torch.equal(pred["occupancy"], model.predict_occupancy(batch))
     assert torch.equal(pred["depth"], model.predict_depth(batch))

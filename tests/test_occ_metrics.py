@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from utils.constants import FREE_ID
-from utils.occ_metrics import OccEvaluator, RayIoU, first_hits, lidar_ray_directions
+from utils.occ_metrics import OccEvaluator, RayIoU, first_hits, lidar_ray_directions, radial_shift
 
 # Hand-made voxels:  car   car   car   free  barr. barr. others o_flat free  free   free
 GT = np.array([4, 4, 4, 17, 1, 1, 0, 12, 17, 17, 17])
@@ -188,3 +188,19 @@ def test_voxel_walk_visits_the_voxels_of_a_ray_and_breaks_corner_ties_in_its_ord
     assert w.flat.tolist() == [100, -10] and w.exit_distance().tolist() == [1.5, 1.5]
     (kept,) = w.keep(np.array([False, True]), np.array([7, 8]))
     assert w.ray.tolist() == [1] and kept.tolist() == [8]
+
+
+def test_radial_shift_moves_a_volume_along_the_rays_from_the_ego():
+    gt = np.full((200, 200, 16), FREE_ID, dtype=np.uint8)
+    gt[150, 90:110, 2:6] = 15  # a wall 20 m ahead (x), facing the ego
+    gt[90:110, 40, 2:6] = 1  # a wall 24 m to the right (y < 0)
+    early = np.full_like(gt, FREE_ID)  # the same walls one voxel nearer to the ego
+    early[149, 90:110, 2:6] = 15
+    early[90:110, 41, 2:6] = 1
+    assert np.array_equal(radial_shift(early, 1), gt)
+    assert np.array_equal(radial_shift(gt, -1), early)
+    assert np.array_equal(radial_shift(gt, 0), gt)
+    edge = np.full_like(gt, FREE_ID)
+    edge[199, 100, 0] = 11
+    assert (radial_shift(edge, 1) == FREE_ID).all()  # moved out of the grid: gone
+    assert radial_shift(edge, -1)[198, 100, 0] == 11

@@ -128,6 +128,28 @@ class OccEvaluator(SummedState):
         return _md_table(["class", "IoU"], rows)
 
 
+def radial_shift(occ, steps, voxel=0.4, lo=(OCC3D_RANGE[0], OCC3D_RANGE[1]), free_id=FREE_ID):
+    """A predicted volume moved ``steps`` voxels away from the ego (negative: towards it) along the horizontal ray
+    from the ego origin through each voxel: a diagnostic of a volume that sits systematically in front of or behind
+    the surfaces (eval.py reports the scores of the read-out moved by -1 and +1 voxels).
+
+    occ: (X, Y, Z) class ids (free = ``free_id``), voxel centres at ``lo`` + voxel (i + 0.5) in x and y. Each voxel
+    takes the class of the voxel ``steps`` voxels nearer to the ego along its ray (rounded to the nearest voxel);
+    free where that voxel lies outside the grid."""
+    occ = _np(occ)
+    X, Y = occ.shape[:2]
+    x = lo[0] + voxel * (np.arange(X) + 0.5)
+    y = lo[1] + voxel * (np.arange(Y) + 0.5)
+    xx, yy = np.meshgrid(x, y, indexing="ij")
+    r = np.maximum(np.hypot(xx, yy), 1e-6)
+    si = np.rint(np.arange(X)[:, None] - steps * xx / r).astype(np.int64)
+    sj = np.rint(np.arange(Y)[None, :] - steps * yy / r).astype(np.int64)
+    inside = (si >= 0) & (si < X) & (sj >= 0) & (sj < Y)
+    out = np.full_like(occ, free_id)
+    out[inside] = occ[si[inside], sj[inside]]
+    return out
+
+
 def lidar_ray_directions(num_azimuths=360, max_pitch=0.21):
     """Unit ray directions of a virtual LiDAR, the pattern SparseOcc's RayIoU uses.
 
