@@ -18,11 +18,12 @@ import torch.nn.functional as F
 from utils.precision import full_precision
 
 
-def _visible_pairs(K, cam2ego, pts, image_size, min_depth):
+def _visible_pairs(K, cam2ego, pts, image_size, min_depth, with_depth=False):
     """Normalised sampling coordinates of every (sample, point, camera) and which ones are visible.
 
     Returns gx, gy (B, P, N_cam) as lift_features computes them (pixel centres: (u + 0.5) / W * 2 - 1) and
-    visible (B, P, N_cam) bool (in front by min_depth and inside the image)."""
+    visible (B, P, N_cam) bool (in front by min_depth and inside the image); with ``with_depth`` also the point's
+    depth z (B, P, N_cam) in each camera."""
     H, W = image_size
     ego2cam = torch.linalg.inv(cam2ego)  # (B, N_cam, 4, 4)
     pts_h = torch.cat([pts, torch.ones_like(pts[:, :1])], 1).t()  # (4, P)
@@ -31,7 +32,8 @@ def _visible_pairs(K, cam2ego, pts, image_size, min_depth):
     uv = (K @ cam)[:, :, :2] / z.clamp(min=1e-6)[:, :, None]
     gx, gy = (uv[:, :, 0] + 0.5) / W * 2 - 1, (uv[:, :, 1] + 0.5) / H * 2 - 1
     visible = (z > min_depth) & (gx.abs() <= 1) & (gy.abs() <= 1)
-    return gx.transpose(1, 2), gy.transpose(1, 2), visible.transpose(1, 2)
+    out = (gx.transpose(1, 2), gy.transpose(1, 2), visible.transpose(1, 2))
+    return out + (z.transpose(1, 2),) if with_depth else out
 
 
 def _corners(gx, gy, h, w):

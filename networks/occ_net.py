@@ -20,7 +20,7 @@ from options import above, at_least, str2bool, within
 from networks.fast_norm import make_group_norm
 from networks.hourglass3d import HourglassTrunk, hourglass_head
 from networks.image_neck import UpConcatNeck
-from networks.lift_gather import lift_features_gather
+from networks.lift_gather import _visible_pairs, lift_features_gather
 from networks.resnet_encoder import ResnetEncoder, find_weights
 from networks.voxel_grid import CONTRACT_MODES, VoxelGrid  # noqa: F401  (VoxelGrid: imported from here too)
 from utils.constants import NUM_SEM_CLASSES
@@ -160,28 +160,20 @@ def voxel_geometry(K, cam2ego, pts, image_size, min_depth, depth_range, prob=Non
     camera sees it), and with ``prob`` (B, N_cam, D, h, w), a distribution over D log-spaced depths of
     depth_range per pixel of a map of any size, the mean of that camera's probability of the point's depth bin at
     its pixel (trilinear in pixel and log depth; beyond depth_range the first / last bin)."""
-    B, n_cam = K.shape[:2]
-    H, W = image_size
     lo, hi = math.log(depth_range[0]), math.log(depth_range[1])
-    ego2cam = torch.linalg.inv(cam2ego)
-    pts_h = torch.cat([pts, torch.ones_like(pts[:, :1])], 1).t()  # (4, P)
-    out = pts.new_zeros(B, 1 if prob is None else 2, pts.shape[0])
-    count = pts.new_zeros(B, 1, pts.shape[0])
-    for i in range(n_cam):
-        cam = ego2cam[:, i, :3] @ pts_h  # (B, 3, P)
-        z = cam[:, 2]
-        uv = (K[:, i] @ cam)[:, :2] / z.clamp(min=1e-6)[:, None]
-        gx, gy = (uv[:, 0] + 0.5) / W * 2 - 1, (uv[:, 1] + 0.5) / H * 2 - 1
-        visible = ((z > min_depth) & (gx.abs() <= 1) & (gy.abs() <= 1)).to(out)  # (B, P)
-        gz = (2 * (torch.log(z.clamp(min=min_depth)) - lo) / (hi - lo) - 1)
-        out[:, 0] += visible * gz
-        if prob is not None:
-            grid = torch.stack([gx, gy, gz], -1)[:, None, None]  # (B, 1, 1, P, 3): x = u, y = v, z = depth bin
-            p = F.grid_sample(prob[:, i, None].float(), grid, mode="bilinear", padding_mode="border",
-                              align_corners=False)
-            out[:, 1] += visible * p[:, 0, 0, 0]
-        count[:, 0] += visible
-    return out / count.clamp(min=1)
+    gx, gy, visible, z = _visible_pairs(K, cam2ego, pts, image_size, min_depth, with_depth=True)  # (B, P, N_cam)
+    visible = visible.to(z)
+    gz = 2 * (torch.log(z.clamp(min=min_depth)) - lo) / (hi - lo) - 1  # log depth over depth_range -> [-1, 1]
+    out = [(visible * gz).sum(-1)]
+    if prob is not None:
+        p = 0
+        for i in range(K.shape[1]):
+            grid = torch.stack([gx[..., i], gy[..., i], gz[..., i]], -1)[:, None, None]  # (B, 1, 1, P, 3): u v bin
+            p = p + visible[..., i] * F.grid_sample(prob[:, i, None].float(), grid, mode="bilinear",
+                                                    padding_mode="border", align_corners=False)[:, 0, 0, 0]
+        out.append(p)
+    count = visible.sum(-1)
+    return torch.stack(out, 1) / count.clamp(min=1)[:, None]
 
 
 class ResBlock3d(nn.Module):

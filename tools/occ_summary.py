@@ -58,8 +58,8 @@ def main():
     a = p.parse_args()
     rows = [r for r in (row_of(run) for run in sorted(a.runs)) if r is not None]
     print("| run | steps | mIoU* | geo IoU | opacity AUC | calibrated read-out: mIoU* / geo IoU (mean t) | "
-          "argmax read-out: mIoU* / geo IoU | best t: mIoU* / geo IoU | geo IoU moved -1 / +1 voxel | depth AbsRel | seen opacity | faint alpha | "
-          "voxels to 0.5 | warnings |")
+          "argmax read-out: mIoU* / geo IoU | best t: mIoU* / geo IoU | geo IoU moved -1 / +1 voxel | depth AbsRel | "
+          "seen opacity | faint alpha | voxels to 0.5 | warnings |")
     print("|---|---:|---:|---:|---:|---|---|---|---|---:|---:|---:|---:|---|")
     for r in rows:
         print(f"| {r['run']} | {fmt(r['step'])} | {fmt(r['mIoU*'])} | {fmt(r['geo_IoU'])} | {fmt(r['AUC'], 1)} | "

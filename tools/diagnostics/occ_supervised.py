@@ -27,6 +27,7 @@ from datasets.nuscenes_dataset import NuScenesDataset
 from networks.gsv_model import occ3d_centres
 from networks.occ_net import OccNet
 from options import parse_args
+from utils.batch import to_device
 from utils.constants import FREE_ID, OCC3D_LABEL_RANGE
 from utils.occ_metrics import OccEvaluator, occ_eval_mask
 
@@ -52,10 +53,6 @@ def predict_classes(logits):
     """Occ3D ids (B, 200, 200, 16) uint8 of Occ3D-aligned logits: argmax over C+1, the last -> FREE_ID."""
     a = logits.argmax(1)
     return torch.where(a == logits.shape[1] - 1, torch.full_like(a, FREE_ID), a).to(torch.uint8)
-
-
-def to_device(batch, dev):
-    return {k: v.to(dev, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def loader(opt, split, shuffle):
