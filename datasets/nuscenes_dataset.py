@@ -513,7 +513,7 @@ class NuScenesDataset(Dataset):
         if self.sem_adjacent:  # (2, 6, h, w): the previous / next keyframe's labels, 255 where it has none
             adj = torch.full((2, len(CAMS)) + self.render_size, 255, dtype=item["sem"].dtype)
             for k, d in enumerate(("prev", "next")):
-                token = m.get(d + "_samples", [None] * s)[s - 1] if 0 < s <= len(m[d]) else None
+                token = m[d + "_samples"][s - 1] if 0 < s <= len(m[d]) else None
                 if token is not None:
                     other = dict(m, token=token, cur=m[d][s - 1])
                     adj[k] = torch.stack([resize_labels(self._read_sem(other, c, sizes[c]), self.render_size)

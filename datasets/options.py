@@ -37,7 +37,8 @@ def add_args(parser):
                         "--frame_stride 6 --near_stride 1 = the keyframes 0.5 s away (precise far away) and the 12 Hz "
                         "sweeps (near objects that leave the keyframes' view; docs/results/photo_depth.md). Stage 1 "
                         "too: its pose source then also gives the near pair's motion (the pose net learns both "
-                        "spacings); 0 = off (the authors')")
+                        "spacings); measured worse in stage 2 (the minimum settles on the near pair: "
+                        "docs/results/runs/2026-12-03/occ-round8); 0 = off (the authors')")
     g.add_argument("--train_sweeps", type=str2bool, default=False,
                    help="training items centred on the camera sweeps between keyframes too, not only on the "
                         "keyframes (with sweeps as neighbours: 6x more images on nuScenes); they have no labels, so "

@@ -72,11 +72,12 @@ def add_args(parser):
                         "(a depth-only volume's ceiling rises from 68.8 to 82.7 geo IoU with the adjacent sweeps' "
                         "rays, docs/results/depth_to_occ.md); 0 = the current cameras only (the authors')")
     g.add_argument("--w_extra_sem", type=float, default=0.0,
-                   help="> 0 (with --w_extra_views > 0 and --use_sem): also the semantic cross-entropy of the previous / "
-                        "next frame's rendered cameras against that keyframe's own 2D labels, with this weight: the "
-                        "silhouettes of the same volume from the viewpoints 0.5 s away, which constrain surfaces that "
-                        "have too little texture for the photometric loss (docs/results/photo_depth.md); neighbours "
-                        "without labels (camera sweeps) are left out. 0 = off (the authors')")
+                   help="> 0 (with --w_extra_views > 0 and --use_sem): also the semantic cross-entropy of the "
+                        "previous / next frame's rendered cameras against that keyframe's own 2D labels, with this "
+                        "weight: the silhouettes of the same volume from the viewpoints 0.5 s away, which constrain "
+                        "surfaces that have too little texture for the photometric loss (docs/results/photo_depth.md; "
+                        "measured negative: docs/results/runs/2026-12-03/occ-round8); neighbours without labels "
+                        "(camera sweeps) are left out. 0 = off (the authors')")
     g.add_argument("--w_depth_oracle", type=float, default=0.0,
                    help="DIAGNOSTIC ONLY, uses ground truth: > 0 adds this weight times |rendered depth - LiDAR depth| "
                         "/ LiDAR depth at the points of --depth_root (the training set then loads them). It says how "

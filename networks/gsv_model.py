@@ -87,17 +87,25 @@ def occ3d_centres(device=None, zmin=OCC3D_LABEL_RANGE[2]):
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).float().to(device)
 
 
-def occ3d_readout(logits, grid, opacity="softmax", zmin=OCC3D_LABEL_RANGE[2]):
-    """Sample logits (B, C+1, X, Y, Z) on ``grid`` (VoxelGrid) trilinearly at the Occ3D voxel centres
-    (``occ3d_centres(zmin=zmin)``). Returns dict of (B, 200, 200, 16): ``opacity`` (float, ``voxel_opacity`` of the
-    sampled logits), ``sem`` (long, argmax over the C semantic channels), ``argmax`` (long, argmax over all C+1
-    channels, C = free) and ``inside`` (bool, the centre lies inside the volume); and ``num_semantic`` = C."""
+def occ3d_sample(logits, grid, zmin=OCC3D_LABEL_RANGE[2]):
+    """logits (B, C+1, X, Y, Z) on ``grid`` (VoxelGrid) sampled trilinearly (differentiable) at the Occ3D voxel
+    centres (``occ3d_centres(zmin=zmin)``): (B, C+1, 200, 200, 16), and (200, 200, 16) bool, the centre lies inside
+    the volume."""
     s = grid.normalise(occ3d_centres(logits.device, zmin))  # (200, 200, 16, 3) x y z in [-1, 1]
     # grid_sample indexes the last volume dim (Z) with the first grid coordinate: pass z y x
     samples = F.grid_sample(logits, s.flip(-1)[None].expand(len(logits), *s.shape).to(logits.dtype),
                             align_corners=False, padding_mode="border")
+    return samples, (s.abs() <= 1).all(-1)
+
+
+def occ3d_readout(logits, grid, opacity="softmax", zmin=OCC3D_LABEL_RANGE[2]):
+    """Sample logits (B, C+1, X, Y, Z) on ``grid`` (VoxelGrid) trilinearly at the Occ3D voxel centres
+    (``occ3d_sample``). Returns dict of (B, 200, 200, 16): ``opacity`` (float, ``voxel_opacity`` of the
+    sampled logits), ``sem`` (long, argmax over the C semantic channels), ``argmax`` (long, argmax over all C+1
+    channels, C = free) and ``inside`` (bool, the centre lies inside the volume); and ``num_semantic`` = C."""
+    samples, inside = occ3d_sample(logits, grid, zmin)
     return {"opacity": voxel_opacity(samples.float(), opacity), "sem": samples[:, :-1].argmax(1),
-            "argmax": samples.argmax(1), "inside": (s.abs() <= 1).all(-1).expand(len(logits), *s.shape[:3]),
+            "argmax": samples.argmax(1), "inside": inside.expand(len(logits), *inside.shape),
             "num_semantic": logits.shape[1] - 1}
 
 

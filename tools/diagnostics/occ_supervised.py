@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from datasets.nuscenes_dataset import NuScenesDataset
-from networks.gsv_model import occ3d_centres
+from networks.gsv_model import occ3d_sample
 from networks.occ_net import OccNet
 from options import parse_args
 from utils.batch import to_device
@@ -33,11 +33,9 @@ from utils.occ_metrics import OccEvaluator, occ_eval_mask
 
 
 def occ3d_logits(logits, grid, zmin=OCC3D_LABEL_RANGE[2]):
-    """logits (B, C+1, X, Y, Z) on ``grid`` sampled trilinearly at the Occ3D voxel centres (as occ3d_readout):
-    (B, C+1, 200, 200, 16), differentiable."""
-    s = grid.normalise(occ3d_centres(logits.device, zmin))
-    return F.grid_sample(logits, s.flip(-1)[None].expand(len(logits), *s.shape).to(logits.dtype),
-                         align_corners=False, padding_mode="border")
+    """logits (B, C+1, X, Y, Z) on ``grid`` read at the Occ3D voxel centres as eval.py reads them
+    (``networks.gsv_model.occ3d_sample``): (B, C+1, 200, 200, 16), differentiable."""
+    return occ3d_sample(logits, grid, zmin)[0]
 
 
 def supervised_loss(logits, semantics, mask_camera):

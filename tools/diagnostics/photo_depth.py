@@ -36,8 +36,9 @@ SCALES = tuple(np.round(np.exp(np.linspace(np.log(0.7), np.log(1.4), 71)), 4))
 
 
 def winner_take_all(img, depth, sources, motions, K, cam2ego, scales=SCALES, boxes=(1,)):
-    """``sources`` / ``motions``: the neighbour images and the ego motions current -> neighbour. Per box size: (6, 1, h, w) the factor s of the smallest (box-summed) photometric error per pixel, and a
-    (6, 1, h, w) mask of pixels with a valid warp from some source at every s."""
+    """``sources`` / ``motions``: the neighbour images and the ego motions current -> neighbour. Per box size:
+    (6, 1, h, w) the factor s of the smallest (box-summed) photometric error per pixel, and a (6, 1, h, w) mask of
+    pixels with a valid warp from some source at every s."""
     best = {b: (torch.full_like(depth, float("inf")), torch.ones_like(depth)) for b in boxes}
     ok_all = torch.ones_like(depth, dtype=torch.bool)
     Tc = [ego_motion_to_cam(T[None], cam2ego[None])[0] for T in motions]
@@ -67,7 +68,8 @@ def summarise(rel, cls, keep):
         if r.numel() == 0:
             continue
         name = "all" if c < 0 else (OCC_CLASSES[c] if c < len(OCC_CLASSES) else str(c))
-        out[name] = {"abs_rel": float(r.mean()), "median": float(r.median()), "within_2pct": float((r < 0.02).float().mean()),
+        out[name] = {"abs_rel": float(r.mean()), "median": float(r.median()),
+                     "within_2pct": float((r < 0.02).float().mean()),
                      "within_5pct": float((r < 0.05).float().mean()), "pixels": int(r.numel())}
     return out
 
