@@ -93,6 +93,7 @@ def derived_labels_summary(info, occ, ray=None):
 def evaluate(model, dataset, opt, device):
     """Run every metric the dataset has labels for. Returns {'scalars': {...}, 'text': markdown, ...}."""
     from utils.metrics import DepthEvaluator
+    from utils.pred_io import save_prediction
     from utils.occ_metrics import OccEvaluator, OpacityStats, RayIoU, occ_eval_mask, radial_shift
     from utils.batch import to_device
     from utils.geometry import recorded_ego_motion
@@ -151,6 +152,10 @@ def evaluate(model, dataset, opt, device):
                     opa_ev.update(pred["occ_opacity"][b], pred["occ_sem"][b], gt, mask)
                 if opt.eval_rayiou:  # SparseOcc: no visibility mask
                     ray_ev.update(occ[b], gt, origins=_ray_origins(batch, b, opt.rayiou_origins))
+                if opt.save_pred and "occ_opacity" in pred:
+                    save_prediction(opt.save_pred, batch["token"][b], batch["scene"][b],
+                                    pred["occ_opacity"][b].float().cpu().numpy(), pred["occ_sem"][b].cpu().numpy(),
+                                    occ[b], float(pred["occ_threshold"][b]) if "occ_threshold" in pred else np.nan)
             seen["occ"] += occ.shape[0]
         if opt.stage == "gsp" and opt.eval_pose:
             pred = model.predict_pose(batch)[:, 1].double().cpu()

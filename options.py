@@ -56,6 +56,7 @@ RULES = [
      "XMIN XMAX YMIN YMAX ZMIN ZMAX with each minimum below its maximum"),
     ("input_size", lambda o: o.stage != "gsp" or min(o.input_size) > 32,
      "above 32 (each value) for stage 1: its encoders downsample 32 times"),
+    ("w_sky", lambda o: o.w_sky <= 0 or o.use_sem, "0 unless --use_sem true (it reads the sky of the 2D labels)"),
     ("w_extra_sem", lambda o: o.w_extra_sem <= 0 or (o.w_extra_views > 0 and o.use_sem),
      "0 unless --w_extra_views > 0 and --use_sem true (it scores the previous / next frame's rendered semantics)"),
 ]
@@ -132,6 +133,9 @@ def add_base_args(p):
     g.add_argument("--eval_max_samples", type=int, default=0, help="evaluate at most this many samples (0 = all)")
     g.add_argument("--ckpt", type=str, metavar="PATH", default=None, help="checkpoint to evaluate / visualise")
     g.add_argument("--out_dir", type=str, metavar="PATH", default=None, help="where eval/vis write their files")
+    g.add_argument("--save_pred", type=str, metavar="DIR", default=None,
+                   help="eval, stage 2: also write each evaluated sample's predicted volume to DIR/<token>.npz "
+                        "(opacity, semantic argmax, read-out; utils/pred_io.py) for tools/diagnostics/occ_errors.py")
 
 
 def build_parser(description="GaussianOcc"):

@@ -30,6 +30,7 @@ from options import parse_args
 from utils.batch import to_device
 from utils.constants import FREE_ID, OCC3D_LABEL_RANGE
 from utils.occ_metrics import OccEvaluator, occ_eval_mask
+from utils.pred_io import save_prediction
 
 
 def occ3d_logits(logits, grid, zmin=OCC3D_LABEL_RANGE[2]):
@@ -70,6 +71,9 @@ def main(argv=None):
     p.add_argument("--sup_name", default="run")
     p.add_argument("--sup_eval_max", type=int, default=0, help="held-out samples scored (0 = all)")
     p.add_argument("--log_every_sup", type=int, default=25)
+    p.add_argument("--sup_save_pred", default=None, metavar="DIR",
+                   help="also write each held-out sample's volume to DIR/<token>.npz (utils/pred_io.py; opacity = "
+                        "1 - p(free)) for tools/diagnostics/occ_errors.py")
     own, rest = p.parse_known_args(argv)
     opt = parse_args(["--stage", "gsv", "--pose", "gt"] + rest)
     torch.manual_seed(opt.seed)
@@ -110,6 +114,13 @@ def main(argv=None):
                 with torch.autocast(**amp):
                     logits = occ3d_logits(net(batch["imgs"][:, 1], batch["K"], batch["cam2ego"])["logits"], net.grid)
                 pred = predict_classes(logits.float()).cpu()
+                if split == "val" and own.sup_save_pred:
+                    prob = logits.float().softmax(1)
+                    occupied = (1 - prob[:, -1]).cpu().numpy()
+                    sem = prob[:, :-1].argmax(1).to(torch.uint8).cpu().numpy()
+                    for b in range(len(pred)):
+                        save_prediction(own.sup_save_pred, batch["token"][b], batch["scene"][b], occupied[b],
+                                        sem[b], pred[b].numpy())
                 batch = {k: v.cpu() if torch.is_tensor(v) else v for k, v in batch.items()}
                 for b in range(len(pred)):
                     mask = occ_eval_mask(batch["occ_mask_camera"][b], batch["occ_mask_lidar"][b], opt.occ_eval_mask)
