@@ -15,8 +15,9 @@ difference for sky:
   * 0 (nothing detected) -> 0 ``others``: their comment says "ignore", but their cross-entropy ignores -1 only,
     so these pixels are trained as ``others``; kept as theirs;
   * 16 sky -> 17 (free) in the release, trained against their 18 rendered channels (17 classes + free); this
-    project renders the 17 semantic channels only (the free class is the opacity), so sky becomes 255 (ignore),
-    which is what their comment says.
+    project renders the 17 semantic channels only (the free class is the opacity), so sky becomes ``SKY_ID`` (254):
+    left out of the semantic cross-entropy, and with ``--w_sky`` > 0 its rays are trained transparent (the
+    release's "sky is free", said through the opacity; networks/gsv_loss.py).
 """
 import os
 
@@ -24,14 +25,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils.constants import IGNORE_ID
+from utils.constants import IGNORE_ID, SKY_ID
 from utils.errors import BadData, MissingFile, UnreadableFile
 
 SEM_FORMATS = ("png", "gsam_bin")
 GSAM_NAMES = ("nothing", "sedan", "highway", "bus", "truck", "terrain", "tree", "sidewalk", "bicycle", "barrier",
               "person", "building", "motorcycle", "crane", "trailer", "cone", "sky")
-# Grounded-SAM id -> Occ3D class id (utils.constants.OCC_CLASSES), 255 = ignore.
-GSAM_TO_OCC = np.array([0, 4, 11, 3, 10, 14, 16, 13, 2, 1, 7, 15, 6, 5, 9, 8, IGNORE_ID], np.uint8)
+# Grounded-SAM id -> Occ3D class id (utils.constants.OCC_CLASSES), SKY_ID = sky.
+GSAM_TO_OCC = np.array([0, 4, 11, 3, 10, 14, 16, 13, 2, 1, 7, 15, 6, 5, 9, 8, SKY_ID], np.uint8)
 
 
 def read_png_label(path):

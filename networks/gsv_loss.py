@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.batch import self_occlusion
+from utils.constants import IGNORE_ID, SKY_ID
 from utils.geometry import inverse_rigid
 from utils.losses import opacity_entropy, semantic_ce, smoothness_loss, temporal_loss
 
@@ -37,7 +38,8 @@ AUTHORS_CLASS_FREQUENCIES = (0, 18164955800, 734218842, 2336187448, 10996756106,
                              51204832885, 22848065525, 31841090018)
 # What a checkpoint older than an option was trained with (options.merge_checkpoint_options).
 CHECKPOINT_DEFAULTS = {"sem_class_weights": "none", "entropy_on": "alpha", "w_tv": 0.0,
-                       "reproj_invalid": "identity", "entropy_schedule": [0, 0], "w_dist": 0.0}
+                       "reproj_invalid": "identity", "entropy_schedule": [0, 0], "w_dist": 0.0,
+                       "w_sky": 0.0}
 
 
 def add_args(parser):
@@ -65,6 +67,16 @@ def add_args(parser):
                    help="weight of the depth spread along each ray: alpha Var(z) / E[z]^2 of the rendered weights of "
                         "the Gaussians (a distortion loss: small when each ray ends in one place, large for a fog; "
                         "0 for a transparent ray; GS rendering only)")
+    g.add_argument("--w_sky", type=float, default=0.0,
+                   help="> 0 (with --use_sem): weight of -log(1 - alpha) of the rendered alpha on the pixels whose 2D "
+                        "label is --sky_id (a ray to the sky crosses no occupied voxel; the release's 'sky is free', "
+                        "said through the opacity). Measured negative on the synthetic set: the sky rays empty but "
+                        "near surfaces render far (depth AbsRel 0.33-0.69 against 0.11; docs/results/runs/2026-12-03/"
+                        "occ-lid). 0 = off")
+    g.add_argument("--sky_id", type=int, default=SKY_ID,
+                   help="id of sky in the 2D labels (left out of the semantic cross-entropy; --w_sky): 254 = this "
+                        "project's (the Grounded-SAM labels' sky is read as 254); the synthetic set writes 255 for sky "
+                        "and has no other unlabelled pixel")
     g.add_argument("--w_extra_views", type=float, default=0.0,
                    help="> 0: also render the 6 cameras at the previous and next frame's poses (the pose source's "
                         "motion, in the current ego frame) and add their temporal loss (the current images warped "
@@ -122,6 +134,15 @@ def depth_spread(depth_acc, zsq_acc, alpha, min_depth=0.1):
     mean = depth_acc / a
     var = (zsq_acc / a - mean * mean).clamp(min=0)
     return (alpha * var / mean.clamp(min=min_depth) ** 2).mean()
+
+
+def sky_loss(alpha, sky):
+    """Mean of -log(1 - alpha) over the sky pixels: alpha (N, 1, h, w) or (N, h, w) rendered alpha, sky (N, h, w)
+    bool. 0 (with a gradient) when no pixel is sky."""
+    a = alpha.reshape(sky.shape).float().clamp(max=1 - 1e-4)
+    if not sky.any():
+        return a.sum() * 0
+    return -torch.log1p(-a[sky]).mean()
 
 
 def depth_oracle_loss(depth, depth_gt, max_depth):
@@ -217,6 +238,7 @@ class GSVLoss(nn.Module):
             raw.update({k: sum(v) / len(v) for k, v in parts.items() if v})
             if opt.w_extra_sem > 0 and "sem_adj" in batch and "sem" in ex:
                 labels = batch["sem_adj"].flatten(0, 2)  # (B*2*6, h, w)
+                labels = labels.masked_fill(labels == opt.sky_id, IGNORE_ID)
                 if valid is not None:
                     labels = labels.masked_fill(~valid[:, 0].view(B, 1, n, h, w).expand(B, 2, n, h, w)
                                                 .flatten(0, 2), 255)
@@ -232,14 +254,18 @@ class GSVLoss(nn.Module):
         if opt.use_sem and "sem" in batch:
             labels = batch["sem"].flatten(0, 1)
             if valid is not None:
-                labels = labels.masked_fill(~valid[:, 0], 255)
-            raw["sem"] = semantic_ce(r["sem"].flatten(0, 1), labels, weight=self.sem_weight)
+                labels = labels.masked_fill(~valid[:, 0], IGNORE_ID)
+            sky = labels == opt.sky_id
+            if opt.w_sky > 0:
+                raw["sky"] = sky_loss(r["alpha"].flatten(0, 1), sky)
+            raw["sem"] = semantic_ce(r["sem"].flatten(0, 1), labels.masked_fill(sky, IGNORE_ID),
+                                     weight=self.sem_weight)
         x = opt.w_extra_views
         weights = {"reproj": 1.0, "smooth": opt.w_smooth, "entropy": opt.w_entropy * self.entropy_ramp(),
                    "tv": opt.w_tv, "sem": opt.w_sem, "dist": opt.w_dist,
                    "depth_oracle": opt.w_depth_oracle,
                    "reproj_extra": x, "smooth_extra": x * opt.w_smooth, "dist_extra": x * opt.w_dist,
-                   "sem_extra": opt.w_extra_sem}
+                   "sem_extra": opt.w_extra_sem, "sky": opt.w_sky}
         terms = {k: weights[k] * v for k, v in raw.items()}
         logs = {f"loss_{k}": v.detach() for k, v in raw.items()}
         logs.update(automask_kept=maps["mask"].float().mean(),

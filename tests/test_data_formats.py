@@ -10,19 +10,19 @@ from PIL import Image
 from datasets.nuscenes_dataset import NuScenesDataset
 from datasets.pseudo_labels import GSAM_TO_OCC, read_gsam_bin, resize_labels
 from tests.test_nuscenes_dataset import make_opt
-from utils.constants import CAMS, OCC_CLASSES
+from utils.constants import CAMS, OCC_CLASSES, SKY_ID
 
 
 def test_gsam_ids_map_to_occ3d_classes_as_the_release(tmp_path):
-    # Grounded-SAM ids 0..16 -> Occ3D: nothing -> others, sedan -> car, ..., sky -> ignore (255) here
+    # Grounded-SAM ids 0..16 -> Occ3D: nothing -> others, sedan -> car, ..., sky -> SKY_ID (254) here
     expected = ["others", "car", "driveable_surface", "bus", "truck", "terrain", "vegetation", "sidewalk", "bicycle",
                 "barrier", "pedestrian", "manmade", "motorcycle", "construction_vehicle", "trailer", "traffic_cone"]
-    assert [OCC_CLASSES[c] for c in GSAM_TO_OCC[:16]] == expected and GSAM_TO_OCC[16] == 255
+    assert [OCC_CLASSES[c] for c in GSAM_TO_OCC[:16]] == expected and GSAM_TO_OCC[16] == SKY_ID == 254
     ids = np.arange(17 * 3, dtype=np.int8).reshape(3, 17) % 17
     path = tmp_path / "x_mask.bin"
     ids.tofile(path)
     labels = read_gsam_bin(path, (3, 17))
-    assert labels.dtype == np.uint8 and labels[1, 1] == OCC_CLASSES.index("car") and (labels[:, 16] == 255).all()
+    assert labels.dtype == np.uint8 and labels[1, 1] == OCC_CLASSES.index("car") and (labels[:, 16] == SKY_ID).all()
     with pytest.raises(ValueError, match=r"51 bytes, expected 4 x 17 = 68"):
         read_gsam_bin(path, (4, 17))
     np.array([1, -3, 40], np.int8).tofile(path)
@@ -61,7 +61,7 @@ def test_dataset_reads_gsam_files_and_the_converter_gives_the_same_pngs(nusc_roo
     for c in range(6):
         top, sky = sem[c, 50], sem[c, 5]  # render rows are original rows / 5
         assert (top == GSAM_TO_OCC[c + 1]).all() and (sem[c, 150] == OCC_CLASSES.index("driveable_surface")).all()
-        assert (sky == 255).all()
+        assert (sky == SKY_ID).all()
     split = tmp_path / "one.txt"
     split.write_text(token + "\n")
     assert convert(str(nusc_root), "v1.0-mini", str(tmp_path / "nuscenes_semantic"), str(tmp_path / "png"),

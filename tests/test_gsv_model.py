@@ -14,6 +14,7 @@ from networks.voxel_gaussians import MIN_OPACITY, voxels_to_gaussians
 from options import parse_args
 from rebuild import load_stage1
 from utils.constants import FREE_ID, OCC3D_SHAPE
+from utils.errors import ConfigError
 from utils.geometry import inverse_rigid
 from utils.rasterizer import rasterize
 from utils.vis import training_pictures
@@ -500,3 +501,38 @@ def test_mean_offsets_start_at_the_voxel_centres_and_stay_inside_the_voxel():
     assert model.occ_net.offset_head.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="--gs_offset works on uniform grids only"):
         GSVModel(tiny_opt("--gs_offset", "0.5", "--contracted", "true"))
+
+
+def test_sky_pixels_are_trained_transparent_and_left_out_of_the_semantics():
+    """--w_sky: -log(1 - alpha) on the pixels labelled --sky_id; those pixels never reach the cross-entropy (254, the
+    Grounded-SAM sky, would be an unknown class there)."""
+    from networks.gsv_loss import sky_loss
+    alpha = torch.tensor([[0.0, 0.5], [0.9, 1.0]])
+    sky = torch.tensor([[True, True], [False, False]])
+    assert sky_loss(alpha, sky) == pytest.approx(-math.log(0.5) / 2, rel=1e-5)
+    assert sky_loss(alpha, torch.zeros_like(sky)) == 0
+    assert torch.isfinite(sky_loss(torch.ones(2, 2), torch.ones(2, 2, dtype=torch.bool)))  # clamped below 1
+    torch.manual_seed(0)
+    batch = make_batch()
+    batch["sem"][:, :, :4] = 254  # the top rows are sky
+    ignored = dict(batch, sem=batch["sem"].masked_fill(batch["sem"] == 254, 255))
+    model = build_model(tiny_opt())
+    torch.manual_seed(1)
+    _, logs0, _ = model(ignored)
+    torch.manual_seed(1)
+    _, logs1, _ = model(batch)
+    assert "loss_sky" not in logs1 and logs1["loss_sem"] == pytest.approx(float(logs0["loss_sem"]), rel=1e-5)
+    model = build_model(tiny_opt("--w_sky", "1"))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    T = torch.eye(4).expand(1, 2, 6, 4, 4)
+    sky_losses = []
+    for _ in range(8):  # the sky term alone empties the sky rays
+        terms, logs = model.criterion.terms(model.render(batch), batch, T)
+        sky_losses.append(float(logs["loss_sky"]))
+        opt.zero_grad()
+        terms["sky"].backward()
+        opt.step()
+    first, last = sky_losses[0], sky_losses[-1]
+    assert first > 0 and last < 0.5 * first, sky_losses
+    with pytest.raises(ConfigError, match="--w_sky 1.0 on the command line: must be 0 unless --use_sem true"):
+        tiny_opt("--w_sky", "1", "--use_sem", "false")

@@ -48,6 +48,9 @@ OCC_CLASSES = [
 NUM_SEM_CLASSES = 17  # without free
 FREE_ID = 17
 IGNORE_ID = 255
+# 2D labels: sky (the Grounded-SAM labels' "sky", networks/gsv_loss.py --sky_id / --w_sky: rays to the sky see no
+# occupancy); left out of the semantic cross-entropy like IGNORE_ID.
+SKY_ID = 254
 # mIoU* leaves out "others" and "other_flat" (GaussianOcc / OccNeRF convention).
 MIOU_STAR_EXCLUDE = (0, 12)
 # The release's runner.py also logs a 13-class mean ("mIoU without empty") without others, bicycle, motorcycle
