@@ -386,19 +386,32 @@ fixture|fixture-stage1)
 fixture-gsv)
     [ -d "$FIXTURE/depth_gt" ] || $PY -m tools.data.export_gt_depth_nusc --dataroot "$FIXTURE" --version v1.0-mini \
         --out depth_gt
+    # FX_VARIANTS (or FX_VARIANTS_FILE): "name:options" lines over configs/fixture-gsv.txt (default: the three
+    # criteria below); with $FIXTURE/gts_lidar (tools/data/make_occ_gt_nusc.py) also the geo IoU against those labels;
+    # FX_DIAG=0 leaves out gsv_diagnose; inside tools/device_run.sh the training ends early enough for FX_EVAL_S.
     C="--config configs/fixture-gsv.txt --dataroot $FIXTURE --num_workers ${WORKERS:-3}"
+    [ ! -d "$FIXTURE/gts_lidar" ] || C="$C --occ_root gts_lidar --eval_occ true"
     OLD="--opacity softmax --entropy_on alpha --w_tv 0"  # the criterion that collapsed (issue 11)
-    for v in "default:" "alpha-entropy:$OLD" "no-entropy:--opacity softmax --w_entropy 0 --w_tv 0"; do
+    [ -n "${FX_VARIANTS_FILE:-}" ] && FX_VARIANTS=$(grep -v '^#' "$FX_VARIANTS_FILE")
+    FX_VARIANTS=${FX_VARIANTS:-"default:
+alpha-entropy:$OLD
+no-entropy:--opacity softmax --w_entropy 0 --w_tv 0"}
+    GSV_MIN=$($PY -m tools.time_budget "$GSV_MIN" "${FX_EVAL_S:-120}")
+    echo "$FX_VARIANTS" | { while IFS= read -r v; do
+        [ -n "$v" ] || continue
         train_eval "fixture-gsv-${v%%:*}" $C ${v#*:} --max_minutes "$GSV_MIN" &
     done
     $PY -m tools.init_checkpoint $C --exp_name fixture-gsv-untrained > logs/fixture-gsv-untrained.log 2>&1
     $PY eval.py $C --ckpt logs/fixture-gsv-untrained/ckpt/last.pt --out_dir logs/fixture-gsv-untrained/eval \
         >> logs/fixture-gsv-untrained.log 2>&1
-    for v in "default:" "alpha-entropy:$OLD"; do
-        $PY -m tools.diagnostics.gsv_diagnose $C ${v#*:} --steps "${DIAG_STEPS:-150}" --out "logs/diag-${v%%:*}" \
-            > "logs/diag-${v%%:*}.log" 2>&1 &
-    done
-    wait
+    if [ "${FX_DIAG:-1}" = 1 ]; then
+        for v in "default:" "alpha-entropy:$OLD"; do
+            $PY -m tools.diagnostics.gsv_diagnose $C ${v#*:} --steps "${DIAG_STEPS:-150}" --out "logs/diag-${v%%:*}" \
+                > "logs/diag-${v%%:*}.log" 2>&1 &
+        done
+    fi
+    wait; }
+    $PY tools/occ_summary.py logs/fixture-gsv-* --json logs/fixture-summary.json | tee logs/fixture-summary.md
     ;;
 landscape)
     $PY -m tools.diagnostics.gsp_landscape --out_dir logs/landscape
