@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from options import above, at_least
 from utils.batch import self_occlusion
 from utils.constants import IGNORE_ID, SKY_ID
 from utils.geometry import inverse_rigid
@@ -39,7 +40,10 @@ AUTHORS_CLASS_FREQUENCIES = (0, 18164955800, 734218842, 2336187448, 10996756106,
 # What a checkpoint older than an option was trained with (options.merge_checkpoint_options).
 CHECKPOINT_DEFAULTS = {"sem_class_weights": "none", "entropy_on": "alpha", "w_tv": 0.0,
                        "reproj_invalid": "identity", "entropy_schedule": [0, 0], "w_dist": 0.0,
-                       "w_sky": 0.0}
+                       "w_sky": 0.0, "w_dist_metric": 0.0}
+
+
+OPTION_RANGES = {"dist_metric_scale": above(0), "w_dist_metric": at_least(0), "w_sky": at_least(0)}
 
 
 def add_args(parser):
@@ -67,6 +71,13 @@ def add_args(parser):
                    help="weight of the depth spread along each ray: alpha Var(z) / E[z]^2 of the rendered weights of "
                         "the Gaussians (a distortion loss: small when each ray ends in one place, large for a fog; "
                         "0 for a transparent ray; GS rendering only)")
+    g.add_argument("--w_dist_metric", type=float, default=0.0,
+                   help="weight of the depth spread along each ray in metres: alpha Var(z) / --dist_metric_scale^2 "
+                        "(--w_dist's spread, relative to E[z]^2, fades with range: a ray that ends in a 5 m slab at 30 "
+                        "m costs it 0.002; on the synthetic set the ground is drawn thick from 20 m on, "
+                        "docs/results/runs/2026-12-03/occ-lid). 0 = off")
+    g.add_argument("--dist_metric_scale", type=float, default=0.4,
+                   help="metres: the spread of --w_dist_metric counts in units of this (default one Occ3D voxel)")
     g.add_argument("--w_sky", type=float, default=0.0,
                    help="> 0 (with --use_sem): weight of -log(1 - alpha) of the rendered alpha on the pixels whose 2D "
                         "label is --sky_id (a ray to the sky crosses no occupied voxel; the release's 'sky is free', "
@@ -145,6 +156,20 @@ def sky_loss(alpha, sky):
     return -torch.log1p(-a[sky]).mean()
 
 
+def depth_spread_metric(depth_acc, zsq_acc, alpha, scale=0.4):
+    """Mean over pixels of alpha Var(z) / scale^2 of the Gaussians' weights on each ray (the inputs of
+    ``depth_spread``): the spread in units of ``scale`` metres whatever the range; 0 for a transparent ray."""
+    a = alpha.clamp(min=1e-4)
+    mean = depth_acc / a
+    var = (zsq_acc / a - mean * mean).clamp(min=0)
+    return (alpha * var).mean() / scale ** 2
+
+
+def depth_spread_wanted(opt):
+    """Whether the criterion needs sum_i w_i z_i^2 rendered (--w_dist or --w_dist_metric)."""
+    return opt.w_dist > 0 or getattr(opt, "w_dist_metric", 0) > 0
+
+
 def depth_oracle_loss(depth, depth_gt, max_depth):
     """Mean |d - d_gt| / d_gt over the LiDAR points (diagnostic; uses ground truth). depth: rendered (B, 6, 1, h, w)
     or (B, 6, h, w); depth_gt: (B, 6, H, W) at the image size, 0 where no point. The render is sampled bilinearly at
@@ -221,6 +246,8 @@ class GSVLoss(nn.Module):
             raw["entropy"] = opacity_entropy(r["alpha"])
         if opt.w_dist > 0 and "zsq" in r:  # GS rendering (the volume renderer of the baseline does not give E[z^2])
             raw["dist"] = depth_spread(r["depth_acc"], r["zsq"], r["alpha"], opt.min_depth)
+        if opt.w_dist_metric > 0 and "zsq" in r:
+            raw["dist_metric"] = depth_spread_metric(r["depth_acc"], r["zsq"], r["alpha"], opt.dist_metric_scale)
         if "extra" in r:  # the previous / next frame's cameras: each its own target, the current images the source
             ex = r["extra"]
             cur = imgs[:, 1].flatten(0, 1)
@@ -262,7 +289,7 @@ class GSVLoss(nn.Module):
                                      weight=self.sem_weight)
         x = opt.w_extra_views
         weights = {"reproj": 1.0, "smooth": opt.w_smooth, "entropy": opt.w_entropy * self.entropy_ramp(),
-                   "tv": opt.w_tv, "sem": opt.w_sem, "dist": opt.w_dist,
+                   "tv": opt.w_tv, "sem": opt.w_sem, "dist": opt.w_dist, "dist_metric": opt.w_dist_metric,
                    "depth_oracle": opt.w_depth_oracle,
                    "reproj_extra": x, "smooth_extra": x * opt.w_smooth, "dist_extra": x * opt.w_dist,
                    "sem_extra": opt.w_extra_sem, "sky": opt.w_sky}

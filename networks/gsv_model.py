@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from networks.gsv_loss import fog_stats
+from networks.gsv_loss import depth_spread_wanted, fog_stats
 from networks.occ_net import OccNet
 from networks.voxel_gaussians import voxel_opacity, voxels_to_gaussians
 from utils.cli import str2bool
@@ -211,7 +211,7 @@ class GSVModel(nn.Module):
                                             viewmats, self.opt.min_depth, opacity=opacity,
                                             raw_offset=out.get("offset"))
             renders = []
-            zsq = self.opt.raster_zsq if self.opt.w_dist > 0 else None  # sum_i w_i z_i^2 for the depth spread
+            zsq = self.opt.raster_zsq if depth_spread_wanted(self.opt) else None  # sum_i w_i z_i^2: depth spread
             for b, g in enumerate(gaussians):
                 o = g["opacities"].detach()[:, None]
                 feats = torch.cat([g["features"], o.to(g["features"].dtype),

@@ -536,3 +536,12 @@ def test_sky_pixels_are_trained_transparent_and_left_out_of_the_semantics():
     assert first > 0 and last < 0.5 * first, sky_losses
     with pytest.raises(ConfigError, match="--w_sky 1.0 on the command line: must be 0 unless --use_sem true"):
         tiny_opt("--w_sky", "1", "--use_sem", "false")
+
+
+def test_metric_depth_spread_is_rendered_and_trained_without_the_relative_one():
+    torch.manual_seed(0)
+    model = build_model(tiny_opt("--w_dist", "0", "--w_dist_metric", "0.01"))
+    loss, logs, _ = model(make_batch())
+    assert "loss_dist" not in logs and float(logs["loss_dist_metric"]) > 0 and torch.isfinite(loss)
+    loss.backward()
+    assert model.occ_net.decoder[0].weight.grad.abs().sum() > 0

@@ -101,3 +101,16 @@ def test_fog_statistics_and_depth_spread_tell_a_surface_from_a_fog():
     assert spread(fog) > 0.15  # weights over 2..60 m
     transparent = _render(0.0, [10.0])
     assert spread(transparent) == 0.0 and fog_stats(transparent)["seen_opacity"] == 0
+
+
+def test_metric_depth_spread_does_not_fade_with_range():
+    """--w_dist_metric: the same slab of weights costs the same near and far (in voxels^2), where the relative spread
+    of --w_dist falls with the square of the range."""
+    from networks.gsv_loss import depth_spread_metric
+    near = _render(0.3, [9.0, 9.4, 9.8, 10.2, 10.6])  # a 2 m slab of semi-transparent layers at 10 m ...
+    far = _render(0.3, [29.0, 29.4, 29.8, 30.2, 30.6])  # ... and at 30 m
+    metric = lambda r: float(depth_spread_metric(r["depth"], r["zsq"], r["alpha"], 0.4))  # noqa: E731
+    rel = lambda r: float(depth_spread(r["depth"], r["zsq"], r["alpha"]))  # noqa: E731
+    assert metric(near) == pytest.approx(metric(far), rel=0.05) and metric(near) > 0.5
+    assert rel(far) < rel(near) / 5
+    assert metric(_render(0.95, [10.0])) < 0.05 * metric(near) and metric(_render(0.0, [10.0])) == 0.0
