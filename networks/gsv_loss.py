@@ -280,9 +280,10 @@ class GSVLoss(nn.Module):
             raw["tv"] = total_variation(r["logits"])
         if opt.use_sem and "sem" in batch:
             labels = batch["sem"].flatten(0, 1)
+            sky = labels == opt.sky_id  # (before the fill below: --sky_id may be IGNORE_ID itself)
             if valid is not None:
                 labels = labels.masked_fill(~valid[:, 0], IGNORE_ID)
-            sky = labels == opt.sky_id
+                sky &= valid[:, 0]
             if opt.w_sky > 0:
                 raw["sky"] = sky_loss(r["alpha"].flatten(0, 1), sky)
             raw["sem"] = semantic_ce(r["sem"].flatten(0, 1), labels.masked_fill(sky, IGNORE_ID),

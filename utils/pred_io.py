@@ -1,12 +1,12 @@
 """Predicted occupancy volumes on disk, one file per evaluated sample (``eval.py --save_pred DIR``), small enough to
 bring back from a GPU machine and study on a CPU (``tools/diagnostics/occ_errors.py``).
 
-``<DIR>/<token>.npz`` holds: ``opacity`` (200, 200, 16) uint8 = round(255 * sqrt(opacity)) (so low opacities keep
-their resolution: 0.002 at 0.1, 0.008 at 0.5; 0 below ``MIN_OPACITY``, noise that no read-out uses and that would
-make the file 5x larger), ``sem`` (200, 200, 16) uint8 semantic argmax (class ids; 255 where the opacity is below ``SEM_MIN_OPACITY``, which
-keeps the file small: the argmax of a voxel no read-out would call occupied is noise), ``occupancy``
-(200, 200, 16) uint8 Occ3D class ids of the run's read-out (17 = free), ``threshold`` (the calibrated read-out's
-opacity threshold of the sample, NaN without one), ``scene`` and ``token``.
+``<DIR>/<token>.npz`` holds: ``opacity`` (200, 200, 16) uint8 = round(255 * sqrt(opacity)) (low opacities keep their
+resolution: steps of 0.0025 at 0.1, 0.0055 at 0.5; 0 below ``MIN_OPACITY``, a range no read-out uses), ``sem``
+(200, 200, 16) uint8 semantic argmax (class ids; 255 where the opacity is below ``SEM_MIN_OPACITY``: the argmax of a
+voxel no read-out calls occupied is noise that compresses badly), ``occupancy`` (200, 200, 16) uint8 Occ3D class
+ids of the run's read-out (17 = free), ``threshold`` (the calibrated read-out's opacity threshold of the sample, NaN
+without one), ``scene`` and ``token``. About 0.5 MB a sample.
 """
 import os
 

@@ -91,7 +91,7 @@ class ErrorStats:
         self.c = {}
         self.cls = np.zeros((len(OCC_CLASSES), 4), dtype=np.int64)  # GT count, found exact, found within 1, right class
         self.offsets = []
-        self.far = None  # per height layer: evaluated voxels >= 3 voxels from any GT-occupied one, of them read occupied
+        self.far = None  # per height layer: evaluated voxels >= 3 voxels from any GT-occupied one, those read occupied
 
     def add(self, key, value):
         self.c[key] = self.c.get(key, 0) + int(value)
@@ -137,8 +137,8 @@ class ErrorStats:
             # IoU from the tolerant precision and recall: 1 / (1/p + 1/r - 1)
             out[f"geo_IoU_tol{d}"] = 100.0 / (1 / max(p, 1e-9) + 1 / max(r, 1e-9) - 1)
         fp = c["pred"] - c["tp"]
-        out["fp_share_by_distance"] = {(f"{lo}" if lo == hi else f"{lo}-{hi}") if hi < 10 ** 6 else f">{lo - 1}": 100.0 * c[f"fp_d{lo}"] / max(fp, 1)
-                                       for lo, hi in FP_BINS}
+        names = [(f"{lo}" if lo == hi else f"{lo}-{hi}") if hi < 10 ** 6 else f">{lo - 1}" for lo, hi in FP_BINS]
+        out["fp_share_by_distance"] = {k: 100.0 * c[f"fp_d{lo}"] / max(fp, 1) for k, (lo, _) in zip(names, FP_BINS)}
         out["by_range"] = {f"{lo}-{hi} m": {"precision": 100.0 * c[f"r{lo}_tp"] / max(c[f"r{lo}_pred"], 1),
                                             "recall": 100.0 * c[f"r{lo}_tp"] / max(c[f"r{lo}_gt"], 1),
                                             "geo_IoU": iou(c[f"r{lo}_tp"], c[f"r{lo}_pred"], c[f"r{lo}_gt"])}
@@ -159,7 +159,8 @@ class ErrorStats:
 def table(names, sums):
     """Markdown tables of several runs' summaries."""
     rows = [("geo IoU (as saved)", "geo_IoU"), ("geo IoU within 1 voxel", "geo_IoU_tol1"),
-            ("geo IoU within 2 voxels", "geo_IoU_tol2"), ("precision", "precision"), ("precision within 1", "precision_tol1"),
+            ("geo IoU within 2 voxels", "geo_IoU_tol2"), ("precision", "precision"),
+            ("precision within 1", "precision_tol1"),
             ("recall", "recall"), ("recall within 1", "recall_tol1")]
     head = "| measure | " + " | ".join(names) + " |\n|---|" + "---:|" * len(names) + "\n"
     t = head + "".join(f"| {lab} | " + " | ".join(f"{s[k]:.1f}" for s in sums) + " |\n" for lab, k in rows)
@@ -171,7 +172,8 @@ def table(names, sums):
         for s in sums) + " |\n" for k in sums[0]["by_range"])
     t += "".join(f"| first hit {k + ' m' if k != 'none' else 'none on the ray'} (% of rays) | " +
                  " | ".join(f"{s['first_hit_offset_share'][k]:.1f}" for s in sums) + " |\n" for k in OFFSET_NAMES)
-    t += "| first hit offset, median (m) | " + " | ".join(f"{s['first_hit_offset_median_m']:+.2f}" for s in sums) + " |\n"
+    t += "| first hit offset, median (m) | " + " | ".join(f"{s['first_hit_offset_median_m']:+.2f}" for s in sums) \
+        + " |\n"
     t += "\nFar from any surface (>= 3 voxels), share read occupied per height layer (%, layer 0 = the ground, 0.4 m " \
          "each):\n\n" + head.replace("measure", "layer")
     for k in range(len(sums[0]["far_read_occupied_by_layer"])):
