@@ -110,6 +110,7 @@ def evaluate(model, dataset, opt, device):
     occ_ev, ray_ev, opa_ev = OccEvaluator(), RayIoU(), OpacityStats()
     cal_ev = OccEvaluator()  # the label-free calibrated read-out (--occ_readout calibrated, the default)
     arg_ev = OccEvaluator()  # the authors' argmax read-out, beside whichever is the default
+    thin_ev = OccEvaluator()  # the read-out with one ground voxel per column (--occ_thin_ground), beside it
     shift_ev = {k: OccEvaluator() for k in SHIFTS}  # the default read-out moved along the rays (radial_shift)
     cal_t = torch.zeros(2, dtype=torch.float64)  # sum and count of its per-sample thresholds
     fog = torch.zeros(len(FOG_KEYS), 2, dtype=torch.float64)  # sum and count of each fog statistic (stage 2)
@@ -145,6 +146,8 @@ def evaluate(model, dataset, opt, device):
                     e.update(radial_shift(occ[b], k), gt, mask)
                 if "occupancy_argmax" in pred:
                     arg_ev.update(pred["occupancy_argmax"][b].cpu().numpy(), gt, mask)
+                if "occupancy_thin" in pred:
+                    thin_ev.update(pred["occupancy_thin"][b].cpu().numpy(), gt, mask)
                 if "occupancy_calibrated" in pred:
                     cal_ev.update(pred["occupancy_calibrated"][b].cpu().numpy(), gt, mask)
                     cal_t += torch.tensor([float(pred["occ_threshold"][b]), 1.0], dtype=torch.float64)
@@ -173,6 +176,7 @@ def evaluate(model, dataset, opt, device):
     opa_ev.all_reduce()
     cal_ev.all_reduce()
     arg_ev.all_reduce()
+    thin_ev.all_reduce()
     for e in shift_ev.values():
         e.all_reduce()
     cal_t = dist.all_reduce_sum(cal_t.to(device)).cpu()
@@ -218,6 +222,13 @@ def evaluate(model, dataset, opt, device):
             out["scalars"].update({"occ/argmax_mIoU*": a["mIoU_star"], "occ/argmax_IoU": a["geo_IoU"]})
             out["text"] += (f"Read-out argmax over the C+1 channels (--occ_readout argmax, the authors'): mIoU* "
                             f"{a['mIoU_star']:.2f}, mIoU {a['mIoU']:.2f}, geo IoU {a['geo_IoU']:.2f}\n\n")
+        if thin_ev.hist.sum() > 0:
+            t_ = thin_ev.summary()
+            out["occupancy_thin_ground"] = {"mIoU_star": t_["mIoU_star"], "mIoU": t_["mIoU"], "geo_IoU": t_["geo_IoU"]}
+            out["scalars"].update({"occ/thin_ground_mIoU*": t_["mIoU_star"], "occ/thin_ground_IoU": t_["geo_IoU"]})
+            out["text"] += (f"Read-out with one ground voxel per column (--occ_thin_ground "
+                            f"{'true, the read-out above' if opt.occ_thin_ground else 'false: not the read-out above'}"
+                            f"): mIoU* {t_['mIoU_star']:.2f}, mIoU {t_['mIoU']:.2f}, geo IoU {t_['geo_IoU']:.2f}\n\n")
         if all(e.hist.sum() > 0 for e in shift_ev.values()):
             sh = {k: e.summary() for k, e in shift_ev.items()}
             out["occupancy_shifted"] = {str(k): {"mIoU_star": v["mIoU_star"], "geo_IoU": v["geo_IoU"]}

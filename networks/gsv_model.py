@@ -20,7 +20,7 @@ from networks.voxel_gaussians import voxel_opacity, voxels_to_gaussians
 from utils.cli import str2bool
 from utils.constants import FREE_ID, OCC3D_LABEL_RANGE, OCC3D_SHAPE, OCC3D_VOXEL
 from utils.geometry import inverse_rigid, rescale_K_to
-from utils.occ_readout import consistent_threshold
+from utils.occ_readout import consistent_threshold, thin_ground
 from utils.rasterizer import rasterize
 
 CHECKPOINT_DEFAULTS = {"opacity": "softmax", "depth_background": "none"}  # what a checkpoint older than the option was trained with
@@ -70,6 +70,11 @@ def add_args(parser):
                         "60-94 %% of the calibrated mIoU* on held-out synthetic streets "
                         "(docs/results/runs/2026-12-02/occ-round6); opacity = occupied where the opacity exceeds "
                         "--occ_threshold")
+    g.add_argument("--occ_thin_ground", type=str2bool, default=False,
+                   help="after the read-out, keep one ground voxel per column (the most opaque of those read as "
+                        "driveable_surface, other_flat, sidewalk or terrain; utils/occ_readout.thin_ground): Occ3D's "
+                        "ground is a height field, a volume drawn from renders has it thick towards range. eval "
+                        "reports it beside the read-out either way")
     g.add_argument("--occ_threshold", type=float, default=0.5,
                    help="opacity threshold of --occ_readout opacity (and of calibrated where a volume is read out "
                         "without a render)")
@@ -302,6 +307,9 @@ class GSVModel(nn.Module):
             out["occupancy"] = out["occupancy_calibrated"]
         else:  # nothing rendered: the fixed threshold
             out["occupancy"] = readout_classes(ro, "opacity", self.opt.occ_threshold, self.opt.opacity)
+        out["occupancy_thin"] = thin_ground(out["occupancy"], opacity)
+        if getattr(self.opt, "occ_thin_ground", False):
+            out["occupancy"] = out["occupancy_thin"]
         return out
 
     def predict_occupancy(self, batch):

@@ -17,7 +17,10 @@ smallest. It is a property of the model's own volume and render: the labels are 
 """
 import torch
 
-from utils.constants import OCC3D_LABEL_RANGE, OCC3D_VOXEL
+from utils.constants import FREE_ID, OCC3D_LABEL_RANGE, OCC3D_VOXEL, OCC_CLASSES
+
+# Occ3D's ground classes: driveable_surface, other_flat, sidewalk, terrain
+GROUND_IDS = tuple(OCC_CLASSES.index(c) for c in ("driveable_surface", "other_flat", "sidewalk", "terrain"))
 
 CANDIDATES = tuple(round(0.05 * k, 2) for k in range(1, 20))  # 0.05 ... 0.95
 
@@ -98,3 +101,21 @@ def consistent_threshold(opacity, depth_acc, alpha, K, cam2ego, zmin=OCC3D_LABEL
     good = (err <= err.min() + tolerance).nonzero()[:, 0]
     k = int(good[len(good) // 2])
     return float(candidates[k]), float(err[k]), len(surface)
+
+
+def thin_ground(occ, opacity, ground_ids=GROUND_IDS, free_id=FREE_ID):
+    """The ground as one voxel per column: of the voxels of a column read as a ground class, only the most opaque
+    stays (the others become free; every other class is left as it is).
+
+    occ: (..., X, Y, Z) class ids (a read-out); opacity: the same shape, the voxel opacities it was read from. Occ3D's
+    ground is a height field: one ground voxel per column in 94.5 % of the ground columns of the real Occ3D-nuScenes
+    sample (the rest, on slopes and kerbs, hold two) and in every column of the synthetic labels; a volume drawn from
+    renders has it thicker towards range, where rays cross the layers above the ground at grazing angles
+    (docs/results/runs/2026-12-03/occ-lid). No parameter, no label."""
+    ground = torch.zeros_like(occ, dtype=torch.bool)
+    for c in ground_ids:
+        ground |= occ == c
+    score = torch.where(ground, opacity.float(), torch.full_like(opacity, -1, dtype=torch.float32))
+    keep = score.argmax(-1, keepdim=True)
+    z = torch.arange(occ.shape[-1], device=occ.device)
+    return torch.where(ground & (z != keep), torch.full_like(occ, free_id), occ)
