@@ -27,8 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from options import above, at_least
 from utils.batch import self_occlusion
+from utils.cli import above, at_least
 from utils.constants import IGNORE_ID, SKY_ID
 from utils.geometry import inverse_rigid
 from utils.losses import opacity_entropy, semantic_ce, smoothness_loss, temporal_loss
