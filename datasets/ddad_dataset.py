@@ -172,7 +172,8 @@ class DDADDataset(NuScenesDataset):
         self.input_size = tuple(opt.input_size)
         self.render_size = tuple(opt.render_size)
         self.eval_labels, self.uint8_images = eval_labels, uint8_images
-        self.load_depth = eval_labels or trains_on_depth(opt)
+        # LiDAR depth: for the depth metrics (not with --eval_depth false) or a criterion trained on it
+        self.load_depth = (eval_labels and getattr(opt, "eval_depth", True)) or trains_on_depth(opt)
         self.sem_root = resolve(root, opt.sem_root) if opt.use_sem else None
         if getattr(opt, "near_stride", 0):
             raise BadData("--near_stride: the DDAD loader takes the adjacent frames only (like --frame_stride); use 0")

@@ -321,7 +321,8 @@ class NuScenesDataset(Dataset):
         self.input_size = tuple(opt.input_size)
         self.render_size = tuple(opt.render_size)
         self.eval_labels, self.uint8_images = eval_labels, uint8_images
-        self.load_depth = eval_labels or trains_on_depth(opt)
+        # LiDAR depth: for the depth metrics (not with --eval_depth false) or a criterion trained on it
+        self.load_depth = (eval_labels and getattr(opt, "eval_depth", True)) or trains_on_depth(opt)
         tables = load_tables(opt.dataroot, opt.version)  # first: a wrong --dataroot is reported as such
         self.sem_root = resolve(opt.dataroot, opt.sem_root) if opt.use_sem else None
         # the 2D labels of the previous / next keyframe too (their rendered semantics, --w_extra_sem)

@@ -193,6 +193,12 @@ def test_optional_labels(nusc_root, tokens, occ3d_label, tmp_path):
     dense = item["depth_gt"][CAMS.index("CAM_BACK")].numpy()
     assert (dense > 0).sum() == len(d["depth"]) > 1000
     np.testing.assert_array_equal(dense[d["uv"][:, 1], d["uv"][:, 0]], d["depth"])
+    # --eval_depth false: no LiDAR depth is read (a split whose depth was never exported evaluates its occupancy)
+    shutil.rmtree(tmp_path / "depth" / tok)
+    os.makedirs(tmp_path / "depth" / tok)
+    item = NuScenesDataset(make_opt(nusc_root, val_split=str(tmp_path / "s.txt"), occ_root=str(tmp_path / "occ"),
+                                    depth_root=str(tmp_path / "depth"), eval_depth=False), "val")[0]
+    assert "depth_gt" not in item and "occ_semantics" in item
 
 
 def test_make_split(nusc_root, tokens, tmp_path, capsys):

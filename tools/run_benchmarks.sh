@@ -87,7 +87,8 @@ occupancy)
     # OCC_SUBSET=N: also writes $SYNP/splits/first<N>_train.txt, the training split of the first N streets only (a
     # variant's "--train_split $SYNP/splits/first<N>_train.txt" then trains on fewer streets, same held-out ones).
     # OCC_EVAL_TRAIN=N: each run is also evaluated on N training samples (logs/occ-<name>/eval-train, a row of the
-    # summary: the gap to the held-out streets).
+    # summary: the gap to the held-out streets; occupancy only, so the training streets need no LiDAR depth). A variant with --save_pred logs/pred-<name> writes its held-out
+    # volumes there (not the training samples'), and logs/occ-errors.md compares them (tools/diagnostics/occ_errors.py).
     SYNP=${SYNP:-data/synthetic-pipe}; GB=""
     if command -v nvidia-smi > /dev/null 2>&1; then  # gsplat's kernels build while the data is made
         $PY -m tools.gsplat_build > logs/gsplat_build.log 2>&1 & GB=$!
@@ -98,7 +99,6 @@ occupancy)
     [ -n "${OCC_VARIANTS_FILE:-}" ] && OCC_VARIANTS=$(grep -v '^#' "$OCC_VARIANTS_FILE")
     # the held-out streets' LiDAR depth (evaluation); every sample's when a variant trains on it (--w_depth_oracle)
     DSPLIT="--split $SYNP/splits/val.txt"; case "${OCC_VARIANTS:-}" in *w_depth_oracle*) DSPLIT="";; esac
-    [ -z "${OCC_EVAL_TRAIN:-}" ] || DSPLIT=""
     [ -d $SYNP/depth_gt ] && [ -n "$DSPLIT" ] || $PY -m tools.data.export_gt_depth_nusc --dataroot $SYNP \
         --version v1.0-synthetic --out depth_gt $DSPLIT >> logs/occ-data.log 2>&1
     if [ -n "${OCC_SUBSET:-}" ]; then  # the first N training streets (scene names in order), the same held-out ones
@@ -125,11 +125,17 @@ softmax-noent:--opacity softmax --w_entropy 0 --w_tv 0"}
               --num_workers "${OCC_WORKERS:-2}" --eval_rayiou false ${v#*:}
           [ -z "${OCC_EVAL_TRAIN:-}" ] || $PY eval.py --config configs/synthetic-gsv.txt $SD --pose gt \
               --num_workers "${OCC_WORKERS:-2}" --eval_rayiou false ${v#*:} --val_split $SYNP/splits/train.txt \
-              --eval_max_samples "$OCC_EVAL_TRAIN" --ckpt "logs/occ-${v%%:*}/ckpt/last.pt" \
+              --eval_max_samples "$OCC_EVAL_TRAIN" --eval_depth false --save_pred "" \
+              --ckpt "logs/occ-${v%%:*}/ckpt/last.pt" \
               --out_dir "logs/occ-${v%%:*}/eval-train" >> "logs/occ-${v%%:*}.log" 2>&1; } &
     done; wait; }
     $PY tools/occ_summary.py logs/occ-* $(ls -d logs/occ-*/eval-train 2>/dev/null) --json logs/occ-summary.json \
         | tee logs/occ-summary.md
+    # variants that saved their held-out volumes (--save_pred logs/pred-<name>): where they are wrong, side by side
+    PRED=$(ls -d logs/pred-* 2>/dev/null)
+    # shellcheck disable=SC2086
+    [ -z "$PRED" ] || $PY -m tools.diagnostics.occ_errors --occ_root $SYNP/gts --pred $PRED --out logs/occ-errors.md \
+        > logs/occ-errors.log 2>&1 || echo "[occupancy] occ_errors failed: logs/occ-errors.log"
     ;;
 gpu-default)
     # The GPU default and the occupancy floor at once on ONE GPU from a bare machine (about 21 minutes: run it
