@@ -100,3 +100,20 @@ def test_eval_writes_the_volumes_and_occ_errors_reads_them(tmp_path):
     assert out["run"]["geo_IoU"] == 100 and (tmp_path / "err.json").exists()
     with pytest.raises(SystemExit, match="no labels for t0"):
         occ_errors.main(["--occ_root", str(tmp_path / "nowhere"), "--pred", str(tmp_path / "pred")])
+
+
+def test_prediction_figure_draws_labels_and_each_run(tmp_path):
+    from tools.diagnostics.occ_pred_figure import figure
+    gt, cam, lidar = _street()
+    item = {"imgs": torch.rand(3, 6, 3, 36, 64), "occ_semantics": torch.from_numpy(gt),
+            "occ_mask_camera": torch.from_numpy(cam), "scene": "s0", "token": "t0"}
+    lid = gt.copy()
+    lid[:, :, 13] = 15
+    save_prediction(str(tmp_path / "a"), "t0", "s0", (lid != FREE_ID).astype(np.float32), lid, lid)
+    small = dict(view_hw=(60, 100))
+    seen = figure([item], [0], [str(tmp_path / "a")], ["lid"], "camera", **small)
+    whole = figure([item], [0], [str(tmp_path / "a")], ["lid"], "none", **small)
+    assert seen.dtype == np.uint8 and seen.ndim == 3 and seen.shape == whole.shape
+    assert not np.array_equal(seen, whole)  # the lid outside mask_camera shows only in the whole read-out
+    with pytest.raises(SystemExit, match="has no volume of sample 0"):
+        figure([dict(item, token="t1")], [0], [str(tmp_path / "a")], ["lid"], **small)
