@@ -117,7 +117,8 @@ def add_base_args(p):
                    help="under DDP on GPUs, BatchNorm statistics over the batch of all processes (SyncBatchNorm)")
 
     g = p.add_argument_group("evaluation")
-    g.add_argument("--eval_depth", type=str2bool, default=True, help="depth metrics against LiDAR")
+    g.add_argument("--eval_depth", type=str2bool, default=True,
+                   help="depth metrics against LiDAR (false: the loader reads no LiDAR depth at all)")
     g.add_argument("--eval_occ", type=str2bool, default=True, help="occupancy metrics against Occ3D labels")
     g.add_argument("--occ_eval_mask", type=str, default="camera_lidar", choices=["camera_lidar", "camera", "none"],
                    help="voxels scored by mIoU / IoU: camera_lidar = mask_camera AND mask_lidar (the authors' "
