@@ -40,7 +40,7 @@ AUTHORS_CLASS_FREQUENCIES = (0, 18164955800, 734218842, 2336187448, 10996756106,
 # What a checkpoint older than an option was trained with (options.merge_checkpoint_options).
 CHECKPOINT_DEFAULTS = {"sem_class_weights": "none", "entropy_on": "alpha", "w_tv": 0.0,
                        "reproj_invalid": "identity", "entropy_schedule": [0, 0], "w_dist": 0.0,
-                       "w_sky": 0.0, "w_dist_metric": 0.0}
+                       "w_sky": 0.0, "w_dist_metric": 0.0, "photo_res": "render"}
 
 
 OPTION_RANGES = {"dist_metric_scale": above(0), "w_dist_metric": at_least(0), "w_sky": at_least(0)}
@@ -71,6 +71,12 @@ def add_args(parser):
                    help="weight of the depth spread along each ray: alpha Var(z) / E[z]^2 of the rendered weights of "
                         "the Gaussians (a distortion loss: small when each ray ends in one place, large for a fog; "
                         "0 for a transparent ray; GS rendering only)")
+    g.add_argument("--photo_res", type=str, default="render", choices=["render", "input"],
+                   help="resolution of the photometric loss and the smoothness: render = at --render_size with the "
+                        "images area-downsampled to it (this project's so far); input = the rendered depth upsampled "
+                        "(bilinear) to --input_size and the full images warped, as the authors' runner.py and "
+                        "monodepth2 (finer photometric evidence for the depth; the semantic and depth-spread terms "
+                        "stay at the render size)")
     g.add_argument("--w_dist_metric", type=float, default=0.0,
                    help="weight of the depth spread along each ray in metres: alpha Var(z) / --dist_metric_scale^2 "
                         "(--w_dist's spread, relative to E[z]^2, fades with range: a ray that ends in a 5 m slab at 30 "
@@ -227,15 +233,25 @@ class GSVLoss(nn.Module):
         B, n = r["depth"].shape[:2]
         h, w = r["depth"].shape[-2:]
         imgs = F.interpolate(batch["imgs"].flatten(0, 2), (h, w), mode="area").view(B, -1, n, 3, h, w)
-        # frames: previous, current, next (and with --near_stride the near previous / next, T's 3rd and 4th)
-        target = imgs[:, 1].flatten(0, 1)
-        sources = [imgs[:, f].flatten(0, 1) for f in range(imgs.shape[1]) if f != 1]
-        depth = r["depth"].flatten(0, 1).clamp(opt.min_depth, opt.max_depth)
         valid = self_occlusion(batch, (h, w))  # 0 = ego car body -> (B*6,1,h,w) bool
         valid = None if valid is None else valid.flatten(0, 1) > 0.5
+        # the photometric loss and the smoothness: at the render size, or (--photo_res input, the authors') with the
+        # rendered depth upsampled to the input images (monodepth2's full-resolution reprojection)
+        if getattr(opt, "photo_res", "render") == "input":
+            H, W = batch["imgs"].shape[-2:]
+            pimgs, pK = batch["imgs"].float(), batch["K"].flatten(0, 1)
+            pdepth = F.interpolate(r["depth"].flatten(0, 1), (H, W), mode="bilinear", align_corners=False)
+            pvalid = self_occlusion(batch, (H, W))
+            pvalid = None if pvalid is None else pvalid.flatten(0, 1) > 0.5
+        else:
+            pimgs, pK, pdepth, pvalid = imgs, r["K"].flatten(0, 1), r["depth"].flatten(0, 1), valid
+        # frames: previous, current, next (and with --near_stride the near previous / next, T's 3rd and 4th)
+        target = pimgs[:, 1].flatten(0, 1)
+        sources = [pimgs[:, f].flatten(0, 1) for f in range(pimgs.shape[1]) if f != 1]
+        depth = pdepth.clamp(opt.min_depth, opt.max_depth)
         raw = {}  # unweighted
-        raw["reproj"], maps = temporal_loss(target, sources, depth, r["K"].flatten(0, 1),
-                                            [T[:, k].flatten(0, 1) for k in range(len(sources))], target_mask=valid,
+        raw["reproj"], maps = temporal_loss(target, sources, depth, pK,
+                                            [T[:, k].flatten(0, 1) for k in range(len(sources))], target_mask=pvalid,
                                             invalid=opt.reproj_invalid)
         raw["smooth"] = smoothness_loss(1 / depth, target)
         if opt.entropy_on == "gaussians":

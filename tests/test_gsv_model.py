@@ -545,3 +545,30 @@ def test_metric_depth_spread_is_rendered_and_trained_without_the_relative_one():
     assert "loss_dist" not in logs and float(logs["loss_dist_metric"]) > 0 and torch.isfinite(loss)
     loss.backward()
     assert model.occ_net.decoder[0].weight.grad.abs().sum() > 0
+
+
+def test_photometric_loss_at_the_input_resolution():
+    """--photo_res input (the authors'): the rendered depth upsampled to the input images; without motion every warp
+    is its own source (about zero error), and the loss trains the volume."""
+    torch.manual_seed(0)
+    opt = tiny_opt("--photo_res", "input")
+    still = lambda b: torch.eye(4).expand(1, 2, 6, 4, 4)  # noqa: E731
+    model = GSVModel(opt, criterion=GSVLoss(opt, 17), pose_source=still)
+    batch = make_batch()
+    batch["imgs"][:, 0] = (batch["imgs"][:, 0] + 0.1).clamp(0, 1)
+    loss, logs, _ = model(batch)
+    assert logs["warp_valid"] == 1.0 and abs(logs["loss_reproj"]) < 1e-4 and torch.isfinite(loss)
+    batch = make_batch()
+    batch["ego2global"][:, 0, :, 0, 3] = -0.5
+    batch["ego2global"][:, 2, :, 0, 3] = 0.5
+    batch["imgs"][:, 0] = batch["imgs"][:, 1].roll(3, -1)  # the neighbours differ from the current images
+    batch["imgs"][:, 2] = batch["imgs"][:, 1].roll(-3, -1)
+    reproj = {}
+    for res in ("render", "input"):
+        torch.manual_seed(0)
+        model = build_model(tiny_opt("--photo_res", res))
+        loss, logs, _ = model(batch)
+        loss.backward()
+        reproj[res] = float(logs["loss_reproj"])
+        assert reproj[res] > 0 and model.occ_net.decoder[0].weight.grad.abs().sum() > 0
+    assert batch["imgs"].shape[-2:] != tuple(opt.render_size) and reproj["input"] != pytest.approx(reproj["render"])
