@@ -148,7 +148,8 @@ gpu-default)
     # GD_FIXTURE: a nuScenes fixture root with depth_gt/ and gts_lidar/: stage 2 on it too (configs/fixture-gsv.txt,
     # recorded poses, no labels in training; trained on the first 3/4 of its keyframes, evaluated on them, on the last
     # quarter and untrained on that quarter) and stage 1 (configs/fixture-gsp.txt, 4 + 1 min, keyframe spacing).
-    # Results in GD_OUT (logs/gpu-default): summary.md / .json (stage 2), stage1/summary.md / .json, logs.tar.gz;
+    # Results in GD_OUT (logs/gpu-default): summary.md / .json (stage 2), errors.md (occ_errors of the recorded-pose
+    # runs), stage1/summary.md / .json, logs.tar.gz;
     # copied to GD_PACK when set.
     T0=$(date +%s); O=${GD_OUT:-logs/gpu-default}
     mkdir -p "$O"
@@ -171,7 +172,7 @@ gpu-default)
     } &
     printf 'default:\n%s\n' "${GD_VARIANTS:-}" | { while IFS= read -r v; do
         [ -n "$v" ] || continue
-        train_eval "gd-gtpose-${v%%:*}" $GT ${v#*:} &
+        train_eval "gd-gtpose-${v%%:*}" $GT --save_pred "logs/pred-gd-gtpose-${v%%:*}" ${v#*:} &
     done; wait
     # the default on its own training streets too: the gap to the held-out ones says what more streets would buy
     $PY eval.py $GT --val_split data/synthetic-full/splits/train.txt --ckpt logs/gd-gtpose-default/ckpt/last.pt \
@@ -221,6 +222,11 @@ gpu-default)
         logs/gd-fixture logs/gd-fixture/eval-heldout logs/gd-fixture-untrained/eval-heldout --json "$O/summary.json" \
         > "$O/summary.md" || true
     cat "$O/summary.md" "$O/stage1/summary.md" 2>/dev/null || true
+    # where the recorded-pose volumes are wrong (tools/diagnostics/occ_errors.py on their saved held-out volumes)
+    PRED=$(ls -d logs/pred-gd-gtpose-* 2>/dev/null)
+    # shellcheck disable=SC2086
+    [ -z "$PRED" ] || $PY -m tools.diagnostics.occ_errors --occ_root data/synthetic-full/gts --pred $PRED \
+        --out "$O/errors.md" > "$O/errors.log" 2>&1 || true
     for r in logs/synthetic-gsp logs/synthetic-gsp-refine logs/synthetic-gsv logs/gd-gtpose-* logs/gd-untrained logs/gd-fixture \
              logs/gd-fixture-untrained logs/gd-fixture-gsp logs/gd-fixture-gsp-refine; do
         [ -d "$r" ] || continue
@@ -241,7 +247,7 @@ gpu-default)
     tar czf "$O/logs.tar.gz" -C "$O" --exclude=logs.tar.gz . 2>/dev/null || true
     if [ -n "${GD_PACK:-}" ]; then
         mkdir -p "$GD_PACK"
-        for f in summary.md summary.json logs.tar.gz; do [ -f "$O/$f" ] && cp "$O/$f" "$GD_PACK/"; done
+        for f in summary.md summary.json errors.md logs.tar.gz; do [ -f "$O/$f" ] && cp "$O/$f" "$GD_PACK/"; done
         [ -f "$O/stage1/summary.md" ] && cp "$O/stage1/summary.md" "$GD_PACK/stage1.md"
     fi
     echo "[gpu-default] all done after $(( $(date +%s) - T0 )) s"
