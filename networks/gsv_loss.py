@@ -143,13 +143,18 @@ def binary_entropy(opacity, eps=1e-6):
     return -(o * o.log() + (1 - o) * (1 - o).log()).mean()
 
 
-def depth_spread(depth_acc, zsq_acc, alpha, min_depth=0.1):
-    """Mean over pixels of alpha Var(z) / E[z]^2 of the Gaussians' weights on each ray: depth_acc = sum_i w_i z_i,
-    zsq_acc = sum_i w_i z_i^2, alpha = sum_i w_i (any equal shapes; no background). 0 where the weights sit at one
-    depth or the ray is transparent; for a fog spread evenly over [0, 2 E[z]], 1/3 alpha."""
+def _ray_moments(depth_acc, zsq_acc, alpha):
+    """E[z] and Var(z) of the Gaussians' weights on each ray, from depth_acc = sum_i w_i z_i, zsq_acc = sum_i w_i
+    z_i^2 and alpha = sum_i w_i (any equal shapes; no background)."""
     a = alpha.clamp(min=1e-4)
     mean = depth_acc / a
-    var = (zsq_acc / a - mean * mean).clamp(min=0)
+    return mean, (zsq_acc / a - mean * mean).clamp(min=0)
+
+
+def depth_spread(depth_acc, zsq_acc, alpha, min_depth=0.1):
+    """Mean over pixels of alpha Var(z) / E[z]^2 of the Gaussians' weights on each ray (``_ray_moments``). 0 where
+    the weights sit at one depth or the ray is transparent; for a fog spread evenly over [0, 2 E[z]], 1/3 alpha."""
+    mean, var = _ray_moments(depth_acc, zsq_acc, alpha)
     return (alpha * var / mean.clamp(min=min_depth) ** 2).mean()
 
 
@@ -163,11 +168,9 @@ def sky_loss(alpha, sky):
 
 
 def depth_spread_metric(depth_acc, zsq_acc, alpha, scale=0.4):
-    """Mean over pixels of alpha Var(z) / scale^2 of the Gaussians' weights on each ray (the inputs of
-    ``depth_spread``): the spread in units of ``scale`` metres whatever the range; 0 for a transparent ray."""
-    a = alpha.clamp(min=1e-4)
-    mean = depth_acc / a
-    var = (zsq_acc / a - mean * mean).clamp(min=0)
+    """Mean over pixels of alpha Var(z) / scale^2 of the Gaussians' weights on each ray (``_ray_moments``): the
+    spread in units of ``scale`` metres whatever the range; 0 for a transparent ray."""
+    _, var = _ray_moments(depth_acc, zsq_acc, alpha)
     return (alpha * var).mean() / scale ** 2
 
 
@@ -193,6 +196,13 @@ def depth_oracle_loss(depth, depth_gt, max_depth):
 def total_variation(volume):
     """Mean |difference| of neighbours along the last three dims of ``volume`` (B, C, X, Y, Z), averaged."""
     return sum(volume.diff(dim=d).abs().mean() for d in (2, 3, 4)) / 3
+
+
+def _visible(batch, size):
+    """(B*6, 1, h, w) bool of the pixels not on the ego car's body (``self_occlusion`` at ``size``), None without
+    masks."""
+    valid = self_occlusion(batch, size)
+    return None if valid is None else valid.flatten(0, 1) > 0.5
 
 
 class GSVLoss(nn.Module):
@@ -233,16 +243,14 @@ class GSVLoss(nn.Module):
         B, n = r["depth"].shape[:2]
         h, w = r["depth"].shape[-2:]
         imgs = F.interpolate(batch["imgs"].flatten(0, 2), (h, w), mode="area").view(B, -1, n, 3, h, w)
-        valid = self_occlusion(batch, (h, w))  # 0 = ego car body -> (B*6,1,h,w) bool
-        valid = None if valid is None else valid.flatten(0, 1) > 0.5
+        valid = _visible(batch, (h, w))
         # the photometric loss and the smoothness: at the render size, or (--photo_res input, the authors') with the
         # rendered depth upsampled to the input images (monodepth2's full-resolution reprojection)
-        if getattr(opt, "photo_res", "render") == "input":
+        if opt.photo_res == "input":
             H, W = batch["imgs"].shape[-2:]
             pimgs, pK = batch["imgs"].float(), batch["K"].flatten(0, 1)
             pdepth = F.interpolate(r["depth"].flatten(0, 1), (H, W), mode="bilinear", align_corners=False)
-            pvalid = self_occlusion(batch, (H, W))
-            pvalid = None if pvalid is None else pvalid.flatten(0, 1) > 0.5
+            pvalid = _visible(batch, (H, W))
         else:
             pimgs, pK, pdepth, pvalid = imgs, r["K"].flatten(0, 1), r["depth"].flatten(0, 1), valid
         # frames: previous, current, next (and with --near_stride the near previous / next, T's 3rd and 4th)

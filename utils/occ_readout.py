@@ -112,9 +112,7 @@ def thin_ground(occ, opacity, ground_ids=GROUND_IDS, free_id=FREE_ID):
     sample (the rest, on slopes and kerbs, hold two) and in every column of the synthetic labels; a volume drawn from
     renders has it thicker towards range, where rays cross the layers above the ground at grazing angles
     (docs/results/runs/2026-12-03/occ-lid). No parameter, no label."""
-    ground = torch.zeros_like(occ, dtype=torch.bool)
-    for c in ground_ids:
-        ground |= occ == c
+    ground = torch.isin(occ, torch.tensor(ground_ids, dtype=occ.dtype, device=occ.device))
     score = torch.where(ground, opacity.float(), torch.full_like(opacity, -1, dtype=torch.float32))
     keep = score.argmax(-1, keepdim=True)
     z = torch.arange(occ.shape[-1], device=occ.device)
