@@ -110,7 +110,8 @@ def evaluate(model, dataset, opt, device):
     occ_ev, ray_ev, opa_ev = OccEvaluator(), RayIoU(), OpacityStats()
     cal_ev = OccEvaluator()  # the label-free calibrated read-out (--occ_readout calibrated, the default)
     arg_ev = OccEvaluator()  # the authors' argmax read-out, beside whichever is the default
-    thin_ev = OccEvaluator()  # the read-out with one ground voxel per column (--occ_thin_ground), beside it
+    thin_ev = OccEvaluator()  # the read-out with one ground voxel per column (--occ_thin_ground, the default) ...
+    asread_ev = OccEvaluator()  # ... and with the ground as the threshold leaves it, both beside the read-out
     shift_ev = {k: OccEvaluator() for k in SHIFTS}  # the default read-out moved along the rays (radial_shift)
     cal_t = torch.zeros(2, dtype=torch.float64)  # sum and count of its per-sample thresholds
     fog = torch.zeros(len(FOG_KEYS), 2, dtype=torch.float64)  # sum and count of each fog statistic (stage 2)
@@ -148,6 +149,8 @@ def evaluate(model, dataset, opt, device):
                     arg_ev.update(pred["occupancy_argmax"][b].cpu().numpy(), gt, mask)
                 if "occupancy_thin" in pred:
                     thin_ev.update(pred["occupancy_thin"][b].cpu().numpy(), gt, mask)
+                if "occupancy_as_read" in pred:
+                    asread_ev.update(pred["occupancy_as_read"][b].cpu().numpy(), gt, mask)
                 if "occupancy_calibrated" in pred:
                     cal_ev.update(pred["occupancy_calibrated"][b].cpu().numpy(), gt, mask)
                     cal_t += torch.tensor([float(pred["occ_threshold"][b]), 1.0], dtype=torch.float64)
@@ -177,6 +180,7 @@ def evaluate(model, dataset, opt, device):
     cal_ev.all_reduce()
     arg_ev.all_reduce()
     thin_ev.all_reduce()
+    asread_ev.all_reduce()
     for e in shift_ev.values():
         e.all_reduce()
     cal_t = dist.all_reduce_sum(cal_t.to(device)).cpu()
@@ -229,6 +233,14 @@ def evaluate(model, dataset, opt, device):
             out["text"] += (f"Read-out with one ground voxel per column (--occ_thin_ground "
                             f"{'true, the read-out above' if opt.occ_thin_ground else 'false: not the read-out above'}"
                             f"): mIoU* {t_['mIoU_star']:.2f}, mIoU {t_['mIoU']:.2f}, geo IoU {t_['geo_IoU']:.2f}\n\n")
+        if asread_ev.hist.sum() > 0:
+            r_ = asread_ev.summary()
+            out["occupancy_ground_as_read"] = {"mIoU_star": r_["mIoU_star"], "mIoU": r_["mIoU"],
+                                               "geo_IoU": r_["geo_IoU"]}
+            out["scalars"].update({"occ/as_read_mIoU*": r_["mIoU_star"], "occ/as_read_IoU": r_["geo_IoU"]})
+            out["text"] += (f"Read-out with the ground as the threshold leaves it (--occ_thin_ground false"
+                            f"{': the read-out above' if not opt.occ_thin_ground else ''}): mIoU* "
+                            f"{r_['mIoU_star']:.2f}, mIoU {r_['mIoU']:.2f}, geo IoU {r_['geo_IoU']:.2f}\n\n")
         if all(e.hist.sum() > 0 for e in shift_ev.values()):
             sh = {k: e.summary() for k, e in shift_ev.items()}
             out["occupancy_shifted"] = {str(k): {"mIoU_star": v["mIoU_star"], "geo_IoU": v["geo_IoU"]}

@@ -71,12 +71,13 @@ def add_args(parser):
                    help="weight of the depth spread along each ray: alpha Var(z) / E[z]^2 of the rendered weights of "
                         "the Gaussians (a distortion loss: small when each ray ends in one place, large for a fog; "
                         "0 for a transparent ray; GS rendering only)")
-    g.add_argument("--photo_res", type=str, default="render", choices=["render", "input"],
-                   help="resolution of the photometric loss and the smoothness: render = at --render_size with the "
-                        "images area-downsampled to it (this project's so far); input = the rendered depth upsampled "
+    g.add_argument("--photo_res", type=str, default="input", choices=["render", "input"],
+                   help="resolution of the photometric loss and the smoothness: input = the rendered depth upsampled "
                         "(bilinear) to --input_size and the full images warped, as the authors' runner.py and "
-                        "monodepth2 (finer photometric evidence for the depth; the semantic and depth-spread terms "
-                        "stay at the render size)")
+                        "monodepth2 (the semantic and depth-spread terms stay at the render size); render = at "
+                        "--render_size with the images area-downsampled to it. Measured on held-out synthetic "
+                        "streets, three pairs (occ-round12c): occupancy equal within noise (mIoU* 21.37 vs 21.18, "
+                        "geo IoU 43.50 vs 42.73), depth AbsRel 0.109-0.127 vs 0.117-0.204, same steps per second")
     g.add_argument("--w_dist_metric", type=float, default=0.0,
                    help="weight of the depth spread along each ray in metres: alpha Var(z) / --dist_metric_scale^2 "
                         "(--w_dist's spread, relative to E[z]^2, fades with range: a ray that ends in a 5 m slab at 30 "

@@ -70,11 +70,12 @@ def add_args(parser):
                         "60-94 %% of the calibrated mIoU* on held-out synthetic streets "
                         "(docs/results/runs/2026-12-02/occ-round6); opacity = occupied where the opacity exceeds "
                         "--occ_threshold")
-    g.add_argument("--occ_thin_ground", type=str2bool, default=False,
+    g.add_argument("--occ_thin_ground", type=str2bool, default=True,
                    help="after the read-out, keep one ground voxel per column (the most opaque of those read as "
                         "driveable_surface, other_flat, sidewalk or terrain; utils/occ_readout.thin_ground): Occ3D's "
-                        "ground is a height field, a volume drawn from renders has it thick towards range. eval "
-                        "reports it beside the read-out either way")
+                        "ground is a height field, a volume drawn from renders has it thick towards range. Measured "
+                        "on training streets (occ-round12c): +1.9 to +2.7 mIoU* and +0.9 to +2.1 geo IoU in all 7 "
+                        "runs; false reads the ground as the threshold leaves it. eval reports the other beside it")
     g.add_argument("--occ_threshold", type=float, default=0.5,
                    help="opacity threshold of --occ_readout opacity (and of calibrated where a volume is read out "
                         "without a render)")
@@ -307,8 +308,9 @@ class GSVModel(nn.Module):
             out["occupancy"] = out["occupancy_calibrated"]
         else:  # nothing rendered: the fixed threshold
             out["occupancy"] = readout_classes(ro, "opacity", self.opt.occ_threshold, self.opt.opacity)
+        out["occupancy_as_read"] = out["occupancy"]  # the ground as the threshold leaves it
         out["occupancy_thin"] = thin_ground(out["occupancy"], opacity)
-        if getattr(self.opt, "occ_thin_ground", False):
+        if getattr(self.opt, "occ_thin_ground", True):
             out["occupancy"] = out["occupancy_thin"]
         return out
 

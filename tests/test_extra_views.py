@@ -68,11 +68,12 @@ def test_the_extra_views_add_their_loss_and_train_the_network():
     assert {"loss_reproj_extra", "loss_smooth_extra", "loss_dist_extra"} <= set(logs)
     assert "loss_reproj_extra" not in logs0
     # the current cameras' terms are those of the run without extra views; the extra ones come on top
+    # (this untrained pair's auto-mask keeps no pixel, so loss_reproj is float noise of ~1e-7 in both)
     for k in ("loss_reproj", "loss_smooth", "loss_sem", "loss_dist"):
-        assert float(logs[k]) == pytest.approx(float(logs0[k]), rel=1e-5, abs=1e-7), k
+        assert float(logs[k]) == pytest.approx(float(logs0[k]), rel=1e-5, abs=1e-6), k
     extra = 0.5 * (logs["loss_reproj_extra"] + model.opt.w_smooth * logs["loss_smooth_extra"]
                    + model.opt.w_dist * logs["loss_dist_extra"])
-    assert float(loss.detach()) == pytest.approx(float(loss0.detach()) + float(extra), rel=1e-5, abs=1e-7)
+    assert float(loss.detach()) == pytest.approx(float(loss0.detach()) + float(extra), rel=1e-5, abs=1e-6)
     assert 0 < float(logs["loss_reproj_extra"]) < 1
     loss.backward()
     assert model.occ_net.decoder[0].weight.grad.abs().sum() > 0

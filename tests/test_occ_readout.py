@@ -126,7 +126,8 @@ def test_the_default_read_out_is_the_calibrated_one_with_the_authors_argmax_besi
     it to the free channel (0.7 > 0.3)."""
     from eval import evaluate
     from utils.occ_metrics import OccEvaluator
-    opt = tiny_opt("--num_workers", "0", "--eval_rayiou", "false", "--gs_scale", "1.2")  # (3.3 m voxels)
+    # (3.3 m voxels; the ground as read: this ground of two label layers is what the threshold decides)
+    opt = tiny_opt("--num_workers", "0", "--eval_rayiou", "false", "--gs_scale", "1.2", "--occ_thin_ground", "false")
     assert opt.occ_readout == "calibrated"
     model = GSVModel(opt).eval()
     X, Y, Z = model.occ_net.grid.shape
@@ -206,6 +207,15 @@ def test_eval_scores_the_thin_ground_read_out_beside_the_default():
         base = pred["occupancy_calibrated"]  # the default read-out before the ground is thinned
         assert torch.equal(pred["occupancy_thin"], thin_ground(base, pred["occ_opacity"]))
         assert torch.equal(pred["occupancy"], pred["occupancy_thin"] if thin == "true" else base)
+        assert torch.equal(pred["occupancy_as_read"], base)
         out = evaluate(model, [item], tiny_opt("--num_workers", "0", "--eval_rayiou", "false", "--eval_depth",
                                                "false", "--occ_thin_ground", thin), torch.device("cpu"))
-        assert "occ/thin_ground_IoU" in out["scalars"] and f"--occ_thin_ground {thin}" in out["text"]
+        sc = out["scalars"]
+        assert "occ/thin_ground_IoU" in sc and f"--occ_thin_ground {thin}" in out["text"]
+        # the read-out scored is the thin one or the one as read, and the other is reported beside it
+        assert sc["occ/IoU"] == sc["occ/thin_ground_IoU" if thin == "true" else "occ/as_read_IoU"]
+        assert sc["occ/mIoU*"] == sc["occ/thin_ground_mIoU*" if thin == "true" else "occ/as_read_mIoU*"]
+
+
+def test_thin_ground_is_the_default_read_out():
+    assert tiny_opt().occ_thin_ground is True

@@ -10,7 +10,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _metrics(folder, miou, step):
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "metrics.json"), "w") as f:
-        json.dump({"step": step, "scalars": {"occ/mIoU*": miou, "occ/IoU": 2 * miou, "depth/abs_rel": 0.2}}, f)
+        json.dump({"step": step, "scalars": {"occ/mIoU*": miou, "occ/IoU": 2 * miou, "depth/abs_rel": 0.2,
+                                             "occ/as_read_mIoU*": miou - 2, "occ/as_read_IoU": 2 * miou - 1}}, f)
 
 
 def test_run_and_eval_folder_rows(tmp_path):
@@ -28,3 +29,4 @@ def test_run_and_eval_folder_rows(tmp_path):
     assert rows["gd-a"]["mIoU*"] == 12.5 and rows["gd-a/eval-train"]["mIoU*"] == 30.25
     assert rows["gd-a/eval-train"]["geo_IoU"] == 60.5
     assert "| gd-a/eval-train | 100 | 30.25 | 60.50 |" in r.stdout
+    assert rows["gd-a"]["as_read_mIoU*"] == 10.5 and "| 28.25 / 59.50 |" in r.stdout

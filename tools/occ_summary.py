@@ -39,6 +39,7 @@ def row_of(run):
             "cal_t": s.get("occ/calibrated_t"),
             "argmax_mIoU*": s.get("occ/argmax_mIoU*"), "argmax_geo_IoU": s.get("occ/argmax_IoU"),
             "thin_mIoU*": s.get("occ/thin_ground_mIoU*"), "thin_geo_IoU": s.get("occ/thin_ground_IoU"),
+            "as_read_mIoU*": s.get("occ/as_read_mIoU*"), "as_read_geo_IoU": s.get("occ/as_read_IoU"),
             "shift-1_geo_IoU": s.get("occ/shift-1_IoU"), "shift+1_geo_IoU": s.get("occ/shift+1_IoU"),
             "best_t": best.get("t"), "best_mIoU*": best.get("mIoU_star"), "best_geo_IoU": best.get("geo_IoU"),
             "abs_rel": s.get("depth/abs_rel"), "seen_opacity": s.get("fog/seen_opacity"),
@@ -59,15 +60,17 @@ def main():
     a = p.parse_args()
     rows = [r for r in (row_of(run) for run in sorted(a.runs)) if r is not None]
     print("| run | steps | mIoU* | geo IoU | opacity AUC | calibrated read-out: mIoU* / geo IoU (mean t) | "
-          "argmax read-out: mIoU* / geo IoU | one ground voxel per column: mIoU* / geo IoU | "
+          "argmax read-out: mIoU* / geo IoU | ground, one voxel per column: mIoU* / geo IoU | "
+          "ground as read: mIoU* / geo IoU | "
           "best t: mIoU* / geo IoU | geo IoU moved -1 / +1 voxel | depth AbsRel | "
           "seen opacity | faint alpha | voxels to 0.5 | warnings |")
-    print("|---|---:|---:|---:|---:|---|---|---|---|---|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---|---|---|---|---|---|---:|---:|---:|---:|---|")
     for r in rows:
         print(f"| {r['run']} | {fmt(r['step'])} | {fmt(r['mIoU*'])} | {fmt(r['geo_IoU'])} | {fmt(r['AUC'], 1)} | "
               f"{fmt(r['cal_mIoU*'])} / {fmt(r['cal_geo_IoU'])} ({fmt(r['cal_t'])}) | "
               f"{fmt(r['argmax_mIoU*'])} / {fmt(r['argmax_geo_IoU'])} | "
               f"{fmt(r['thin_mIoU*'])} / {fmt(r['thin_geo_IoU'])} | "
+              f"{fmt(r['as_read_mIoU*'])} / {fmt(r['as_read_geo_IoU'])} | "
               f"{fmt(r['best_mIoU*'])} / {fmt(r['best_geo_IoU'])} (t = {fmt(r['best_t'])}) | "
               f"{fmt(r['shift-1_geo_IoU'])} / {fmt(r['shift+1_geo_IoU'])} | {fmt(r['abs_rel'], 3)} | "
               f"{fmt(r['seen_opacity'], 3)} | {fmt(r['faint_alpha_share'], 3)} | {fmt(r['voxels_to_half'], 1)} | "
