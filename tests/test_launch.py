@@ -224,11 +224,14 @@ def test_ddp_report_compares_throughput_and_metrics(tmp_path):
         (run / "eval" / "metrics.json").write_text(json.dumps({"scalars": {"occ/mIoU*": miou, "depth/abs_rel": 0.2}}))
     (tmp_path / "two" / "eval-ranks").mkdir()  # the 2-process checkpoint evaluated by 2 processes too
     (tmp_path / "two" / "eval-ranks" / "metrics.json").write_text(
-        json.dumps({"scalars": {"occ/mIoU*": 9.0 + 2e-6, "depth/abs_rel": 0.2}}))
+        json.dumps({"scalars": {"occ/mIoU*": 9.0 + 2e-6, "depth/abs_rel": 0.2 + 3e-5}}))
     one, two = main([str(tmp_path / "one"), str(tmp_path / "two"), "--out", str(tmp_path / "r")])
-    assert "eval_ranks_max_abs_diff" not in one and two["eval_ranks_max_abs_diff"] == pytest.approx(2e-6)
+    assert "eval_ranks_max_abs_diff" not in one and two["eval_ranks_max_abs_diff"] == pytest.approx(3e-5)
+    assert two["eval_ranks_max_diff_key"] == "depth/abs_rel"
+    assert two["eval_ranks_occ_max_abs_diff"] == pytest.approx(2e-6)  # the confusion-matrix scores on their own
     assert one["samples_per_s"] == pytest.approx(95 / 10) and two["samples_per_s"] == pytest.approx(190 / 6)
     assert (one["processes"], two["processes"]) == (1, 2) and two["metrics"]["mIoU*"] == 9.0
     md = (tmp_path / "r.md").read_text()
     assert "| two | 2 | 100 | 200 | 6 | 31.7 | 3.33x | 10 % | 3.0 | 9.00 |" in md
-    assert md.splitlines()[-1].endswith("| 2e-06 |") and md.splitlines()[-2].endswith("| - |")
+    assert md.splitlines()[-1].endswith("| occupancy 2e-06, any 3e-05 (depth/abs_rel) |")
+    assert md.splitlines()[-2].endswith("| - |")

@@ -5,7 +5,8 @@
 Per run folder: <run>/options.txt, <run>/train_log.jsonl (written by the trainer: steps_per_s, data_wait_frac,
 peak_mem_gib, samples, time_s) and <run>/eval/metrics.json (eval.py), and <run>/eval-ranks/metrics.json when the
 same checkpoint was also evaluated by several processes (its largest difference to the one-process numbers is
-reported: one confusion matrix means 0 up to float summation order). Throughput = samples / seconds between the
+reported, and that of the confusion-matrix scores alone: one matrix summed over the ranks, so 0 exactly; the
+continuous statistics may differ by the forward's float order between processes). Throughput = samples / seconds between the
 first and the last log line (the start-up and the first step are left out); the first run is the reference of
 the speed-up. Writes <out>.md and <out>.json and prints the table.
 """
@@ -15,6 +16,7 @@ import os
 
 METRICS = (("occ/mIoU*", "mIoU*"), ("occ/mIoU", "mIoU"), ("occ/IoU", "IoU"), ("occ/RayIoU", "RayIoU"),
            ("depth/abs_rel", "AbsRel"))
+CONFUSION_KEYS = ("occ/mIoU*", "occ/mIoU", "occ/IoU")
 
 
 def read_options(run):
@@ -47,9 +49,14 @@ def summarise(run):
         ranks = os.path.join(run, "eval-ranks", "metrics.json")
         if os.path.isfile(ranks):
             other = json.load(open(ranks)).get("scalars", {})
-            diffs = [abs(other[k] - v) for k, v in scalars.items()
+            diffs = [(abs(other[k] - v), k) for k, v in scalars.items()
                      if isinstance(v, (int, float)) and isinstance(other.get(k), (int, float))]
-            out["eval_ranks_max_abs_diff"] = max(diffs) if diffs else None
+            out["eval_ranks_max_abs_diff"] = max(diffs)[0] if diffs else None
+            out["eval_ranks_max_diff_key"] = max(diffs)[1] if diffs else None
+            # the confusion-matrix scores (one matrix summed over the ranks: equal exactly) apart from the rest
+            # (continuous statistics of the forward, whose float order may differ between processes)
+            occ = [d for d, k in diffs if k in CONFUSION_KEYS]
+            out["eval_ranks_occ_max_abs_diff"] = max(occ) if occ else None
             out["eval_ranks_missing"] = sorted(set(scalars) ^ set(other))
     return out
 
@@ -57,9 +64,10 @@ def summarise(run):
 def ranks_cell(r):
     if "eval_ranks_max_abs_diff" not in r:
         return "-"
-    d = r["eval_ranks_max_abs_diff"]
+    d, occ = r["eval_ranks_max_abs_diff"], r.get("eval_ranks_occ_max_abs_diff")
     miss = f" ({len(r['eval_ranks_missing'])} metrics in one only)" if r["eval_ranks_missing"] else ""
-    return ("-" if d is None else f"{d:.2g}") + miss
+    occ_txt = "" if occ is None else f"occupancy {occ:.2g}, "
+    return ("-" if d is None else f"{occ_txt}any {d:.2g} ({r.get('eval_ranks_max_diff_key')})") + miss
 
 
 def table(runs):

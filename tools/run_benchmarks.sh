@@ -401,8 +401,17 @@ fixture-gsv)
     # FX_VARIANTS (or FX_VARIANTS_FILE): "name:options" lines over configs/fixture-gsv.txt (default: the three
     # criteria below); with $FIXTURE/gts_lidar (tools/data/make_occ_gt_nusc.py) also the geo IoU against those labels;
     # FX_DIAG=0 leaves out gsv_diagnose; inside tools/device_run.sh the training ends early enough for FX_EVAL_S.
+    # FX_HOLDOUT=F (e.g. 0.25): train on the first frames of the scene and evaluate on its last F (frames the network
+    # has not seen; the last training frame is left out too, so no training sample warps a held-out image), each run
+    # also on its training frames (logs/<run>/eval-train), the untrained network on the held-out ones.
     C="--config configs/fixture-gsv.txt --dataroot $FIXTURE --num_workers ${WORKERS:-3}"
     [ ! -d "$FIXTURE/gts_lidar" ] || C="$C --occ_root gts_lidar --eval_occ true"
+    if [ -n "${FX_HOLDOUT:-}" ]; then
+        $PY -m tools.data.make_split --dataroot "$FIXTURE" --version v1.0-mini --val_fraction "$FX_HOLDOUT" \
+            --out_dir logs/fx-split --name fx > logs/fx-split.log 2>&1 || { cat logs/fx-split.log; exit 1; }
+        grep -v '^#' logs/fx-split/fx_train.txt | sed '$d' > logs/fx-split/train_gap.txt
+        C="$C --train_split logs/fx-split/train_gap.txt --val_split logs/fx-split/fx_val.txt"
+    fi
     OLD="--opacity softmax --entropy_on alpha --w_tv 0"  # the criterion that collapsed (issue 11)
     [ -n "${FX_VARIANTS_FILE:-}" ] && FX_VARIANTS=$(grep -v '^#' "$FX_VARIANTS_FILE")
     FX_VARIANTS=${FX_VARIANTS:-"default:
@@ -411,7 +420,10 @@ no-entropy:--opacity softmax --w_entropy 0 --w_tv 0"}
     GSV_MIN=$($PY -m tools.time_budget "$GSV_MIN" "${FX_EVAL_S:-120}")
     echo "$FX_VARIANTS" | { while IFS= read -r v; do
         [ -n "$v" ] || continue
-        train_eval "fixture-gsv-${v%%:*}" $C ${v#*:} --max_minutes "$GSV_MIN" &
+        { train_eval "fixture-gsv-${v%%:*}" $C ${v#*:} --max_minutes "$GSV_MIN"
+          [ -z "${FX_HOLDOUT:-}" ] || $PY eval.py $C ${v#*:} --val_split logs/fx-split/train_gap.txt \
+              --ckpt "logs/fixture-gsv-${v%%:*}/ckpt/last.pt" --out_dir "logs/fixture-gsv-${v%%:*}/eval-train" \
+              >> "logs/fixture-gsv-${v%%:*}.log" 2>&1; } &
     done
     $PY -m tools.init_checkpoint $C --exp_name fixture-gsv-untrained > logs/fixture-gsv-untrained.log 2>&1
     $PY eval.py $C --ckpt logs/fixture-gsv-untrained/ckpt/last.pt --out_dir logs/fixture-gsv-untrained/eval \
@@ -423,7 +435,8 @@ no-entropy:--opacity softmax --w_entropy 0 --w_tv 0"}
         done
     fi
     wait; }
-    $PY tools/occ_summary.py logs/fixture-gsv-* --json logs/fixture-summary.json | tee logs/fixture-summary.md
+    $PY tools/occ_summary.py logs/fixture-gsv-* $(ls -d logs/fixture-gsv-*/eval-train 2>/dev/null) \
+        --json logs/fixture-summary.json | tee logs/fixture-summary.md
     ;;
 landscape)
     $PY -m tools.diagnostics.gsp_landscape --out_dir logs/landscape
