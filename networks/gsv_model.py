@@ -74,7 +74,7 @@ def add_args(parser):
                    help="after the read-out, keep one ground voxel per column (the most opaque of those read as "
                         "driveable_surface, other_flat, sidewalk or terrain; utils/occ_readout.thin_ground): Occ3D's "
                         "ground is a height field, a volume drawn from renders has it thick towards range. Measured "
-                        "on training streets (occ-round12c): +1.9 to +2.7 mIoU* and +0.9 to +2.1 geo IoU in all 7 "
+                        "on training streets (occ-round12c): +1.9 to +2.7 mIoU* and +0.9 to +2.1 geo IoU in all 6 "
                         "runs; false reads the ground as the threshold leaves it. eval reports the other beside it")
     g.add_argument("--occ_threshold", type=float, default=0.5,
                    help="opacity threshold of --occ_readout opacity (and of calibrated where a volume is read out "
