@@ -43,6 +43,15 @@ train_eval() {  # $1 = run name, rest = train.py options; evaluates the last che
     echo "[done] $name"
 }
 
+fixture_split() {  # $1 = a nuScenes fixture root, $2 = a folder, $3 = held-out fraction (default 0.25): the last
+    # frames of the scene in $2/fx_val.txt, the first in $2/train_gap.txt without the last of them (its neighbour is
+    # held out: no training sample then warps a held-out image)
+    mkdir -p "$2"
+    $PY -m tools.data.make_split --dataroot "$1" --version v1.0-mini --val_fraction "${3:-0.25}" --out_dir "$2" \
+        --name fx > "$2/make_split.log" 2>&1 || { cat "$2/make_split.log"; return 1; }
+    grep -v '^#' "$2/fx_train.txt" | sed '$d' > "$2/train_gap.txt"
+}
+
 on_gpu() {  # $1 = GPU id, rest = a command (train_eval ...) run with only that GPU visible
     gpu=$1; shift
     (export CUDA_VISIBLE_DEVICES=$gpu; "$@")
@@ -182,16 +191,16 @@ gpu-default)
         # read from a private copy: a device call that carries GD_FIXTURE replaces it, and a run reading it then
         # loses its images mid-run (seen: "image missing" after 52 s)
         rm -rf logs/gd-fixture-data; cp -r "$GD_FIXTURE" logs/gd-fixture-data; GD_FIXTURE=logs/gd-fixture-data
-        # stage 2 trained on the first 3/4 of the scene's keyframes; evaluated on them ("its frames"), on the last
-        # quarter it never trained on, and the untrained network on that quarter (does training help where unseen?)
+        # stage 2 trained on the first 3/4 of the scene's keyframes (less the last, fixture_split); evaluated on them
+        # ("its frames"), on the last quarter it never trained on, and the untrained network on that quarter (does
+        # training help where unseen?)
         SPL=logs/fixture_split
-        $PY -m tools.data.make_split --dataroot "$GD_FIXTURE" --version v1.0-mini --val_fraction 0.25 --out_dir $SPL \
-            --name fx > logs/fixture_split.log 2>&1
+        fixture_split "$GD_FIXTURE" $SPL
         FXC="--config configs/fixture-gsv.txt --dataroot $GD_FIXTURE --num_workers 4 --occ_root gts_lidar
-             --eval_occ true --eval_rayiou false --train_split $SPL/fx_train.txt"
+             --eval_occ true --eval_rayiou false --train_split $SPL/train_gap.txt"
         { $PY train.py $FXC --exp_name gd-fixture --max_minutes "${GD_MIN:-6}" --val_every -1 > logs/gd-fixture.log 2>&1
           $PY -m tools.init_checkpoint $FXC --exp_name gd-fixture-untrained >> logs/gd-fixture.log 2>&1
-          for e in "eval:gd-fixture:fx_train" "eval-heldout:gd-fixture:fx_val" "eval-heldout:gd-fixture-untrained:fx_val"; do
+          for e in "eval:gd-fixture:train_gap" "eval-heldout:gd-fixture:fx_val" "eval-heldout:gd-fixture-untrained:fx_val"; do
               set -- $(echo "$e" | tr ':' ' ')
               $PY eval.py $FXC --val_split "$SPL/$3.txt" --ckpt "logs/$2/ckpt/last.pt" --out_dir "logs/$2/$1" \
                   >> logs/gd-fixture.log 2>&1
@@ -407,9 +416,7 @@ fixture-gsv)
     C="--config configs/fixture-gsv.txt --dataroot $FIXTURE --num_workers ${WORKERS:-3}"
     [ ! -d "$FIXTURE/gts_lidar" ] || C="$C --occ_root gts_lidar --eval_occ true"
     if [ -n "${FX_HOLDOUT:-}" ]; then
-        $PY -m tools.data.make_split --dataroot "$FIXTURE" --version v1.0-mini --val_fraction "$FX_HOLDOUT" \
-            --out_dir logs/fx-split --name fx > logs/fx-split.log 2>&1 || { cat logs/fx-split.log; exit 1; }
-        grep -v '^#' logs/fx-split/fx_train.txt | sed '$d' > logs/fx-split/train_gap.txt
+        fixture_split "$FIXTURE" logs/fx-split "$FX_HOLDOUT" || exit 1
         C="$C --train_split logs/fx-split/train_gap.txt --val_split logs/fx-split/fx_val.txt"
     fi
     OLD="--opacity softmax --entropy_on alpha --w_tv 0"  # the criterion that collapsed (issue 11)
