@@ -54,3 +54,30 @@ def test_the_command_is_told_the_deadline_and_training_time_fits_into_it(tmp_pat
     p = subprocess.run([os.sys.executable, "-m", "tools.time_budget", "8", "120"], capture_output=True, text=True,
                        env=env, cwd=SCRIPT.parents[1])
     assert p.returncode == 0 and 2.9 < float(p.stdout) <= 3.0 and "deadline" in p.stderr
+
+
+def _call(tmp_path, out, *args, env=None):
+    r = subprocess.run(["sh", str(SCRIPT), *map(str, args)], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120, env=dict(os.environ, PATH="/usr/bin:/bin", **(env or {})))
+    with tarfile.open(Path(out) / "logs.tar.gz") as t:
+        return r, t.getnames()
+
+
+def test_a_detached_run_outlives_its_call_and_a_later_call_collects_it(tmp_path):
+    """DETACH=1: at the deadline the command keeps running (exit 125, what it wrote so far packed); --wait in a later
+    call waits for it and returns its exit status with its last files."""
+    cmd = "echo first > logs/first.log; sleep 6; echo second > logs/second.log; exit 7"
+    r, names = _call(tmp_path, tmp_path / "out1", 2, tmp_path / "out1", "sh", "-c", cmd, env={"DETACH": "1"})
+    assert r.returncode == 125, r.stderr
+    assert "logs/first.log" in names and "logs/second.log" not in names
+    pid = int((tmp_path / "logs" / "device_run.pid").read_text())
+    os.kill(pid, 0)  # still alive after the call returned
+    r, names = _call(tmp_path, tmp_path / "out2", "--wait", 60, tmp_path / "out2")
+    assert r.returncode == 7, r.stderr
+    assert "logs/second.log" in names and "rc 7" in (tmp_path / "logs" / "device_run.log").read_text()
+
+
+def test_wait_without_a_detached_run_is_named(tmp_path):
+    r = subprocess.run(["sh", str(SCRIPT), "--wait", "10", str(tmp_path / "o")], cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "logs/device_run.pid" in r.stderr

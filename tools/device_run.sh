@@ -14,18 +14,32 @@
 # 4. when it ends, or DEADLINE_S seconds after the start (then it is stopped), logs/ is packed into
 #    OUT_DIR/logs.tar.gz: logs and summaries, options, training logs, eval metrics (no checkpoints, no images).
 # Exit status: COMMAND's, or 124 when the deadline stopped it.
-[ $# -ge 3 ] || { echo "usage: sh tools/device_run.sh DEADLINE_S OUT_DIR COMMAND..." >&2; exit 2; }
+#
+# A run longer than one call (e.g. run_benchmarks.sh gpu-default, ~21 min): DETACH=1 starts COMMAND so that it
+# outlives the call (no DEADLINE_AT then), and at the deadline leaves it running, packs what it has written so far
+# and exits 125; each next call, made while the machine is still held (and naming no `carry`: a carried path is
+# replaced at every call),
+#   sh tools/device_run.sh --wait DEADLINE_S OUT_DIR
+# waits for it up to its own deadline and packs again: COMMAND's exit status once it has ended, 125 while it runs.
+WAIT_ONLY=0
+if [ "${1:-}" = "--wait" ]; then WAIT_ONLY=1; shift; fi
+[ $# -ge 3 ] || { [ $WAIT_ONLY = 1 ] && [ $# -ge 2 ]; } || {
+    echo "usage: sh tools/device_run.sh DEADLINE_S OUT_DIR COMMAND... | sh tools/device_run.sh --wait DEADLINE_S OUT_DIR" >&2
+    exit 2; }
 DEADLINE=$1; OUT_DIR=$2; shift 2
 case "$DEADLINE" in ''|*[!0-9]*) echo "device_run: DEADLINE_S must be whole seconds, got '$DEADLINE'" >&2; exit 2;; esac
 T0=$(date +%s)
 PY=${PY:-python3}
 mkdir -p logs "$OUT_DIR"
-if ls .whl/*.whl > /dev/null 2>&1; then
+if [ $WAIT_ONLY = 1 ]; then
+    [ -f logs/device_run.pid ] || { echo "device_run --wait: no detached run here (logs/device_run.pid)" >&2; exit 2; }
+    P=$(cat logs/device_run.pid); DETACH=1
+elif ls .whl/*.whl > /dev/null 2>&1; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || { echo "device_run: installing .whl/ failed" >&2; exit 1; }
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-if command -v nvidia-smi > /dev/null 2>&1; then
+if [ $WAIT_ONLY = 0 ] && command -v nvidia-smi > /dev/null 2>&1; then
     if [ -f .kernels/gsplat_cuda.so.gz ] && [ -z "${GSPLAT_KERNELS:-}" ]; then
         export GSPLAT_KERNELS=.kernels/gsplat_cuda.so.gz
         $PY -m tools.gsplat_build > logs/gsplat_build.log 2>&1
@@ -34,13 +48,34 @@ if command -v nvidia-smi > /dev/null 2>&1; then
     fi
     tail -1 logs/gsplat_build.log
 fi
-export PYTHONUNBUFFERED=1 DEADLINE_AT=$((T0 + DEADLINE))
-setsid "$@" > logs/device_run.log 2>&1 < /dev/null &
-P=$!
+export PYTHONUNBUFFERED=1
+if [ $WAIT_ONLY = 1 ]; then
+    :
+elif [ "${DETACH:-0}" = 1 ]; then  # outlives the call; its exit status goes to logs/device_run.rc
+    rm -f logs/device_run.rc
+    setsid sh -c '"$@"; echo $? > logs/device_run.rc.tmp; mv logs/device_run.rc.tmp logs/device_run.rc' device_run \
+        "$@" > logs/device_run.log 2>&1 < /dev/null &
+    P=$!
+    echo $P > logs/device_run.pid
+else
+    export DEADLINE_AT=$((T0 + DEADLINE))
+    setsid "$@" > logs/device_run.log 2>&1 < /dev/null &
+    P=$!
+fi
 RC=""
 while [ -z "$RC" ]; do
-    if ! kill -0 $P 2> /dev/null; then
-        wait $P; RC=$?
+    if [ "${DETACH:-0}" = 1 ] && [ -f logs/device_run.rc ]; then
+        RC=$(cat logs/device_run.rc)
+    elif ! kill -0 $P 2> /dev/null; then
+        if [ "${DETACH:-0}" = 1 ]; then
+            sleep 1; RC=$(cat logs/device_run.rc 2> /dev/null || echo 1)  # gone without a status: killed
+        else
+            wait $P; RC=$?
+        fi
+    elif [ "${DETACH:-0}" = 1 ] && [ $(( $(date +%s) - T0 )) -ge "$DEADLINE" ]; then
+        RC=125
+        echo "[device_run] still running at the deadline (pid $P): sh tools/device_run.sh --wait DEADLINE_S OUT_DIR" \
+            "collects it" >> logs/device_run.log
     elif [ $(( $(date +%s) - T0 )) -ge "$DEADLINE" ]; then
         kill -TERM -$P 2> /dev/null || kill -TERM $P 2> /dev/null
         sleep 2; kill -KILL -$P 2> /dev/null
