@@ -16,45 +16,28 @@ carved, and both.
 """
 import argparse
 import glob
-import json
 import os
 
 import numpy as np
 import torch
 
+from datasets.nuscenes_dataset import get, image_hw, load_tables, sample_sensor_data, sensor_pose
 from utils.constants import CAMS, FREE_ID, OCC3D_LABEL_RANGE, OCC3D_VOXEL
 from utils.occ_metrics import OccEvaluator, occ_eval_mask
 from utils.occ_readout import thin_ground
 from utils.pred_io import load_prediction
 
 
-def quat_to_R(q):
-    w, x, y, z = q
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
-
-
-class Cameras:
-    """K, cam2ego and image size of each keyframe's six cameras, from the nuScenes-layout tables."""
-
-    def __init__(self, dataroot, version):
-        t = os.path.join(dataroot, version)
-        load = lambda n: json.load(open(os.path.join(t, n + ".json")))  # noqa: E731
-        cs = {c["token"]: c for c in load("calibrated_sensor")}
-        sensor = {s["token"]: s["channel"] for s in load("sensor")}
-        self.cams = {}
-        for sd in load("sample_data"):
-            if not sd.get("is_key_frame", True):
-                continue
-            c = cs[sd["calibrated_sensor_token"]]
-            ch = sensor[c["sensor_token"]]
-            if ch not in CAMS:
-                continue
-            M = np.eye(4)
-            M[:3, :3], M[:3, 3] = quat_to_R(c["rotation"]), c["translation"]
-            self.cams.setdefault(sd["sample_token"], {})[ch] = (np.array(c["camera_intrinsic"]), M,
-                                                                 (sd.get("height", 0), sd.get("width", 0)))
+def sample_cameras(dataroot, version):
+    """{sample token: [(K, cam2ego 4x4, (H, W)) in CAMS order]} of every keyframe, from the nuScenes-layout tables."""
+    tables = load_tables(dataroot, version)
+    out = {}
+    for token, by_cam in sample_sensor_data(tables, CAMS).items():
+        out[token] = [(np.asarray(get(tables, "calibrated_sensor", sd["calibrated_sensor_token"],
+                                      f"sample_data {sd['token']}")["camera_intrinsic"], np.float64),
+                       sensor_pose(tables, sd)[0], image_hw(dataroot, sd))
+                      for sd in (by_cam[cam] for cam in CAMS)]
+    return out
 
 
 def carve(opacity, occupied, cams, stride=3, step=0.1, rmax=60.0, keep=0.5):
@@ -69,8 +52,6 @@ def carve(opacity, occupied, cams, stride=3, step=0.1, rmax=60.0, keep=0.5):
     ts = torch.arange(0.3, rmax, step)
     occ_flat = torch.as_tensor(np.asarray(occupied)).flatten()
     for K, M, (H, W) in cams:
-        if not H:
-            H, W = int(round(2 * K[1, 2])), int(round(2 * K[0, 2]))
         v, u = torch.meshgrid(torch.arange(stride / 2, H, stride), torch.arange(stride / 2, W, stride), indexing="ij")
         pix = torch.stack([u.flatten(), v.flatten(), torch.ones(u.numel())], -1).double()
         d = (torch.as_tensor(M[:3, :3]) @ torch.linalg.inv(torch.as_tensor(K)) @ pix.T).T
@@ -101,7 +82,7 @@ def main(argv=None):
     p.add_argument("--stride", type=int, default=3, help="one ray every STRIDE pixels")
     p.add_argument("--out", default=None)
     a = p.parse_args(argv)
-    cams = Cameras(a.dataroot, a.version)
+    cams = sample_cameras(a.dataroot, a.version)
     names = a.names or [os.path.basename(x.rstrip("/")) for x in a.pred]
     lines = ["| run | samples | as saved: mIoU* / geo IoU | thin ground | carved | thin ground + carved | "
              "voxels freed by carving (% of read-out) |", "|---|---:|---|---|---|---|---:|"]
@@ -113,7 +94,7 @@ def main(argv=None):
             with np.load(os.path.join(a.occ_root, pr["scene"], pr["token"], "labels.npz")) as z:
                 gt, mask = z["semantics"], occ_eval_mask(z["mask_camera"], z["mask_lidar"], "camera_lidar")
             occ = pr["occupancy"]
-            c = carve(pr["opacity"], occ != FREE_ID, [cams.cams[pr["token"]][ch] for ch in CAMS], a.stride)
+            c = carve(pr["opacity"], occ != FREE_ID, cams[pr["token"]], a.stride)
             thin = thin_ground(torch.as_tensor(occ), torch.as_tensor(pr["opacity"])).numpy()
             carved = np.where(c, FREE_ID, occ).astype(np.uint8)
             both = np.where(c, FREE_ID, thin).astype(np.uint8)
