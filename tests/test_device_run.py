@@ -81,3 +81,21 @@ def test_wait_without_a_detached_run_is_named(tmp_path):
     r = subprocess.run(["sh", str(SCRIPT), "--wait", "10", str(tmp_path / "o")], cwd=tmp_path, capture_output=True,
                        text=True)
     assert r.returncode == 2 and "logs/device_run.pid" in r.stderr
+
+
+def test_the_kernels_outlive_the_working_tree(tmp_path):
+    """A later device call replaces the working tree and drops the carried .kernels/ it does not name again; a process
+    the detached run starts after that must still find the kernels: GSPLAT_KERNELS points at a private copy."""
+    (tmp_path / ".kernels").mkdir()
+    (tmp_path / ".kernels" / "gsplat_cuda.so.gz").write_bytes(b"kernels")
+    cmd = "rm -r .kernels; sleep 1; cat \"$GSPLAT_KERNELS\" > logs/k.txt; echo \"$GSPLAT_KERNELS\" > logs/path.txt"
+    r, _ = _call(tmp_path, tmp_path / "out", 60, tmp_path / "out", "sh", "-c", cmd, env={"TMPDIR": str(tmp_path / "t")})
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "logs" / "k.txt").read_text() == "kernels"
+    path = (tmp_path / "logs" / "path.txt").read_text().strip()
+    assert os.path.isabs(path) and not path.startswith(str(tmp_path / ".kernels")), path
+    # a relative GSPLAT_KERNELS given by the caller becomes absolute (the command may change directory)
+    (tmp_path / "k.gz").write_bytes(b"mine")
+    r, _ = _call(tmp_path, tmp_path / "out2", 60, tmp_path / "out2", "sh", "-c",
+                 "cd logs && cat \"$GSPLAT_KERNELS\" > k2.txt", env={"GSPLAT_KERNELS": "k.gz"})
+    assert r.returncode == 0 and (tmp_path / "logs" / "k2.txt").read_text() == "mine", r.stderr

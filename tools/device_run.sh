@@ -39,9 +39,17 @@ elif ls .whl/*.whl > /dev/null 2>&1; then
         || { echo "device_run: installing .whl/ failed" >&2; exit 1; }
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+if [ $WAIT_ONLY = 0 ] && [ -f .kernels/gsplat_cuda.so.gz ] && [ -z "${GSPLAT_KERNELS:-}" ]; then
+    # a private copy outside the working tree: a later call of a detached run replaces the tree and drops the carried
+    # paths it does not name again, and a process that starts after that (an eval, stage 2) would find no kernels
+    # and build them (seen: .kernels gone 10 minutes into gpu-default, every later process failed)
+    KD=${TMPDIR:-/tmp}/device_run-kernels; mkdir -p "$KD"
+    cp .kernels/gsplat_cuda.so.gz "$KD/gsplat_cuda.so.gz"
+    export GSPLAT_KERNELS="$KD/gsplat_cuda.so.gz"
+fi
+case "${GSPLAT_KERNELS:-/}" in /*) ;; *) GSPLAT_KERNELS="$(pwd)/$GSPLAT_KERNELS";; esac  # a relative path: absolute
 if [ $WAIT_ONLY = 0 ] && command -v nvidia-smi > /dev/null 2>&1; then
-    if [ -f .kernels/gsplat_cuda.so.gz ] && [ -z "${GSPLAT_KERNELS:-}" ]; then
-        export GSPLAT_KERNELS=.kernels/gsplat_cuda.so.gz
+    if [ -n "${GSPLAT_KERNELS:-}" ] && [ -f "$GSPLAT_KERNELS" ]; then
         $PY -m tools.gsplat_build > logs/gsplat_build.log 2>&1
     else
         $PY -m tools.gsplat_build --save "$OUT_DIR/gsplat_cuda.so.gz" > logs/gsplat_build.log 2>&1

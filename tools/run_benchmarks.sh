@@ -141,7 +141,7 @@ softmax-noent:--opacity softmax --w_entropy 0 --w_tv 0"}
     $PY tools/occ_summary.py logs/occ-* $(ls -d logs/occ-*/eval-train 2>/dev/null) --json logs/occ-summary.json \
         | tee logs/occ-summary.md
     # variants that saved their held-out volumes (--save_pred logs/pred-<name>): where they are wrong, side by side
-    PRED=$(ls -d logs/pred-* 2>/dev/null)
+    PRED=$(ls -d logs/pred-* 2>/dev/null || true)  # none: ls exits 2, which set -e would make the exit status
     # shellcheck disable=SC2086
     [ -z "$PRED" ] || $PY -m tools.diagnostics.occ_errors --occ_root $SYNP/gts --pred $PRED --out logs/occ-errors.md \
         > logs/occ-errors.log 2>&1 || echo "[occupancy] occ_errors failed: logs/occ-errors.log"
@@ -232,7 +232,7 @@ gpu-default)
         > "$O/summary.md" || true
     cat "$O/summary.md" "$O/stage1/summary.md" 2>/dev/null || true
     # where the recorded-pose volumes are wrong (tools/diagnostics/occ_errors.py on their saved held-out volumes)
-    PRED=$(ls -d logs/pred-gd-gtpose-* 2>/dev/null)
+    PRED=$(ls -d logs/pred-gd-gtpose-* 2>/dev/null || true)
     # shellcheck disable=SC2086
     [ -z "$PRED" ] || $PY -m tools.diagnostics.occ_errors --occ_root data/synthetic-full/gts --pred $PRED \
         --out "$O/errors.md" > "$O/errors.log" 2>&1 || true
