@@ -157,6 +157,8 @@ gpu-default)
     # GD_FIXTURE: a nuScenes fixture root with depth_gt/ and gts_lidar/: stage 2 on it too (configs/fixture-gsv.txt,
     # recorded poses, no labels in training; trained on the first 3/4 of its keyframes, evaluated on them, on the last
     # quarter and untrained on that quarter) and stage 1 (configs/fixture-gsp.txt, 4 + 1 min, keyframe spacing).
+    # GD_GTPOSE=0: none of the recorded-pose runs (nor GD_VARIANTS): run_gs_occ.sh alone on the GPU, as a user runs it
+    # (about 17 minutes), stage 1 per held-out street still measured.
     # Results in GD_OUT (logs/gpu-default): summary.md / .json (stage 2), errors.md (occ_errors of the recorded-pose
     # runs), stage1/summary.md / .json, logs.tar.gz;
     # copied to GD_PACK when set.
@@ -176,6 +178,7 @@ gpu-default)
     done
     echo "[gpu-default] stage 1 done after $(( $(date +%s) - T0 )) s"
     GT="--config configs/synthetic-gsv.txt --pose gt --max_minutes ${GD_MIN:-6}"
+    if [ "${GD_GTPOSE:-1}" = 1 ]; then  # GD_GTPOSE=0: run_gs_occ.sh alone on the GPU (its steps as a user gets them)
     { $PY -m tools.init_checkpoint $GT --exp_name gd-untrained > logs/gd-untrained.log 2>&1  # the baseline
       $PY eval.py $GT --ckpt logs/gd-untrained/ckpt/last.pt --out_dir logs/gd-untrained/eval >> logs/gd-untrained.log 2>&1
     } &
@@ -186,7 +189,7 @@ gpu-default)
     # the default on its own training streets too: the gap to the held-out ones says what more streets would buy
     $PY eval.py $GT --val_split data/synthetic-full/splits/train.txt --ckpt logs/gd-gtpose-default/ckpt/last.pt \
         --out_dir logs/gd-gtpose-default/eval-train >> logs/gd-gtpose-default.log 2>&1; } &
-    VARS=$!
+    fi
     if [ -n "${GD_FIXTURE:-}" ]; then  # the real fixture beside them (its LiDAR depth and labels in depth_gt, gts_lidar)
         # read from a private copy: a device call that carries GD_FIXTURE replaces it, and a run reading it then
         # loses its images mid-run (seen: "image missing" after 52 s)
