@@ -1,0 +1,41 @@
+"""tools/diagnostics/gsp_landscape_real.py: the dense depth marched through occupancy labels, and the cross-view error
+after brightness matching."""
+import numpy as np
+import torch
+
+from tools.diagnostics.gsp_landscape_real import affine_loss, occupancy_depth
+from utils.constants import FREE_ID, OCC3D_LABEL_RANGE
+from utils.losses import photometric_error
+
+
+def _front_camera(h=9, w=15, f=10.0):
+    K = torch.tensor([[[f, 0, (w - 1) / 2], [0, f, (h - 1) / 2], [0, 0, 1.0]]])
+    c2e = torch.eye(4)[None].clone()
+    c2e[0, :3, :3] = torch.tensor([[0, 0, 1.0], [-1, 0, 0], [0, -1, 0]])  # camera z along ego +x, y down
+    c2e[0, :3, 3] = torch.tensor([0.0, 0.0, 1.5])
+    return K, c2e
+
+
+def test_occupancy_depth_finds_the_front_face_of_a_wall():
+    labels = np.full((200, 200, 16), FREE_ID, np.uint8)
+    labels[125:, :, :] = 15  # voxels from x = -40 + 0.4 * 125 = 10 m on: a wall 10 m ahead
+    K, c2e = _front_camera()
+    d = occupancy_depth(labels, K, c2e, (9, 15), step=0.02)
+    assert d.shape == (1, 9, 15)
+    assert abs(float(d[0, 4, 7]) - 10.0) < 0.03  # the centre pixel: camera z = distance to the face
+    assert torch.all((d[0, :5] - 10.0).abs() < 0.05)  # a plane facing the camera: the same z in every pixel ...
+    assert torch.all(d[0, 7:] == 0)  # ... whose ray meets it inside the grid; lower rays leave it below the road
+    labels[:] = FREE_ID
+    assert torch.all(occupancy_depth(labels, K, c2e, (9, 15)) == 0)  # nothing met: no depth
+    assert OCC3D_LABEL_RANGE[2] == -0.2  # the grid the labels of make_occ_gt_nusc.py use
+
+
+def test_affine_loss_ignores_a_camera_pair_brightness_difference():
+    g = torch.Generator().manual_seed(0)
+    render = torch.rand(2, 2, 3, 16, 16, generator=g)
+    target = 0.6 * render + 0.3  # another exposure, the same picture
+    mask = torch.ones(2, 2, 1, 16, 16)
+    plain = float(photometric_error(render.flatten(0, 1), target.flatten(0, 1)).mean())
+    assert plain > 0.04 and affine_loss(render, target, mask) < 1e-3
+    other = torch.rand(2, 2, 3, 16, 16, generator=g)  # a different picture stays different
+    assert affine_loss(other, target, mask) > 0.05
