@@ -276,6 +276,7 @@ stage1-heldout)
     # Results: $SH_OUT/summary.json, summary.md, logs.tar.gz (options, logs, train_log.jsonl, metrics of every run),
     # also copied to $SH_PACK when set (e.g. SH_PACK=$OUT). S1_EXTRA: options for every run (the CPU test).
     # S1_VARIANTS: "name:options" lines, each another run over the fix's options (e.g. "stride6:--frame_stride 6").
+    # FX_S1_VARIANTS: the same over the fixture run (runs fixture-<name>, e.g. "lock:--gsp_scale_lock true").
     # S1_OLD=0: leaves the stage 1 of before out.
     T0=$(date +%s); BUDGET=${BUDGET_S:-530}; O=${SH_OUT:-logs/stage1-heldout}; S=${SH_DATA:-data/synthetic-heldout}
     mkdir -p "$O"
@@ -321,6 +322,10 @@ stage1-heldout)
     echo "${S1_VARIANTS:-}" | { while IFS= read -r v; do
         [ -n "$v" ] && main_refine "${v%%:*}" $SD $FIX ${v#*:} &
     done; wait; }
+    # FX_S1_VARIANTS: the same over the fixture's run (e.g. "lock:--gsp_scale_lock true"), runs fixture-<name>
+    [ -z "$FX" ] || echo "${FX_S1_VARIANTS:-}" | { while IFS= read -r v; do
+        [ -n "$v" ] && main_refine "fixture-${v%%:*}" $FXD --gsp_pose net_solve ${v#*:} &
+    done; wait; }
     wait
     ev() { name=$1; ckpt=$2; shift 2; $PY eval.py --ckpt "$O/$ckpt/ckpt/last.pt" --out_dir "$O/$name" --num_workers 2 \
            "$@" $S1_EXTRA >> "$O/eval.log" 2>&1; echo "[eval] $name"; }
@@ -331,6 +336,8 @@ stage1-heldout)
         ev old+align-$sp old $SD $SEM --adjacent $sp --gsp_pose net_solve &
     done
     [ -n "$FX" ] && ev fixture-keyframe fixture $FXD &
+    FXNAMES=""; [ -z "$FX" ] || FXNAMES=$(echo "${FX_S1_VARIANTS:-}" | sed -n 's/^\([^:][^:]*\):.*/fixture-\1/p')
+    for vn in $FXNAMES; do ev $vn-keyframe $vn $FXD & done
     VNAMES=$(echo "${S1_VARIANTS:-}" | sed -n 's/^\([^:][^:]*\):.*/\1/p')
     for vn in $VNAMES; do
         for sp in sweep keyframe; do ev $vn-$sp $vn $SD $SEM --adjacent $sp --frame_stride 1 & done  # each spacing as is
@@ -339,7 +346,7 @@ stage1-heldout)
     runs=""
     OLDRUNS="old:sweep old:keyframe old+align:sweep old+align:keyframe"; [ "$OLD" = 1 ] || OLDRUNS=""
     for r in fix:sweep fix:keyframe $OLDRUNS fixture:keyframe \
-             $(for vn in $VNAMES; do echo $vn:sweep $vn:keyframe; done); do
+             $(for vn in $VNAMES; do echo $vn:sweep $vn:keyframe; done) $(for vn in $FXNAMES; do echo $vn:keyframe; done); do
         runs="$runs $r=$O/${r%%:*}-${r#*:}/metrics.json"
     done
     $PY tools/stage1_summary.py --main fix --out_dir "$O" $runs > "$O/summary.log" 2>&1 || cat "$O/summary.log"
