@@ -39,3 +39,13 @@ def test_affine_loss_ignores_a_camera_pair_brightness_difference():
     assert plain > 0.04 and affine_loss(render, target, mask) < 1e-3
     other = torch.rand(2, 2, 3, 16, 16, generator=g)  # a different picture stays different
     assert affine_loss(other, target, mask) > 0.05
+
+
+def test_lidar_depth_keeps_the_nearest_point_of_each_pixel_and_the_check_reads_ratios():
+    from tools.diagnostics.gsp_landscape_real import lidar_check, lidar_depth
+    lidar = torch.zeros(1, 8, 8)
+    lidar[0, 0, 0], lidar[0, 0, 1], lidar[0, 5, 6] = 10.0, 7.0, 20.0  # two points on pixel (0, 0) of a 4 x 4 grid
+    d = lidar_depth(lidar, (4, 4))
+    assert float(d[0, 0, 0]) == 7.0 and float(d[0, 2, 3]) == 20.0 and int((d > 0).sum()) == 2
+    chk = lidar_check(torch.full((1, 4, 4), 8.0), lidar, (4, 4))
+    assert chk["lidar_points"] == 3 and abs(chk["median_ratio"] - 8.0 / 10.0) < 1e-6

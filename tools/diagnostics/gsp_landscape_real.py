@@ -64,16 +64,22 @@ def occupancy_depth(labels, K, cam2ego, hw, step=0.05, max_dist=60.0, grid_range
     return out.reshape(len(K), h, w).float()
 
 
+def lidar_points(lidar_map, hw):
+    """The LiDAR points of one (H, W) depth map at the original image size: their depths and the (row, column) of the
+    (h, w) grid's pixel each falls on (pixel centres at integer coordinates in both)."""
+    v, u = torch.nonzero(lidar_map > 0, as_tuple=True)
+    H, W = lidar_map.shape
+    uu = torch.clamp((u.float() + 0.5) * hw[1] / W - 0.5, 0, hw[1] - 1).round().long()
+    vv = torch.clamp((v.float() + 0.5) * hw[0] / H - 0.5, 0, hw[0] - 1).round().long()
+    return lidar_map[v, u], vv, uu
+
+
 def lidar_depth(lidar, hw):
     """(S, h, w) the nearest LiDAR point of each pixel of an (h, w) grid (0 where none), from the (S, H, W) LiDAR depth
     maps at the original image size: a sparse depth with no quantisation error."""
     out = torch.zeros((len(lidar),) + tuple(hw))
     for c in range(len(lidar)):
-        v, u = torch.nonzero(lidar[c] > 0, as_tuple=True)
-        z = lidar[c][v, u]
-        H, W = lidar[c].shape
-        uu = torch.clamp((u.float() + 0.5) * hw[1] / W - 0.5, 0, hw[1] - 1).round().long()
-        vv = torch.clamp((v.float() + 0.5) * hw[0] / H - 0.5, 0, hw[0] - 1).round().long()
+        z, vv, uu = lidar_points(lidar[c], hw)
         flat = torch.full((hw[0] * hw[1],), float("inf"))
         flat.scatter_reduce_(0, vv * hw[1] + uu, z, reduce="amin")
         out[c] = torch.where(torch.isinf(flat), torch.zeros_like(flat), flat).reshape(hw)
@@ -85,11 +91,7 @@ def lidar_check(dense, lidar, hw):
     original image size) that fall on a pixel of ``dense`` with a depth."""
     ratios = []
     for c in range(len(dense)):
-        v, u = torch.nonzero(lidar[c] > 0, as_tuple=True)
-        z = lidar[c][v, u]
-        H, W = lidar[c].shape
-        uu = torch.clamp((u.float() + 0.5) * hw[1] / W - 0.5, 0, hw[1] - 1).round().long()
-        vv = torch.clamp((v.float() + 0.5) * hw[0] / H - 0.5, 0, hw[0] - 1).round().long()
+        z, vv, uu = lidar_points(lidar[c], hw)
         d = dense[c][vv, uu]
         keep = (d > 0) & (z < 60)
         ratios.append(d[keep] / z[keep])
