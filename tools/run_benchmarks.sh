@@ -38,8 +38,10 @@ mkdir -p logs
 
 train_eval() {  # $1 = run name, rest = train.py options; evaluates the last checkpoint afterwards
     name=$1; shift
-    $PY train.py --exp_name "$name" --val_every -1 "$@" > "logs/$name.log" 2>&1
-    $PY eval.py "$@" --ckpt "logs/$name/ckpt/last.pt" --out_dir "logs/$name/eval" >> "logs/$name.log" 2>&1
+    if ! $PY train.py --exp_name "$name" --val_every -1 "$@" > "logs/$name.log" 2>&1; then
+        echo "[failed] $name: training ($(tail -1 "logs/$name.log" | cut -c1-200); logs/$name.log)"; return 0; fi
+    $PY eval.py "$@" --ckpt "logs/$name/ckpt/last.pt" --out_dir "logs/$name/eval" >> "logs/$name.log" 2>&1 \
+        || { echo "[failed] $name: evaluation (logs/$name.log)"; return 0; }
     echo "[done] $name"
 }
 
@@ -93,7 +95,8 @@ occupancy)
     # (SYN_VAL of them, default 2)
     # (occupancy, opacity AUC and read-out thresholds, fog statistics, depth); one table: logs/occ-summary.md.
     # OCC_VARIANTS: lines "name:options over configs/synthetic-gsv.txt" (or OCC_VARIANTS_FILE: a file of them).
-    # OCC_SUBSET=N: also writes $SYNP/splits/first<N>_train.txt, the training split of the first N streets only (a
+    # SYN_SWEEPS: camera sweeps per keyframe of the generated set (default 5, nuScenes' 12 Hz; 0 = keyframes only, 6x
+    # fewer images, all the recorded-pose runs on keyframe pairs need). OCC_SUBSET=N: also writes $SYNP/splits/first<N>_train.txt, the training split of the first N streets only (a
     # variant's "--train_split $SYNP/splits/first<N>_train.txt" then trains on fewer streets, same held-out ones).
     # OCC_EVAL_TRAIN=N: each run is also evaluated on N training samples (logs/occ-<name>/eval-train, a row of the
     # summary: the gap to the held-out streets; occupancy only, so the training streets need no LiDAR depth). A variant with --save_pred logs/pred-<name> writes its held-out
@@ -104,7 +107,8 @@ occupancy)
     fi
     [ -f $SYNP/v1.0-synthetic/sample.json ] || $PY -m tools.data.make_synthetic_nusc --out $SYNP \
         --num_scenes "${SYN_SCENES:-8}" --frames_per_scene "${SYN_FRAMES:-12}" --img_size 270 480 \
-        --val_scenes "${SYN_VAL:-2}" --workers "${WORKERS:-14}" > logs/occ-data.log 2>&1
+        --val_scenes "${SYN_VAL:-2}" --sweeps_per_keyframe "${SYN_SWEEPS:-5}" --workers "${WORKERS:-14}" \
+        > logs/occ-data.log 2>&1
     [ -n "${OCC_VARIANTS_FILE:-}" ] && OCC_VARIANTS=$(grep -v '^#' "$OCC_VARIANTS_FILE")
     # the held-out streets' LiDAR depth (evaluation); every sample's when a variant trains on it (--w_depth_oracle)
     DSPLIT="--split $SYNP/splits/val.txt"; case "${OCC_VARIANTS:-}" in *w_depth_oracle*) DSPLIT="";; esac
