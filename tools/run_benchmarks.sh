@@ -96,7 +96,8 @@ occupancy)
     # (occupancy, opacity AUC and read-out thresholds, fog statistics, depth); one table: logs/occ-summary.md.
     # OCC_VARIANTS: lines "name:options over configs/synthetic-gsv.txt" (or OCC_VARIANTS_FILE: a file of them).
     # SYN_SWEEPS: camera sweeps per keyframe of the generated set (default 5, nuScenes' 12 Hz; 0 = keyframes only, 6x
-    # fewer images, all the recorded-pose runs on keyframe pairs need). OCC_SUBSET=N: also writes $SYNP/splits/first<N>_train.txt, the training split of the first N streets only (a
+    # fewer images, all the recorded-pose runs on keyframe pairs need).
+    # OCC_SUBSET=N: also writes $SYNP/splits/first<N>_train.txt, the training split of the first N streets only (a
     # variant's "--train_split $SYNP/splits/first<N>_train.txt" then trains on fewer streets, same held-out ones).
     # OCC_EVAL_TRAIN=N: each run is also evaluated on N training samples (logs/occ-<name>/eval-train, a row of the
     # summary: the gap to the held-out streets; occupancy only, so the training streets need no LiDAR depth). A variant with --save_pred logs/pred-<name> writes its held-out
@@ -183,16 +184,16 @@ gpu-default)
     echo "[gpu-default] stage 1 done after $(( $(date +%s) - T0 )) s"
     GT="--config configs/synthetic-gsv.txt --pose gt --max_minutes ${GD_MIN:-6}"
     if [ "${GD_GTPOSE:-1}" = 1 ]; then  # GD_GTPOSE=0: run_gs_occ.sh alone on the GPU (its steps as a user gets them)
-    { $PY -m tools.init_checkpoint $GT --exp_name gd-untrained > logs/gd-untrained.log 2>&1  # the baseline
-      $PY eval.py $GT --ckpt logs/gd-untrained/ckpt/last.pt --out_dir logs/gd-untrained/eval >> logs/gd-untrained.log 2>&1
-    } &
-    printf 'default:\n%s\n' "${GD_VARIANTS:-}" | { while IFS= read -r v; do
-        [ -n "$v" ] || continue
-        train_eval "gd-gtpose-${v%%:*}" $GT --save_pred "logs/pred-gd-gtpose-${v%%:*}" ${v#*:} &
-    done; wait
-    # the default on its own training streets too: the gap to the held-out ones says what more streets would buy
-    $PY eval.py $GT --val_split data/synthetic-full/splits/train.txt --ckpt logs/gd-gtpose-default/ckpt/last.pt \
-        --out_dir logs/gd-gtpose-default/eval-train >> logs/gd-gtpose-default.log 2>&1; } &
+        { $PY -m tools.init_checkpoint $GT --exp_name gd-untrained > logs/gd-untrained.log 2>&1  # the baseline
+          $PY eval.py $GT --ckpt logs/gd-untrained/ckpt/last.pt --out_dir logs/gd-untrained/eval >> logs/gd-untrained.log 2>&1
+        } &
+        printf 'default:\n%s\n' "${GD_VARIANTS:-}" | { while IFS= read -r v; do
+            [ -n "$v" ] || continue
+            train_eval "gd-gtpose-${v%%:*}" $GT --save_pred "logs/pred-gd-gtpose-${v%%:*}" ${v#*:} &
+        done; wait
+        # the default on its own training streets too: the gap to the held-out ones says what more streets would buy
+        $PY eval.py $GT --val_split data/synthetic-full/splits/train.txt --ckpt logs/gd-gtpose-default/ckpt/last.pt \
+            --out_dir logs/gd-gtpose-default/eval-train >> logs/gd-gtpose-default.log 2>&1; } &
     fi
     if [ -n "${GD_FIXTURE:-}" ]; then  # the real fixture beside them (its LiDAR depth and labels in depth_gt, gts_lidar)
         # read from a private copy: a device call that carries GD_FIXTURE replaces it, and a run reading it then

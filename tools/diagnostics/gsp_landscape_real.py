@@ -26,7 +26,7 @@ import torch
 import options
 from datasets import build_dataset
 from tools.diagnostics.gsp_landscape import SCALES, plot
-from utils.constants import FREE_ID, OCC3D_LABEL_RANGE, OCC3D_SHAPE
+from utils.constants import FREE_ID, OCC3D_LABEL_RANGE
 from utils.geometry import rel_cam_pose, warp
 from utils.gsp import cross_view_loss
 from utils.losses import photometric_error, reprojection_loss
@@ -118,15 +118,15 @@ def landscape_real(item, depth, scales=SCALES, gs_scale=0.05, erode=4, masks=("r
     """Loss values per scale for one item (``imgs`` (F, S, 3, H, W) with frames prev / cur / next)."""
     imgs = item["imgs"]
     K, c2e = item["K"], item["cam2ego"]
-    valid = (depth > 0).float()
+    has = depth > 0  # (S, H, W) pixels with a depth: the only ones that make Gaussians or count in a loss
     res = {"scales": list(scales)}
-    far = torch.where(depth > 0, depth, torch.full_like(depth, 1.0))  # placeholder where invalid (no Gaussian)
+    far = torch.where(has, depth, torch.ones_like(depth))  # placeholder where invalid (no Gaussian)
     for mask in masks:
         vals, vals_affine = [], []
         for s in scales:
             loss, d = cross_view_loss((far * s)[None, :, None], imgs[1][None], torch.full_like(far, gs_scale)[None, :, None],
                                       K[None], c2e[None], lambda *a, **k: rasterize(*a, backend="torch", **k),
-                                      erode, valid=valid[None, :, None], mask_mode=mask)
+                                      erode, valid=has[None, :, None].float(), mask_mode=mask)
             vals.append(float(loss))
             vals_affine.append(affine_loss(d["render"][0], d["target"][0], d["mask"][0]))
         res[f"gsp_{mask}"] = vals
@@ -143,9 +143,9 @@ def landscape_real(item, depth, scales=SCALES, gs_scale=0.05, erode=4, masks=("r
                     T[:, :3, 3] *= s
                 wp, v = warp(imgs[k], (far * s)[:, None], K, T)
                 warped.append(wp)
-                ok.append(v & (valid[:, None] > 0))
+                ok.append(v & has[:, None])
             vals.append(float(reprojection_loss(imgs[1], warped, [imgs[0], imgs[2]], ok,
-                                                target_mask=valid[:, None] > 0)[0]))
+                                                target_mask=has[:, None])[0]))
         res[name] = vals
     return res
 
@@ -177,9 +177,10 @@ def main(argv=None):
         if not 0 <= i < len(ds):
             p.error(f"--samples: {i} is not an item of the {len(ds)} there are")
         item = ds[i]
-        lab = item["occ_semantics"].numpy() if a.depth_source == "occupancy" else None
-        depth = (occupancy_depth(lab, item["K"], item["cam2ego"], a.size) if a.depth_source == "occupancy"
-                 else lidar_depth(item["depth_gt"], a.size))
+        if a.depth_source == "occupancy":
+            depth = occupancy_depth(item["occ_semantics"].numpy(), item["K"], item["cam2ego"], a.size)
+        else:
+            depth = lidar_depth(item["depth_gt"], a.size)
         chk = lidar_check(depth, item["depth_gt"], a.size)
         res = landscape_real(item, depth, gs_scale=a.gs_scale)
         res.update(chk, index=i, token=item["token"], depth_coverage=float((depth > 0).float().mean()))
