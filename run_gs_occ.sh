@@ -8,6 +8,10 @@
 # Environment: PROFILE=quick|full (default: quick on a CPU, full with CUDA), REFINE_STEPS (stage-1 refine length),
 # GSV_MINUTES (stage 2's training minutes instead of its config's max_minutes),
 # NGPU (processes = GPUs used; default: every GPU torch sees, through torchrun when more than one; NGPU=1 for one).
+# STAGES=1: stage 1 and its refine only, ending with the stage-1 motion of every stage-2 training sample exported to
+# logs/<stage-1 run>-refine/stage1_poses.pt (tools/export_stage1_poses.py); STAGES=2: stage 2 and the evaluation
+# only, the camera motion read from that file (else from the stage-1 checkpoint): the two halves can run on two
+# machines or in two jobs, with only the small file (and the data) carried between them. Default: both, in one go.
 # Sets up .venv on first use (tools/setup_env.sh; on a GPU machine also gsplat and its CUDA kernels). Runs resume
 # from their last checkpoint when restarted. With N GPUs each process takes batch_size samples a step: the
 # effective batch is N x batch_size and an epoch has 1/N of the steps.
@@ -34,6 +38,8 @@ if [ "$NGPU" -gt 1 ]; then
 else
     RUN="$PY"
 fi
+STAGES=${STAGES:-1 2}
+case "$STAGES" in 1|2|"1 2") ;; *) echo "STAGES='$STAGES': 1, 2 or '1 2' (the default)" >&2; exit 1;; esac
 echo "[run_gs_occ] data=$DATA profile=$PROFILE gpus=$GPUS NGPU=$NGPU python=$PY"
 
 case "$DATA" in
@@ -74,13 +80,29 @@ esac
 
 S1=$(basename "$C1" .txt); S2=$(basename "$C2" .txt)
 gsplat_wait
-echo "[run_gs_occ] stage 1 (GSP): $C1 (after $(took))"
-$RUN train.py --config "$C1" --exp_name "$S1" --val_every -1 "$@"  # (the refine phase validates stage 1)
-echo "[run_gs_occ] stage 1 refine (pose net frozen, no cross-view term) (after $(took))"
-$RUN train.py --config "$C1" --exp_name "$S1-refine" --gsp_phase refine --load_weights "logs/$S1/ckpt/last.pt" \
-    --max_steps "$REFINE_STEPS" "$@"
-echo "[run_gs_occ] stage 2 (GSV) with the stage-1 pose: $C2 (after $(took))"
-$RUN train.py --config "$C2" --exp_name "$S2" --pose stage1 --stage1_ckpt "logs/$S1-refine/ckpt/last.pt" \
+POSES="logs/$S1-refine/stage1_poses.pt"
+if [ "$STAGES" != 2 ]; then
+    echo "[run_gs_occ] stage 1 (GSP): $C1 (after $(took))"
+    $RUN train.py --config "$C1" --exp_name "$S1" --val_every -1 "$@"  # (the refine phase validates stage 1)
+    echo "[run_gs_occ] stage 1 refine (pose net frozen, no cross-view term) (after $(took))"
+    $RUN train.py --config "$C1" --exp_name "$S1-refine" --gsp_phase refine --load_weights "logs/$S1/ckpt/last.pt" \
+        --max_steps "$REFINE_STEPS" "$@"
+fi
+if [ "$STAGES" = 1 ]; then
+    echo "[run_gs_occ] stage-1 motion of the stage-2 training samples -> $POSES (after $(took))"
+    "$PY" -m tools.export_stage1_poses --config "$C2" --stage1_ckpt "logs/$S1-refine/ckpt/last.pt" --out "$POSES" "$@"
+    echo "[run_gs_occ] stage 1 done after $(took): STAGES=2 sh run_gs_occ.sh $DATA continues (needs $POSES)"
+    exit 0
+fi
+if [ "$STAGES" = 2 ] && [ -f "$POSES" ]; then
+    POSE_ARGS="--stage1_poses $POSES"
+    echo "[run_gs_occ] stage 2 (GSV) with the stage-1 pose of $POSES: $C2 (after $(took))"
+else
+    POSE_ARGS="--stage1_ckpt logs/$S1-refine/ckpt/last.pt"
+    echo "[run_gs_occ] stage 2 (GSV) with the stage-1 pose: $C2 (after $(took))"
+fi
+# shellcheck disable=SC2086
+$RUN train.py --config "$C2" --exp_name "$S2" --pose stage1 $POSE_ARGS \
     --val_every -1 ${GSV_MINUTES:+--max_minutes "$GSV_MINUTES"} "$@"
 echo "[run_gs_occ] evaluation (after $(took))"
 $RUN eval.py --config "$C2" --ckpt "logs/$S2/ckpt/last.pt"

@@ -32,6 +32,7 @@ from datasets.options import trains_on_depth
 from datasets.sampler import EpochSampler
 import networks
 from options import checkpoint_options, dump_options
+from networks.pose_source import load_stage1_poses
 from rebuild import load_stage1
 from utils import dist, run_lock
 from utils.augment import color_jitter
@@ -48,10 +49,19 @@ from utils.vis import training_pictures
 
 def check_options(opt):
     """Stop before any work, with the fix, when the options cannot work (ConfigError)."""
-    if opt.stage == "gsv" and opt.pose == "stage1":
+    if opt.stage == "gsv" and opt.pose == "stage1" and getattr(opt, "stage1_poses", None):
+        try:  # readable, and made for this run's neighbours
+            load_stage1_poses(opt.stage1_poses, opt)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+    # with --stage1_poses the checkpoint is only the fallback for samples the file lacks (a config may name one that
+    # is not on this machine)
+    if opt.stage == "gsv" and opt.pose == "stage1" and not (opt.stage1_poses and not
+                                                            (opt.stage1_ckpt and os.path.isfile(opt.stage1_ckpt))):
         if not opt.stage1_ckpt:
             raise ConfigError(
-                "stage 2 with --pose stage1 (the default) needs --stage1_ckpt PATH, a stage-1 checkpoint. Start from "
+                "stage 2 with --pose stage1 (the default) needs --stage1_ckpt PATH, a stage-1 checkpoint (or "
+                "--stage1_poses PATH, its motion exported by tools/export_stage1_poses.py). Start from "
                 "a config instead: `sh run_gs_occ.sh` trains stage 1 then stage 2 and evaluates; `python train.py "
                 "--config configs/quick-gsp.txt` trains stage 1 alone; `--pose gt` uses the recorded ego poses "
                 "(an ablation). `python train.py --help` lists every option")

@@ -36,6 +36,10 @@ def add_args(parser):
                    help="camera motion for the temporal loss: stage1 = the frozen stage-1 pose net of "
                         "--stage1_ckpt (the method: no GT poses); gt = recorded ego poses (ego2global)")
     g.add_argument("--stage1_ckpt", type=str, metavar="PATH", default=None, help="stage-1 (GSP) checkpoint, for --pose stage1")
+    g.add_argument("--stage1_poses", type=str, metavar="PATH", default=None,
+                   help="the stage-1 motion of every training sample, exported once (tools/export_stage1_poses.py), "
+                        "for --pose stage1 without loading the stage-1 model (--stage1_ckpt then only for samples "
+                        "the file lacks)")
     g.add_argument("--render_type", type=str, default="gs", choices=["gs", "volume"],
                    help="gs: voxel Gaussians splatted (GSV); volume: ray-marched volume rendering (baseline)")
     g.add_argument("--num_classes", type=int, default=None,

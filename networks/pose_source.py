@@ -5,7 +5,13 @@ next (1) camera of the same sensor, the ``T_tgt2src`` of ``utils.geometry.warp``
 ``--near_stride`` (batch frames 3 / 4) T is (B, 4, 6, 4, 4), those two following. Built once by the caller
 (``build_pose_source``, called by ``networks.build_model``) and handed to the model, so a test can swap it without
 checkpoints on disk.
+
+``--stage1_poses FILE`` (written by ``tools/export_stage1_poses.py``): the stage-1 motion of every sample, predicted
+once by the frozen stage-1 net; stage 2 then needs no stage-1 checkpoint (and loads no stage-1 model) for the
+samples the file holds. The same motion as ``--stage1_ckpt`` gives (the net sees the same unaugmented images).
 """
+import os
+
 import torch
 
 from utils.constants import NEAR_FRAMES
@@ -31,12 +37,15 @@ class Stage1Poses:
     net_solve``) then costs its iterations once per sample, not once per step.
     """
 
-    def __init__(self, ckpt, load, cache=False):
-        if not ckpt:
-            raise ValueError("--pose stage1 needs --stage1_ckpt PATH (a stage-1 checkpoint); or use --pose gt")
-        self.ckpt, self.load = ckpt, load
+    def __init__(self, ckpt, load, cache=False, poses=None, poses_path=None):
+        if not ckpt and poses is None:
+            raise ValueError("--pose stage1 needs --stage1_ckpt PATH (a stage-1 checkpoint) or --stage1_poses PATH "
+                             "(tools/export_stage1_poses.py); or use --pose gt")
+        self.ckpt, self.load, self.poses_path = ckpt, load, poses_path
         self.model = None
-        self.cache = {} if cache else None
+        self.cache = {} if cache or poses is not None else None
+        if poses is not None:
+            self.cache.update(poses)
 
     def __call__(self, batch):
         if batch["imgs"].shape[1] > 3:  # the near neighbours (--near_stride): frames 3 / 4, predicted as a pair
@@ -46,12 +55,17 @@ class Stage1Poses:
             far = dict(batch, imgs=batch["imgs"][:, :3], ego2global=batch["ego2global"][:, :3])
             return torch.cat([self(far), self(near)], 1)
         cam2ego = batch["cam2ego"]
-        if self.model is None:
-            self.model = self.load(self.ckpt, cam2ego.device).requires_grad_(False)
         tokens = batch.get("token") if self.cache is not None else None
         if tokens is not None and all(t in self.cache for t in tokens):
             poses = torch.stack([self.cache[t] for t in tokens]).to(cam2ego.device)
         else:
+            if self.model is None:
+                if self.poses_path and not (self.ckpt and os.path.isfile(self.ckpt)):
+                    missing = [t for t in (tokens or ["<a batch without sample tokens>"]) if t not in self.cache]
+                    raise ValueError(f"--stage1_poses {self.poses_path} has no motion for sample {missing[0]}, and no "
+                                     f"--stage1_ckpt is here to predict it ({self.ckpt or 'none given'}): export the "
+                                     "motion of this split too (tools/export_stage1_poses.py --splits ...)")
+                self.model = self.load(self.ckpt, cam2ego.device).requires_grad_(False)
             poses = self.model.predict_pose(batch)  # (B, 2, 4, 4) ego motion current -> previous / next
             if tokens is not None:
                 self.cache.update(zip(tokens, poses.detach().cpu()))
@@ -66,5 +80,48 @@ def build_pose_source(opt, load_stage1=None):
     if opt.pose == "stage1":  # one stride: each sample's neighbours are fixed frames, their motion can be kept
         if load_stage1 is None:
             return None
+        path = getattr(opt, "stage1_poses", None)
+        if path:
+            return Stage1Poses(opt.stage1_ckpt, load_stage1, poses=load_stage1_poses(path, opt), poses_path=path)
         return Stage1Poses(opt.stage1_ckpt, load_stage1, cache=len(set(getattr(opt, "frame_stride", [1]))) == 1)
     raise ValueError(f"unknown --pose {opt.pose!r} (expected gt or stage1)")
+
+
+POSES_FORMAT = "gaussianocc-stage1-poses"
+NEIGHBOUR_OPTIONS = ("adjacent", "frame_stride", "near_stride")  # which frames a sample's neighbours are
+
+
+def neighbour_options(opt):
+    """The options that decide which frames each sample's neighbours are: a poses file holds the motion to those."""
+    return {k: getattr(opt, k, None) for k in NEIGHBOUR_OPTIONS}
+
+
+def save_stage1_poses(path, poses, opt, stage1_ckpt):
+    """Write ``poses`` ({sample token: (2, 4, 4) ego motion}) for ``--stage1_poses``, atomically."""
+    tmp = f"{path}.tmp"
+    torch.save({"format": POSES_FORMAT, "version": 1, "stage1_ckpt": str(stage1_ckpt),
+                "neighbours": neighbour_options(opt), "poses": {t: p.float().cpu() for t, p in poses.items()}}, tmp)
+    os.replace(tmp, path)
+
+
+def load_stage1_poses(path, opt=None):
+    """{sample token: (2, 4, 4) ego motion} of a ``--stage1_poses`` file; ValueError naming the file when it is not
+    one, or when ``opt``'s neighbours (--adjacent, --frame_stride, --near_stride) are not the ones it was made for."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--stage1_poses {path} not found (tools/export_stage1_poses.py writes it)")
+    try:
+        d = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"--stage1_poses {path} cannot be read ({type(e).__name__}: {e})") from e
+    if not isinstance(d, dict) or d.get("format") != POSES_FORMAT:
+        raise ValueError(f"--stage1_poses {path} is not a stage-1 poses file (tools/export_stage1_poses.py writes one)")
+    if opt is not None:
+        if len(set(getattr(opt, "frame_stride", [1]))) > 1:
+            raise ValueError(f"--stage1_poses {path}: a random --frame_stride {opt.frame_stride} gives each sample "
+                             "other neighbours at every step; a poses file holds one motion per sample")
+        mine = neighbour_options(opt)
+        for k, v in d["neighbours"].items():
+            if k in mine and mine[k] != v:
+                raise ValueError(f"--stage1_poses {path} was exported with --{k} {v}, this run has --{k} {mine[k]}: "
+                                 "export it again with this run's options")
+    return d["poses"]

@@ -20,9 +20,12 @@ def run(tmp_path, deadline, *cmd):
 
 
 def test_rc_and_logs_of_a_command_that_ends(tmp_path):
-    r, names, _ = run(tmp_path, 60, "sh", "-c", "mkdir -p logs/run1 && echo '{}' > logs/run1/metrics.json && exit 3")
+    r, names, _ = run(tmp_path, 60, "sh", "-c", "mkdir -p logs/run1/ckpt && echo '{}' > logs/run1/metrics.json && "
+                      "echo x > logs/run1/stage1_poses.pt && echo x > logs/run1/ckpt/last.pt && exit 3")
     assert r.returncode == 3, r.stderr
     assert "logs/run1/metrics.json" in names and "logs/device_run.log" in names
+    # the stage-1 motion a later call trains stage 2 with comes back; checkpoints do not
+    assert "logs/run1/stage1_poses.pt" in names and "logs/run1/ckpt/last.pt" not in names
     assert "rc 3" in (tmp_path / "logs" / "device_run.log").read_text()
 
 

@@ -235,3 +235,11 @@ def test_ddp_report_compares_throughput_and_metrics(tmp_path):
     assert "| two | 2 | 100 | 200 | 6 | 31.7 | 3.33x | 10 % | 3.0 | 9.00 |" in md
     assert md.splitlines()[-1].endswith("| occupancy 2e-06, any 3e-05 (depth/abs_rel) |")
     assert md.splitlines()[-2].endswith("| - |")
+
+
+def test_run_gs_occ_names_a_bad_stages_value_before_any_work(tmp_path):
+    env = {**os.environ, "GSOCC_PYTHON": sys.executable, "STAGES": "3", "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run(["sh", str(REPO / "run_gs_occ.sh"), "synthetic"], capture_output=True, text=True, timeout=120,
+                       env=env)
+    assert r.returncode == 1 and "STAGES='3': 1, 2 or '1 2'" in r.stderr, r.stderr
+    assert "make_synthetic" not in r.stdout and "stage 1" not in r.stdout

@@ -12,7 +12,8 @@
 # 3. COMMAND runs in the background, its output in logs/device_run.log, with DEADLINE_AT (epoch seconds of the
 #    deadline) in its environment: tools/time_budget.py fits a training time into it;
 # 4. when it ends, or DEADLINE_S seconds after the start (then it is stopped), logs/ is packed into
-#    OUT_DIR/logs.tar.gz: logs and summaries, options, training logs, eval metrics (no checkpoints, no images).
+#    OUT_DIR/logs.tar.gz: logs and summaries, options, training logs, eval metrics, the stage-1 motion that
+#    run_gs_occ.sh STAGES=1 exports (stage1_poses.pt, a few kB; no checkpoints, no images).
 # Exit status: COMMAND's, or 124 when the deadline stopped it.
 #
 # A run longer than one call (e.g. run_benchmarks.sh gpu-default, ~21 min): DETACH=1 starts COMMAND so that it
@@ -94,7 +95,8 @@ while [ -z "$RC" ]; do
     fi
 done
 echo "[device_run] rc $RC after $(( $(date +%s) - T0 )) s" >> logs/device_run.log
-find logs \( -name '*.log' -o -name '*.md' -o -name '*.json' -o -name '*.jsonl' -o -name 'options.txt' \) \
+find logs \( -name '*.log' -o -name '*.md' -o -name '*.json' -o -name '*.jsonl' -o -name 'options.txt' \
+    -o -name 'stage1_poses.pt' \) \
     -size -20M > /tmp/device_run.files
 tar czf "$OUT_DIR/logs.tar.gz" -T /tmp/device_run.files
 tail -15 logs/device_run.log

@@ -164,24 +164,32 @@ gpu-default)
     # quarter and untrained on that quarter) and stage 1 (configs/fixture-gsp.txt, 4 + 1 min, keyframe spacing).
     # GD_GTPOSE=0: none of the recorded-pose runs (nor GD_VARIANTS): run_gs_occ.sh alone on the GPU, as a user runs it
     # (about 17 minutes), stage 1 per held-out street still measured.
+    # GD_STAGES=1 / 2 (run_gs_occ.sh's STAGES; with GD_GTPOSE=0): the run in two device calls that need not share a
+    # machine: 1 = data, stage 1, refine, the stage-1 motion exported (copied to GD_PACK) and stage 1 per held-out
+    # street (about 9.5 minutes); 2 = stage 2 on that motion and its evaluation (about 7.5 minutes), given
+    # logs/synthetic-gsp-refine/stage1_poses.pt and data/synthetic-full (its keyframes suffice: data/syn-kf16's are
+    # the same, tools/data/make_synthetic_nusc draws the same keyframes with and without the sweeps).
     # Results in GD_OUT (logs/gpu-default): summary.md / .json (stage 2), errors.md (occ_errors of the recorded-pose
     # runs), stage1/summary.md / .json, logs.tar.gz;
     # copied to GD_PACK when set.
-    T0=$(date +%s); O=${GD_OUT:-logs/gpu-default}
+    T0=$(date +%s); O=${GD_OUT:-logs/gpu-default}; GD_STAGES=${GD_STAGES:-1 2}
     mkdir -p "$O"
-    GSOCC_PYTHON=$PY NGPU=1 GSV_MINUTES=${GD_MIN:-6} sh run_gs_occ.sh synthetic > "$O/run_gs_occ.log" 2>&1 &
+    STAGES=$GD_STAGES GSOCC_PYTHON=$PY NGPU=1 GSV_MINUTES=${GD_MIN:-6} sh run_gs_occ.sh synthetic \
+        > "$O/run_gs_occ.log" 2>&1 &
     MAIN=$!
-    until grep -q "^\[run_gs_occ\] stage 1 (GSP)" "$O/run_gs_occ.log" 2>/dev/null; do
-        kill -0 $MAIN 2>/dev/null || { cat "$O/run_gs_occ.log"; exit 1; }
-        sleep 5
-    done
-    echo "[gpu-default] data ready after $(( $(date +%s) - T0 )) s"
-    # stage 1 has the GPU to itself (it is the critical path: the other runs end before run_gs_occ.sh's stage 2)
-    until grep -q "^\[run_gs_occ\] stage 1 refine" "$O/run_gs_occ.log" 2>/dev/null; do
-        kill -0 $MAIN 2>/dev/null || break
-        sleep 5
-    done
-    echo "[gpu-default] stage 1 done after $(( $(date +%s) - T0 )) s"
+    if [ "$GD_STAGES" != 2 ]; then
+        until grep -q "^\[run_gs_occ\] stage 1 (GSP)" "$O/run_gs_occ.log" 2>/dev/null; do
+            kill -0 $MAIN 2>/dev/null || { cat "$O/run_gs_occ.log"; exit 1; }
+            sleep 5
+        done
+        echo "[gpu-default] data ready after $(( $(date +%s) - T0 )) s"
+        # stage 1 has the GPU to itself (it is the critical path: the other runs end before run_gs_occ.sh's stage 2)
+        until grep -q "^\[run_gs_occ\] stage 1 refine" "$O/run_gs_occ.log" 2>/dev/null; do
+            kill -0 $MAIN 2>/dev/null || break
+            sleep 5
+        done
+        echo "[gpu-default] stage 1 done after $(( $(date +%s) - T0 )) s"
+    fi
     GT="--config configs/synthetic-gsv.txt --pose gt --max_minutes ${GD_MIN:-6}"
     if [ "${GD_GTPOSE:-1}" = 1 ]; then  # GD_GTPOSE=0: run_gs_occ.sh alone on the GPU (its steps as a user gets them)
         { $PY -m tools.init_checkpoint $GT --exp_name gd-untrained > logs/gd-untrained.log 2>&1  # the baseline
@@ -220,21 +228,25 @@ gpu-default)
           && $PY eval.py $F1 --ckpt logs/gd-fixture-gsp-refine/ckpt/last.pt --adjacent keyframe \
                  --out_dir "$O/stage1-fixture" >> logs/gd-fixture-gsp.log 2>&1; } &
     fi
-    until grep -q "^\[run_gs_occ\] stage 2" "$O/run_gs_occ.log" 2>/dev/null; do
+    until grep -Eq "^\[run_gs_occ\] (stage 2|stage-1 motion)" "$O/run_gs_occ.log" 2>/dev/null; do
         kill -0 $MAIN 2>/dev/null || break
         sleep 5
     done
     S1="--config configs/synthetic-gsp.txt --ckpt logs/synthetic-gsp-refine/ckpt/last.pt --num_workers 2"
-    for sp in sweep keyframe; do
-        $PY eval.py $S1 --adjacent $sp --out_dir "$O/stage1-$sp" > "$O/stage1-$sp.log" 2>&1 &
-    done
+    if [ "$GD_STAGES" != 2 ]; then
+        for sp in sweep keyframe; do
+            $PY eval.py $S1 --adjacent $sp --out_dir "$O/stage1-$sp" > "$O/stage1-$sp.log" 2>&1 &
+        done
+    fi
     RC=0; wait $MAIN || RC=$?
     echo "[gpu-default] run_gs_occ.sh exit $RC after $(( $(date +%s) - T0 )) s"
     wait
     FXS=""; [ -f "$O/stage1-fixture/metrics.json" ] && FXS="fixture:keyframe=$O/stage1-fixture/metrics.json"
-    $PY tools/stage1_summary.py --main default --out_dir "$O/stage1" default:sweep="$O/stage1-sweep/metrics.json" \
-        default:keyframe="$O/stage1-keyframe/metrics.json" $FXS > "$O/stage1-summary.log" 2>&1 \
-        || cat "$O/stage1-summary.log"
+    if [ "$GD_STAGES" != 2 ]; then  # (stage 1 is not in a GD_STAGES=2 run)
+        $PY tools/stage1_summary.py --main default --out_dir "$O/stage1" default:sweep="$O/stage1-sweep/metrics.json" \
+            default:keyframe="$O/stage1-keyframe/metrics.json" $FXS > "$O/stage1-summary.log" 2>&1 \
+            || cat "$O/stage1-summary.log"
+    fi
     $PY tools/occ_summary.py logs/synthetic-gsv logs/gd-gtpose-* logs/gd-gtpose-default/eval-train logs/gd-untrained \
         logs/gd-fixture logs/gd-fixture/eval-heldout logs/gd-fixture-untrained/eval-heldout --json "$O/summary.json" \
         > "$O/summary.md" || true
@@ -265,6 +277,8 @@ gpu-default)
     if [ -n "${GD_PACK:-}" ]; then
         mkdir -p "$GD_PACK"
         for f in summary.md summary.json errors.md logs.tar.gz; do [ -f "$O/$f" ] && cp "$O/$f" "$GD_PACK/"; done
+        # GD_STAGES=1: the stage-1 motion that a GD_STAGES=2 run (another call, another machine) trains stage 2 with
+        [ -f logs/synthetic-gsp-refine/stage1_poses.pt ] && cp logs/synthetic-gsp-refine/stage1_poses.pt "$GD_PACK/"
         [ -f "$O/stage1/summary.md" ] && cp "$O/stage1/summary.md" "$GD_PACK/stage1.md"
     fi
     echo "[gpu-default] all done after $(( $(date +%s) - T0 )) s"
