@@ -220,8 +220,10 @@ class DDADDataset(NuScenesDataset):
             return ([frames[f][c]["file"] for c in DDAD_CAMS],
                     np.stack([frames[f][c]["pose"] @ np.linalg.inv(scene["calib"][c][1])
                               for c in DDAD_CAMS]).astype(np.float32))
-        return dict(token=sample_token(scene["name"], i), scene=scene["name"], cur=frame(i),
-                    prev=[frame(i - 1)] if i > 0 else [], next=[frame(i + 1)] if i < len(frames) - 1 else [],
+        prev, nxt = [frame(i - 1)] if i > 0 else [], [frame(i + 1)] if i < len(frames) - 1 else []
+        same = np.zeros(len(DDAD_CAMS), np.int64)  # the six cameras of a DDAD sample share one timestamp (its JSON)
+        return dict(token=sample_token(scene["name"], i), scene=scene["name"], cur=frame(i), prev=prev, next=nxt,
+                    cur_t=same, prev_t=[same] * len(prev), next_t=[same] * len(nxt),
                     K=np.stack([scene["calib"][c][0] for c in DDAD_CAMS]).astype(np.float32),
                     cam2ego=cam2ego.astype(np.float32))
 

@@ -434,6 +434,9 @@ class NuScenesDataset(Dataset):
         def frame(sds):
             return [sd["filename"] for sd in sds], np.stack([ego_pose(sd) for sd in sds]).astype(np.float32)
 
+        def times(sds):  # each camera's capture time, microseconds (the 6 cameras of a frame fire one after another)
+            return np.array([sd.get("timestamp", 0) for sd in sds], np.int64)
+
         def sample_of(sds):  # the sample whose keyframe images these are (its 2D labels), else None
             tokens = {sd.get("sample_token") for sd in sds}
             return tokens.pop() if len(tokens) == 1 and all(sd.get("is_key_frame") for sd in sds) else None
@@ -450,9 +453,9 @@ class NuScenesDataset(Dataset):
                 checked.add(cs["token"])
             cam2ego[c] = pose_matrix(cs["translation"], cs["rotation"])
             K[c] = cs["camera_intrinsic"]
-        out = dict(token=token, cur=frame(current), cam2ego=cam2ego, K=K)
+        out = dict(token=token, cur=frame(current), cur_t=times(current), cam2ego=cam2ego, K=K)
         for direction in ("prev", "next"):
-            frames, sds, samples = [], current, []
+            frames, sds, samples, stamps = [], current, [], []
             while len(frames) < max_stride:
                 nxt = [chain_step(tables, sd, direction, keyframes_only) for sd in sds]
                 if any(sd is None for sd in nxt):  # as far as all 6 chains reach
@@ -467,12 +470,15 @@ class NuScenesDataset(Dataset):
                         if not any(sd is None for sd in nxt):
                             frames.append(frame(nxt))
                             samples.append(sample_of(nxt))
+                            stamps.append(times(nxt))
                         break
                 frames.append(frame(nxt))
                 samples.append(sample_of(nxt))
+                stamps.append(times(nxt))
                 sds = nxt
             out[direction] = frames
             out[direction + "_samples"] = samples
+            out[direction + "_t"] = stamps
         return out
 
     def _stride(self, m):
@@ -493,10 +499,12 @@ class NuScenesDataset(Dataset):
         K = torch.from_numpy(m["K"].copy())
         sizes = []  # original (h, w) of the current images
         s = self._stride(m)
-        frames = [m[d][s - 1] if 0 < s <= len(m[d]) else m["cur"] for d in ("prev", "next")]  # else: no neighbour
-        frames.insert(1, m["cur"])
         n = self.near_stride  # frames 3 / 4: the near neighbours (--near_stride)
-        frames += [m[d][n - 1] if 0 < n <= len(m[d]) else m["cur"] for d in ("prev", "next")] if n else []
+        steps = [(s, "prev"), (0, "cur"), (s, "next")] + ([(n, "prev"), (n, "next")] if n else [])
+        # (files, ego2global) and capture times of each frame; the current one where a chain has no neighbour
+        picked = [(m[d][k - 1], m[d + "_t"][k - 1]) if d != "cur" and 0 < k <= len(m[d]) else (m["cur"], m["cur_t"])
+                  for k, d in steps]
+        frames = [f for f, _ in picked]
         imgs = torch.zeros((len(frames), len(CAMS), 3) + self.input_size,
                            dtype=torch.uint8 if self.uint8_images else None)
         for f, (files, _) in enumerate(frames):
@@ -508,6 +516,9 @@ class NuScenesDataset(Dataset):
                     sizes.append((h0, w0))
         item = dict(imgs=imgs, K=K, cam2ego=torch.from_numpy(m["cam2ego"]),
                     ego2global=torch.from_numpy(np.stack([e for _, e in frames])), token=m["token"], scene=m["scene"])
+        stamps = np.stack([t for _, t in picked])  # (F, 6) microseconds
+        # seconds from the current frame's mean capture time (float32 keeps microseconds at this range)
+        item["cam_time"] = torch.from_numpy(((stamps - stamps[1].mean()) * 1e-6).astype(np.float32))
         if self.sem_root is not None:
             item["sem"] = torch.stack([resize_labels(self._read_sem(m, c, sizes[c]), self.render_size)
                                        for c in range(len(CAMS))])

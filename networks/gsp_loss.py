@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from networks.depth_net import NUM_SCALES, disp_to_depth
 from utils.batch import self_occlusion
 from utils.cli import str2bool
-from utils.geometry import ego_motion_to_cam
+from utils.geometry import capture_synced_cam2ego, ego_motion_to_cam
 from utils.gsp import cross_view_loss
 from utils.losses import smoothness_loss, temporal_loss
 from utils.rasterizer import rasterize
@@ -37,12 +37,23 @@ def add_args(parser):
     g.add_argument("--gsp_mask", type=str, default="rendered", choices=["rendered", "geometric"],
                    help="cross-view overlap mask: rendered = splat opacity > 0.5 (follows the predicted depth); "
                         "geometric = frustum overlap from the calibration only (see utils/gsp.py)")
+    g.add_argument("--gsp_sync", type=str2bool, default=True,
+                   help="cross-view term with each camera where it was at its own capture time (the batch's "
+                        "cam_time; the ego motion of this step spread over the cameras' time offsets, "
+                        "utils.geometry.capture_synced_cam2ego) instead of the calibration alone. nuScenes' cameras "
+                        "fire over ~42 ms: the ego moves ~0.2 m between the two left cameras, whose baseline is 0.5 m, "
+                        "and the term's scale minimum moved off 1 on real keyframes. No effect where the cameras "
+                        "fire together (the synthetic set, DDAD: one timestamp per sample)")
     g.add_argument("--gsp_scale_lock", type=str2bool, default=False,
                    help="main phase with GSP: the temporal loss gets no gradient along each depth map's global scale "
                         "(depth x exp(g - stopgrad(g)), g = mean log depth), so only the cross-view term sets the "
                         "metric scale. Off by default: once the pose net can learn (gsp_rot_scale) the temporal "
                         "loss's scale gradient is what balances it against GSP; every locked run with the pose fix "
                         "drifted or diverged, every unlocked one converged")
+
+
+# what a checkpoint older than the option was trained with: the cross-view term on the calibration alone
+CHECKPOINT_DEFAULTS = {"gsp_sync": False}
 
 
 def scale_locked(depth):
@@ -98,8 +109,11 @@ class GSPLoss(nn.Module):
         logs["loss_smooth"] = loss_s.detach() / NUM_SCALES
         if gsp:
             scale = out["gs_scale"] * (out["depth"] if opt.gsp_scale_relative else 1.0)
+            rig = cam2ego  # where each camera was when it took its image (--gsp_sync), else the calibration
+            if opt.gsp_sync and "cam_time" in batch:
+                rig = capture_synced_cam2ego(cam2ego, poses[:, :2], batch["cam_time"]).to(cam2ego.dtype)
             loss_g, cv = cross_view_loss(out["depth"].unflatten(0, (b, n)), imgs[:, 1], scale.unflatten(0, (b, n)),
-                                         K, cam2ego, self.rasterize, opt.gsp_erode, mask_mode=opt.gsp_mask,
+                                         K, rig, self.rasterize, opt.gsp_erode, mask_mode=opt.gsp_mask,
                                          valid=None if valid is None else valid.unflatten(0, (b, n)))
             loss = loss + opt.w_gsp * loss_g
             logs["loss_gsp"] = loss_g.detach()

@@ -296,8 +296,10 @@ stage1-heldout)
     # also copied to $SH_PACK when set (e.g. SH_PACK=$OUT). S1_EXTRA: options for every run (the CPU test).
     # S1_VARIANTS: "name:options" lines, each another run over the fix's options (e.g. "stride6:--frame_stride 6").
     # FX_S1_VARIANTS: the same over the fixture run (runs fixture-<name>, e.g. "lock:--gsp_scale_lock true").
-    # S1_OLD=0: leaves the stage 1 of before out.
+    # S1_OLD=0: leaves the stage 1 of before out. SH_SYN=0: the fixture runs alone (no synthetic set, no `fix`;
+    # 60 s kept for the evaluations instead of 110): e.g. a short call that compares fixture variants.
     T0=$(date +%s); BUDGET=${BUDGET_S:-530}; O=${SH_OUT:-logs/stage1-heldout}; S=${SH_DATA:-data/synthetic-heldout}
+    SYN=${SH_SYN:-1}; RESERVE=110; [ "$SYN" = 1 ] || RESERVE=60
     mkdir -p "$O"
     OA=$(cd "$O" && pwd)  # absolute: the fixture's depth folder is named relative to nothing
     $PY -m tools.gsplat_build > "$O/gsplat.log" 2>&1 &
@@ -312,14 +314,19 @@ stage1-heldout)
         $PY -m tools.data.export_gt_depth_nusc --dataroot "$FX" --version v1.0-mini --out "$OA/fixture_depth" \
             > "$O/fixture-depth.log" 2>&1 &
     fi
-    [ -f $S/v1.0-synthetic/sample.json ] || $PY -m tools.data.make_synthetic_nusc --out $S --num_scenes "${SH_SCENES:-14}" \
-        --frames_per_scene "${SH_FRAMES:-7}" --img_size ${SH_SIZE:-224 400} --val_scenes "${SH_VAL:-4}" \
-        --workers "${WORKERS:-15}" > "$O/data.log" 2>&1
-    mkdir -p $S/depth_gt
-    $PY -m tools.data.export_gt_depth_nusc --dataroot $S --version v1.0-synthetic --out depth_gt --split $S/splits/val.txt \
-        >> "$O/data.log" 2>&1 &
+    if [ "$SYN" = 1 ]; then
+        [ -f $S/v1.0-synthetic/sample.json ] || $PY -m tools.data.make_synthetic_nusc --out $S --num_scenes "${SH_SCENES:-14}" \
+            --frames_per_scene "${SH_FRAMES:-7}" --img_size ${SH_SIZE:-224 400} --val_scenes "${SH_VAL:-4}" \
+            --workers "${WORKERS:-15}" > "$O/data.log" 2>&1
+        mkdir -p $S/depth_gt
+        $PY -m tools.data.export_gt_depth_nusc --dataroot $S --version v1.0-synthetic --out depth_gt \
+            --split $S/splits/val.txt >> "$O/data.log" 2>&1 &
+    elif [ -z "$FX" ]; then
+        echo "[stage1-heldout] SH_SYN=0 needs the fixture (FIXTURE=<dir> or shared/fixtures/nuscenes-scene-0916)" >&2
+        exit 2
+    fi
     wait $BUILD || true
-    LEFT=$(( BUDGET - 110 - 50 - $(date +%s) + T0 ))  # 110 s for the evaluations, 2 x 25 s to start the runs
+    LEFT=$(( BUDGET - RESERVE - 50 - $(date +%s) + T0 ))  # for the evaluations, 2 x 25 s to start the runs
     M1=$(awk -v t=$LEFT 'BEGIN { m = 0.75 * t / 60; print (m < 0.5 ? 0.5 : m) }')
     M2=$(awk -v t=$LEFT 'BEGIN { m = 0.25 * t / 60; print (m < 0.2 ? 0.2 : m) }')
     MALL=$(awk -v a=$M1 -v b=$M2 'BEGIN { print a + b + 0.4 }')
@@ -333,12 +340,13 @@ stage1-heldout)
     main_refine() { mr=$1; shift  # (sh has no local variables: run1 sets name)
         run1 "$mr-main" "$@" --max_minutes "$M1"
         run1 "$mr" "$@" --gsp_phase refine --load_weights "$O/$mr-main/ckpt/last.pt" --max_minutes "$M2"; }
-    main_refine fix $SD $FIX &
+    [ "$SYN" = 1 ] && main_refine fix $SD $FIX &
     OLD=${S1_OLD:-1}  # S1_OLD=0: without the stage 1 of before (measured once: gpu-2026-12-02), more GPU for the rest
+    [ "$SYN" = 1 ] || OLD=0
     [ "$OLD" = 1 ] && run1 old $SD --gsp_pose net --train_sweeps false --max_minutes "$MALL" &
     [ -n "$FX" ] && main_refine fixture $FXD --gsp_pose net_solve &
     # S1_VARIANTS: lines "name:options" over the fix, trained (main + refine), evaluated and summarised like it
-    echo "${S1_VARIANTS:-}" | { while IFS= read -r v; do
+    [ "$SYN" = 1 ] && echo "${S1_VARIANTS:-}" | { while IFS= read -r v; do
         [ -n "$v" ] && main_refine "${v%%:*}" $SD $FIX ${v#*:} &
     done; wait; }
     # FX_S1_VARIANTS: the same over the fixture's run (e.g. "lock:--gsp_scale_lock true"), runs fixture-<name>
@@ -349,6 +357,7 @@ stage1-heldout)
     ev() { name=$1; ckpt=$2; shift 2; $PY eval.py --ckpt "$O/$ckpt/ckpt/last.pt" --out_dir "$O/$name" --num_workers 2 \
            "$@" $S1_EXTRA >> "$O/eval.log" 2>&1; echo "[eval] $name"; }
     for sp in sweep keyframe; do
+        [ "$SYN" = 1 ] || continue
         ev fix-$sp fix $SD $SEM --adjacent $sp &
         [ "$OLD" = 1 ] || continue
         ev old-$sp old $SD $SEM --adjacent $sp --gsp_pose net &
@@ -357,14 +366,15 @@ stage1-heldout)
     [ -n "$FX" ] && ev fixture-keyframe fixture $FXD &
     FXNAMES=""; [ -z "$FX" ] || FXNAMES=$(echo "${FX_S1_VARIANTS:-}" | sed -n 's/^\([^:][^:]*\):.*/fixture-\1/p')
     for vn in $FXNAMES; do ev $vn-keyframe $vn $FXD & done
-    VNAMES=$(echo "${S1_VARIANTS:-}" | sed -n 's/^\([^:][^:]*\):.*/\1/p')
+    VNAMES=""; [ "$SYN" = 1 ] && VNAMES=$(echo "${S1_VARIANTS:-}" | sed -n 's/^\([^:][^:]*\):.*/\1/p')
     for vn in $VNAMES; do
         for sp in sweep keyframe; do ev $vn-$sp $vn $SD $SEM --adjacent $sp --frame_stride 1 & done  # each spacing as is
     done
     wait
     runs=""
     OLDRUNS="old:sweep old:keyframe old+align:sweep old+align:keyframe"; [ "$OLD" = 1 ] || OLDRUNS=""
-    for r in fix:sweep fix:keyframe $OLDRUNS fixture:keyframe \
+    FIXRUNS="fix:sweep fix:keyframe"; [ "$SYN" = 1 ] || FIXRUNS=""
+    for r in $FIXRUNS $OLDRUNS fixture:keyframe \
              $(for vn in $VNAMES; do echo $vn:sweep $vn:keyframe; done) $(for vn in $FXNAMES; do echo $vn:keyframe; done); do
         runs="$runs $r=$O/${r%%:*}-${r#*:}/metrics.json"
     done

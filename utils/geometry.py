@@ -191,6 +191,55 @@ def axis_angle_to_matrix(aa, t):
     return torch.cat([top, bottom], dim=1)
 
 
+@full_precision
+def matrix_to_axis_angle(R):
+    """(B, 3) axis times angle of rotation matrices R (B, 3, 3), angles below pi (the inverse of the rotation part of
+    ``axis_angle_to_matrix``); near 0 a Taylor series keeps it finite."""
+    _check(R, "R", (None, 3, 3))
+    cos = ((R.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1 + 1e-7, 1 - 1e-7)
+    th = torch.acos(cos)
+    v = torch.stack([R[:, 2, 1] - R[:, 1, 2], R[:, 0, 2] - R[:, 2, 0], R[:, 1, 0] - R[:, 0, 1]], -1) / 2  # sin(th) axis
+    small = th < 1e-3
+    f = torch.where(small, 1 + th * th / 6, th / torch.where(small, torch.ones_like(th), torch.sin(th)))
+    return v * f[:, None]
+
+
+@full_precision
+def capture_synced_cam2ego(cam2ego, motion, cam_time):
+    """Each camera where it was when it took its image, in the ego frame of the frame's mean capture time.
+
+    The cameras of a rig that fire one after another (nuScenes: CAM_FRONT_LEFT first, CAM_BACK_LEFT about 42 ms later)
+    see the scene from poses the calibration alone does not give: at 10 m/s the ego moves 0.4 m in that time, close to
+    the 0.5 m between the two left cameras. The ego motion between frames is taken as constant over the frame
+    interval and spread over each camera's time offset (rotation and translation linearly in time).
+
+    cam2ego (B, S, 4, 4); motion (B, 2, 4, 4): current ego -> previous (0) / next (1) ego (what the pose net or the
+    recorded poses give); cam_time (B, F, S) seconds from the current frame's mean capture time, frames previous /
+    current / next first (``cam_time`` of the nuScenes items). The velocity is the mean of what the previous and the
+    next frame give (one alone where the other is the current frame itself, none where neither is: the calibration
+    as it is). Returns (B, S, 4, 4).
+    """
+    _check(cam2ego, "cam2ego", (None, None, 4, 4))
+    _check(motion, "motion", (cam2ego.shape[0], None, 4, 4))
+    dt = cam_time[:, :3].mean(-1)  # (B, 3): frame times
+    vel_r, vel_t, n = 0.0, 0.0, 0.0
+    for k, f in ((0, 0), (1, 2)):
+        span = dt[:, f] - dt[:, 1]  # signed seconds to that frame
+        ok = (span.abs() > 1e-3).to(cam2ego.dtype)
+        pose = inverse_rigid(motion[:, k])  # that frame's ego in the current ego frame
+        safe = torch.where(ok > 0, span, torch.ones_like(span))
+        vel_r = vel_r + ok[:, None] * matrix_to_axis_angle(pose[:, :3, :3]) / safe[:, None]
+        vel_t = vel_t + ok[:, None] * pose[:, :3, 3] / safe[:, None]
+        n = n + ok
+    n = n.clamp(min=1.0)[:, None]
+    vel_r, vel_t = vel_r / n, vel_t / n  # (B, 3) radians / s and metres / s, in the current ego frame
+    tau = cam_time[:, 1]  # (B, S)
+    b, s = tau.shape
+    shift = axis_angle_to_matrix((tau[..., None] * vel_r[:, None]).reshape(-1, 3),
+                                 (tau[..., None] * vel_t[:, None]).reshape(-1, 3)).reshape(b, s, 4, 4)
+    return shift @ cam2ego
+
+
 def scale_intrinsics(K, sx, sy):
     """Intrinsics of an image resized by ``sx`` in width and ``sy`` in height (new W = sx W, new H = sy H).
 

@@ -27,7 +27,7 @@ import options
 from datasets import build_dataset
 from tools.diagnostics.gsp_landscape import SCALES, plot
 from utils.constants import FREE_ID, OCC3D_LABEL_RANGE
-from utils.geometry import rel_cam_pose, warp
+from utils.geometry import capture_synced_cam2ego, recorded_ego_motion, rel_cam_pose, warp
 from utils.gsp import cross_view_loss
 from utils.losses import photometric_error, reprojection_loss
 from utils.rasterizer import rasterize
@@ -114,10 +114,19 @@ def affine_loss(render, target, mask):
     return float((err * m).sum() / m.sum().clamp(min=1.0))
 
 
-def landscape_real(item, depth, scales=SCALES, gs_scale=0.05, erode=4, masks=("rendered", "geometric")):
-    """Loss values per scale for one item (``imgs`` (F, S, 3, H, W) with frames prev / cur / next)."""
+def capture_rig(item):
+    """(S, 4, 4) each camera where it was at its capture time, from the item's recorded keyframe motion and cam_time:
+    what --gsp_sync gives stage 1 when its motion is right."""
+    motion = recorded_ego_motion(item["ego2global"][None].double())
+    return capture_synced_cam2ego(item["cam2ego"][None].double(), motion, item["cam_time"][None].double())[0].float()
+
+
+def landscape_real(item, depth, scales=SCALES, gs_scale=0.05, erode=4, masks=("rendered", "geometric"), rig=None):
+    """Loss values per scale for one item (``imgs`` (F, S, 3, H, W) with frames prev / cur / next); ``rig`` (S, 4, 4):
+    the camera poses of the cross-view term (default: the calibration, ``cam2ego``)."""
     imgs = item["imgs"]
     K, c2e = item["K"], item["cam2ego"]
+    rig = c2e if rig is None else rig
     has = depth > 0  # (S, H, W) pixels with a depth: the only ones that make Gaussians or count in a loss
     res = {"scales": list(scales)}
     far = torch.where(has, depth, torch.ones_like(depth))  # placeholder where invalid (no Gaussian)
@@ -125,7 +134,7 @@ def landscape_real(item, depth, scales=SCALES, gs_scale=0.05, erode=4, masks=("r
         vals, vals_affine = [], []
         for s in scales:
             loss, d = cross_view_loss((far * s)[None, :, None], imgs[1][None], torch.full_like(far, gs_scale)[None, :, None],
-                                      K[None], c2e[None], lambda *a, **k: rasterize(*a, backend="torch", **k),
+                                      K[None], rig[None], lambda *a, **k: rasterize(*a, backend="torch", **k),
                                       erode, valid=has[None, :, None].float(), mask_mode=mask)
             vals.append(float(loss))
             vals_affine.append(affine_loss(d["render"][0], d["target"][0], d["mask"][0]))
@@ -166,6 +175,10 @@ def main(argv=None):
     p.add_argument("--depth_source", default="occupancy", choices=["occupancy", "lidar"],
                    help="occupancy: dense, marched through the labels; lidar: the nearest LiDAR point of each pixel "
                         "(sparse, exact; use a larger --gs_scale so that its splats cover the gaps)")
+    p.add_argument("--rig", default="calibration", choices=["calibration", "capture"],
+                   help="camera poses of the cross-view term: the calibration alone, or each camera where it was at "
+                        "its capture time (the recorded keyframe motion spread over the cameras' time offsets: what "
+                        "--gsp_sync gives stage 1 when its motion is right)")
     p.add_argument("--out_dir", default="logs/landscape-real")
     a = p.parse_args(argv)
     opt = options.parse_args(["--stage", "gsp", "--dataset", "nuscenes", "--dataroot", a.dataroot, "--version", a.version,
@@ -182,7 +195,8 @@ def main(argv=None):
         else:
             depth = lidar_depth(item["depth_gt"], a.size)
         chk = lidar_check(depth, item["depth_gt"], a.size)
-        res = landscape_real(item, depth, gs_scale=a.gs_scale)
+        rig = capture_rig(item) if a.rig == "capture" else None
+        res = landscape_real(item, depth, gs_scale=a.gs_scale, rig=rig)
         res.update(chk, index=i, token=item["token"], depth_coverage=float((depth > 0).float().mean()))
         per.append(res)
         rows.append(f"| {i} | {res['translation_m'][0]:.2f} / {res['translation_m'][1]:.2f} | "
