@@ -52,7 +52,8 @@ def test_items_shapes_and_values(ddad_root, depth_dir):
     # ego poses of one frame agree across cameras (same car, timestamps a few ms apart)
     t = item["ego2global"][1, :, :3, 3]
     assert (t - t[0]).norm(dim=1).max() < 0.05
-    assert (item["cam_time"].numpy() == 0).all() and item["cam_time"].shape == (3, 6)  # one timestamp per sample: no capture-time offsets
+    # one timestamp per sample: no capture-time offsets
+    assert (item["cam_time"].numpy() == 0).all() and item["cam_time"].shape == (3, 6)
     # masks: CAMERA_01 sees everything, the others lose part of the image to the car body
     mask = item["mask"]
     assert mask.shape == (6, 48, 80) and mask[0].min() == 1

@@ -315,8 +315,8 @@ stage1-heldout)
             > "$O/fixture-depth.log" 2>&1 &
     fi
     if [ "$SYN" = 1 ]; then
-        [ -f $S/v1.0-synthetic/sample.json ] || $PY -m tools.data.make_synthetic_nusc --out $S --num_scenes "${SH_SCENES:-14}" \
-            --frames_per_scene "${SH_FRAMES:-7}" --img_size ${SH_SIZE:-224 400} --val_scenes "${SH_VAL:-4}" \
+        [ -f $S/v1.0-synthetic/sample.json ] || $PY -m tools.data.make_synthetic_nusc --out $S \
+            --num_scenes "${SH_SCENES:-14}" --frames_per_scene "${SH_FRAMES:-7}" --img_size ${SH_SIZE:-224 400} --val_scenes "${SH_VAL:-4}" \
             --workers "${WORKERS:-15}" > "$O/data.log" 2>&1
         mkdir -p $S/depth_gt
         $PY -m tools.data.export_gt_depth_nusc --dataroot $S --version v1.0-synthetic --out depth_gt \
