@@ -298,7 +298,10 @@ stage1-heldout)
     # FX_S1_VARIANTS: the same over the fixture run (runs fixture-<name>, e.g. "lock:--gsp_scale_lock true").
     # S1_OLD=0: leaves the stage 1 of before out. SH_SYN=0: the fixture runs alone (no synthetic set, no `fix`;
     # 60 s kept for the evaluations instead of 110): e.g. a short call that compares fixture variants.
+    # BUDGET_S: seconds from now for the whole benchmark; default 530, or what is left before DEADLINE_AT (set by
+    # tools/device_run.sh, whose kernel build came before) less 15 s for packing
     T0=$(date +%s); BUDGET=${BUDGET_S:-530}; O=${SH_OUT:-logs/stage1-heldout}; S=${SH_DATA:-data/synthetic-heldout}
+    [ -n "${BUDGET_S:-}" ] || [ -z "${DEADLINE_AT:-}" ] || BUDGET=$(( DEADLINE_AT - T0 - 15 ))
     SYN=${SH_SYN:-1}; RESERVE=110; [ "$SYN" = 1 ] || RESERVE=60
     mkdir -p "$O"
     OA=$(cd "$O" && pwd)  # absolute: the fixture's depth folder is named relative to nothing
