@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from options import above, at_least, str2bool, within
-from networks.fast_norm import make_group_norm
+from networks.fast_norm import convert_batch_norm, make_group_norm
 from networks.hourglass3d import HourglassTrunk, hourglass_head
 from networks.image_neck import UpConcatNeck
 from networks.lift_gather import _visible_pairs, lift_features_gather
@@ -225,8 +225,9 @@ class OccNet(nn.Module):
         lifted = f + int(opt.lift_visibility) + {"none": 0, "depth": 2, "bins": 3}[self.lift_geometry]
         n_cls = semantic_classes(opt)
         if opt.occ_decoder == "hourglass":
-            self.decoder = HourglassTrunk(lifted, v)
-            self.head = hourglass_head(v, n_cls + 1)
+            bn = getattr(opt, "batch_norm_impl", "torch")
+            self.decoder = convert_batch_norm(HourglassTrunk(lifted, v), bn)
+            self.head = convert_batch_norm(hourglass_head(v, n_cls + 1), bn)
             logit_bias = self.head[-1][1].bias  # the last batch norm's shift
         else:
             norm = opt.group_norm_impl

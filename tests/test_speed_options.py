@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from networks.fast_norm import ParallelGroupNorm, group_norm
+import networks.fast_norm as fast_norm
+from networks.fast_norm import GemmBatchNorm3d, GemmGroupNorm, ParallelGroupNorm, convert_batch_norm, group_norm
 from networks.lift_gather import lift_features_gather
 from networks.occ_net import VoxelGrid, lift_features
 from utils.rasterizer import rasterize
@@ -23,11 +24,18 @@ def rel(a, b):
     return float((a - b).norm() / b.norm().clamp(min=1e-30))
 
 
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """gemm sums over chunks of 64 voxels: the test volumes then have several whole chunks and a rest."""
+    monkeypatch.setattr(fast_norm, "GEMM_CHUNK", 64)
+
+
+@pytest.mark.parametrize("cls", [ParallelGroupNorm, GemmGroupNorm])
 @pytest.mark.parametrize("dtype, fmt, tol", [(torch.float64, torch.contiguous_format, 1e-12),
                                              (torch.float32, torch.contiguous_format, 1e-5),
                                              (torch.float32, torch.channels_last_3d, 1e-5),
                                              (torch.bfloat16, torch.channels_last_3d, 1e-2)])
-def test_group_norm_matches_torch(dtype, fmt, tol):
+def test_group_norm_matches_torch(dtype, fmt, tol, cls, small_chunks):
     """Output, input / weight / bias gradients against nn.GroupNorm in float64 on the same (rounded) input; the
     volume has a mean of 5 standard deviations (the variance is E[x^2] - mean^2); the layout is kept."""
     g = torch.Generator().manual_seed(1)
@@ -35,7 +43,7 @@ def test_group_norm_matches_torch(dtype, fmt, tol):
     with torch.no_grad():
         ref.weight.copy_(torch.randn(16, generator=g, dtype=torch.float64))
         ref.bias.copy_(torch.randn(16, generator=g, dtype=torch.float64))
-    new = ParallelGroupNorm(4, 16).to(torch.float64 if dtype == torch.float64 else torch.float32)
+    new = cls(4, 16).to(torch.float64 if dtype == torch.float64 else torch.float32)
     new.load_state_dict(ref.state_dict())
     x = (torch.randn(2, 16, 9, 7, 5, generator=g) * 3 + 15).to(dtype).contiguous(memory_format=fmt)
     dy = torch.randn(x.shape, generator=g).to(dtype)
@@ -46,6 +54,71 @@ def test_group_norm_matches_torch(dtype, fmt, tol):
     assert y.dtype == dtype and y.is_contiguous(memory_format=fmt) and x.grad.is_contiguous(memory_format=fmt)
     assert rel(y, ref(xr)) < tol and rel(x.grad, xr.grad) < tol
     assert rel(new.weight.grad, ref.weight.grad) < tol and rel(new.bias.grad, ref.bias.grad) < tol
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last_3d])
+def test_gemm_sums_are_the_sums(fmt, small_chunks):
+    """channel_sums_gemm: sum u and sum u v per (sample, channel) of volumes with 4 whole chunks and a rest of 59
+    voxels, also when v comes in the other layout (a gradient may)."""
+    g = torch.Generator().manual_seed(3)
+    u = torch.randn(2, 5, 7, 9, 5, generator=g, dtype=torch.float64).contiguous(memory_format=fmt)
+    v = torch.randn(2, 5, 7, 9, 5, generator=g, dtype=torch.float64)
+    s1, s2 = fast_norm.channel_sums_gemm(u, v)
+    assert s1.shape == (2, 5) and s1.dtype == torch.float64
+    assert torch.allclose(s1, u.sum((2, 3, 4)), atol=1e-12) and torch.allclose(s2, (u * v).sum((2, 3, 4)), atol=1e-12)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last_3d])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_gemm_batch_norm_matches_torch(fmt, momentum, small_chunks):
+    """GemmBatchNorm3d against nn.BatchNorm3d (float64) over two training steps: output, gradients of input, weight
+    and bias, the running statistics (momentum and cumulative), then eval mode; the state dicts are alike."""
+    g = torch.Generator().manual_seed(2)
+    ref = torch.nn.BatchNorm3d(6, momentum=momentum).double()
+    with torch.no_grad():
+        ref.weight.copy_(torch.randn(6, generator=g, dtype=torch.float64))
+        ref.bias.copy_(torch.randn(6, generator=g, dtype=torch.float64))
+    new = GemmBatchNorm3d(6, momentum=momentum).double()
+    new.load_state_dict(ref.state_dict())
+    for step in range(2):
+        x = (torch.randn(2, 6, 6, 7, 5, generator=g, dtype=torch.float64) * 2 + 10 * step - 3)
+        x = x.contiguous(memory_format=fmt)
+        dy = torch.randn(x.shape, generator=g, dtype=torch.float64)
+        xr, xn = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ref.zero_grad(), new.zero_grad()
+        yr, yn = ref(xr), new(xn)
+        (yr * dy).sum().backward()
+        (yn * dy).sum().backward()
+        assert yn.is_contiguous(memory_format=fmt) and xn.grad.is_contiguous(memory_format=fmt)
+        assert rel(yn, yr) < 1e-12 and rel(xn.grad, xr.grad) < 1e-12
+        assert rel(new.weight.grad, ref.weight.grad) < 1e-12 and rel(new.bias.grad, ref.bias.grad) < 1e-12
+    for k, v in ref.state_dict().items():
+        assert torch.allclose(new.state_dict()[k].double(), v.double(), atol=1e-12), k
+    ref.eval(), new.eval()
+    x = torch.randn(1, 6, 3, 4, 5, generator=g, dtype=torch.float64)
+    assert torch.allclose(new(x), ref(x), atol=1e-12)
+    w = ref.weight.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, w: fast_norm._BatchNormTrain.apply(x, w, None, 1e-5)[0],
+                                    (x.requires_grad_(), w))
+
+
+def test_convert_batch_norm_keeps_the_network():
+    """The authors' hourglass trunk with --batch_norm_impl gemm: every BatchNorm3d converted, the same state dict keys,
+    the same logits in training mode as torch's batch norm (float64, CPU)."""
+    from networks.hourglass3d import HourglassTrunk
+    torch.manual_seed(0)
+    ref = HourglassTrunk(5, 4).double()
+    new = HourglassTrunk(5, 4).double()
+    new.load_state_dict(ref.state_dict())
+    convert_batch_norm(new, "gemm")
+    assert all(type(m) is not torch.nn.BatchNorm3d for m in new.modules())
+    assert sum(isinstance(m, GemmBatchNorm3d) for m in new.modules()) == 22  # the trunk's (the head has 5 more)
+    assert new.state_dict().keys() == ref.state_dict().keys()
+    x = torch.randn(1, 5, 8, 8, 4, dtype=torch.float64)
+    assert rel(new(x), ref(x)) < 1e-10
+    assert convert_batch_norm(ref, "torch") is ref and type(ref.stem[0][1]) is torch.nn.BatchNorm3d
+    with pytest.raises(ValueError, match="batch norm implementation"):
+        convert_batch_norm(ref, "fast")
 
 
 def test_group_norm_without_affine_and_gradcheck():
@@ -131,9 +204,12 @@ def test_zsq_is_float32_under_autocast():
 
 
 def speed_opts(*extra, **flags):
-    """tiny_opt with the speed options of issue 20 set (all of them with all=True)."""
-    on = flags.get("all", False)
-    args = ["--group_norm_impl", "parallel", "--lift_impl", "gather", "--raster_zsq", "moments"] if on else []
+    """tiny_opt with the speed options of issue 20 set (all of them with all=True; norms="gemm": the group and the
+    batch norms with their sums as matrix products)."""
+    on, norms = flags.get("all", False), flags.get("norms", "parallel")
+    args = ["--group_norm_impl", norms, "--lift_impl", "gather", "--raster_zsq", "moments"] if on else []
+    if on and norms == "gemm":
+        args += ["--batch_norm_impl", "gemm"]
     return tiny_opt(*extra, *args)
 
 
@@ -144,8 +220,9 @@ def to_channels_last_3d(net):
         part.to(memory_format=torch.channels_last_3d)
 
 
+@pytest.mark.parametrize("norms", ["parallel", "gemm"])
 @pytest.mark.parametrize("net", ["residual", "hourglass"])
-def test_training_step_with_every_option_matches(net):
+def test_training_step_with_every_option_matches(net, norms):
     """The first training step of GSVModel (this project's residual decoder with group norm and the visibility
     channel, or the authors' hourglass with batch norm): loss, every parameter gradient and the batch-norm running
     statistics of the default path and of every speed option together (parallel group norm, gather lifting,
@@ -156,7 +233,9 @@ def test_training_step_with_every_option_matches(net):
     results = []
     for on in (False, True):
         torch.manual_seed(0)
-        model = GSVModel(speed_opts(*extra, all=on)).train()
+        model = GSVModel(speed_opts(*extra, all=on, norms=norms)).train()
+        gemm_norms = [m for m in model.modules() if isinstance(m, (GemmBatchNorm3d, GemmGroupNorm))]
+        assert len(gemm_norms) == (0 if not on or norms != "gemm" else 27 if net == "hourglass" else 3)  # 1 block
         if on:
             to_channels_last_3d(model.occ_net)
         loss, logs, _ = model(make_batch())

@@ -15,7 +15,8 @@ GPU; each computes the same function as the default, tests/test_speed_options.py
   no layout transposes and batch norm takes PyTorch's channels-last kernels (the contiguous ones reduce each
   channel in one thread block);
 * ``group_norm_impl parallel``: the residual decoder's group norms through whole-GPU reductions
-  (networks/fast_norm.py);
+  (networks/fast_norm.py); ``gemm``: the same with their sums as matrix products, and ``batch_norm_impl gemm`` the
+  authors' batch norms so (not measured on a GPU yet);
 * ``lift_impl gather``: the lifting as one weighted gather, channels-last (networks/lift_gather.py);
 * ``raster_zsq moments``: sum_i w_i z_i^2 of the depth-spread term from 9 moment channels shared by the cameras
   instead of per-camera copies of every feature (utils/rasterizer.py);
@@ -26,7 +27,8 @@ import torch
 
 from utils.cli import str2bool
 
-GROUP_NORM_IMPLS = ("torch", "parallel")  # --group_norm_impl: networks/fast_norm.py implements them
+GROUP_NORM_IMPLS = ("torch", "parallel", "gemm")  # --group_norm_impl: networks/fast_norm.py implements them
+BATCH_NORM_IMPLS = ("torch", "gemm")  # --batch_norm_impl: the same
 
 
 def add_args(parser):
@@ -45,8 +47,13 @@ def add_args(parser):
     g.add_argument("--channels_last_3d", type=str2bool, default=True,
                    help="NDHWC weights and volume in the stage-2 3D CNN (CUDA only)")
     g.add_argument("--group_norm_impl", type=str, default="parallel", choices=GROUP_NORM_IMPLS,
-                   help="residual decoder's group norm: torch (nn.GroupNorm) or parallel (networks/fast_norm.py: the "
-                        "same function through whole-GPU reductions, any layout, output in the input's dtype)")
+                   help="residual decoder's group norm: torch (nn.GroupNorm), parallel (networks/fast_norm.py: the "
+                        "same function through whole-GPU reductions, any layout, output in the input's dtype) or "
+                        "gemm (the same with its sums as tensor-core matrix products)")
+    g.add_argument("--batch_norm_impl", type=str, default="torch", choices=BATCH_NORM_IMPLS,
+                   help="the authors' hourglass's batch norms in training: torch (nn.BatchNorm3d) or gemm "
+                        "(networks/fast_norm.py: the batch statistics as tensor-core matrix products; same "
+                        "parameters, buffers and running statistics)")
     g.add_argument("--lift_impl", type=str, default="gather", choices=["grid_sample", "gather"],
                    help="stage-2 lifting: grid_sample per camera, or gather (one embedding_bag over a channels-last "
                         "table of the feature maps, the same average; networks/lift_gather.py)")

@@ -5,8 +5,8 @@ Each case: forward, and forward + backward of a random gradient, median of CUDA-
 synchronize on the CPU); the bytes one pass must move (floor) and the rate it reached; the relative difference of
 output and input gradient to the case's reference (the first of its group), which must stay at rounding level.
 Groups: ``ceiling`` (device-to-device copy, a bf16 matrix product), ``norm`` (one normalisation of the decoder's
-32-channel bf16 volume 300 x 300 x 24: torch's group norm under autocast as the step runs it, the parallel one in
-NCDHW and NDHWC, batch norm NCDHW / NDHWC, an elementwise x * 2 as the cost of one pass), ``conv`` (a
+32-channel bf16 volume 300 x 300 x 24: torch's group norm under autocast as the step runs it, the parallel and the
+gemm one in NCDHW and NDHWC, batch norm torch / gemm NCDHW / NDHWC, an elementwise x * 2 as the cost of one pass), ``conv`` (a
 3x3x3 32 -> 32 convolution NCDHW / NDHWC) and ``lift`` (grid_sample per camera / one gather, at both networks'
 feature maps).
 """
@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from networks.fast_norm import ParallelGroupNorm
+from networks.fast_norm import GemmBatchNorm3d, GemmGroupNorm, ParallelGroupNorm
 from networks.lift_gather import lift_features_gather
 from networks.occ_net import VoxelGrid, lift_features
 from tools.bench.scene import rig_cameras
@@ -120,8 +120,8 @@ def norm_cases(device, quick, reps):
             return fwd, x
         return make
 
-    def bn(fmt):
-        m = torch.nn.BatchNorm3d(32).to(device)
+    def bn(fmt, cls=torch.nn.BatchNorm3d):
+        m = cls(32).to(device)
 
         def make():
             x = base.detach().clone(memory_format=fmt).requires_grad_()
@@ -135,12 +135,17 @@ def norm_cases(device, quick, reps):
     rows = [_case("norm", "group norm, torch (autocast float32), NCDHW", gn(torch.nn.GroupNorm,
                                                                            torch.contiguous_format), device, reps,
                   bytes_fwd=2 * nbytes, bytes_bwd=3 * nbytes)]
+    for impl, cls in (("parallel", ParallelGroupNorm), ("gemm", GemmGroupNorm)):
+        for name, fmt in (("NCDHW", torch.contiguous_format), ("NDHWC", CL3D)):
+            rows.append(_case("norm", f"group norm, {impl}, {name}", gn(cls, fmt), device, reps,
+                              rows[0], 2 * nbytes, 3 * nbytes))
+    bn_ref = _case("norm", "batch norm, torch, NCDHW", bn(torch.contiguous_format), device, reps,
+                   bytes_fwd=2 * nbytes, bytes_bwd=3 * nbytes)
+    rows.append(bn_ref)
+    rows.append(_case("norm", "batch norm, torch, NDHWC", bn(CL3D), device, reps, bn_ref, 2 * nbytes, 3 * nbytes))
     for name, fmt in (("NCDHW", torch.contiguous_format), ("NDHWC", CL3D)):
-        rows.append(_case("norm", f"group norm, parallel, {name}", gn(ParallelGroupNorm, fmt), device, reps,
-                          rows[0], 2 * nbytes, 3 * nbytes))
-    rows.append(_case("norm", "batch norm, torch, NCDHW", bn(torch.contiguous_format), device, reps,
-                      bytes_fwd=2 * nbytes, bytes_bwd=3 * nbytes))
-    rows.append(_case("norm", "batch norm, torch, NDHWC", bn(CL3D), device, reps, rows[-1], 2 * nbytes, 3 * nbytes))
+        rows.append(_case("norm", f"batch norm, gemm, {name}", bn(fmt, GemmBatchNorm3d), device, reps, bn_ref,
+                          2 * nbytes, 3 * nbytes))
     rows.append(_case("norm", "elementwise reference: x * 2 (one read, one write)", scale, device, reps,
                       bytes_fwd=2 * nbytes, bytes_bwd=2 * nbytes))
     return rows

@@ -54,6 +54,9 @@ VARIANTS = [
     ("all +fused optimizer", {**OLD, **ALL_ON, "fused_optimizer": True}, None, 2),  # = the option defaults
     ("all +tile 8", {**OLD, **ALL_ON, "gsplat_tile_size": 8}, None, 2),
     ("all +unpacked", {**OLD, **ALL_ON, "gsplat_packed": False}, None, 3),
+    # the norms' sums as tensor-core matrix products (networks/fast_norm.py), over the option defaults
+    ("defaults +gemm norms", {**OLD, **ALL_ON, "fused_optimizer": True, "group_norm_impl": "gemm",
+                              "batch_norm_impl": "gemm"}, None, 1),
     ("all +compile", {**OLD, **ALL_ON, "compile": True}, None, 4),
     # the option defaults on a step that writes no scalars (the trainer's 19 in 20: no depth quantiles, no fog stats)
     ("defaults, not logged", {**OLD, **ALL_ON, "fused_optimizer": True, "_log_details": False}, None, 2),
