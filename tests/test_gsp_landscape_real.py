@@ -1,6 +1,7 @@
 """tools/diagnostics/gsp_landscape_real.py: the dense depth marched through occupancy labels, and the cross-view error
 after brightness matching."""
 import numpy as np
+import pytest
 import torch
 
 from tools.diagnostics.gsp_landscape_real import affine_loss, occupancy_depth
@@ -49,3 +50,31 @@ def test_lidar_depth_keeps_the_nearest_point_of_each_pixel_and_the_check_reads_r
     assert float(d[0, 0, 0]) == 7.0 and float(d[0, 2, 3]) == 20.0 and int((d > 0).sum()) == 2
     chk = lidar_check(torch.full((1, 4, 4), 8.0), lidar, (4, 4))
     assert chk["lidar_points"] == 3 and abs(chk["median_ratio"] - 8.0 / 10.0) < 1e-6
+
+
+def test_model_depth_is_the_stage_1_depth_at_the_landscape_size():
+    """--depth_source model: a stage-1 model's depth of the current frame, predicted at the model's input size and
+    resized through the inverse depth; at the model's own size it is predict_depth itself."""
+    from networks.gsp_model import GSPModel
+    from options import parse_args
+    from tools.diagnostics.gsp_landscape_real import model_depth
+    torch.manual_seed(0)
+    model = GSPModel(parse_args(["--stage", "gsp", "--gsp_pretrained", "false", "--raster_backend", "torch",
+                                 "--input_size", "64", "96"])).eval()
+    imgs = torch.rand(3, 6, 3, 90, 160)
+    d = model_depth(model, imgs, (45, 80))
+    assert d.shape == (6, 45, 80) and bool((d > 0).all()) and bool(torch.isfinite(d).all())
+    same = model_depth(model, torch.nn.functional.interpolate(imgs.flatten(0, 1), (64, 96)).unflatten(0, (3, 6)),
+                       (64, 96))
+    ref = model.predict_depth({"imgs": torch.nn.functional.interpolate(imgs.flatten(0, 1), (64, 96))
+                               .unflatten(0, (3, 6))[None]})[0]
+    torch.testing.assert_close(same, ref, rtol=1e-4, atol=1e-4)
+    assert float((d.mean() / ref.mean() - 1).abs()) < 0.5  # the same depth, resized
+
+
+def test_model_source_and_ckpt_go_together():
+    from tools.diagnostics.gsp_landscape_real import main
+    with pytest.raises(SystemExit):
+        main(["--dataroot", "nowhere", "--depth_source", "model"])
+    with pytest.raises(SystemExit):
+        main(["--dataroot", "nowhere", "--ckpt", "x.pt"])

@@ -14,6 +14,10 @@ that depth against the LiDAR points (median ratio, AbsRel), and evaluates for a 
   python -m tools.diagnostics.gsp_landscape_real --dataroot ../shared/fixtures/nuscenes-scene-0916 \
       --version v1.0-mini --occ_root gts_lidar --depth_root depth_gt --samples 5 10 20 30 --out_dir logs/landscape-real
 
+``--depth_source model --ckpt <stage-1 checkpoint>``: the same curves around the depth a trained stage 1 predicts
+(its median ratio to the LiDAR is the column "depth / LiDAR: median ratio"): an argmin of the cross-view term at s = 1 says the
+term is content with the learnt scale, at 1 / ratio that it pulls toward the LiDAR's scale.
+
 Writes landscape.json / .md (per sample and the mean over samples) and landscape.png.
 """
 import argparse
@@ -22,9 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 import options
 from datasets import build_dataset
+from rebuild import load_stage1
 from tools.diagnostics.gsp_landscape import SCALES, plot
 from utils.constants import FREE_ID, OCC3D_LABEL_RANGE
 from utils.geometry import capture_synced_cam2ego, recorded_ego_motion, rel_cam_pose, warp
@@ -97,6 +103,17 @@ def lidar_check(dense, lidar, hw):
         ratios.append(d[keep] / z[keep])
     r = torch.cat(ratios)
     return {"lidar_points": int(len(r)), "median_ratio": float(r.median()), "abs_rel": float((r - 1).abs().mean())}
+
+
+def model_depth(model, imgs, size):
+    """(S, H, W) depth of a stage-1 model's depth net for the current frame of ``imgs`` (F, S, 3, h, w), predicted at
+    the model's own input size and resized to ``size`` through the inverse depth: the depth training works with."""
+    in_size = tuple(getattr(model.opt, "input_size", imgs.shape[-2:]))
+    x = F.interpolate(imgs.flatten(0, 1), in_size, mode="bilinear", align_corners=False, antialias=True)
+    with torch.no_grad():
+        d = model.predict_depth({"imgs": x.unflatten(0, imgs.shape[:2])[None]})[0]  # (S, h', w')
+    return 1.0 / F.interpolate(1.0 / d[:, None].clamp(min=1e-3), tuple(size), mode="bilinear",
+                               align_corners=False)[:, 0]
 
 
 def affine_loss(render, target, mask):
@@ -172,19 +189,26 @@ def main(argv=None):
     p.add_argument("--samples", type=int, nargs="+", default=[5, 15, 25, 35], help="item indices (keyframes)")
     p.add_argument("--size", type=int, nargs=2, default=(112, 176), metavar=("H", "W"))
     p.add_argument("--gs_scale", type=float, default=0.05, help="pixel Gaussian scale, metres")
-    p.add_argument("--depth_source", default="occupancy", choices=["occupancy", "lidar"],
+    p.add_argument("--depth_source", default="occupancy", choices=["occupancy", "lidar", "model"],
                    help="occupancy: dense, marched through the labels; lidar: the nearest LiDAR point of each pixel "
-                        "(sparse, exact; use a larger --gs_scale so that its splats cover the gaps)")
+                        "(sparse, exact; use a larger --gs_scale so that its splats cover the gaps); model: the depth "
+                        "net of the stage-1 checkpoint --ckpt (where does the cross-view term put the scale of the "
+                        "depth training has learnt?)")
+    p.add_argument("--ckpt", default=None, help="stage-1 checkpoint (--depth_source model)")
     p.add_argument("--rig", default="calibration", choices=["calibration", "capture"],
                    help="camera poses of the cross-view term: the calibration alone, or each camera where it was at "
                         "its capture time (the recorded keyframe motion spread over the cameras' time offsets: what "
                         "--gsp_sync gives stage 1 when its motion is right)")
     p.add_argument("--out_dir", default="logs/landscape-real")
     a = p.parse_args(argv)
+    if (a.depth_source == "model") != bool(a.ckpt):
+        p.error("--ckpt PATH goes with --depth_source model (and only with it)")
+    occ = ["--occ_root", a.occ_root] if a.depth_source == "occupancy" else []  # labels read only to march through
     opt = options.parse_args(["--stage", "gsp", "--dataset", "nuscenes", "--dataroot", a.dataroot, "--version", a.version,
-                              "--occ_root", a.occ_root, "--depth_root", a.depth_root, "--adjacent", "keyframe",
+                              *occ, "--depth_root", a.depth_root, "--adjacent", "keyframe",
                               "--input_size", str(a.size[0]), str(a.size[1])])
     ds = build_dataset(opt, "val")
+    model = load_stage1(a.ckpt) if a.depth_source == "model" else None
     rows, per = [], []
     for i in a.samples:
         if not 0 <= i < len(ds):
@@ -192,6 +216,8 @@ def main(argv=None):
         item = ds[i]
         if a.depth_source == "occupancy":
             depth = occupancy_depth(item["occ_semantics"].numpy(), item["K"], item["cam2ego"], a.size)
+        elif a.depth_source == "model":
+            depth = model_depth(model, item["imgs"], a.size)
         else:
             depth = lidar_depth(item["depth_gt"], a.size)
         chk = lidar_check(depth, item["depth_gt"], a.size)
@@ -211,7 +237,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     (out / "landscape.json").write_text(json.dumps({"samples": per, "mean": mean}, indent=1))
     plot(mean, out / "landscape.png")
-    md = ["| item | recorded motion to prev / next (m) | pixels with a depth | occupancy depth / LiDAR: median ratio "
+    md = ["| item | recorded motion to prev / next (m) | pixels with a depth | depth / LiDAR: median ratio "
           "(AbsRel) | argmin s: GSP rendered | same, brightness matched | GSP geometric | same, brightness matched | temporal, recorded motion |",
           "|---:|---|---:|---|---:|---:|---:|---:|---:|", *rows, "",
           "Mean over the samples (loss at each s):", "",
