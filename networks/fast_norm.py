@@ -46,6 +46,7 @@ def _acc_dtype(x):
 
 
 GEMM_CHUNK = 8192  # voxels per matrix of the batched products (K); the rest of the volume is one more product
+_OUT_DTYPE = [True]  # whether torch.bmm takes out_dtype (set False at its first refusal)
 
 
 def _mm_acc(a, b):
@@ -61,9 +62,6 @@ def _mm_acc(a, b):
             warnings.warn(f"--*_norm_impl gemm: torch.bmm(out_dtype=float32) is not available here ({err}); the "
                           "sums run on float32 copies of the volume (correct, slower)")
     return torch.bmm(a.to(acc), b.to(acc))
-
-
-_OUT_DTYPE = [True]  # whether torch.bmm takes out_dtype (set False at its first refusal)
 
 
 def _chunks(x_b, channels_last):

@@ -109,9 +109,9 @@ def model_depth(model, imgs, size):
     """(S, H, W) depth of a stage-1 model's depth net for the current frame of ``imgs`` (F, S, 3, h, w), predicted at
     the model's own input size and resized to ``size`` through the inverse depth: the depth training works with."""
     in_size = tuple(getattr(model.opt, "input_size", imgs.shape[-2:]))
-    x = F.interpolate(imgs.flatten(0, 1), in_size, mode="bilinear", align_corners=False, antialias=True)
+    x = F.interpolate(imgs[1], in_size, mode="bilinear", align_corners=False, antialias=True)  # the current frame
     with torch.no_grad():
-        d = model.predict_depth({"imgs": x.unflatten(0, imgs.shape[:2])[None]})[0]  # (S, h', w')
+        d = model.depth_outputs(x[None])["depth"][:, 0]  # (S, h', w'): predict_depth of one sample
     return 1.0 / F.interpolate(1.0 / d[:, None].clamp(min=1e-3), tuple(size), mode="bilinear",
                                align_corners=False)[:, 0]
 
