@@ -16,7 +16,7 @@ from datasets.options import trains_on_depth
 from datasets.checks import check_intrinsics, check_occ_labels, check_pose, check_split
 from datasets.pseudo_labels import SEM_FORMATS, gsam_path, read_gsam_bin, read_png_label, resize_labels
 from utils.geometry import pose_matrix, scale_intrinsics
-from utils.constants import CAMS
+from utils.constants import CAMS, IGNORE_ID, SKY_ID
 from utils.errors import BadData, MissingFile, UnreadableFile
 from utils.occ_metrics import sparseocc_origins
 
@@ -328,6 +328,7 @@ class NuScenesDataset(Dataset):
         # the 2D labels of the previous / next keyframe too (their rendered semantics, --w_extra_sem)
         self.sem_adjacent = self.sem_root is not None and getattr(opt, "w_extra_sem", 0) > 0
         self.sem_format = opt.sem_format
+        self.sem_extra_ids = (getattr(opt, "sky_id", SKY_ID), IGNORE_ID)  # ids a PNG label may hold besides the classes
         if self.sem_format not in SEM_FORMATS:
             raise BadData(f"--sem_format must be one of {SEM_FORMATS}, got {self.sem_format!r}")
         self.occ_root = resolve(opt.dataroot, opt.occ_root)
@@ -551,7 +552,7 @@ class NuScenesDataset(Dataset):
     def _read_sem(self, m, c, image_hw):
         """(h, w) uint8 Occ3D ids of camera ``c`` of sample ``m`` (datasets/pseudo_labels.py formats)."""
         if self.sem_format == "png":
-            return read_png_label(os.path.join(self.sem_root, m["token"], CAMS[c] + ".png"))
+            return read_png_label(os.path.join(self.sem_root, m["token"], CAMS[c] + ".png"), self.sem_extra_ids)
         return read_gsam_bin(self._gsam_file(m, c), image_hw)
 
     def _gsam_file(self, m, c):

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from utils.constants import IGNORE_ID, SKY_ID
+from utils.constants import IGNORE_ID, NUM_SEM_CLASSES, SKY_ID
 from utils.errors import BadData, MissingFile, UnreadableFile
 
 SEM_FORMATS = ("png", "gsam_bin")
@@ -35,17 +35,25 @@ GSAM_NAMES = ("nothing", "sedan", "highway", "bus", "truck", "terrain", "tree", 
 GSAM_TO_OCC = np.array([0, 4, 11, 3, 10, 14, 16, 13, 2, 1, 7, 15, 6, 5, 9, 8, SKY_ID], np.uint8)
 
 
-def read_png_label(path):
-    """(h, w) uint8 class ids of a single-channel PNG label."""
+def read_png_label(path, extra_ids=(SKY_ID, IGNORE_ID)):
+    """(h, w) uint8 class ids of a single-channel PNG label: Occ3D classes 0..NUM_SEM_CLASSES-1 and ``extra_ids``
+    (sky, ignore; the loader passes its --sky_id). Other ids are refused here, naming the file (the cross-entropy
+    on the GPU does not check them: that would wait for the GPU every step)."""
     if not os.path.isfile(path):
         raise MissingFile(f"semantic label missing: {path}")
     try:
         with Image.open(path) as img:
             if img.mode not in ("L", "P"):
                 raise BadData(f"semantic label {path}: expected a single-channel uint8 PNG, got {img.mode}")
-            return np.asarray(img, dtype=np.uint8)
+            labels = np.asarray(img, dtype=np.uint8)
     except OSError as e:
         raise UnreadableFile(f"cannot read semantic label {path}: {e}") from None
+    ids = np.unique(labels)
+    bad = [int(i) for i in ids if i >= NUM_SEM_CLASSES and i not in extra_ids]
+    if bad:
+        raise BadData(f"semantic label {path}: ids {bad[:10]} are neither Occ3D classes 0..{NUM_SEM_CLASSES - 1} nor "
+                      f"sky / ignore {sorted(set(extra_ids))}")
+    return labels
 
 
 def read_gsam_bin(path, image_hw):

@@ -22,6 +22,7 @@ from utils.constants import FREE_ID, OCC3D_LABEL_RANGE, OCC3D_SHAPE, OCC3D_VOXEL
 from utils.geometry import inverse_rigid, rescale_K_to
 from utils.occ_readout import consistent_threshold, thin_ground
 from utils.rasterizer import rasterize
+from utils.speed import stage
 
 CHECKPOINT_DEFAULTS = {"opacity": "softmax", "depth_background": "none"}  # what a checkpoint older than the option was trained with
 FAINT_OPACITY = 0.1  # a Gaussian fainter than this is "fog" in the occupancy health statistics
@@ -203,7 +204,8 @@ class GSVModel(nn.Module):
         imgs, K, cam2ego = batch.get("imgs_net", batch["imgs"])[:, 1], batch["K"], batch["cam2ego"]
         h, w = self.opt.render_size
         out = self.occ_net(imgs, K, cam2ego)
-        opacity = voxel_opacity(out["logits"], self.opt.opacity)
+        with stage("voxels to Gaussians"):
+            opacity = voxel_opacity(out["logits"], self.opt.opacity)
         Kr = rescale_K_to(K, imgs.shape[-2:], (h, w))
         viewmats = inverse_rigid(cam2ego)
         n_cam = viewmats.shape[1]
@@ -214,23 +216,27 @@ class GSVModel(nn.Module):
             viewmats = torch.cat([viewmats, adj.flatten(1, 2)], 1)  # (B, 18, 4, 4)
             Kr = Kr.repeat(1, 3, 1, 1)
         if self.opt.render_type == "volume":
-            renders = self._render_volume(out["logits"], opacity, viewmats, Kr, w, h)
+            with stage("rasteriser"):
+                renders = self._render_volume(out["logits"], opacity, viewmats, Kr, w, h)
             n_gauss = out["logits"].new_zeros(())
         else:
-            gaussians = voxels_to_gaussians(out["logits"], self.occ_net.centres, self.opt, out.get("scale"),
-                                            viewmats, self.opt.min_depth, opacity=opacity,
-                                            raw_offset=out.get("offset"))
+            with stage("voxels to Gaussians"):
+                gaussians = voxels_to_gaussians(out["logits"], self.occ_net.centres, self.opt, out.get("scale"),
+                                                viewmats, self.opt.min_depth, opacity=opacity,
+                                                raw_offset=out.get("offset"))
             renders = []
             zsq = self.opt.raster_zsq if depth_spread_wanted(self.opt) else None  # sum_i w_i z_i^2: depth spread
-            for b, g in enumerate(gaussians):
-                o = g["opacities"].detach()[:, None]
-                feats = torch.cat([g["features"], o.to(g["features"].dtype),
-                                   (o < FAINT_OPACITY).to(g["features"].dtype)], 1)
-                renders.append(self.rasterize(g["means"], g["quats"], g["scales"], g["opacities"], feats,
-                                              viewmats[b], Kr[b], w, h, near=self.opt.min_depth, zsq=zsq))
-                f = renders[-1].pop("features")
-                renders[-1].update(features=f[:, :-2], seen_opacity=f[:, -2:-1], faint_alpha=f[:, -1:])
-            n_gauss = out["logits"].new_tensor(sum(len(g["means"]) for g in gaussians) / len(gaussians))
+            with stage("rasteriser"):
+                for b, g in enumerate(gaussians):
+                    o = g["opacities"].detach()[:, None]
+                    feats = torch.cat([g["features"], o.to(g["features"].dtype),
+                                       (o < FAINT_OPACITY).to(g["features"].dtype)], 1)
+                    renders.append(self.rasterize(g["means"], g["quats"], g["scales"], g["opacities"], feats,
+                                                  viewmats[b], Kr[b], w, h, near=self.opt.min_depth, zsq=zsq))
+                    f = renders[-1].pop("features")
+                    renders[-1].update(features=f[:, :-2], seen_opacity=f[:, -2:-1], faint_alpha=f[:, -1:])
+            # (a CPU tensor from the shapes: a copy to the device would wait for it)
+            n_gauss = torch.tensor(sum(len(g["means"]) for g in gaussians) / len(gaussians))
         r = {"logits": out["logits"], "opacity": opacity, "K": Kr, "num_gaussians": n_gauss,
              **{k: torch.stack([r[key] for r in renders]) for k, key in
                 (("depth", "depth"), ("alpha", "alpha"), ("sem", "features"), ("seen_opacity", "seen_opacity"),
@@ -259,9 +265,11 @@ class GSVModel(nn.Module):
         if self.criterion is None or self.pose_source is None:
             raise ValueError("this GSVModel has no criterion or no pose source: networks.build_model(opt, load_stage1="
                              "rebuild.load_stage1) composes one that trains")
-        T = self.pose_source(batch)
+        with stage("pose"):
+            T = self.pose_source(batch)
         r = self.render(batch, T[:, :2]) if self.opt.w_extra_views > 0 else self.render(batch)
-        loss, logs = self.criterion(r, batch, T)
+        with stage("loss"):
+            loss, logs = self.criterion(r, batch, T)
         logs["num_gaussians"] = r["num_gaussians"]
         outputs = {"depth": r["depth"].detach()[:, :, 0], "alpha": r["alpha"].detach()[:, :, 0],
                    "sem": r["sem"].detach(), "logits": r["logits"].detach()}

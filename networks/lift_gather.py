@@ -15,6 +15,7 @@ gradients with lift_features). Geometry is float32 (``full_precision``), as ther
 import torch
 import torch.nn.functional as F
 
+from utils.geometry import inv
 from utils.precision import full_precision
 
 
@@ -25,7 +26,7 @@ def _visible_pairs(K, cam2ego, pts, image_size, min_depth, with_depth=False):
     visible (B, P, N_cam) bool (in front by min_depth and inside the image); with ``with_depth`` also the point's
     depth z (B, P, N_cam) in each camera."""
     H, W = image_size
-    ego2cam = torch.linalg.inv(cam2ego)  # (B, N_cam, 4, 4)
+    ego2cam = inv(cam2ego)  # (B, N_cam, 4, 4)
     pts_h = torch.cat([pts, torch.ones_like(pts[:, :1])], 1).t()  # (4, P)
     cam = ego2cam[:, :, :3] @ pts_h  # (B, N_cam, 3, P)
     z = cam[:, :, 2]

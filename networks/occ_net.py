@@ -24,7 +24,9 @@ from networks.lift_gather import _visible_pairs, lift_features_gather
 from networks.resnet_encoder import ResnetEncoder, find_weights
 from networks.voxel_grid import CONTRACT_MODES, VoxelGrid  # noqa: F401  (VoxelGrid: imported from here too)
 from utils.constants import NUM_SEM_CLASSES
+from utils.geometry import inv
 from utils.precision import full_precision
+from utils.speed import stage
 
 # What a checkpoint written before an option existed was trained with (options.merge_checkpoint_options).
 CHECKPOINT_DEFAULTS = {"contract_mode": "xy", "image_neck": "fpn", "lift_visibility": True,
@@ -134,7 +136,7 @@ def lift_features(feats, K, cam2ego, pts, image_size, min_depth=0.1):
     """
     B, n_cam, C = feats.shape[:3]
     H, W = image_size
-    ego2cam = torch.linalg.inv(cam2ego)
+    ego2cam = inv(cam2ego)
     pts_h = torch.cat([pts, torch.ones_like(pts[:, :1])], 1).t()  # (4, P)
     acc = feats.new_zeros(B, C, pts.shape[0])
     count = feats.new_zeros(B, 1, pts.shape[0])
@@ -286,27 +288,30 @@ class OccNet(nn.Module):
 
     def forward(self, imgs, K, cam2ego):
         B, n_cam, _, H, W = imgs.shape
-        feats = self.image_features(imgs.flatten(0, 1))
-        feats = feats.view(B, n_cam, *feats.shape[1:])
+        with stage("image encoder"):
+            feats = self.image_features(imgs.flatten(0, 1))
+            feats = feats.view(B, n_cam, *feats.shape[1:])
         pts = self.centres.view(-1, 3)
-        if self.lift_impl == "gather":
-            vol = lift_features_gather(feats, K, cam2ego, pts, (H, W), self.min_depth, self.lift_visibility)
-        else:
-            vol = lift_features(feats, K, cam2ego, pts, (H, W), self.min_depth)
-            if not self.lift_visibility:
-                vol = vol[:, :-1]
-        if self.lift_geometry != "none":
-            prob = None
-            if self.depth_head is not None:
-                logits = self.depth_head(feats.flatten(0, 1)).float()
-                prob = torch.softmax(logits, 1).view(B, n_cam, *logits.shape[1:])
-            geo = voxel_geometry(K, cam2ego, pts, (H, W), self.min_depth, self.depth_range, prob)
-            vol = torch.cat([vol, geo.to(vol.dtype), self.height.to(vol.dtype).expand(B, 1, -1)], 1)
-        vol = vol.view(B, -1, *self.grid.shape).contiguous(memory_format=self.volume_format)
-        x = self.decoder(vol)
-        out = {"logits": self.head(x)}
-        if self.scale_head is not None:
-            out["scale"] = self.scale_head(x)
-        if self.offset_head is not None:
-            out["offset"] = self.offset_head(x)
+        with stage("lifting"):
+            if self.lift_impl == "gather":
+                vol = lift_features_gather(feats, K, cam2ego, pts, (H, W), self.min_depth, self.lift_visibility)
+            else:
+                vol = lift_features(feats, K, cam2ego, pts, (H, W), self.min_depth)
+                if not self.lift_visibility:
+                    vol = vol[:, :-1]
+            if self.lift_geometry != "none":
+                prob = None
+                if self.depth_head is not None:
+                    logits = self.depth_head(feats.flatten(0, 1)).float()
+                    prob = torch.softmax(logits, 1).view(B, n_cam, *logits.shape[1:])
+                geo = voxel_geometry(K, cam2ego, pts, (H, W), self.min_depth, self.depth_range, prob)
+                vol = torch.cat([vol, geo.to(vol.dtype), self.height.to(vol.dtype).expand(B, 1, -1)], 1)
+        with stage("3D CNN"):
+            vol = vol.view(B, -1, *self.grid.shape).contiguous(memory_format=self.volume_format)
+            x = self.decoder(vol)
+            out = {"logits": self.head(x)}
+            if self.scale_head is not None:
+                out["scale"] = self.scale_head(x)
+            if self.offset_head is not None:
+                out["offset"] = self.offset_head(x)
         return out

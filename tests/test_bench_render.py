@@ -127,21 +127,50 @@ def test_speed_compare_quick_cpu(tmp_path):
     n = torch.get_num_threads()
     try:
         res = bench_render.main(["--speed_compare", "--quick", "--device", "cpu", "--warmup", "0", "--step_repeats",
-                                 "1", "--threads", "1", "--profile", "--out_dir", str(tmp_path)])
+                                 "1", "--threads", "1", "--profile", "--speed_rounds", "2", "--out_dir", str(tmp_path)])
     finally:
         torch.set_num_threads(n)
     rows = {r["variant"]: r for r in res["rows"]}
     assert set(rows) == {name for name, s, _, _ in VARIANTS if not s.get("compile")}
     for r in rows.values():
         assert r["status"] == "ok" and r["model_s"] > 0 and r["loss_rel_diff"] < 1e-5, r
+    # round 2 timed old, all and the priority-1 variants again; the step is the median of the rounds' medians
+    assert len(rows["old"]["round_s"]) == len(rows["defaults +compiled loss"]["round_s"]) == 2
+    assert "round_s" not in rows["all +tile 8"]
+    assert rows["all"]["model_s"] == pytest.approx(sum(rows["all"]["round_s"]) / 2)
     assert rows["old"]["profile"]["families_ms"]["convolution"] > 0 and rows["all"]["profile"]["busy_ms"] > 0
+    stages = rows["all"]["profile"]["stages_ms"]  # every stage of the step, forward and backward, by its range
+    for name in ("image encoder", "lifting", "3D CNN", "voxels to Gaussians", "rasteriser", "loss", "optimizer",
+                 "image encoder (backward)", "3D CNN (backward)", "loss (backward)"):
+        assert stages[name]["host_ms"] > 0 and stages[name]["ops"] > 0, (name, stages)
+    assert stages.get("backward, not attributed", {"ops": 0})["ops"] < 0.05 * sum(v["ops"] for v in stages.values())
     groups = {c["group"] for c in res["components"] if "error" not in c}
     assert groups == {"ceiling", "norm", "conv", "lift"}, res["components"]
     assert all(c.get("grad_rel_diff", 0) < 1e-5 for c in res["components"])
     md = (tmp_path / "bench_speed.md").read_text()
-    assert "| quick | all |" in md and "## Components" in md and "busy (sum)" in md
+    assert "| quick | all |" in md and "## Components" in md and "busy (sum)" in md and "| 3D CNN (backward) |" in md
     assert (tmp_path / "bench_speed_profile.txt").stat().st_size > 0
     summary = tmp_path / "summary.json"
     for key in ("step_s_quick", "step_s_quick_old"):
         entry = record(key, str(tmp_path / "bench_speed.json"), key, "cmd", "cpu", "abc", summary=str(summary))
         assert entry["value"] == round(res["scalars"][key], 4) > 0
+
+
+def test_stage_times_attribute_each_backward_to_its_forward_stage():
+    """tools/bench/profile.stage_times: the work of a range and the autograd engine's work for the nodes made inside
+    it go to that stage (the backward through the autograd sequence numbers), by exact operator counts."""
+    from torch.profiler import ProfilerActivity, profile
+    from tools.bench.profile import stage_times
+    from utils.speed import stage
+    x = torch.randn(64, 64, requires_grad=True)
+    w = torch.randn(64, 64, requires_grad=True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with stage("a"):
+            y = torch.tanh(x)  # one node: TanhBackward0
+        with stage("b"):
+            z = (y @ w).sum()  # two nodes: MmBackward0, SumBackward0
+        z.backward()
+    st = stage_times(prof.events())
+    assert st["a"]["ops"] == 1 and st["b"]["ops"] in (2, 3), st  # tanh; mm, sum (and its fill)
+    assert st["a (backward)"]["ops"] >= 1 and st["b (backward)"]["ops"] >= 2, st
+    assert "backward, not attributed" not in st and st["gradient accumulation"]["host_ms"] >= 0

@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 
 from datasets.nuscenes_dataset import NuScenesDataset
-from datasets.pseudo_labels import GSAM_TO_OCC, read_gsam_bin, resize_labels
+from datasets.pseudo_labels import GSAM_TO_OCC, read_gsam_bin, read_png_label, resize_labels
 from tests.test_nuscenes_dataset import make_opt
 from utils.constants import CAMS, OCC_CLASSES, SKY_ID
+from utils.errors import BadData
 
 
 def test_gsam_ids_map_to_occ3d_classes_as_the_release(tmp_path):
@@ -123,3 +124,15 @@ def test_ddad_gsam_files_in_the_release_layout(ddad_root, tmp_path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         np.full((h, w), 6, np.int8).tofile(path)
     assert (ds[0]["sem"] == OCC_CLASSES.index("vegetation")).all()  # tree -> vegetation
+
+
+def test_png_labels_with_ids_outside_the_classes_are_refused_naming_the_file(tmp_path):
+    """A PNG label may hold Occ3D classes 0..16, sky and ignore; any other id is an error that names the file (the
+    cross-entropy on the GPU no longer checks: that would wait for the GPU every step)."""
+    ok = np.array([[0, 16, 254, 255]], np.uint8)
+    Image.fromarray(ok).save(tmp_path / "ok.png")
+    assert np.array_equal(read_png_label(str(tmp_path / "ok.png")), ok)
+    Image.fromarray(np.array([[0, 17, 40, 255]], np.uint8)).save(tmp_path / "bad.png")
+    with pytest.raises(BadData, match=r"bad\.png: ids \[17, 40\]"):
+        read_png_label(str(tmp_path / "bad.png"))
+    assert read_png_label(str(tmp_path / "bad.png"), extra_ids=(17, 40, 255)).shape == (1, 4)  # e.g. --sky_id 17

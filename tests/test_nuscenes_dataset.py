@@ -169,7 +169,7 @@ def test_optional_labels(nusc_root, tokens, occ3d_label, tmp_path):
     from tools.data.export_gt_depth_nusc import export_depth
     tok = tokens[4]
     rng = np.random.default_rng(0)
-    labels = rng.integers(0, 18, size=(900, 1600), dtype=np.uint8)
+    labels = rng.integers(0, 17, size=(900, 1600), dtype=np.uint8)  # Occ3D classes (17, free, is no 2D label)
     os.makedirs(tmp_path / "sem" / tok)
     for cam in CAMS:
         Image.fromarray(labels).save(tmp_path / "sem" / tok / f"{cam}.png")

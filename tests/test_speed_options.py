@@ -291,3 +291,31 @@ def test_fused_optimizer_same_update():
         out.append(ps)
     for a, b in zip(*out):
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_compiled_losses_are_the_same_function():
+    """--compile_loss: the photometric error (SSIM + L1) and the smoothness through torch.compile give the eager
+    values and gradients (float32, CPU inductor), and compile_losses(False) restores the eager functions."""
+    from utils import losses
+    torch.manual_seed(0)
+    pred = torch.rand(2, 3, 12, 20, requires_grad=True)
+    target = torch.rand(2, 3, 12, 20)
+    disp = torch.rand(2, 1, 12, 20, requires_grad=True)
+
+    def run():
+        e = losses.photometric_error(pred, target)
+        s = losses.smoothness_loss(disp, target)
+        g = torch.autograd.grad(e.square().sum() + s, (pred, disp))
+        return e.detach(), s.detach(), g
+    e0, s0, g0 = run()
+    try:
+        losses.compile_losses(True)
+        assert losses.losses_compiled()
+        e1, s1, g1 = run()
+    finally:
+        losses.compile_losses(False)
+    assert not losses.losses_compiled()
+    torch.testing.assert_close(e1, e0, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(s1, s0, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g1, g0):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -119,6 +119,10 @@ def build_parser():
     g.add_argument("--speed_budget", type=float, default=None,
                    help="seconds for the whole comparison, gsplat's build included; later variants that do not fit "
                         "are skipped (default 480; --quick 60)")
+    g.add_argument("--speed_rounds", type=int, default=3,
+                   help="the old path, all options and the priority-1 variants are timed this many times in turn "
+                        "(round 1 is the full pass; each later round runs them again in the same order); step s = "
+                        "median of the rounds' medians, so that drift of the GPU between variants cancels")
     p.add_argument("--no_plot", action="store_true", help="do not write bench_render.png")
     return p
 

@@ -46,6 +46,12 @@ def pose_matrix(translation, rotation_wxyz):
 
 
 @full_precision
+def inv(M):
+    """torch.linalg.inv without its check for singular input, which waits for the GPU (a host-device
+    synchronisation on every call): the same inverse; a singular matrix gives inf / nan instead of an error."""
+    return torch.linalg.inv_ex(M).inverse
+
+
 def inverse_rigid(T):
     """Inverse of rigid transforms without a general matrix inverse.
 
@@ -120,7 +126,7 @@ def warp(img_src, depth_tgt, K, T_tgt2src, K_src=None):
     K_src = K if K_src is None else K_src
     _check(K_src, "K_src", (B, 3, 3))
     Hs, Ws = img_src.shape[-2:]
-    points = backproject(depth_tgt, torch.linalg.inv(K))
+    points = backproject(depth_tgt, inv(K))
     pix, z = project(points, K_src, T_tgt2src)
     u, v = pix[..., 0], pix[..., 1]
     valid = (z > MIN_Z) & (u >= -0.5) & (u <= Ws - 0.5) & (v >= -0.5) & (v <= Hs - 0.5)
@@ -150,7 +156,7 @@ def recorded_ego_motion(ego2global):
     """(B, 3, 6, 4, 4) per-frame ego poses -> (B, 2, 4, 4) float64 ego motion current -> previous (0) / next (1),
     on the CAM_FRONT clock (camera 0), computed in float64 (global coordinates are hundreds of metres)."""
     e = ego2global[:, :, 0].double()
-    return torch.stack([torch.linalg.inv(e[:, 0]) @ e[:, 1], torch.linalg.inv(e[:, 2]) @ e[:, 1]], 1)
+    return torch.stack([inv(e[:, 0]) @ e[:, 1], inv(e[:, 2]) @ e[:, 1]], 1)
 
 
 @full_precision

@@ -61,6 +61,38 @@ class SSIM(nn.Module):
 _ssim = SSIM()
 
 
+def _photometric(pred, target, alpha):
+    l1 = (pred - target).abs().mean(1, keepdim=True)
+    dssim = ((1 - _ssim(pred, target)) / 2).clamp(0, 1).mean(1, keepdim=True)
+    return alpha * dssim + (1 - alpha) * l1
+
+
+def _smoothness(disp, img):
+    d = disp / (disp.mean(dim=(2, 3), keepdim=True) + 1e-7)
+    dx_d = (d[..., :, 1:] - d[..., :, :-1]).abs()
+    dy_d = (d[..., 1:, :] - d[..., :-1, :]).abs()
+    dx_i = (img[..., :, 1:] - img[..., :, :-1]).abs().mean(1, keepdim=True)
+    dy_i = (img[..., 1:, :] - img[..., :-1, :]).abs().mean(1, keepdim=True)
+    return (dx_d * torch.exp(-dx_i)).mean() + (dy_d * torch.exp(-dy_i)).mean()
+
+
+_EAGER = {"photometric": _photometric, "smoothness": _smoothness}
+_impl = dict(_EAGER)
+
+
+def compile_losses(enabled):
+    """``--compile_loss``: the per-pixel photometric error (SSIM + L1) and the smoothness run through torch.compile
+    (their ~40 elementwise and pooling operators per call fused into a few kernels: fewer passes over the images and
+    fewer launches), or eagerly again. Process-wide; utils.speed.prepare_model sets it from the option. The same
+    function (tests/test_speed_options.py); the first call of each image size compiles (seconds to a minute)."""
+    for name, fn in _EAGER.items():
+        _impl[name] = torch.compile(fn, dynamic=False) if enabled else fn
+
+
+def losses_compiled():
+    return _impl["photometric"] is not _EAGER["photometric"]
+
+
 @full_precision
 def photometric_error(pred, target, alpha=0.85):
     """alpha (1 - SSIM) / 2 + (1 - alpha) |pred - target|, both averaged over channels.
@@ -69,9 +101,7 @@ def photometric_error(pred, target, alpha=0.85):
     """
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape")
-    l1 = (pred - target).abs().mean(1, keepdim=True)
-    dssim = ((1 - _ssim(pred, target)) / 2).clamp(0, 1).mean(1, keepdim=True)
-    return alpha * dssim + (1 - alpha) * l1
+    return _impl["photometric"](pred, target, alpha)
 
 
 @full_precision
@@ -145,12 +175,7 @@ def smoothness_loss(disp, img):
     """
     if disp.shape[-2:] != img.shape[-2:]:
         raise ValueError(f"disp {tuple(disp.shape)} and img {tuple(img.shape)} must have the same size")
-    d = disp / (disp.mean(dim=(2, 3), keepdim=True) + 1e-7)
-    dx_d = (d[..., :, 1:] - d[..., :, :-1]).abs()
-    dy_d = (d[..., 1:, :] - d[..., :-1, :]).abs()
-    dx_i = (img[..., :, 1:] - img[..., :, :-1]).abs().mean(1, keepdim=True)
-    dy_i = (img[..., 1:, :] - img[..., :-1, :]).abs().mean(1, keepdim=True)
-    return (dx_d * torch.exp(-dx_i)).mean() + (dy_d * torch.exp(-dy_i)).mean()
+    return _impl["smoothness"](disp, img)
 
 
 def semantic_ce(logits, labels, ignore_index=255, weight=None):
@@ -168,16 +193,17 @@ def semantic_ce(logits, labels, ignore_index=255, weight=None):
     if weight is not None and weight.shape != (logits.shape[1],):
         raise ValueError(f"class weight {tuple(weight.shape)} must have one value per class ({logits.shape[1]})")
     known = labels != ignore_index
-    bad = known & ((labels < 0) | (labels >= logits.shape[1]))
-    if bad.any():
-        raise ValueError(f"labels contain ids outside [0, {logits.shape[1]}) other than ignore_index "
-                         f"{ignore_index}: {labels[bad].unique().tolist()[:10]}")
+    if not labels.is_cuda:  # (on the GPU the check would wait for it every step: the loaders check the label files)
+        bad = known & ((labels < 0) | (labels >= logits.shape[1]))
+        if bad.any():
+            raise ValueError(f"labels contain ids outside [0, {logits.shape[1]}) other than ignore_index "
+                             f"{ignore_index}: {labels[bad].unique().tolist()[:10]}")
     if weight is not None:
         weight = weight.to(logits.dtype)
     ce = F.cross_entropy(logits, labels, weight=weight, ignore_index=ignore_index, reduction="sum")
     if weight is None:
         return ce / known.sum().clamp(min=1)
-    total = weight[labels.clamp(0, logits.shape[1] - 1)][known].sum()  # ignored pixels indexed harmlessly, dropped
+    total = (weight[labels.clamp(0, logits.shape[1] - 1)] * known).sum()  # ignored pixels indexed harmlessly, dropped
     return ce / total.clamp(min=1e-12)
 
 

@@ -21,7 +21,9 @@ GPU; each computes the same function as the default, tests/test_speed_options.py
 * ``raster_zsq moments``: sum_i w_i z_i^2 of the depth-spread term from 9 moment channels shared by the cameras
   instead of per-camera copies of every feature (utils/rasterizer.py);
 * ``gsplat_packed``, ``gsplat_tile_size``: gsplat's own options (the same render);
-* ``fused_optimizer``: AdamW's fused CUDA kernel (``make_optimizer``).
+* ``fused_optimizer``: AdamW's fused CUDA kernel (``make_optimizer``);
+* ``compile_loss``: the photometric error and the smoothness through torch.compile (utils/losses.py
+  ``compile_losses``; not measured on a GPU yet).
 """
 import torch
 
@@ -29,6 +31,14 @@ from utils.cli import str2bool
 
 GROUP_NORM_IMPLS = ("torch", "parallel", "gemm")  # --group_norm_impl: networks/fast_norm.py implements them
 BATCH_NORM_IMPLS = ("torch", "gemm")  # --batch_norm_impl: the same
+STAGE_PREFIX = "stage::"
+
+
+def stage(name):
+    """A named range of the training step (``with stage("3D CNN"): ...``): tools/bench/profile.py attributes the
+    device time, the host time and the kernel launches of everything inside it, and of its backward, to ``name``.
+    Outside a profiler it costs one dispatcher call (~2 us)."""
+    return torch.profiler.record_function(STAGE_PREFIX + name)
 
 
 def add_args(parser):
@@ -64,6 +74,9 @@ def add_args(parser):
     g.add_argument("--fused_optimizer", type=str2bool, default=True,
                    help="AdamW's fused kernel on CUDA (one launch per parameter group instead of its foreach "
                         "launches; the same update to float32 rounding)")
+    g.add_argument("--compile_loss", type=str2bool, default=False,
+                   help="torch.compile the per-pixel photometric error (SSIM + L1) and the smoothness (CUDA only; "
+                        "the same function, fewer passes and launches; compiles on the first step)")
     g.add_argument("--gsplat_packed", type=str2bool, default=True, help="gsplat's packed mode (the same render)")
     g.add_argument("--gsplat_tile_size", type=int, default=16, choices=[8, 16],
                    help="gsplat's tile size in pixels (the same render)")
@@ -102,6 +115,10 @@ def prepare_model(model, opt, device):
                 if part is not None:
                     part.to(memory_format=torch.channels_last_3d)
         done.append(f"channels_last_3d ({len(nets)} 3D CNNs)")
+    from utils.losses import compile_losses
+    compile_losses(bool(getattr(opt, "compile_loss", False)))  # (process-wide: set, or reset to eager, every time)
+    if getattr(opt, "compile_loss", False):
+        done.append("torch.compile (photometric error, smoothness)")
     if opt.compile:
         names = [n for n, m in model.named_children() if any(p.requires_grad for p in m.parameters())]
         for n in names:

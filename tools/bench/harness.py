@@ -15,6 +15,7 @@ from options import parse_args as parse_model_args
 from tools.bench.scene import rig_cameras, scene_labels, scene_logits, train_batch
 from utils.constants import OCC3D_RANGE
 from utils.rasterizer import gsplat_available, rasterize
+from utils.speed import stage
 
 METHODS = ("gsplat", "torch", "volume")
 MODES = ("fwd", "fwd+bwd")
@@ -107,8 +108,9 @@ def make_train_step(model, opt, device, log_details=True):
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             loss, logs, _ = model(batch)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, opt.grad_clip)
-        optim.step()
+        with stage("optimizer"):
+            torch.nn.utils.clip_grad_norm_(params, opt.grad_clip)
+            optim.step()
         return float(loss.detach()), logs
     return step
 

@@ -2,7 +2,10 @@
 
 ``profile_step(step, batch, device)`` runs ``n`` steps under torch.profiler and returns per-step device (on the
 CPU: CPU) time of each family of ``FAMILIES`` (first pattern that matches a kernel's or an operator's name), the
-busy time, the number of kernel launches and the text of the top operators. ``count_syncs(step, batch, device)``
+busy time, the number of kernel launches, the text of the top operators and, per stage of the step (the ranges that
+``utils.speed.stage`` names: image encoder, lifting, 3D CNN, voxels to Gaussians, rasteriser, loss, optimizer; each
+forward stage's backward found through the autograd sequence numbers), the device time, the host time and the
+launches (``stages_ms``: where the host, not the GPU, sets the pace). ``count_syncs(step, batch, device)``
 runs one step under ``torch.cuda.set_sync_debug_mode("warn")`` and counts the host-device synchronisations by the
 line of Python that caused them.
 """
@@ -12,6 +15,8 @@ import re
 import warnings
 
 import torch
+
+from utils.speed import STAGE_PREFIX
 
 # (family, pattern); the first match names a kernel (CUDA) or an operator (CPU).
 FAMILIES = [
@@ -82,7 +87,89 @@ def profile_step(step, batch, device, n=3, top=25):
                                if re.search(OPS_OF_INTEREST, e.key) and not e.key.startswith("void ")})
     return {"families_ms": dict(fams.most_common()), "busy_ms": sum(fams.values()), "launches": launches / n,
             "top_kernels_ms": dict(kernels.most_common(15)), "ops_ms": dict(ops.most_common(20)),
+            "stages_ms": stage_times(prof.events(), n),
             "table": avgs.table(sort_by=key, row_limit=top)}
+
+
+BACKWARD_NODE = "autograd::engine::evaluate_function: "
+OUTSIDE = "outside the stages"
+
+
+def _stage_of(e, seq_stage, memo):
+    """The stage an event belongs to: its innermost ``stage::`` range, or for the autograd engine's work the stage
+    whose forward made the node (``<stage> (backward)``)."""
+    chain, found, p = [], None, e
+    while p is not None:
+        if p.id in memo:
+            found = memo[p.id]
+            break
+        chain.append(p)
+        if p.name.startswith(STAGE_PREFIX):
+            found = p.name[len(STAGE_PREFIX):]
+            break
+        if p.name.startswith(BACKWARD_NODE):
+            node = p.name[len(BACKWARD_NODE):]
+            fwd = seq_stage.get((p.fwd_thread, p.sequence_nr))
+            found = (f"{fwd} (backward)" if fwd else
+                     "gradient accumulation" if "AccumulateGrad" in node else "backward, not attributed")
+            break
+        p = p.cpu_parent
+    found = found or OUTSIDE
+    for c in chain:
+        memo[c.id] = found
+    return found
+
+
+# operators that launch no kernel (views, allocation, metadata)
+NO_KERNEL = re.compile(r"aten::(empty\w*|as_strided|view\w*|_?reshape\w*|resolve_\w+|t|transpose|expand\w*|permute|"
+                       r"unsqueeze|squeeze\w*|slice|select|alias|detach\w*|_unsafe_view|unflatten|flatten|lift_fresh|"
+                       r"split\w*|chunk|unbind|narrow|set_|_local_scalar_dense|item|is_\w+|size|stride|numel|result_type)$")
+
+
+def _launching(e):
+    return e.name.startswith("aten::") and not NO_KERNEL.match(e.name)
+
+
+def stage_times(events, n=1):
+    """{stage: {device_ms, host_ms, launches, ops}} per step from a profiler's events: device = the kernels an
+    operator launched (CUDA), host = the operator's own CPU time (its children's excluded; a range's own time is the
+    Python between its operators), ops = the operators that ran no other operator (on the CPU, where nothing is
+    launched, what stands for the launches)."""
+    memo, seq_stage = {}, {}
+    cpu = [e for e in events if str(getattr(e, "device_type", "CPU")).endswith("CPU")]
+    for e in cpu:  # the forward operators that made autograd nodes, by (thread, sequence number)
+        if e.sequence_nr >= 0 and not e.name.startswith(BACKWARD_NODE):
+            st = _stage_of(e, seq_stage, memo)
+            if not st.endswith("(backward)") and st not in ("gradient accumulation", "backward, not attributed"):
+                seq_stage.setdefault((e.thread, e.sequence_nr), st)
+    memo.clear()
+    out = collections.defaultdict(lambda: {"device_ms": 0.0, "host_ms": 0.0, "launches": 0.0, "ops": 0.0})
+    for e in cpu:
+        row = out[_stage_of(e, seq_stage, memo)]
+        kernels = getattr(e, "kernels", None) or []
+        row["device_ms"] += sum(k.duration for k in kernels) / 1e3 / n
+        row["launches"] += len(kernels) / n
+        row["host_ms"] += e.self_cpu_time_total / 1e3 / n
+        if _launching(e) and not any(_launching(c) for c in e.cpu_children):
+            row["ops"] += 1 / n  # operators that ran no other: about one kernel each on a GPU
+    return dict(sorted(out.items(), key=lambda kv: -(kv[1]["device_ms"] + kv[1]["host_ms"])))
+
+
+def stages_markdown(profiles):
+    """profiles: {column name: profile_step result} -> one table per profile: stage, device / host ms, launches."""
+    L = []
+    for name, p in profiles.items():
+        st = p.get("stages_ms") or {}
+        if not st:
+            continue
+        L += [f"**{name}**", "", "| stage | device ms | host ms | launches | leaf operators |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+        L += [f"| {k} | {v['device_ms']:.1f} | {v['host_ms']:.1f} | {v['launches']:.0f} | {v.get('ops', 0):.0f} |"
+              for k, v in st.items()]
+        tot = {k: sum(v.get(k, 0) for v in st.values()) for k in ("device_ms", "host_ms", "launches", "ops")}
+        L += [f"| **total** | **{tot['device_ms']:.1f}** | **{tot['host_ms']:.1f}** | **{tot['launches']:.0f}** | "
+              f"**{tot['ops']:.0f}** |", ""]
+    return "\n".join(L)
 
 
 def count_syncs(step, batch, device):
