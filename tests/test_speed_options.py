@@ -319,3 +319,44 @@ def test_compiled_losses_are_the_same_function():
     torch.testing.assert_close(s1, s0, rtol=1e-5, atol=1e-6)
     for a, b in zip(g1, g0):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_photometric_errors_of_all_sources_in_one_call_equal_one_call_each():
+    """utils.losses.photometric_errors (the reprojection loss's warped and identity errors in one call, the images
+    stacked along the batch) gives exactly the errors of one photometric_error call per image."""
+    from utils import losses
+    torch.manual_seed(0)
+    target = torch.rand(3, 3, 20, 24)
+    images = [torch.rand(3, 3, 20, 24) for _ in range(4)]
+    want = torch.cat([losses.photometric_error(x, target) for x in images], 1)
+    got = losses.photometric_errors(target, images)
+    assert got.shape == (3, 4, 20, 24)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+
+
+def test_temporal_loss_with_its_sources_warped_together_equals_one_warp_each():
+    """utils.losses.temporal_loss warps all its sources in one call; the loss, its maps and the depth's gradient equal
+    those of one warp per source (the reference below is the loss as it was written before)."""
+    from utils import losses
+    from utils.geometry import warp
+    torch.manual_seed(0)
+    N, H, W = 2, 16, 24
+    target = torch.rand(N, 3, H, W)
+    sources = [torch.rand(N, 3, H, W) for _ in range(2)]
+    depth = (torch.rand(N, 1, H, W) * 10 + 1).requires_grad_(True)
+    K = torch.tensor([[20.0, 0, W / 2], [0, 20.0, H / 2], [0, 0, 1]]).expand(N, 3, 3)
+    T = []
+    for k in range(2):
+        t = torch.eye(4).repeat(N, 1, 1)
+        t[:, 0, 3], t[:, 2, 3] = 0.1 * (k + 1), (-0.3) ** (k + 1)
+        T.append(t)
+    torch.manual_seed(1)
+    loss, maps = losses.temporal_loss(target, sources, depth, K, T)
+    g = torch.autograd.grad(loss, depth)[0]
+    warped, ok = zip(*[warp(src, depth, K, t) for src, t in zip(sources, T)])
+    torch.manual_seed(1)
+    ref, ref_maps = losses.reprojection_loss(target, list(warped), sources, list(ok))
+    torch.testing.assert_close(loss, ref, rtol=0, atol=1e-7)
+    torch.testing.assert_close(g, torch.autograd.grad(ref, depth)[0], rtol=1e-6, atol=1e-9)
+    for k in ("reproj", "identity", "mask"):
+        assert torch.equal(maps[k], ref_maps[k]), k

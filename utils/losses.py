@@ -104,6 +104,14 @@ def photometric_error(pred, target, alpha=0.85):
     return _impl["photometric"](pred, target, alpha)
 
 
+def photometric_errors(target, images, alpha=0.85):
+    """photometric_error of each of ``images`` (a list of (B, C, H, W)) against ``target`` (B, C, H, W), computed in
+    one call on the images stacked along the batch. Returns (B, len(images), H, W)."""
+    n, B = len(images), target.shape[0]
+    err = photometric_error(torch.cat(images, 0), target.repeat(n, 1, 1, 1), alpha)  # (n B, 1, H, W)
+    return err.view(n, B, *err.shape[2:]).transpose(0, 1)
+
+
 @full_precision
 def reprojection_loss(target, warped, sources=None, valid=None, alpha=0.85, target_mask=None):
     """Temporal photometric loss with monodepth2's per-pixel minimum over sources and auto-masking.
@@ -125,7 +133,10 @@ def reprojection_loss(target, warped, sources=None, valid=None, alpha=0.85, targ
     """
     if not warped:
         raise ValueError("reprojection_loss needs at least one warped image")
-    errors = torch.cat([photometric_error(w, target, alpha) for w in warped], dim=1)  # (B, S, H, W)
+    # every warped (and source) image against the target in ONE photometric_error call, the images stacked along
+    # the batch: the same values, a quarter of the operators and launches of one call per image
+    both = photometric_errors(target, list(warped) + list(sources or []), alpha)  # (B, S (+ S), H, W)
+    errors = both[:, :len(warped)]
     if valid is not None:
         if len(valid) != len(warped):
             raise ValueError(f"valid has {len(valid)} masks for {len(warped)} warped images")
@@ -137,7 +148,7 @@ def reprojection_loss(target, warped, sources=None, valid=None, alpha=0.85, targ
     if sources is None:
         maps["mask"] = _and(torch.isfinite(reproj), inside)
         return masked_mean(reproj, maps["mask"]), maps
-    identity = torch.cat([photometric_error(s, target, alpha) for s in sources], dim=1)
+    identity = both[:, len(warped):].contiguous()  # (the noise below laid out as before)
     identity = identity + torch.randn_like(identity) * 1e-5
     maps["identity"] = identity.min(dim=1, keepdim=True).values
     wins = reproj < maps["identity"]
@@ -159,7 +170,11 @@ def temporal_loss(target, sources, depth, K, T, target_mask=None, invalid="ident
     """
     if invalid not in ("identity", "keep"):
         raise ValueError(f"invalid must be identity or keep, got {invalid!r}")
-    warped, ok = zip(*[warp(src, depth, K, t) for src, t in zip(sources, T)])
+    # every source warped in ONE call (stacked along the batch, the depth and K repeated): the same values, half
+    # the operators and launches of one call per source
+    n, N = len(sources), target.shape[0]
+    warped, ok = warp(torch.cat(list(sources), 0), depth.repeat(n, 1, 1, 1), K.repeat(n, 1, 1), torch.cat(list(T), 0))
+    warped, ok = warped.split(N), ok.split(N)
     loss, maps = reprojection_loss(target, list(warped), sources, list(ok) if invalid == "identity" else None,
                                    alpha, target_mask=target_mask)
     maps["warp_valid"] = torch.cat(ok, 1).any(1, keepdim=True)

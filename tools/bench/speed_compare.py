@@ -8,8 +8,8 @@ while the component benchmarks run (tools/bench/components.py: copy and matmul c
 convolution, lifting at the paper sizes); then, per network (``--step_net``: project, authors), the trainer's step
 (zero_grad, forward under bf16 autocast, backward, grad clip, AdamW) of GSVModel at input 384x640, render 180x320,
 grid 300 300 24, random init, ``--pose gt --use_sem true``, one batch on the device: ``old`` (the step before the
-speed options: cudnn.benchmark, channels_last encoders), ``all`` (every option of ``ALL_ON``), each option alone
-over ``old``, then ``all`` + the fused optimizer (the option defaults), + gsplat's tile 8, unpacked and
+speed options: cudnn.benchmark, channels_last encoders), ``all`` (every option of ``ALL_ON``: the option defaults),
+each option alone over ``old``, then ``all`` + gsplat's tile 8, unpacked and
 (``--step_compile``) torch.compile, while ``--speed_budget`` lasts. Every
 variant starts from the same weights (the old path's, copied), so the first step's loss compares the arithmetic:
 ``loss_rel_diff`` against the old path's. ``old`` and ``all`` are also profiled (``--profile``: device time per kernel
@@ -44,7 +44,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # The step before the speed options (the defaults until they measured faster on one H200, docs/speed.md)
 OLD = {"channels_last_3d": False, "group_norm_impl": "torch", "lift_impl": "grid_sample", "raster_zsq": "per_camera",
        "fused_optimizer": False}
-ALL_ON = {"channels_last_3d": True, "group_norm_impl": "parallel", "lift_impl": "gather", "raster_zsq": "moments"}
+# every speed option on = the option defaults (the fused optimizer in it since 2026-12-04; before, ``all`` left it out
+# and ``all +fused optimizer`` was the defaults)
+ALL_ON = {"channels_last_3d": True, "group_norm_impl": "parallel", "lift_impl": "gather", "raster_zsq": "moments",
+          "fused_optimizer": True}
 # (name, settings over the option defaults, networks (None: every one), priority: lower runs first)
 VARIANTS = [
     ("old", OLD, None, 0),
@@ -54,17 +57,15 @@ VARIANTS = [
     ("+lift gather", {**OLD, "lift_impl": "gather"}, None, 1),
     ("+zsq moments", {**OLD, "raster_zsq": "moments"}, None, 1),
     ("+fused optimizer", {**OLD, "fused_optimizer": True}, None, 1),
-    ("all +fused optimizer", {**OLD, **ALL_ON, "fused_optimizer": True}, None, 2),  # = the option defaults
     ("all +tile 8", {**OLD, **ALL_ON, "gsplat_tile_size": 8}, None, 2),
     ("all +unpacked", {**OLD, **ALL_ON, "gsplat_packed": False}, None, 3),
     # the norms' sums as tensor-core matrix products (networks/fast_norm.py), over the option defaults
-    ("defaults +gemm norms", {**OLD, **ALL_ON, "fused_optimizer": True, "group_norm_impl": "gemm",
-                              "batch_norm_impl": "gemm"}, None, 1),
+    ("defaults +gemm norms", {**OLD, **ALL_ON, "group_norm_impl": "gemm", "batch_norm_impl": "gemm"}, None, 1),
     # the photometric error and the smoothness through torch.compile (utils/losses.py), over the option defaults
-    ("defaults +compiled loss", {**OLD, **ALL_ON, "fused_optimizer": True, "compile_loss": True}, None, 1),
+    ("defaults +compiled loss", {**OLD, **ALL_ON, "compile_loss": True}, None, 1),
     ("all +compile", {**OLD, **ALL_ON, "compile": True}, None, 4),
     # the option defaults on a step that writes no scalars (the trainer's 19 in 20: no depth quantiles, no fog stats)
-    ("defaults, not logged", {**OLD, **ALL_ON, "fused_optimizer": True, "_log_details": False}, None, 2),
+    ("defaults, not logged", {**OLD, **ALL_ON, "_log_details": False}, None, 2),
 ]
 PROFILED = ("old", "all")
 COMPILE_EXTRA_S = 240  # what torch.compile may add to a variant (estimate for the budget)
