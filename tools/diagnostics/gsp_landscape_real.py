@@ -180,14 +180,19 @@ def argmin_scale(res, key):
     return res["scales"][int(np.argmin(res[key]))]
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_data_args(p, samples):
+    """The real-keyframe diagnostics' data options: a nuScenes-format root with LiDAR depth and occupancy labels."""
     p.add_argument("--dataroot", required=True)
     p.add_argument("--version", default="v1.0-mini")
     p.add_argument("--occ_root", default="gts_lidar")
     p.add_argument("--depth_root", default="depth_gt")
-    p.add_argument("--samples", type=int, nargs="+", default=[5, 15, 25, 35], help="item indices (keyframes)")
+    p.add_argument("--samples", type=int, nargs="+", default=list(samples), help="item indices (keyframes)")
     p.add_argument("--size", type=int, nargs=2, default=(112, 176), metavar=("H", "W"))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(p, (5, 15, 25, 35))
     p.add_argument("--gs_scale", type=float, default=0.05, help="pixel Gaussian scale, metres")
     p.add_argument("--depth_source", default="occupancy", choices=["occupancy", "lidar", "model"],
                    help="occupancy: dense, marched through the labels; lidar: the nearest LiDAR point of each pixel "

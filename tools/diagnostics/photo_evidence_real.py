@@ -26,7 +26,7 @@ import torch
 
 import options
 from datasets import build_dataset
-from tools.diagnostics.gsp_landscape_real import lidar_points, occupancy_depth
+from tools.diagnostics.gsp_landscape_real import add_data_args, lidar_points, occupancy_depth
 from utils.geometry import rel_cam_pose, warp
 from utils.losses import photometric_errors
 
@@ -78,12 +78,7 @@ def summarise(s, scales=SCALES):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataroot", required=True)
-    p.add_argument("--version", default="v1.0-mini")
-    p.add_argument("--occ_root", default="gts_lidar")
-    p.add_argument("--depth_root", default="depth_gt")
-    p.add_argument("--samples", type=int, nargs="+", default=[4, 14, 24, 34], help="item indices (keyframes)")
-    p.add_argument("--size", type=int, nargs=2, default=(112, 176), metavar=("H", "W"))
+    add_data_args(p, (4, 14, 24, 34))
     p.add_argument("--agree", type=float, default=0.1, help="dense depth within this of the LiDAR (relative)")
     p.add_argument("--val_split", default=None, help="a token file (e.g. the synthetic set's splits/val.txt: the same "
                    "measurement on synthetic keyframes through the same pipeline)")
