@@ -1,0 +1,88 @@
+"""How much of the near field the ground at the cameras' known height would place, on real keyframes (no network, CPU).
+
+On the real fixture's keyframes the temporal photometric loss hardly places the near road (tools/diagnostics/
+photo_evidence_real.py: +-23-28 % within 10 m). A cue that needs no texture: the road is a plane at a height the rig's
+calibration fixes (metric, the same on every street). This tool reads, at each LiDAR point, its height in the ego frame
+and the depth the ground plane would give its pixel; the plane's height is the median height of the LiDAR points in
+the bottom third of the images within ``--near`` metres (on nuScenes those are road). Reported: that height and its
+spread, and per image third and distance the share of the LiDAR points whose plane depth is within 5 % of the LiDAR
+(the pixels such a cue could place), with no network and no photometric term.
+
+  python -m tools.diagnostics.ground_plane_real --dataroot fixture_pack --samples 4 14 24 34 --out_dir OUT
+"""
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import options
+from datasets import build_dataset
+from tools.diagnostics.gsp_landscape_real import add_data_args, lidar_points
+
+RANGES = ((0, 10), (10, 20), (20, 40))
+
+
+def ego_points_and_plane_depth(z, vv, uu, K, cam2ego, ground_z=None):
+    """For LiDAR points of one camera (camera depth z at pixel row vv, column uu of the grid K belongs to): their ego
+    height and, when ``ground_z`` is given, the camera depth at which the pixel's ray meets the plane z_ego =
+    ground_z (inf where the ray does not go down to it)."""
+    pix = torch.stack([uu.double(), vv.double(), torch.ones_like(z, dtype=torch.float64)], 1)  # (P, 3)
+    ray = pix @ torch.linalg.inv(K.double()).T  # camera frame, z = 1
+    R, t = cam2ego[:3, :3].double(), cam2ego[:3, 3].double()
+    ego = (ray * z.double()[:, None]) @ R.T + t
+    if ground_z is None:
+        return ego[:, 2], None
+    down = ray @ R.T  # ego-frame direction per unit camera depth
+    lam = (ground_z - t[2]) / down[:, 2]
+    return ego[:, 2], torch.where(lam > 0, lam, torch.full_like(lam, float("inf")))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(p, (4, 14, 24, 34))
+    p.add_argument("--near", type=float, default=10.0, help="metres: the points that fix the plane's height")
+    p.add_argument("--out_dir", default="logs/ground-plane-real")
+    a = p.parse_args(argv)
+    opt = options.parse_args(["--stage", "gsp", "--dataset", "nuscenes", "--dataroot", a.dataroot, "--version",
+                              a.version, "--depth_root", a.depth_root, "--adjacent", "keyframe",
+                              "--input_size", str(a.size[0]), str(a.size[1])])
+    ds = build_dataset(opt, "val")
+    pts = []  # per LiDAR point: camera depth, row fraction, per-camera data to finish once the height is known
+    for i in a.samples:
+        if not 0 <= i < len(ds):
+            p.error(f"--samples: {i} is not an item of the {len(ds)} there are")
+        item = ds[i]
+        for c in range(len(item["K"])):
+            z, vv, uu = lidar_points(item["depth_gt"][c], a.size)
+            pts.append((z, vv, uu, item["K"][c], item["cam2ego"][c]))
+    heights = torch.cat([ego_points_and_plane_depth(z, vv, uu, K, c2e)[0] for z, vv, uu, K, c2e in pts])
+    zs = torch.cat([z for z, *_ in pts]).double()
+    rows = torch.cat([(vv.double() + 0.5) / a.size[0] for _, vv, *_ in pts])
+    base = (rows >= 2 / 3) & (zs < a.near)
+    ground_z = float(heights[base].median())
+    spread = float((heights[base] - ground_z).abs().median())
+    plane = torch.cat([ego_points_and_plane_depth(z, vv, uu, K, c2e, ground_z)[1] for z, vv, uu, K, c2e in pts])
+    ok = (plane / zs - 1).abs() <= 0.05
+    res = {"ground_z": ground_z, "ground_z_median_abs_dev": spread, "points_fixing_it": int(base.sum()), "bins": {}}
+    for name, lo, hi in (("top third", 0, 1 / 3), ("middle third", 1 / 3, 2 / 3), ("bottom third", 2 / 3, 1.01)):
+        for rlo, rhi in RANGES:
+            sel = (rows >= lo) & (rows < hi) & (zs >= rlo) & (zs < rhi)
+            if sel.any():
+                res["bins"][f"{name}, {rlo}-{rhi} m"] = {"points": int(sel.sum()), "plane_within_5pct":
+                                                         float(ok[sel].double().mean())}
+    out = Path(a.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ground_plane.json").write_text(json.dumps(res, indent=1))
+    md = [f"Ground height in the ego frame: {ground_z:.3f} m (median abs. deviation {spread:.3f} m, "
+          f"{res['points_fixing_it']} LiDAR points of the bottom thirds within {a.near:g} m)", "",
+          "| LiDAR points | count | plane depth within 5 % |", "|---|---:|---:|"]
+    md += [f"| {k} | {v['points']} | {v['plane_within_5pct']:.2f} |" for k, v in res["bins"].items()]
+    (out / "ground_plane.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    print(f"wrote {out}/ground_plane.json, .md")
+
+
+if __name__ == "__main__":
+    main()
