@@ -5,9 +5,10 @@ Averaged over the 4 scales of the depth net, each upsampled to the input size (m
     through the depth and the ego motion mapped to each camera, per-pixel minimum, auto-masking;
   * ``w_smooth`` / 2^scale x edge-aware smoothness of the disparity;
 and, in the main phase with ``use_gsp``, ``w_gsp`` x the GSP cross-view loss (``utils/gsp.py``): the only term
-that knows the metric baseline between cameras, hence the scale of depth and pose. With ``gsp_scale_lock`` (off by
-default) the temporal term cannot move the global scale of a depth map: the scale then comes from GSP alone
-(``scale_locked``). Pixels where ``batch['mask']`` is 0 (DDAD: the ego car's own body) are left out of every term.
+that knows the metric baseline between cameras, hence the scale of depth and pose; with ``w_ground`` > 0 (off by
+default) the one-sided ground term (``utils.losses.ground_hinge``: no depth beyond the road plane). With
+``gsp_scale_lock`` (off by default) the temporal term cannot move the global scale of a depth map: the scale then
+comes from GSP alone (``scale_locked``). Pixels where ``batch['mask']`` is 0 (DDAD: the ego car's own body) are left out of every term.
 """
 import functools
 
@@ -18,9 +19,9 @@ import torch.nn.functional as F
 from networks.depth_net import NUM_SCALES, disp_to_depth
 from utils.batch import self_occlusion
 from utils.cli import str2bool
-from utils.geometry import capture_synced_cam2ego, ego_motion_to_cam
+from utils.geometry import capture_synced_cam2ego, ego_motion_to_cam, ground_plane_depth
 from utils.gsp import cross_view_loss
-from utils.losses import smoothness_loss, temporal_loss
+from utils.losses import ground_hinge, smoothness_loss, temporal_loss
 from utils.rasterizer import rasterize
 
 
@@ -44,6 +45,18 @@ def add_args(parser):
                         "fire over ~42 ms: the ego moves ~0.2 m between the two left cameras, whose baseline is 0.5 m, "
                         "and the term's scale minimum moved off 1 on real keyframes. No effect where the cameras "
                         "fire together (the synthetic set, DDAD: one timestamp per sample)")
+    g.add_argument("--w_ground", type=float, default=0.0,
+                   help="weight of the one-sided ground term (utils.losses.ground_hinge): a pixel whose ray goes down "
+                        "is penalised for a depth beyond where the ray meets the road plane x (1 + --ground_margin). "
+                        "Metric and the same on every street (the rig's calibration fixes the plane); needs no "
+                        "texture, which the near road on real keyframes lacks (docs/results/runs/2026-12-04/"
+                        "fixture-photo-evidence-cpu). Off by default until measured")
+    g.add_argument("--ground_height", type=float, default=0.0,
+                   help="the road's height in the ego frame, metres (measured ~0.08 on nuScenes, ~0.05 on the "
+                        "synthetic set: tools/diagnostics/ground_plane_real.py)")
+    g.add_argument("--ground_margin", type=float, default=0.2,
+                   help="--w_ground: depth up to this factor beyond the plane is free (downhill roads, the plane "
+                        "height's error: 3 %% of scene-0916 LiDAR points below the horizon lie beyond 1.2 x the plane)")
     g.add_argument("--gsp_scale_lock", type=str2bool, default=False,
                    help="main phase with GSP: the temporal loss gets no gradient along each depth map's global scale "
                         "(depth x exp(g - stopgrad(g)), g = mean log depth), so only the cross-view term sets the "
@@ -107,6 +120,12 @@ class GSPLoss(nn.Module):
         loss = (loss_t + opt.w_smooth * loss_s) / NUM_SCALES
         logs["loss_temporal"] = loss_t.detach() / NUM_SCALES
         logs["loss_smooth"] = loss_s.detach() / NUM_SCALES
+        if opt.w_ground > 0:
+            plane = ground_plane_depth(Kf, cam2ego.flatten(0, 1), (h, w), opt.ground_height)
+            loss_gr, beyond = ground_hinge(out["depth"], plane, opt.ground_margin, valid)
+            loss = loss + opt.w_ground * loss_gr
+            logs["loss_ground"] = loss_gr.detach()
+            logs["ground_beyond"] = beyond.detach()  # share of the downward pixels beyond the plane's margin
         if gsp:
             scale = out["gs_scale"] * (out["depth"] if opt.gsp_scale_relative else 1.0)
             rig = cam2ego  # where each camera was when it took its image (--gsp_sync), else the calibration

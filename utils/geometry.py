@@ -73,6 +73,19 @@ def pixel_grid(H, W, device=None, dtype=torch.float32):
 
 
 @full_precision
+def ground_plane_depth(K, cam2ego, hw, height=0.0):
+    """(N, 1, H, W) the camera depth (z) at which each pixel's ray meets the road plane z_ego = ``height``; inf where
+    the ray does not go down to it (the horizon and above). K (N, 3, 3) at the size ``hw`` = (H, W), cam2ego
+    (N, 4, 4). On nuScenes' ego frame (origin under the rear axle) the road lies at ~0.08 m, on the synthetic set at
+    ~0.05 m (tools/diagnostics/ground_plane_real.py)."""
+    H, W = hw
+    rays = inv(K) @ pixel_grid(H, W, K.device, K.dtype)  # (N, 3, HW), camera z = 1
+    down = (cam2ego[:, 2:3, :3] @ rays)[:, 0]  # (N, HW): ego height change per unit of camera depth
+    lam = (height - cam2ego[:, 2:3, 3]) / down
+    return torch.where(lam > 0, lam, torch.full_like(lam, float("inf"))).view(-1, 1, H, W)
+
+
+@full_precision
 def backproject(depth, inv_K):
     """Lift every pixel to a 3D point in its camera frame.
 

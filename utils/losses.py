@@ -3,6 +3,8 @@ both stages built on it, edge-aware smoothness, 2D semantic cross-entropy and th
 
 Masks are bool tensors or float tensors of 0 / 1 (anything > 0.5 counts as inside).
 """
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -191,6 +193,18 @@ def smoothness_loss(disp, img):
     if disp.shape[-2:] != img.shape[-2:]:
         raise ValueError(f"disp {tuple(disp.shape)} and img {tuple(img.shape)} must have the same size")
     return _impl["smoothness"](disp, img)
+
+
+@full_precision
+def ground_hinge(depth, plane, margin=0.2, valid=None):
+    """One-sided ground term: a ray that goes down meets something no farther than the road plane, so depth beyond
+    the plane depth x (1 + margin) is penalised, mean of relu(log depth - log plane - log(1 + margin)) over the pixels
+    whose ray meets the plane (and ``valid``). depth, plane (N, 1, H, W) (plane inf: no constraint). Returns (loss,
+    share of those pixels beyond the margin)."""
+    below = torch.isfinite(plane) if valid is None else torch.isfinite(plane) & _as_bool(valid)
+    ref = torch.where(below, plane, depth.detach()).clamp(min=1e-3)
+    excess = F.relu(torch.log(depth.clamp(min=1e-3)) - torch.log(ref) - math.log1p(margin))
+    return masked_mean(excess, below), masked_mean((excess > 0).float(), below)
 
 
 def semantic_ce(logits, labels, ignore_index=255, weight=None):

@@ -6,7 +6,8 @@ calibration fixes (metric, the same on every street). This tool reads, at each L
 and the depth the ground plane would give its pixel; the plane's height is the median height of the LiDAR points in
 the bottom third of the images within ``--near`` metres (on nuScenes those are road). Reported: that height and its
 spread, and per image third and distance the share of the LiDAR points whose plane depth is within 5 % of the LiDAR
-(the pixels such a cue could place), with no network and no photometric term.
+(the pixels such a cue could place), and how many LiDAR points lie beyond the plane (what a one-sided ground term,
+stage 1's --w_ground, must allow: its --ground_margin), with no network and no photometric term.
 
   python -m tools.diagnostics.ground_plane_real --dataroot fixture_pack --samples 4 14 24 34 --out_dir OUT
 """
@@ -19,7 +20,7 @@ import torch
 
 import options
 from datasets import build_dataset
-from tools.diagnostics.gsp_landscape_real import add_data_args, lidar_points
+from tools.diagnostics.gsp_landscape_real import add_data_args, lidar_points, split_args
 
 RANGES = ((0, 10), (10, 20), (20, 40))
 
@@ -47,7 +48,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     opt = options.parse_args(["--stage", "gsp", "--dataset", "nuscenes", "--dataroot", a.dataroot, "--version",
                               a.version, "--depth_root", a.depth_root, "--adjacent", "keyframe",
-                              "--input_size", str(a.size[0]), str(a.size[1])])
+                              "--input_size", str(a.size[0]), str(a.size[1]), *split_args(a)])
     ds = build_dataset(opt, "val")
     pts = []  # per LiDAR point: camera depth, row fraction, per-camera data to finish once the height is known
     for i in a.samples:
@@ -65,7 +66,10 @@ def main(argv=None):
     spread = float((heights[base] - ground_z).abs().median())
     plane = torch.cat([ego_points_and_plane_depth(z, vv, uu, K, c2e, ground_z)[1] for z, vv, uu, K, c2e in pts])
     ok = (plane / zs - 1).abs() <= 0.05
-    res = {"ground_z": ground_z, "ground_z_median_abs_dev": spread, "points_fixing_it": int(base.sum()), "bins": {}}
+    down = torch.isfinite(plane)  # the points whose ray goes down to the plane: how many lie beyond it (--w_ground)
+    beyond = {f"{m:g}": float((zs[down] > plane[down] * (1 + m)).double().mean()) for m in (0.05, 0.1, 0.2)}
+    res = {"ground_z": ground_z, "ground_z_median_abs_dev": spread, "points_fixing_it": int(base.sum()), "bins": {},
+           "points_below_horizon": int(down.sum()), "share_beyond_plane_times_1_plus": beyond}
     for name, lo, hi in (("top third", 0, 1 / 3), ("middle third", 1 / 3, 2 / 3), ("bottom third", 2 / 3, 1.01)):
         for rlo, rhi in RANGES:
             sel = (rows >= lo) & (rows < hi) & (zs >= rlo) & (zs < rhi)
@@ -77,6 +81,8 @@ def main(argv=None):
     (out / "ground_plane.json").write_text(json.dumps(res, indent=1))
     md = [f"Ground height in the ego frame: {ground_z:.3f} m (median abs. deviation {spread:.3f} m, "
           f"{res['points_fixing_it']} LiDAR points of the bottom thirds within {a.near:g} m)", "",
+          f"LiDAR points whose ray goes down to the plane: {res['points_below_horizon']}; of them beyond the plane "
+          "depth x (1 + m): " + ", ".join(f"m = {m}: {v:.3f}" for m, v in beyond.items()), "",
           "| LiDAR points | count | plane depth within 5 % |", "|---|---:|---:|"]
     md += [f"| {k} | {v['points']} | {v['plane_within_5pct']:.2f} |" for k, v in res["bins"].items()]
     (out / "ground_plane.md").write_text("\n".join(md) + "\n")

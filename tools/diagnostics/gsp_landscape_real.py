@@ -188,6 +188,12 @@ def add_data_args(p, samples):
     p.add_argument("--depth_root", default="depth_gt")
     p.add_argument("--samples", type=int, nargs="+", default=list(samples), help="item indices (keyframes)")
     p.add_argument("--size", type=int, nargs=2, default=(112, 176), metavar=("H", "W"))
+    p.add_argument("--val_split", default=None, help="a token file (e.g. the synthetic set's splits/val.txt: the same "
+                   "measurement on synthetic keyframes through the same pipeline)")
+
+
+def split_args(a):
+    return ["--val_split", a.val_split] if a.val_split else []
 
 
 def main(argv=None):
@@ -211,7 +217,7 @@ def main(argv=None):
     occ = ["--occ_root", a.occ_root] if a.depth_source == "occupancy" else []  # labels read only to march through
     opt = options.parse_args(["--stage", "gsp", "--dataset", "nuscenes", "--dataroot", a.dataroot, "--version", a.version,
                               *occ, "--depth_root", a.depth_root, "--adjacent", "keyframe",
-                              "--input_size", str(a.size[0]), str(a.size[1])])
+                              "--input_size", str(a.size[0]), str(a.size[1]), *split_args(a)])
     ds = build_dataset(opt, "val")
     model = load_stage1(a.ckpt) if a.depth_source == "model" else None
     rows, per = [], []

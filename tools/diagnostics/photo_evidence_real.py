@@ -26,7 +26,7 @@ import torch
 
 import options
 from datasets import build_dataset
-from tools.diagnostics.gsp_landscape_real import add_data_args, lidar_points, occupancy_depth
+from tools.diagnostics.gsp_landscape_real import add_data_args, lidar_points, occupancy_depth, split_args
 from utils.geometry import rel_cam_pose, warp
 from utils.losses import photometric_errors
 
@@ -80,14 +80,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(p, (4, 14, 24, 34))
     p.add_argument("--agree", type=float, default=0.1, help="dense depth within this of the LiDAR (relative)")
-    p.add_argument("--val_split", default=None, help="a token file (e.g. the synthetic set's splits/val.txt: the same "
-                   "measurement on synthetic keyframes through the same pipeline)")
     p.add_argument("--out_dir", default="logs/photo-evidence-real")
     a = p.parse_args(argv)
     opt = options.parse_args(["--stage", "gsp", "--dataset", "nuscenes", "--dataroot", a.dataroot, "--version",
                               a.version, "--occ_root", a.occ_root, "--depth_root", a.depth_root, "--adjacent",
                               "keyframe", "--input_size", str(a.size[0]), str(a.size[1]),
-                              *(["--val_split", a.val_split] if a.val_split else [])])
+                              *split_args(a)])
     ds = build_dataset(opt, "val")
     zs, rows, ss, per = [], [], [], []
     for i in a.samples:

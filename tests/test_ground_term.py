@@ -1,0 +1,55 @@
+"""The one-sided ground term of stage 1 (--w_ground): the road plane's depth per pixel from the calibration, and a
+hinge that pulls a depth beyond that plane back, leaving nearer depths (anything standing on the road) alone."""
+import math
+
+import torch
+
+from networks.gsp_loss import GSPLoss
+from tests.test_gsp import cam2ego, make_opt
+from utils.geometry import ground_plane_depth
+from utils.losses import ground_hinge
+
+
+def _rig(h=24, w=32, f=20.0, height=1.5):
+    K = torch.tensor([[f, 0, (w - 1) / 2], [0, f, (h - 1) / 2], [0, 0, 1.0]])
+    return K, cam2ego(0, [1.0, 0.0, height])
+
+
+def test_ground_plane_depth_is_where_each_downward_ray_meets_the_road():
+    h, w, f = 24, 32, 20.0
+    K, c2e = _rig(h, w, f)
+    plane = ground_plane_depth(K[None], c2e[None], (h, w), height=0.1)
+    assert plane.shape == (1, 1, h, w)
+    cy = (h - 1) / 2
+    for v in (12, 17, 23):  # below the horizon (row 11.5): z = (camera height above the road) / (row slope)
+        want = (1.5 - 0.1) / ((v - cy) / f)
+        assert torch.allclose(plane[0, 0, v], torch.full((w,), want), rtol=1e-5)
+    assert torch.isinf(plane[0, 0, :12]).all()  # the horizon and above: the ray never meets the road
+
+
+def test_ground_hinge_pulls_only_depths_beyond_the_plane():
+    plane = torch.tensor([4.0, 8.0, float("inf"), 6.0]).view(1, 1, 1, 4)
+    depth = torch.tensor([6.0, 4.0, 50.0, 6.0]).view(1, 1, 1, 4).requires_grad_(True)
+    loss, beyond = ground_hinge(depth, plane, margin=0.2)
+    # only the first pixel is beyond 1.2 x its plane; the sky pixel (inf) does not count in the mean
+    assert math.isclose(loss.item(), (math.log(6 / 4) - math.log(1.2)) / 3, rel_tol=1e-6)
+    assert math.isclose(beyond.item(), 1 / 3, rel_tol=1e-6)
+    loss.backward()
+    assert depth.grad[0, 0, 0, 0] > 0 and torch.all(depth.grad[0, 0, 0, 1:] == 0)  # the step shortens it, only it
+    masked, _ = ground_hinge(depth, plane, 0.2, valid=torch.tensor([0.0, 1, 1, 1]).view(1, 1, 1, 4))
+    assert masked.item() == 0  # left out by the mask (e.g. the ego car's body)
+
+
+def test_stage1_criterion_adds_the_ground_term_with_w_ground():
+    b, h, w = 1, 32, 48
+    K, _ = _rig(h, w)
+    c2e = torch.stack([cam2ego(60 * c, [0.5 * math.cos(math.radians(60 * c)), 0.5 * math.sin(math.radians(60 * c)),
+                                        1.5]) for c in range(6)])[None]
+    batch = {"imgs": torch.rand(b, 3, 6, 3, h, w), "K": K.expand(b, 6, 3, 3), "cam2ego": c2e}
+    motion = torch.eye(4).repeat(b, 2, 1, 1)
+    out = {("disp", s): torch.full((b * 6, 1, h >> s, w >> s), 0.2) for s in range(4)}
+    out.update(depth=torch.full((b * 6, 1, h, w), 80.0), gs_scale=torch.full((b * 6, 1, h, w), 0.05))
+    base, logs0, _ = GSPLoss(make_opt("--use_gsp", "false"))(out, motion, batch)
+    with_ground, logs, _ = GSPLoss(make_opt("--use_gsp", "false", "--w_ground", "0.5"))(out, motion, batch)
+    assert "loss_ground" not in logs0 and float(logs["loss_ground"]) > 0 and float(logs["ground_beyond"]) == 1.0
+    assert math.isclose(float(with_ground - base), 0.5 * float(logs["loss_ground"]), rel_tol=1e-5)
