@@ -50,7 +50,9 @@ def add_args(parser):
                         "is penalised for a depth beyond where the ray meets the road plane x (1 + --ground_margin). "
                         "Metric and the same on every street (the rig's calibration fixes the plane); needs no "
                         "texture, which the near road on real keyframes lacks (docs/results/runs/2026-12-04/"
-                        "fixture-photo-evidence-cpu). Off by default until measured")
+                        "fixture-photo-evidence-cpu). Off: at 0.5 on the real fixture (CPU) the near field improved "
+                        "but the whole depth scale halved, a bound cannot set a scale (runs/2026-12-04/"
+                        "fixture-s1-ground-cpu)")
     g.add_argument("--ground_height", type=float, default=0.0,
                    help="the road's height in the ego frame, metres (measured ~0.08 on nuScenes, ~0.05 on the "
                         "synthetic set: tools/diagnostics/ground_plane_real.py)")
