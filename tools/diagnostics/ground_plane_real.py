@@ -18,9 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import options
-from datasets import build_dataset
-from tools.diagnostics.gsp_landscape_real import add_data_args, lidar_points, split_args
+from tools.diagnostics.gsp_landscape_real import add_data_args, items, keyframe_dataset, lidar_points
 
 RANGES = ((0, 10), (10, 20), (20, 40))
 
@@ -46,15 +44,8 @@ def main(argv=None):
     p.add_argument("--near", type=float, default=10.0, help="metres: the points that fix the plane's height")
     p.add_argument("--out_dir", default="logs/ground-plane-real")
     a = p.parse_args(argv)
-    opt = options.parse_args(["--stage", "gsp", "--dataset", "nuscenes", "--dataroot", a.dataroot, "--version",
-                              a.version, "--depth_root", a.depth_root, "--adjacent", "keyframe",
-                              "--input_size", str(a.size[0]), str(a.size[1]), *split_args(a)])
-    ds = build_dataset(opt, "val")
-    pts = []  # per LiDAR point: camera depth, row fraction, per-camera data to finish once the height is known
-    for i in a.samples:
-        if not 0 <= i < len(ds):
-            p.error(f"--samples: {i} is not an item of the {len(ds)} there are")
-        item = ds[i]
+    pts = []  # per camera: the LiDAR points' camera depth and pixel, K and cam2ego, finished once the height is known
+    for _, item in items(p, a, keyframe_dataset(a, occupancy=False)):
         for c in range(len(item["K"])):
             z, vv, uu = lidar_points(item["depth_gt"][c], a.size)
             pts.append((z, vv, uu, item["K"][c], item["cam2ego"][c]))

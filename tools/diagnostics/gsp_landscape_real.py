@@ -192,8 +192,23 @@ def add_data_args(p, samples):
                    "measurement on synthetic keyframes through the same pipeline)")
 
 
-def split_args(a):
-    return ["--val_split", a.val_split] if a.val_split else []
+def keyframe_dataset(a, occupancy=True):
+    """The validation items of ``add_data_args``' options at --size, keyframe neighbours (the occupancy labels read
+    only with ``occupancy``)."""
+    occ = ["--occ_root", a.occ_root] if occupancy else []
+    opt = options.parse_args(["--stage", "gsp", "--dataset", "nuscenes", "--dataroot", a.dataroot, "--version",
+                              a.version, *occ, "--depth_root", a.depth_root, "--adjacent", "keyframe",
+                              "--input_size", str(a.size[0]), str(a.size[1]),
+                              *(["--val_split", a.val_split] if a.val_split else [])])
+    return build_dataset(opt, "val")
+
+
+def items(p, a, ds):
+    """(index, item) of --samples, a clear error for an index the dataset does not have."""
+    for i in a.samples:
+        if not 0 <= i < len(ds):
+            p.error(f"--samples: {i} is not an item of the {len(ds)} there are")
+        yield i, ds[i]
 
 
 def main(argv=None):
@@ -214,17 +229,10 @@ def main(argv=None):
     a = p.parse_args(argv)
     if (a.depth_source == "model") != bool(a.ckpt):
         p.error("--ckpt PATH goes with --depth_source model (and only with it)")
-    occ = ["--occ_root", a.occ_root] if a.depth_source == "occupancy" else []  # labels read only to march through
-    opt = options.parse_args(["--stage", "gsp", "--dataset", "nuscenes", "--dataroot", a.dataroot, "--version", a.version,
-                              *occ, "--depth_root", a.depth_root, "--adjacent", "keyframe",
-                              "--input_size", str(a.size[0]), str(a.size[1]), *split_args(a)])
-    ds = build_dataset(opt, "val")
+    ds = keyframe_dataset(a, occupancy=a.depth_source == "occupancy")  # labels read only to march through
     model = load_stage1(a.ckpt) if a.depth_source == "model" else None
     rows, per = [], []
-    for i in a.samples:
-        if not 0 <= i < len(ds):
-            p.error(f"--samples: {i} is not an item of the {len(ds)} there are")
-        item = ds[i]
+    for i, item in items(p, a, ds):
         if a.depth_source == "occupancy":
             depth = occupancy_depth(item["occ_semantics"].numpy(), item["K"], item["cam2ego"], a.size)
         elif a.depth_source == "model":

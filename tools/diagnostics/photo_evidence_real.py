@@ -24,9 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import options
-from datasets import build_dataset
-from tools.diagnostics.gsp_landscape_real import add_data_args, lidar_points, occupancy_depth, split_args
+from tools.diagnostics.gsp_landscape_real import add_data_args, items, keyframe_dataset, lidar_points, occupancy_depth
 from utils.geometry import rel_cam_pose, warp
 from utils.losses import photometric_errors
 
@@ -82,16 +80,8 @@ def main(argv=None):
     p.add_argument("--agree", type=float, default=0.1, help="dense depth within this of the LiDAR (relative)")
     p.add_argument("--out_dir", default="logs/photo-evidence-real")
     a = p.parse_args(argv)
-    opt = options.parse_args(["--stage", "gsp", "--dataset", "nuscenes", "--dataroot", a.dataroot, "--version",
-                              a.version, "--occ_root", a.occ_root, "--depth_root", a.depth_root, "--adjacent",
-                              "keyframe", "--input_size", str(a.size[0]), str(a.size[1]),
-                              *split_args(a)])
-    ds = build_dataset(opt, "val")
     zs, rows, ss, per = [], [], [], []
-    for i in a.samples:
-        if not 0 <= i < len(ds):
-            p.error(f"--samples: {i} is not an item of the {len(ds)} there are")
-        item = ds[i]
+    for i, item in items(p, a, keyframe_dataset(a)):
         depth = occupancy_depth(item["occ_semantics"].numpy(), item["K"], item["cam2ego"], a.size).float()
         imgs, K, c2e, E = item["imgs"], item["K"], item["cam2ego"], item["ego2global"].double()
         Ts = [rel_cam_pose(c2e.double(), E[1], E[k]).float() for k in (0, 2)]
