@@ -90,3 +90,17 @@ def test_relative_motion_of_global_poses_under_bf16():
     torch.testing.assert_close(ref_bf16, ref)  # dtype and values
     torch.testing.assert_close(ref[0, 0, :3, 3].double(), truth[:3, 3], atol=1e-3, rtol=0)
     assert abs(truth[0, 3].item() - 1.637) < 1e-3
+
+
+def test_rigid_inverse_and_ground_plane_under_bf16_autocast_stay_float32():
+    """inverse_rigid (the render's view matrices) and ground_plane_depth run in float32 under bf16 autocast, with the
+    values of float32 (an undecorated 4x4 matmul under autocast rounds to 8 mantissa bits)."""
+    from utils.geometry import ground_plane_depth, inverse_rigid
+    _, _, K, T = _case()
+    T[:, :3, 3] = torch.tensor([128.3, 187.1, 1.6])  # metres from an origin, as a global pose
+    ref, plane_ref = inverse_rigid(T), ground_plane_depth(K, T, (56, 88))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, plane = inverse_rigid(T), ground_plane_depth(K, T, (56, 88))
+    assert out.dtype == plane.dtype == torch.float32
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(plane, plane_ref)

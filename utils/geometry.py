@@ -52,6 +52,7 @@ def inv(M):
     return torch.linalg.inv_ex(M).inverse
 
 
+@full_precision
 def inverse_rigid(T):
     """Inverse of rigid transforms without a general matrix inverse.
 
