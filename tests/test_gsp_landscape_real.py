@@ -106,13 +106,13 @@ def test_photo_evidence_finds_the_depth_of_a_textured_wall():
 def test_ground_plane_depth_of_road_points_is_their_depth():
     """tools/diagnostics/ground_plane_real: LiDAR points on a flat road 1.5 m below a forward camera have ego height 0
     and the plane z = 0 gives each its own camera depth; a point on a wall above the road does not match."""
-    from tools.diagnostics.ground_plane_real import ego_points_and_plane_depth
+    from tools.diagnostics.ground_plane_real import ego_heights, plane_depth_at
     K, c2e = _front_camera(h=90, w=150, f=100.0)
     vv = torch.tensor([60, 70, 85, 20])  # rows below the horizon (row 44.5) ... and one above it
     uu = torch.tensor([75, 30, 120, 75])
     ray_down = (vv.double() - (90 - 1) / 2) / 100.0  # camera y per unit depth (y down): height drop per metre
     z = torch.where(vv > 45, 1.5 / ray_down, torch.full_like(ray_down, 12.0)).float()  # road: z * y = 1.5 m below
-    h, plane = ego_points_and_plane_depth(z, vv, uu, K[0], c2e[0], ground_z=0.0)
+    h, plane = ego_heights(z, vv, uu, K[0], c2e[0]), plane_depth_at(vv, uu, K[0], c2e[0], (90, 150), ground_z=0.0)
     assert torch.allclose(h[:3], torch.zeros(3, dtype=torch.float64), atol=1e-5)
     assert torch.allclose(plane[:3], z[:3].double(), rtol=1e-6)
     assert float(h[3]) > 1.5 and torch.isinf(plane[3])  # above the horizon: the ray never meets the road

@@ -19,23 +19,22 @@ import numpy as np
 import torch
 
 from tools.diagnostics.gsp_landscape_real import add_data_args, items, keyframe_dataset, lidar_points
+from utils.geometry import ground_plane_depth
 
 RANGES = ((0, 10), (10, 20), (20, 40))
 
 
-def ego_points_and_plane_depth(z, vv, uu, K, cam2ego, ground_z=None):
-    """For LiDAR points of one camera (camera depth z at pixel row vv, column uu of the grid K belongs to): their ego
-    height and, when ``ground_z`` is given, the camera depth at which the pixel's ray meets the plane z_ego =
-    ground_z (inf where the ray does not go down to it)."""
+def ego_heights(z, vv, uu, K, cam2ego):
+    """The ego-frame heights (float64) of LiDAR points of one camera: camera depth z at pixel row vv, column uu of the
+    grid K belongs to."""
     pix = torch.stack([uu.double(), vv.double(), torch.ones_like(z, dtype=torch.float64)], 1)  # (P, 3)
     ray = pix @ torch.linalg.inv(K.double()).T  # camera frame, z = 1
-    R, t = cam2ego[:3, :3].double(), cam2ego[:3, 3].double()
-    ego = (ray * z.double()[:, None]) @ R.T + t
-    if ground_z is None:
-        return ego[:, 2], None
-    down = ray @ R.T  # ego-frame direction per unit camera depth
-    lam = (ground_z - t[2]) / down[:, 2]
-    return ego[:, 2], torch.where(lam > 0, lam, torch.full_like(lam, float("inf")))
+    return ((ray * z.double()[:, None]) @ cam2ego[:3, :3].double().T + cam2ego[:3, 3].double())[:, 2]
+
+
+def plane_depth_at(vv, uu, K, cam2ego, hw, ground_z):
+    """utils.geometry.ground_plane_depth (the map stage 1's --w_ground uses) at those pixels, in float64."""
+    return ground_plane_depth(K[None].double(), cam2ego[None].double(), hw, ground_z)[0, 0][vv, uu]
 
 
 def main(argv=None):
@@ -49,13 +48,13 @@ def main(argv=None):
         for c in range(len(item["K"])):
             z, vv, uu = lidar_points(item["depth_gt"][c], a.size)
             pts.append((z, vv, uu, item["K"][c], item["cam2ego"][c]))
-    heights = torch.cat([ego_points_and_plane_depth(z, vv, uu, K, c2e)[0] for z, vv, uu, K, c2e in pts])
+    heights = torch.cat([ego_heights(z, vv, uu, K, c2e) for z, vv, uu, K, c2e in pts])
     zs = torch.cat([z for z, *_ in pts]).double()
     rows = torch.cat([(vv.double() + 0.5) / a.size[0] for _, vv, *_ in pts])
     base = (rows >= 2 / 3) & (zs < a.near)
     ground_z = float(heights[base].median())
     spread = float((heights[base] - ground_z).abs().median())
-    plane = torch.cat([ego_points_and_plane_depth(z, vv, uu, K, c2e, ground_z)[1] for z, vv, uu, K, c2e in pts])
+    plane = torch.cat([plane_depth_at(vv, uu, K, c2e, a.size, ground_z) for _, vv, uu, K, c2e in pts])
     ok = (plane / zs - 1).abs() <= 0.05
     down = torch.isfinite(plane)  # the points whose ray goes down to the plane: how many lie beyond it (--w_ground)
     beyond = {f"{m:g}": float((zs[down] > plane[down] * (1 + m)).double().mean()) for m in (0.05, 0.1, 0.2)}
