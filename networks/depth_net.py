@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from networks.resnet_encoder import ResnetEncoder
+from networks.resnet_encoder import ResnetEncoder, resolve_weights
 
 NUM_SCALES = 4  # outputs at 1, 1/2, 1/4, 1/8 of the input resolution
 # Depth the disparity heads start at, metres. Cross-view (GSP) supervision needs the pixel Gaussians of one camera
@@ -56,7 +56,7 @@ class DepthNet(nn.Module):
     def __init__(self, opt):
         super().__init__()
         self.scale_max = opt.gsp_scale_max
-        self.encoder = ResnetEncoder(opt.gsp_depth_layers, opt.gsp_pretrained)
+        self.encoder = ResnetEncoder(opt.gsp_depth_layers, resolve_weights(opt.gsp_pretrained, opt.gsp_depth_layers, "--gsp_pretrained"))
         enc = list(self.encoder.num_ch_enc)  # e.g. [64, 64, 128, 256, 512]
         dec = [16, 32, 64, 128, 256]
         self.up_in = nn.ModuleList()

@@ -48,9 +48,18 @@ def add_args(parser):
                         "(docs/results/stage1_heldout.md); the alignment has the depth's scale, metric by GSP")
     g.add_argument("--gsp_depth_layers", type=int, default=18, choices=[18, 34, 50], help="depth net ResNet depth")
     g.add_argument("--gsp_pose_layers", type=int, default=18, choices=[18, 34, 50], help="pose net ResNet depth")
-    g.add_argument("--gsp_pretrained", type=str2bool, default=False,
-                   help="start both encoders from the torchvision ImageNet checkpoints found in ckpts/ or torch "
-                        "hub's cache (nothing is downloaded; a missing file is an error)")
+    g.add_argument("--gsp_pretrained", type=pretrained_flag, default=False,
+                   help="true: start both encoders from the torchvision ImageNet checkpoints found in ckpts/ or torch "
+                        "hub's cache, as the authors' stage 1 (nothing is downloaded; a missing file is an error that "
+                        "names it); if_present: those files when they are there, else a random init (said in the "
+                        "log); false: random init (the synthetic configs: no ImageNet file travels with the repo)")
+
+
+def pretrained_flag(v):
+    """argparse type of --gsp_pretrained: a boolean, or ``if_present``."""
+    if str(v).strip().lower() in ("if_present", "imagenet_if_present"):
+        return "if_present"
+    return str2bool(v)
 
 
 class GSPModel(nn.Module):

@@ -21,7 +21,7 @@ from networks.fast_norm import convert_batch_norm, make_group_norm
 from networks.hourglass3d import HourglassTrunk, hourglass_head
 from networks.image_neck import UpConcatNeck
 from networks.lift_gather import _visible_pairs, lift_features_gather
-from networks.resnet_encoder import ResnetEncoder, find_weights
+from networks.resnet_encoder import ResnetEncoder, resolve_weights
 from networks.voxel_grid import CONTRACT_MODES, VoxelGrid  # noqa: F401  (VoxelGrid: imported from here too)
 from utils.constants import NUM_SEM_CLASSES
 from utils.geometry import inv
@@ -103,21 +103,10 @@ def add_args(parser):
 
 
 def encoder_weights(opt):
-    """--encoder_weights -> ResnetEncoder's ``weights`` argument (True = look up the ImageNet file; with
-    ``imagenet_if_present`` its path when it is found, else None: a random init, said in one line)."""
-    w = opt.encoder_weights
-    if w is None or str(w).lower() in ("none", "", "false"):
-        return None
-    if str(w).lower() == "imagenet_if_present":
-        try:
-            path = find_weights(opt.encoder_layers)
-        except FileNotFoundError:
-            print(f"[encoder] no ImageNet file of ResNet-{opt.encoder_layers} in ckpts/ or torch hub's cache: random "
-                  "init (--encoder_weights imagenet_if_present)")
-            return None
-        print(f"[encoder] ImageNet weights {path} (--encoder_weights imagenet_if_present)")
-        return path
-    return True if str(w).lower() == "imagenet" else w
+    """--encoder_weights -> ResnetEncoder's ``weights`` argument (``resnet_encoder.resolve_weights``: True = look up
+    the ImageNet file; with ``imagenet_if_present`` its path when it is found, else None: a random init, said in
+    one line)."""
+    return resolve_weights(opt.encoder_weights, opt.encoder_layers, "--encoder_weights")
 
 
 def semantic_classes(opt):

@@ -3,7 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from networks.resnet_encoder import ResnetEncoder
+from networks.resnet_encoder import ResnetEncoder, resolve_weights
 from utils.constants import NUM_CAMS
 from utils.geometry import axis_angle_to_matrix
 
@@ -34,7 +34,7 @@ class PoseNet(nn.Module):
 
     def __init__(self, opt):
         super().__init__()
-        self.encoder = ResnetEncoder(opt.gsp_pose_layers, opt.gsp_pretrained, num_input_images=2)
+        self.encoder = ResnetEncoder(opt.gsp_pose_layers, resolve_weights(opt.gsp_pretrained, opt.gsp_pose_layers, "--gsp_pretrained"), num_input_images=2)
         self.squeeze = nn.Conv2d(self.encoder.num_ch_enc[-1], 64, 1)
         self.fuse = nn.Sequential(
             nn.Conv2d(64 * NUM_CAMS, 256, 3, padding=1), nn.ReLU(inplace=True),

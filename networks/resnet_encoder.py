@@ -34,6 +34,28 @@ def find_weights(num_layers):
         f"its path, or turn pretrained weights off (stage 2: --encoder_weights none)")
 
 
+def resolve_weights(spec, num_layers, flag):
+    """An option naming the ImageNet weights of a ResNet-``num_layers`` -> ``ResnetEncoder``'s ``weights``:
+    none / false / None -> None (random init); imagenet / true -> True (the file is looked up, an error names it
+    when missing); imagenet_if_present / if_present -> its path when found, else None, said in one line that names
+    ``flag``; anything else is a path."""
+    if spec is None or spec is False or str(spec).strip().lower() in ("none", "", "false", "0", "no", "off"):
+        return None
+    s = str(spec).strip().lower()
+    if spec is True or s in ("imagenet", "true", "1", "yes", "on"):
+        return True
+    if s in ("imagenet_if_present", "if_present"):
+        try:
+            path = find_weights(num_layers)
+        except FileNotFoundError:
+            print(f"[encoder] no ImageNet file of ResNet-{num_layers} in ckpts/ or torch hub's cache: random init "
+                  f"({flag} {spec})")
+            return None
+        print(f"[encoder] ImageNet weights {path} ({flag} {spec})")
+        return path
+    return spec
+
+
 def load_imagenet_weights(net, path, num_input_images=1):
     """Load a torchvision ResNet state dict from ``path`` into ``net`` (the classifier is left out).
 

@@ -42,7 +42,8 @@ def test_ddad_export_train_both_stages_and_eval(ddad_root, tmp_path, monkeypatch
     common = [*data, "--max_steps", 1, "--input_size", 64, 96, "--render_size", 32, 48, "--log_dir", logs, "--num_workers", 0, "--device", "cpu",
               "--val_every", -1, "--raster_backend", "torch"]
     gsp_calls = spy(monkeypatch, GSPModel)
-    run(monkeypatch, train_entry.main, "--config", "configs/ddad-gsp.txt", *common, "--exp_name", "gsp")
+    run(monkeypatch, train_entry.main, "--config", "configs/ddad-gsp.txt", *common, "--exp_name", "gsp",
+        "--gsp_pretrained", "false")  # (the config asks for ImageNet files; none travels with the tests)
     gsp_ckpt = logs / "gsp" / "ckpt" / "last.pt"
     assert gsp_ckpt.is_file()
 

@@ -349,3 +349,35 @@ def test_near_neighbours_in_stage_1_are_two_more_sources_with_their_own_motion()
     torch.manual_seed(0)                          # identity motion fits them, so the minimum over 4 sources drops
     _, logs_same, _ = model(same)
     assert float(logs_same["loss_temporal"]) < 0.5 * float(logs3["loss_temporal"])
+
+
+def test_gsp_pretrained_reads_the_imagenet_files_and_if_present_falls_back(tmp_path, monkeypatch, capsys):
+    """--gsp_pretrained true loads torchvision's files into both encoders (the pose net's 2-image stem from the
+    same file), if_present falls back to a random init with one line saying so, true without a file names it."""
+    import networks.resnet_encoder as enc_mod
+    from torchvision.models import resnet18
+    ref = resnet18(weights=None)
+    torch.save(ref.state_dict(), tmp_path / "r18.pth")
+    p = argparse.ArgumentParser()
+    gsp_model.add_args(p)
+    assert p.parse_args(["--gsp_pretrained", "if_present"]).gsp_pretrained == "if_present"
+    assert p.parse_args(["--gsp_pretrained", "no"]).gsp_pretrained is False
+    with pytest.raises(SystemExit):
+        p.parse_args(["--gsp_pretrained", "maybe"])
+
+    def missing(n):
+        raise FileNotFoundError(f"ImageNet weights resnet{n} not found")
+
+    monkeypatch.setattr(enc_mod, "find_weights", missing)
+    scratch = DepthNet(make_opt("--gsp_pretrained", "if_present"))
+    assert "random init (--gsp_pretrained if_present)" in capsys.readouterr().out
+    assert not torch.equal(scratch.encoder.net.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
+    with pytest.raises(FileNotFoundError, match="resnet18"):
+        PoseNet(make_opt("--gsp_pretrained", "true"))
+    monkeypatch.setattr(enc_mod, "find_weights", lambda n: str(tmp_path / "r18.pth"))
+    for flag in ("true", "if_present"):
+        depth, pose = DepthNet(make_opt("--gsp_pretrained", flag)), PoseNet(make_opt("--gsp_pretrained", flag))
+        assert torch.equal(depth.encoder.net.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
+        assert torch.equal(pose.encoder.net.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
+        stem = pose.encoder.net.conv1.weight  # 6 input channels: the file's stem twice, halved (monodepth2)
+        assert torch.allclose(stem[:, :3], ref.conv1.weight / 2) and torch.allclose(stem[:, 3:], ref.conv1.weight / 2)

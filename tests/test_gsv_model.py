@@ -89,6 +89,7 @@ def test_resnet_encoder_loads_local_weights(tmp_path):
 
 def test_imagenet_if_present_uses_the_file_when_found_and_a_random_init_otherwise(tmp_path, monkeypatch, capsys):
     import networks.occ_net as occ_net_mod
+    import networks.resnet_encoder as enc_mod
     from torchvision.models import resnet18
     ref = resnet18(weights=None)
     torch.save(ref.state_dict(), tmp_path / "r18.pth")
@@ -97,10 +98,10 @@ def test_imagenet_if_present_uses_the_file_when_found_and_a_random_init_otherwis
     def missing(n):
         raise FileNotFoundError(f"no ResNet-{n}")
 
-    monkeypatch.setattr(occ_net_mod, "find_weights", missing)
+    monkeypatch.setattr(enc_mod, "find_weights", missing)
     assert occ_net_mod.encoder_weights(opt) is None
     assert "random init" in capsys.readouterr().out
-    monkeypatch.setattr(occ_net_mod, "find_weights", lambda n: str(tmp_path / "r18.pth"))
+    monkeypatch.setattr(enc_mod, "find_weights", lambda n: str(tmp_path / "r18.pth"))
     assert occ_net_mod.encoder_weights(opt) == str(tmp_path / "r18.pth")
     net = OccNet(opt)
     assert torch.equal(net.encoder.net.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
