@@ -169,3 +169,35 @@ def test_stage1_poses_are_measured_once_per_sample(tmp_path):
     stage2 = ["--pose", "stage1", "--stage1_ckpt", str(tmp_path / "gsp.pt")]
     assert build_pose_source(parse_args(stage2), load_stage1).cache == {}
     assert build_pose_source(parse_args(stage2 + ["--frame_stride", "1", "3"]), load_stage1).cache is None
+
+
+def test_the_oracle_tool_scores_the_exact_depth_as_exact_and_a_long_one_as_worse(street):
+    """tools/diagnostics/stage1_oracle's per-class evidence and breakdown: a model whose depth IS the exact depth
+    has the exact depth's temporal loss on every class and zero error; 1.5x that depth has log bias log 1.5, a
+    higher loss on the facades (the class the photometric loss resolves best) and AbsRel 0.5 on every camera."""
+    import math
+    from types import SimpleNamespace
+
+    from tools.diagnostics.stage1_oracle import depth_breakdown, evidence
+    from utils.constants import CAMS
+    clips = {6: street}
+    for factor in (1.0, 1.5):
+        model = SimpleNamespace(depth_outputs=lambda imgs, f=factor: {
+            "depth": street["depth"][[int(k) for k in range(FRAMES) if torch.equal(street["imgs"][k], imgs[0])][0]]
+            .clamp(0.1, 200.0) * f})
+        ev = evidence(model, clips, stride=1, frames_step=3)
+        assert {"manmade", "driveable_surface"} <= set(ev)
+        for c, r in ev.items():
+            assert r["pixels"] > 0 and r["log_bias"] == pytest.approx(math.log(factor), abs=3e-3), (c, r)  # (clamped at 80 m)
+            if factor == 1.0:
+                assert r["loss_pred"] == pytest.approx(r["loss_exact"], rel=1e-3, abs=1e-6) and r["exact_lower"] < 0.01
+        if factor == 1.5:
+            assert ev["manmade"]["loss_pred"] > 1.5 * ev["manmade"]["loss_exact"]
+            assert ev["manmade"]["exact_lower"] > 0.5
+    gt = street["depth"][:3]
+    valid = (gt > 0.1) & (gt < 80)
+    out = depth_breakdown((gt * 1.5 - gt).abs() / gt, gt, valid, street["cls"][:3][:, :, None])
+    assert set(out["abs_rel_cam"]) == set(CAMS)
+    assert all(v == pytest.approx(0.5, abs=1e-5) for v in out["abs_rel_cam"].values())
+    assert out["abs_rel_near"] == pytest.approx(0.5, abs=1e-5)
+    assert sum(share for _, share in out["abs_rel_class"].values()) == pytest.approx(1.0, abs=1e-6)

@@ -41,11 +41,12 @@ def ego_motion(ego2global, cur, other):
 
 def scene_clip(seed, scene, num_frames, h, w, dt=None):
     """Frames of one synthetic scene ``dt`` seconds apart (default: its samples, SAMPLE_DT; 1/12 for camera
-    sweeps): dict imgs (F, 6, 3, h, w), depth (F, 6, 1, h, w), ego2global (F, 4, 4) float64, K (6, 3, 3),
-    cam2ego (6, 4, 4)."""
+    sweeps): dict imgs (F, 6, 3, h, w), depth (F, 6, 1, h, w), cls (F, 6, h, w) int64 2D class (255 = sky),
+    ego2global (F, 4, 4) float64, K (6, 3, 3), cam2ego (6, 4, 4)."""
     samples = num_frames if dt is None else int(np.ceil((num_frames - 1) * dt / SAMPLE_DT)) + 1  # the road to cover
     world = make_scene(seed, scene, samples)
     ego2global = world.ego2global if dt is None else world.ego_pose(np.arange(num_frames) * dt)
-    imgs, depth = zip(*[render_rgbd(world, ego2global[k], h, w) for k in range(num_frames)])
+    imgs, depth, cls = zip(*[render_rgbd(world, ego2global[k], h, w, with_cls=True) for k in range(num_frames)])
     K, cam2ego = rig_tensors(h, w)
-    return dict(imgs=torch.stack(imgs), depth=torch.stack(depth), ego2global=ego2global, K=K, cam2ego=cam2ego)
+    return dict(imgs=torch.stack(imgs), depth=torch.stack(depth), cls=torch.stack(cls), ego2global=ego2global, K=K,
+                cam2ego=cam2ego)

@@ -30,6 +30,7 @@ from networks import build_model
 from options import build_parser
 
 SWEEP_DT = 1 / 12
+TIE = 1e-4  # evidence: loss differences below this are ties (the identity error's tie-breaking noise is 1e-5)
 
 
 def street_clips(streets, frames, h, w, seed=0):
@@ -148,7 +149,7 @@ def measure(model, clips, eval_strides, mode, max_depth_eval=80.0, solver_every=
                          for k, z in zip(ks, depth)]
                 r[f"solver_stride{d}"] = _motion_stats([p.double() for p in preds], trues[::solver_every])
         if mode != "pose":
-            ratios, absrel = [], []
+            ratios, absrel, errs = [], [], []
             for k in range(0, frames, 3):
                 pred = model.depth_outputs(imgs[[k]])["depth"]  # (6,1,H,W)
                 gt = clip["depth"][k]
@@ -156,10 +157,26 @@ def measure(model, clips, eval_strides, mode, max_depth_eval=80.0, solver_every=
                 p = pred[m].clamp(0.1, max_depth_eval)
                 ratios.append((p / gt[m]).median())
                 absrel.append(((p - gt[m]).abs() / gt[m]).mean())
+                errs.append(((pred.clamp(0.1, max_depth_eval) - gt).abs() / gt, gt, m, clip["cls"][k][:, None]))
             r["depth_scale"] = float(torch.stack(ratios).median())
             r["abs_rel"] = float(torch.stack(absrel).mean())
+            r.update(depth_breakdown(*[torch.stack(x) for x in zip(*errs)]))
         res[s] = r
     return res
+
+
+def depth_breakdown(rel, gt, valid, cls, near=10.0):
+    """AbsRel per camera, within ``near`` metres, and per 2D class (pixels pooled over frames) from (F, 6, 1, H, W)
+    relative errors, exact depth, valid mask and class ids: {"abs_rel_cam": {cam: v}, "abs_rel_near": v,
+    "abs_rel_class": {class: [AbsRel, share of the valid pixels]}}."""
+    from utils.constants import CAMS, OCC_CLASSES
+    out = {"abs_rel_cam": {c: float(rel[:, i][valid[:, i]].mean()) for i, c in enumerate(CAMS)}}
+    near_m = valid & (gt < near)
+    out["abs_rel_near"] = float(rel[near_m].mean()) if near_m.any() else float("nan")
+    n = int(valid.sum())
+    out["abs_rel_class"] = {OCC_CLASSES[k]: [float(rel[valid & (cls == k)].mean()), int((valid & (cls == k)).sum()) / n]
+                            for k in range(len(OCC_CLASSES)) if (valid & (cls == k)).any()}
+    return out
 
 
 @torch.no_grad()
@@ -192,6 +209,56 @@ def scale_valleys(model, clips, factors=(0.8, 0.9, 1.0, 1.1, 1.25), frames=(3, 9
     return out
 
 
+@torch.no_grad()
+def evidence(model, clips, stride=1, frames_step=3):
+    """Is a wrong depth what the photometric loss prefers, or a minimum the training missed? Per 2D class, over the
+    given streets' frames (every ``frames_step``-th, neighbours ``stride`` sweeps away, the recorded motion): the
+    per-pixel temporal loss (the training's: min over the two sources, auto-masked) at the model's depth and at the
+    exact depth, the share of pixels where the exact depth scores lower, the auto-mask's kept share at each, and
+    the model's mean log(pred / exact). {class: {...}} pooled over the streets' valid pixels (exact depth < 80 m).
+    "Lower" means by more than TIE: the auto-mask's identity error carries 1e-5 noise to break ties."""
+    from utils.constants import OCC_CLASSES
+    from utils.geometry import ego_motion_to_cam
+    from utils.losses import temporal_loss
+    acc = {}
+    for clip in clips.values():
+        frames = len(clip["imgs"])
+        for k in range(stride, frames - stride, frames_step):
+            imgs = clip["imgs"]
+            pred = model.depth_outputs(imgs[[k]])["depth"]  # (6,1,H,W)
+            exact = clip["depth"][k]
+            target = imgs[k]
+            sources = [imgs[k - stride], imgs[k + stride]]
+            T = [ego_motion_to_cam(ego_motion(clip["ego2global"], k, k + o)[None], clip["cam2ego"][None])[0]
+                 for o in (-stride, stride)]
+            K = clip["K"]
+            per = {}
+            for name, depth in (("pred", pred), ("exact", exact.clamp(0.1, 200.0))):
+                _, maps = temporal_loss(target, sources, depth, K, T)
+                per[name] = (torch.minimum(maps["reproj"], maps["identity"]), maps["mask"])
+            valid = (exact > 0.1) & (exact < 80.0)
+            cls = clip["cls"][k][:, None]
+            logr = (pred.clamp(0.1, 80.0) / exact).log()
+            for c in cls[valid].unique().tolist():
+                m = valid & (cls == c)
+                a = acc.setdefault(OCC_CLASSES[c], np.zeros(7))
+                a += [float(per["pred"][0][m].sum()), float(per["exact"][0][m].sum()),
+                      float((per["exact"][0][m] < per["pred"][0][m] - TIE).sum()), float(per["pred"][1][m].sum()),
+                      float(per["exact"][1][m].sum()), float(logr[m].sum()), float(m.sum())]
+    return {c: {"loss_pred": a[0] / a[6], "loss_exact": a[1] / a[6], "exact_lower": a[2] / a[6],
+                "kept_pred": a[3] / a[6], "kept_exact": a[4] / a[6], "log_bias": a[5] / a[6], "pixels": int(a[6])}
+            for c, a in sorted(acc.items(), key=lambda kv: -kv[1][6])}
+
+
+def evidence_table(ev):
+    lines = ["| class | pixels | loss at model depth | loss at exact depth | exact scores lower | auto-mask kept, model "
+             "| kept, exact | mean log(model / exact) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for c, r in ev.items():
+        lines.append(f"| {c} | {r['pixels']} | {r['loss_pred']:.4f} | {r['loss_exact']:.4f} | {r['exact_lower']:.2f} | "
+                     f"{r['kept_pred']:.2f} | {r['kept_exact']:.2f} | {r['log_bias']:+.3f} |")
+    return "\n".join(lines)
+
+
 def table(res, train_streets):
     """Markdown table of ``measure`` results."""
     strides = sorted({k for r in res.values() for k in r if "stride" in k},
@@ -206,6 +273,25 @@ def table(res, train_streets):
             cells += [f"{x['scale']:.3f}", f"{x['t_pred']:.3f} / {x['t_true']:.3f}", f"{x['rot_err_deg']:.3f}"]
         cells += [f"{r[k]:.3f}" if k in r else "-" for k in ("depth_scale", "abs_rel")]
         lines.append(f"| {s} | {'train' if s in train_streets else 'held out'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def breakdown_table(res, train_streets):
+    """Markdown: AbsRel per camera and within 10 m per street, then per class over the held-out streets."""
+    from utils.constants import CAMS
+    rows = {s: r for s, r in res.items() if "abs_rel_cam" in r}
+    if not rows:
+        return ""
+    lines = ["| street | role | " + " | ".join(CAMS) + " | < 10 m |", "|---|---|" + "---:|" * (len(CAMS) + 1)]
+    for s, r in rows.items():
+        lines.append(f"| {s} | {'train' if s in train_streets else 'held out'} | " +
+                     " | ".join(f"{r['abs_rel_cam'][c]:.3f}" for c in CAMS) + f" | {r['abs_rel_near']:.3f} |")
+    held = [r for s, r in rows.items() if s not in train_streets] or list(rows.values())
+    classes = sorted({c for r in held for c in r["abs_rel_class"]},
+                     key=lambda c: -sum(r["abs_rel_class"].get(c, [0, 0])[1] for r in held))
+    lines += ["", "Held-out streets, per 2D class (AbsRel, mean share of the pixels): " + ", ".join(
+        f"{c} {np.mean([r['abs_rel_class'][c][0] for r in held if c in r['abs_rel_class']]):.3f} "
+        f"({100 * np.mean([r['abs_rel_class'].get(c, [0, 0])[1] for r in held]):.1f} %)" for c in classes)]
     return "\n".join(lines)
 
 
@@ -234,6 +320,9 @@ def main(argv=None):
     p.add_argument("--load", type=str, default=None, help="start from this state_dict (--steps 0: measure only)")
     p.add_argument("--valleys", action="store_true",
                    help="also print the temporal and GSP losses against a factor on the depth (scale_valleys)")
+    p.add_argument("--evidence", action="store_true",
+                   help="mode depth / joint: also the per-class temporal loss at the model's depth against the exact "
+                        "depth on the held-out streets (evidence)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=str, default=None, help="JSON file of the results")
     a = p.parse_args(argv)
@@ -258,6 +347,12 @@ def main(argv=None):
             print(f"street {s_}: (depth factor, temporal, w_gsp x GSP) " +
                   " ".join(f"({f}, {t:.4f}, {g:.4f})" for f, t, g in rows))
     print(table(res, a.train))
+    print(breakdown_table(res, a.train))
+    if a.evidence and a.mode != "pose":
+        for d in a.eval_strides:
+            res[f"evidence_stride{d}"] = evidence(model, {s_: clips[s_] for s_ in a.heldout}, stride=d)
+            print(f"\nHeld-out streets, temporal loss per class at stride {d}:\n" +
+                  evidence_table(res[f"evidence_stride{d}"]))
     print(f"{time.time() - t0:.0f} s")
     if a.out:
         with open(a.out, "w") as f:
