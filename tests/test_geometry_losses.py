@@ -232,6 +232,22 @@ def test_reprojection_automask_static_pixels():
     assert torch.isclose(loss, losses.photometric_error(warped, target).mean())
 
 
+def test_reprojection_without_automask_keeps_every_valid_warp():
+    # Static camera and a wrong warp: with the auto-mask off the pixels keep their (large) warped error, so the
+    # gradient reaches them; a pixel with no valid source still falls back to its identity error.
+    target = texture(seed=3)
+    shifted = torch.roll(target, 3, dims=-1)
+    err = losses.photometric_error(shifted, target)
+    loss, maps = losses.reprojection_loss(target, [shifted], sources=[target.clone()], automask=False)
+    assert maps["mask"].all() and torch.isclose(loss, err.mean())
+    left = torch.zeros(1, 1, 48, 64, dtype=torch.bool)
+    left[..., :32] = True
+    loss, maps = losses.reprojection_loss(target, [shifted], sources=[target.clone()], valid=[~left],
+                                          automask=False)
+    assert torch.equal(maps["mask"], ~left)
+    assert torch.isclose(loss, torch.where(left, maps["identity"], err).mean())
+
+
 def test_masked_mean_ignores_nonfinite_outside_mask():
     x = torch.tensor([1.0, 3.0, float("inf"), float("nan")], requires_grad=True)
     m = torch.tensor([True, True, False, False])

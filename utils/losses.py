@@ -115,7 +115,7 @@ def photometric_errors(target, images, alpha=0.85):
 
 
 @full_precision
-def reprojection_loss(target, warped, sources=None, valid=None, alpha=0.85, target_mask=None):
+def reprojection_loss(target, warped, sources=None, valid=None, alpha=0.85, target_mask=None, automask=True):
     """Temporal photometric loss with monodepth2's per-pixel minimum over sources and auto-masking.
 
     target: (B, 3, H, W). warped: list of (B, 3, H, W), each source image warped into the target view.
@@ -129,6 +129,8 @@ def reprojection_loss(target, warped, sources=None, valid=None, alpha=0.85, targ
     800 m, where no pixel had a valid source and the loss was 0.)
     Without sources: the mean of the best warped error over the pixels that have a valid source.
     target_mask: optional (B, 1, H, W); target pixels outside it (e.g. the ego car's body) are left out entirely.
+    automask False (with sources): a pixel keeps its best warped error wherever some source is valid, even when no
+    motion would explain it better; only pixels without a valid source fall back to the identity error.
     Returns (loss scalar, maps: dict of (B, 1, H, W) ``reproj`` min warped error (inf where no source is valid),
     ``identity`` min identity error (only with sources), ``mask`` bool: pixels where the warp wins (with
     sources) or that have a valid source (without)).
@@ -153,12 +155,12 @@ def reprojection_loss(target, warped, sources=None, valid=None, alpha=0.85, targ
     identity = both[:, len(warped):].contiguous()  # (the noise below laid out as before)
     identity = identity + torch.randn_like(identity) * 1e-5
     maps["identity"] = identity.min(dim=1, keepdim=True).values
-    wins = reproj < maps["identity"]
+    wins = reproj < maps["identity"] if automask else torch.isfinite(reproj)
     maps["mask"] = _and(wins, inside)
     return masked_mean(torch.where(wins, reproj, maps["identity"]), inside), maps
 
 
-def temporal_loss(target, sources, depth, K, T, target_mask=None, invalid="identity", alpha=0.85):
+def temporal_loss(target, sources, depth, K, T, target_mask=None, invalid="identity", alpha=0.85, automask=True):
     """The temporal photometric loss of both stages: each source image warped into the target view through the
     target's ``depth`` and the camera motion (``utils.geometry.warp``), then ``reprojection_loss`` (per-pixel
     minimum over the sources, auto-masking over ALL pixels).
@@ -168,6 +170,7 @@ def temporal_loss(target, sources, depth, K, T, target_mask=None, invalid="ident
     pixels left out (the ego car's body). invalid: a warp that leaves its source image or lands behind its camera
     is ``identity``: never the per-pixel minimum (the pixel takes its no-motion error), or ``keep``: its border-
     padded error counts like any other (monodepth2's and the authors'; stage 2's ``--reproj_invalid``).
+    automask: ``reprojection_loss``'s (False: a pixel with a valid warp always takes its warped error).
     Returns (loss scalar, maps of ``reprojection_loss`` + ``warp_valid`` (N, 1, H, W) bool: some source valid).
     """
     if invalid not in ("identity", "keep"):
@@ -178,7 +181,7 @@ def temporal_loss(target, sources, depth, K, T, target_mask=None, invalid="ident
     warped, ok = warp(torch.cat(list(sources), 0), depth.repeat(n, 1, 1, 1), K.repeat(n, 1, 1), torch.cat(list(T), 0))
     warped, ok = warped.split(N), ok.split(N)
     loss, maps = reprojection_loss(target, list(warped), sources, list(ok) if invalid == "identity" else None,
-                                   alpha, target_mask=target_mask)
+                                   alpha, target_mask=target_mask, automask=automask)
     maps["warp_valid"] = torch.cat(ok, 1).any(1, keepdim=True)
     return loss, maps
 
