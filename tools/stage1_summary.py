@@ -26,6 +26,9 @@ def variant_summary(metrics):
             "depth_scale_max_dev": max((abs(s - 1) for s in depth_scales), default=math.nan),
             "abs_rel": metrics.get("scalars", {}).get("depth/abs_rel", math.nan),
             "abs_rel_by_range": metrics.get("depth", {}).get("abs_rel_by_range", {}),
+            "abs_rel_by_camera": {c: m["abs_rel"] for c, m in metrics.get("depth", {}).get("per_camera", {}).items()},
+            "abs_rel_by_class": {c: m["abs_rel"] for c, m in sorted(metrics.get("depth", {}).get("by_class", {}).items(),
+                                                                   key=lambda kv: -kv[1].get("share", 0))},
             "step": metrics.get("step")}
 
 
@@ -54,6 +57,10 @@ def markdown(summary, main):
                       f"largest |depth scale - 1| {v['depth_scale_max_dev']:.3f}, depth AbsRel {v['abs_rel']:.3f}"
                       + ("" if not v.get("abs_rel_by_range") else " (by LiDAR distance, pooled over points: " + ", ".join(
                           f"{n} {x:.3f}" for n, x in v["abs_rel_by_range"].items()) + ")"),
+                  ] + [f"{what}: " + ", ".join(f"{n} {x:.3f}" for n, x in v[key].items())
+                       for what, key in (("Depth AbsRel per camera", "abs_rel_by_camera"),
+                                         ("Depth AbsRel per 2D class, largest share first", "abs_rel_by_class"))
+                       if v.get(key)] + [
                   "", "| street | depth scale (depth alone) | depth AbsRel | motion scale | RPE t (m) | RPE r (deg) | "
                       "ATE (m) |", "|---|---|---|---|---|---|---|"]
         for s, r in sorted(v["streets"].items()):
