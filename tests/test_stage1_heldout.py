@@ -171,7 +171,7 @@ def test_stage1_poses_are_measured_once_per_sample(tmp_path):
     assert build_pose_source(parse_args(stage2 + ["--frame_stride", "1", "3"]), load_stage1).cache is None
 
 
-def test_the_oracle_tool_scores_the_exact_depth_as_exact_and_a_long_one_as_worse(street):
+def test_the_oracle_tool_scores_the_exact_depth_as_exact_and_a_long_one_as_worse(street, tmp_path):
     """tools/diagnostics/stage1_oracle's per-class evidence and breakdown: a model whose depth IS the exact depth
     has the exact depth's temporal loss on every class and zero error; 1.5x that depth has log bias log 1.5, a
     higher loss on the facades (the class the photometric loss resolves best) and AbsRel 0.5 on every camera."""
@@ -194,6 +194,14 @@ def test_the_oracle_tool_scores_the_exact_depth_as_exact_and_a_long_one_as_worse
         if factor == 1.5:
             assert ev["manmade"]["loss_pred"] > 1.5 * ev["manmade"]["loss_exact"]
             assert ev["manmade"]["exact_lower"] > 0.5
+    import cv2
+    from tools.diagnostics.stage1_oracle import picture
+    picture(model, clips, str(tmp_path / "p.png"), frame=3, cams=(1, 2), zoom=1)  # (the 1.5x model of the loop)
+    png = cv2.imread(str(tmp_path / "p.png"))
+    assert png.shape == (2 * H, 4 * W, 3)
+    err = png[:, 3 * W:].reshape(-1, 3).astype(int)  # log 1.5 = 0.41 everywhere but the sky (beyond 80 m)
+    want = cv2.applyColorMap(np.uint8([[round((math.log(1.5) + 1) / 2 * 255)]]), cv2.COLORMAP_JET)[0, 0].astype(int)
+    assert (np.abs(err - want).max(1) <= 2).mean() > 0.9
     gt = street["depth"][:3]
     valid = (gt > 0.1) & (gt < 80)
     out = depth_breakdown((gt * 1.5 - gt).abs() / gt, gt, valid, street["cls"][:3][:, :, None])

@@ -250,6 +250,28 @@ def evidence(model, clips, stride=1, frames_step=3):
             for c, a in sorted(acc.items(), key=lambda kv: -kv[1][6])}
 
 
+@torch.no_grad()
+def picture(model, clips, path, frame=9, cams=(1, 2, 4), zoom=2):
+    """One PNG: per street of ``clips`` and camera of ``cams`` (default the two right cameras and the back left
+    one), a row of image | exact inverse depth | the model's | log(model / exact) (blue: too near, red: too far,
+    green: right; +-1 across the colour map)."""
+    import cv2
+    rows = []
+    inv = lambda d: cv2.applyColorMap(np.clip(510 / d.clamp(0.5, 80).numpy(), 0, 255).astype(np.uint8),
+                                      cv2.COLORMAP_MAGMA)  # 1 / depth, 2 m and nearer white
+    for clip in clips.values():
+        k = min(frame, len(clip["imgs"]) - 1)
+        pred = model.depth_outputs(clip["imgs"][[k]])["depth"][:, 0]
+        exact = clip["depth"][k][:, 0]
+        for c in cams:
+            img = (clip["imgs"][k, c].permute(1, 2, 0).numpy() * 255).astype(np.uint8)[:, :, ::-1]
+            err = ((pred[c].clamp(0.1, 80.0) / exact[c]).log().numpy() + 1) / 2 * 255
+            err = cv2.applyColorMap(np.clip(err, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+            rows.append(np.concatenate([img, inv(exact[c]), inv(pred[c]), err], 1))
+    out = np.concatenate(rows, 0)
+    cv2.imwrite(path, cv2.resize(out, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST))
+
+
 def evidence_table(ev):
     lines = ["| class | pixels | loss at model depth | loss at exact depth | exact scores lower | auto-mask kept, model "
              "| kept, exact | mean log(model / exact) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -323,6 +345,9 @@ def main(argv=None):
     p.add_argument("--evidence", action="store_true",
                    help="mode depth / joint: also the per-class temporal loss at the model's depth against the exact "
                         "depth on the held-out streets (evidence)")
+    p.add_argument("--picture", type=str, default=None,
+                   help="mode depth / joint: write a PNG of image | exact | model depth | log error for the right "
+                        "cameras and the back left one of the held-out streets (``picture``)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=str, default=None, help="JSON file of the results")
     a = p.parse_args(argv)
@@ -348,6 +373,8 @@ def main(argv=None):
                   " ".join(f"({f}, {t:.4f}, {g:.4f})" for f, t, g in rows))
     print(table(res, a.train))
     print(breakdown_table(res, a.train))
+    if a.picture and a.mode != "pose":
+        picture(model, {s_: clips[s_] for s_ in a.heldout}, a.picture)
     if a.evidence and a.mode != "pose":
         for d in a.eval_strides:
             res[f"evidence_stride{d}"] = evidence(model, {s_: clips[s_] for s_ in a.heldout}, stride=d)
