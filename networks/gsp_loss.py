@@ -65,6 +65,10 @@ def add_args(parser):
     g.add_argument("--ground_margin", type=float, default=0.2,
                    help="--w_ground: depth up to this factor beyond the plane is free (downhill roads, the plane "
                         "height's error: 3 %% of scene-0916 LiDAR points below the horizon lie beyond 1.2 x the plane)")
+    g.add_argument("--ground_shape_only", type=str2bool, default=False,
+                   help="--w_ground: the term gets no gradient along each depth map's global scale (scale_locked), "
+                        "so it can bring the near road in against the far field but cannot shrink the whole map "
+                        "(what the plain term did on the real fixture: runs/2026-12-04/fixture-s1-ground-cpu)")
     g.add_argument("--gsp_scale_lock", type=str2bool, default=False,
                    help="main phase with GSP: the temporal loss gets no gradient along each depth map's global scale "
                         "(depth x exp(g - stopgrad(g)), g = mean log depth), so only the cross-view term sets the "
@@ -130,7 +134,8 @@ class GSPLoss(nn.Module):
         logs["loss_smooth"] = loss_s.detach() / NUM_SCALES
         if opt.w_ground > 0:
             plane = ground_plane_depth(Kf, cam2ego.flatten(0, 1), (h, w), opt.ground_height)
-            loss_gr, beyond = ground_hinge(out["depth"], plane, opt.ground_margin, valid)
+            depth_gr = scale_locked(out["depth"]) if opt.ground_shape_only else out["depth"]
+            loss_gr, beyond = ground_hinge(depth_gr, plane, opt.ground_margin, valid)
             loss = loss + opt.w_ground * loss_gr
             logs["loss_ground"] = loss_gr.detach()
             logs["ground_beyond"] = beyond.detach()  # share of the downward pixels beyond the plane's margin

@@ -53,3 +53,28 @@ def test_stage1_criterion_adds_the_ground_term_with_w_ground():
     with_ground, logs, _ = GSPLoss(make_opt("--use_gsp", "false", "--w_ground", "0.5"))(out, motion, batch)
     assert "loss_ground" not in logs0 and float(logs["loss_ground"]) > 0 and float(logs["ground_beyond"]) == 1.0
     assert math.isclose(float(with_ground - base), 0.5 * float(logs["loss_ground"]), rel_tol=1e-5)
+
+
+def test_shape_only_ground_term_cannot_move_the_maps_scale():
+    """--ground_shape_only: the criterion's gradient along each map's global log-scale is zero (the term cannot
+    shrink the whole map, what the plain term did on the real fixture), while with the plain term it points to
+    shorter. With no motion the temporal term does not depend on the depth, so the gradient is the ground term's."""
+    b, h, w = 1, 32, 48
+    K, _ = _rig(h, w)
+    c2e = torch.stack([cam2ego(60 * c, [0.5 * math.cos(math.radians(60 * c)), 0.5 * math.sin(math.radians(60 * c)),
+                                        1.5]) for c in range(6)])[None]
+    batch = {"imgs": torch.rand(b, 3, 6, 3, h, w), "K": K.expand(b, 6, 3, 3), "cam2ego": c2e}
+    motion = torch.eye(4).repeat(b, 2, 1, 1)
+    out = {("disp", s): torch.full((b * 6, 1, h >> s, w >> s), 0.2) for s in range(4)}
+    out["gs_scale"] = torch.full((b * 6, 1, h, w), 0.05)
+    grads = {}
+    for shape_only in ("false", "true"):
+        g = torch.zeros(b * 6, 1, 1, 1, requires_grad=True)  # log-scale of each map
+        out["depth"] = torch.linspace(20.0, 60.0, h * w).view(1, 1, h, w).expand(b * 6, 1, h, w) * g.exp()
+        loss, logs, _ = GSPLoss(make_opt("--use_gsp", "false", "--w_ground", "1",
+                                         "--ground_shape_only", shape_only))(out, motion, batch)
+        assert float(logs["loss_ground"]) > 0.1 and float(logs["ground_beyond"]) > 0.5
+        loss.backward()
+        grads[shape_only] = g.grad.flatten()
+    assert (grads["false"] > 1e-3).all()  # the plain term shortens every map
+    assert grads["true"].abs().max() < 1e-6  # the shape-only one cannot
