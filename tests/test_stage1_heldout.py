@@ -209,3 +209,14 @@ def test_the_oracle_tool_scores_the_exact_depth_as_exact_and_a_long_one_as_worse
     assert all(v == pytest.approx(0.5, abs=1e-5) for v in out["abs_rel_cam"].values())
     assert out["abs_rel_near"] == pytest.approx(0.5, abs=1e-5)
     assert sum(share for _, share in out["abs_rel_class"].values()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_class_landscape_rises_away_from_the_exact_depth(street):
+    """stage1_oracle.class_landscape: the near cars of street 6 alone pushed away, the rest exact: their loss grows
+    with the factor (the evidence reaches 2x off); a class with no near pixel is an error that names it."""
+    from tools.diagnostics.stage1_oracle import class_landscape
+    r = class_landscape({6: street}, "car", factors=(1.0, 1.5, 2.0))
+    assert r["pixels"] > 1000 and r["loss"][0] == 1.0 and 1.5 < r["loss"][1] < r["loss"][2]
+    assert all(0.3 < k < 0.9 for k in r["kept"])
+    with pytest.raises(ValueError, match="no manmade pixel within 10.0 m"):
+        class_landscape({6: street}, "manmade")

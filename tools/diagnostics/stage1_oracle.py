@@ -251,6 +251,34 @@ def evidence(model, clips, stride=1, frames_step=3):
 
 
 @torch.no_grad()
+def class_landscape(clips, cls_name, factors=(1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0), near=10.0, frame=3, stride=1):
+    """Does the photometric loss tell a class's depth from far away? No network: on frame ``frame`` of each clip, the
+    pixels of 2D class ``cls_name`` within ``near`` metres get the exact depth x each factor, every other pixel
+    keeps the exact depth, neighbours ``stride`` sweeps away with the recorded motion. Returns {"loss": mean
+    training loss (auto-masked minimum) over those pixels relative to factor 1, "kept": the auto-mask's kept
+    share, "pixels"}. A loss that keeps rising with the factor means a gradient towards the truth from far off."""
+    from utils.constants import OCC_CLASSES
+    from utils.geometry import ego_motion_to_cam
+    from utils.losses import temporal_loss
+    c = OCC_CLASSES.index(cls_name)
+    loss, kept, n = np.zeros(len(factors)), np.zeros(len(factors)), 0
+    for clip in clips.values():
+        k, imgs, exact = frame, clip["imgs"], clip["depth"][frame]
+        T = [ego_motion_to_cam(ego_motion(clip["ego2global"], k, k + o)[None], clip["cam2ego"][None])[0]
+             for o in (-stride, stride)]
+        sel = (clip["cls"][k][:, None] == c) & (exact < near)
+        for i, f in enumerate(factors):
+            _, maps = temporal_loss(imgs[k], [imgs[k - stride], imgs[k + stride]], torch.where(sel, exact * f, exact),
+                                    clip["K"], T)
+            loss[i] += float(torch.minimum(maps["reproj"], maps["identity"])[sel].sum())
+            kept[i] += float(maps["mask"][sel].sum())
+        n += int(sel.sum())
+    if n == 0:
+        raise ValueError(f"no {cls_name} pixel within {near} m on frame {frame} of the streets {sorted(clips)}")
+    return {"factors": list(factors), "loss": (loss / loss[0]).tolist(), "kept": (kept / n).tolist(), "pixels": n}
+
+
+@torch.no_grad()
 def picture(model, clips, path, frame=9, cams=(1, 2, 4), zoom=2):
     """One PNG: per street of ``clips`` and camera of ``cams`` (default the two right cameras and the back left
     one), a row of image | exact inverse depth | the model's | log(model / exact) (blue: too near, red: too far,
@@ -345,6 +373,9 @@ def main(argv=None):
     p.add_argument("--evidence", action="store_true",
                    help="mode depth / joint: also the per-class temporal loss at the model's depth against the exact "
                         "depth on the held-out streets (evidence)")
+    p.add_argument("--landscape", type=str, nargs="*", default=[], metavar="CLASS",
+                   help="also, on the held-out streets' exact data (no network): the loss of each 2D class's pixels "
+                        "within 10 m against a factor on their depth alone (``class_landscape``), e.g. car manmade")
     p.add_argument("--picture", type=str, default=None,
                    help="mode depth / joint: write a PNG of image | exact | model depth | log error for the right "
                         "cameras and the back left one of the held-out streets (``picture``)")
@@ -373,6 +404,11 @@ def main(argv=None):
                   " ".join(f"({f}, {t:.4f}, {g:.4f})" for f, t, g in rows))
     print(table(res, a.train))
     print(breakdown_table(res, a.train))
+    for cname in a.landscape:
+        r = class_landscape({s_: clips[s_] for s_ in a.heldout}, cname)
+        res[f"landscape_{cname}"] = r
+        print(f"{cname} within 10 m ({r['pixels']} pixels), loss relative to the exact depth: " + ", ".join(
+            f"x{f} {v:.2f} (kept {k:.2f})" for f, v, k in zip(r["factors"], r["loss"], r["kept"])))
     if a.picture and a.mode != "pose":
         picture(model, {s_: clips[s_] for s_ in a.heldout}, a.picture)
     if a.evidence and a.mode != "pose":
