@@ -6,7 +6,7 @@
 #   sh run_gs_occ.sh synthetic|nuscenes|ddad [train.py options...]
 #
 # Environment: PROFILE=quick|full (default: quick on a CPU, full with CUDA), REFINE_STEPS (stage-1 refine length),
-# GSV_MINUTES (stage 2's training minutes instead of its config's max_minutes),
+# GSP_MINUTES / GSV_MINUTES (stage 1's / stage 2's training minutes instead of its config's max_minutes),
 # NGPU (processes = GPUs used; default: every GPU torch sees, through torchrun when more than one; NGPU=1 for one).
 # STAGES=1: stage 1 and its refine only, ending with the stage-1 motion of every stage-2 training sample exported to
 # logs/<stage-1 run>-refine/stage1_poses.pt (tools/export_stage1_poses.py); STAGES=2: stage 2 and the evaluation
@@ -83,7 +83,8 @@ gsplat_wait
 POSES="logs/$S1-refine/stage1_poses.pt"
 if [ "$STAGES" != 2 ]; then
     echo "[run_gs_occ] stage 1 (GSP): $C1 (after $(took))"
-    $RUN train.py --config "$C1" --exp_name "$S1" --val_every -1 "$@"  # (the refine phase validates stage 1)
+    $RUN train.py --config "$C1" --exp_name "$S1" --val_every -1 ${GSP_MINUTES:+--max_minutes "$GSP_MINUTES"} "$@"
+    # (the refine phase validates stage 1)
     echo "[run_gs_occ] stage 1 refine (pose net frozen, no cross-view term) (after $(took))"
     $RUN train.py --config "$C1" --exp_name "$S1-refine" --gsp_phase refine --load_weights "logs/$S1/ckpt/last.pt" \
         --max_steps "$REFINE_STEPS" "$@"
