@@ -56,7 +56,8 @@ class DepthNet(nn.Module):
     def __init__(self, opt):
         super().__init__()
         self.scale_max = opt.gsp_scale_max
-        self.encoder = ResnetEncoder(opt.gsp_depth_layers, resolve_weights(opt.gsp_pretrained, opt.gsp_depth_layers, "--gsp_pretrained"))
+        weights = resolve_weights(opt.gsp_pretrained, opt.gsp_depth_layers, "--gsp_pretrained")
+        self.encoder = ResnetEncoder(opt.gsp_depth_layers, weights)
         enc = list(self.encoder.num_ch_enc)  # e.g. [64, 64, 128, 256, 512]
         dec = [16, 32, 64, 128, 256]
         self.up_in = nn.ModuleList()

@@ -36,8 +36,8 @@ def add_args(parser):
                    help="monodepth2's auto-mask in the temporal loss: a pixel that no motion explains better than "
                         "the warp keeps its warped error, else takes the no-motion error (no gradient). false: every "
                         "pixel with a valid warp keeps its warped error (pixels with none still fall back). Measured "
-                        "off on the synthetic streets (CPU, depth oracle): the road went 7x too far, AbsRel 0.22 -> "
-                        "2-5 (docs/results/stage1_heldout.md)")
+                        "off on the synthetic streets (CPU, depth oracle): the road went 7x too far, held-out AbsRel "
+                        "0.241 -> 2.38 (docs/results/runs/2026-12-04/stage1-cars-cpu)")
     g.add_argument("--gsp_scale_relative", type=str2bool, default=False,
                    help="Gaussian scale = predicted value x pixel depth (constant size in pixels) instead of metres")
     g.add_argument("--gsp_erode", type=int, default=4, help="erosion of the cross-view overlap mask, pixels")

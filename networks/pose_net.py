@@ -34,7 +34,8 @@ class PoseNet(nn.Module):
 
     def __init__(self, opt):
         super().__init__()
-        self.encoder = ResnetEncoder(opt.gsp_pose_layers, resolve_weights(opt.gsp_pretrained, opt.gsp_pose_layers, "--gsp_pretrained"), num_input_images=2)
+        weights = resolve_weights(opt.gsp_pretrained, opt.gsp_pose_layers, "--gsp_pretrained")
+        self.encoder = ResnetEncoder(opt.gsp_pose_layers, weights, num_input_images=2)
         self.squeeze = nn.Conv2d(self.encoder.num_ch_enc[-1], 64, 1)
         self.fuse = nn.Sequential(
             nn.Conv2d(64 * NUM_CAMS, 256, 3, padding=1), nn.ReLU(inplace=True),

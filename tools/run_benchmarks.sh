@@ -233,7 +233,8 @@ gpu-default)
         sleep 5
     done
     # (--use_sem at evaluation: the depth error per class of the synthetic 2D labels, e.g. the near parked cars)
-    S1="--config configs/synthetic-gsp.txt --ckpt logs/synthetic-gsp-refine/ckpt/last.pt --num_workers 2 --use_sem true --sem_root sem"
+    S1="--config configs/synthetic-gsp.txt --ckpt logs/synthetic-gsp-refine/ckpt/last.pt --num_workers 2"
+    S1="$S1 --use_sem true --sem_root sem"
     if [ "$GD_STAGES" != 2 ]; then
         for sp in sweep keyframe; do
             $PY eval.py $S1 --adjacent $sp --out_dir "$O/stage1-$sp" > "$O/stage1-$sp.log" 2>&1 &
