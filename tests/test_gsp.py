@@ -381,3 +381,14 @@ def test_gsp_pretrained_reads_the_imagenet_files_and_if_present_falls_back(tmp_p
         assert torch.equal(pose.encoder.net.layer4[1].conv2.weight, ref.layer4[1].conv2.weight)
         stem = pose.encoder.net.conv1.weight  # 6 input channels: the file's stem twice, halved (monodepth2)
         assert torch.allclose(stem[:, :3], ref.conv1.weight / 2) and torch.allclose(stem[:, 3:], ref.conv1.weight / 2)
+
+
+def test_a_stage1_checkpoint_from_imagenet_rebuilds_without_the_file():
+    """A stage-1 model trained with --gsp_pretrained true (the nuScenes / DDAD configs) is rebuilt from its
+    checkpoint without looking for ImageNet files, even when the evaluation's config names them."""
+    import options
+    saved = vars(options.parse_args(["--config", "configs/nusc-gsp.txt"]))
+    assert saved["gsp_pretrained"] is True
+    for argv in ([], ["--config", "configs/nusc-gsp.txt"], ["--config", "configs/fixture-gsp.txt"]):
+        assert options.merge_checkpoint_options(dict(saved), argv=argv).gsp_pretrained is False
+    assert options.parse_args(["--config", "configs/fixture-gsp.txt"]).gsp_pretrained == "if_present"
