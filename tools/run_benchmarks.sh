@@ -174,7 +174,8 @@ gpu-default)
     # copied to GD_PACK when set.
     T0=$(date +%s); O=${GD_OUT:-logs/gpu-default}; GD_STAGES=${GD_STAGES:-1 2}
     mkdir -p "$O"
-    STAGES=$GD_STAGES GSOCC_PYTHON=$PY NGPU=1 GSV_MINUTES=${GD_MIN:-6} sh run_gs_occ.sh synthetic \
+    # GD_ARGS: train.py options for every training of run_gs_occ.sh (with GD_STAGES=1: stage 1 and its refine only)
+    STAGES=$GD_STAGES GSOCC_PYTHON=$PY NGPU=1 GSV_MINUTES=${GD_MIN:-6} sh run_gs_occ.sh synthetic ${GD_ARGS:-} \
         > "$O/run_gs_occ.log" 2>&1 &
     MAIN=$!
     if [ "$GD_STAGES" != 2 ]; then
