@@ -40,14 +40,20 @@ def test_ground_hinge_pulls_only_depths_beyond_the_plane():
     assert masked.item() == 0  # left out by the mask (e.g. the ego car's body)
 
 
-def test_stage1_criterion_adds_the_ground_term_with_w_ground():
-    b, h, w = 1, 32, 48
+def _ring_batch(b=1, h=32, w=48):
+    """6 cameras 1.5 m up looking out every 60 deg, random images, no motion, flat disparity outputs: (batch,
+    motion, out without depth / gs_scale, (b, h, w))."""
     K, _ = _rig(h, w)
     c2e = torch.stack([cam2ego(60 * c, [0.5 * math.cos(math.radians(60 * c)), 0.5 * math.sin(math.radians(60 * c)),
                                         1.5]) for c in range(6)])[None]
     batch = {"imgs": torch.rand(b, 3, 6, 3, h, w), "K": K.expand(b, 6, 3, 3), "cam2ego": c2e}
     motion = torch.eye(4).repeat(b, 2, 1, 1)
     out = {("disp", s): torch.full((b * 6, 1, h >> s, w >> s), 0.2) for s in range(4)}
+    return batch, motion, out, (b, h, w)
+
+
+def test_stage1_criterion_adds_the_ground_term_with_w_ground():
+    batch, motion, out, (b, h, w) = _ring_batch()
     out.update(depth=torch.full((b * 6, 1, h, w), 80.0), gs_scale=torch.full((b * 6, 1, h, w), 0.05))
     base, logs0, _ = GSPLoss(make_opt("--use_gsp", "false"))(out, motion, batch)
     with_ground, logs, _ = GSPLoss(make_opt("--use_gsp", "false", "--w_ground", "0.5"))(out, motion, batch)
@@ -59,13 +65,7 @@ def test_shape_only_ground_term_cannot_move_the_maps_scale():
     """--ground_shape_only: the criterion's gradient along each map's global log-scale is zero (the term cannot
     shrink the whole map, what the plain term did on the real fixture), while with the plain term it points to
     shorter. With no motion the temporal term does not depend on the depth, so the gradient is the ground term's."""
-    b, h, w = 1, 32, 48
-    K, _ = _rig(h, w)
-    c2e = torch.stack([cam2ego(60 * c, [0.5 * math.cos(math.radians(60 * c)), 0.5 * math.sin(math.radians(60 * c)),
-                                        1.5]) for c in range(6)])[None]
-    batch = {"imgs": torch.rand(b, 3, 6, 3, h, w), "K": K.expand(b, 6, 3, 3), "cam2ego": c2e}
-    motion = torch.eye(4).repeat(b, 2, 1, 1)
-    out = {("disp", s): torch.full((b * 6, 1, h >> s, w >> s), 0.2) for s in range(4)}
+    batch, motion, out, (b, h, w) = _ring_batch()
     out["gs_scale"] = torch.full((b * 6, 1, h, w), 0.05)
     grads = {}
     for shape_only in ("false", "true"):
