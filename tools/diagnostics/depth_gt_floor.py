@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from datasets.nuscenes_dataset import NuScenesDataset, load_tables, read_split, scene_samples
 from datasets.synthetic.oracle import render_rgbd
 from datasets.synthetic.scene import make_scene
 from utils.constants import CAMS
@@ -33,32 +34,19 @@ HIDDEN_RATIO = 0.9  # a point the camera sees nearer than this fraction of its L
 
 
 def keyframes(dataroot, version, split_file):
-    """[(scene name, scene index, frame index, sample token)] of the split's samples, in scene and time order."""
-    table = lambda name: json.load(open(os.path.join(dataroot, version, name + ".json")))
-    scenes = {s["token"]: s["name"] for s in table("scene")}
-    samples = table("sample")
-    order = {}
-    for s in sorted(samples, key=lambda s: s["timestamp"]):
-        order.setdefault(s["scene_token"], []).append(s["token"])
-    keep = set(open(split_file).read().split()) if split_file else None
-    out = []
-    for scene_token, tokens in order.items():
-        name = scenes[scene_token]
-        for k, tok in enumerate(tokens):
-            if keep is None or tok in keep:
-                out.append((name, int(name.rsplit("-", 1)[1]), k, tok, len(tokens)))
-    return out
+    """[(scene name, scene index, frame index, sample token, samples in the scene)] of the split's samples, in scene
+    and time order (``datasets.nuscenes_dataset.scene_samples``)."""
+    per_scene = {}
+    for tok, name in scene_samples(load_tables(dataroot, version, names=("scene", "sample"))):
+        per_scene.setdefault(name, []).append(tok)
+    keep = set(read_split(split_file)) if split_file else None
+    return [(name, int(name.rsplit("-", 1)[1]), k, tok, len(tokens)) for name, tokens in per_scene.items()
+            for k, tok in enumerate(tokens) if keep is None or tok in keep]
 
 
 def load_gt(depth_root, token):
-    """(6, H, W) float32 LiDAR depth of a sample, 0 where no point (the loader's convention)."""
-    maps = []
-    for cam in CAMS:
-        z = np.load(os.path.join(depth_root, token, cam + ".npz"))
-        m = np.zeros(tuple(int(s) for s in z["hw"]), np.float32)
-        m[z["uv"][:, 1], z["uv"][:, 0]] = z["depth"]
-        maps.append(m)
-    return torch.from_numpy(np.stack(maps))
+    """(6, H, W) float32 LiDAR depth of a sample, 0 where no point (the training loader's ``_load_depth``)."""
+    return torch.stack([NuScenesDataset._load_depth(os.path.join(depth_root, token, cam + ".npz")) for cam in CAMS])
 
 
 def summarise(ev):
@@ -88,13 +76,13 @@ def main(argv=None):
     depth_root = os.path.join(a.dataroot, a.depth_root)
     ev_grid, ev_size = DepthEvaluator(), DepthEvaluator()
     streets, hidden = {}, np.zeros((len(CAMS), 2))
-    worlds = {}
+    world_of = None  # (scene index, its world): the items come scene by scene
     for name, scene, k, tok, n in items:
         gt = load_gt(depth_root, tok)
         H, W = gt.shape[-2:]
-        if scene not in worlds:
-            worlds = {scene: make_scene(a.seed, scene, n)}
-        world = worlds[scene]
+        if world_of is None or world_of[0] != scene:
+            world_of = (scene, make_scene(a.seed, scene, n))
+        world = world_of[1]
         _, exact, cls = render_rgbd(world, world.ego2global[k], H, W, with_cls=True)
         _, small = render_rgbd(world, world.ego2global[k], *a.size)
         labels = cls.clone()
@@ -130,7 +118,8 @@ def main(argv=None):
               ", ".join(f"{k} {v:.4f}" for k, v in res["exact_at_size"]["by_range"].items())]
     bc = res["exact_at_size"]["by_class"]
     if bc:
-        lines += ["", "By the 2D class of the point's pixel (exact at the model size; AbsRel, share of the points):", ""]
+        lines += ["", "By the 2D class of the point's pixel (exact at the model size; AbsRel, share of the points):",
+                  ""]
         for cname, m in sorted(bc.items(), key=lambda kv: -kv[1]["share"]):
             lines.append(f"- {cname}: {m['abs_rel']:.4f} ({100 * m['share']:.1f} % of the points)")
     text = "\n".join(lines) + "\n"

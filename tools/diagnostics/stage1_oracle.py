@@ -209,6 +209,18 @@ def scale_valleys(model, clips, factors=(0.8, 0.9, 1.0, 1.1, 1.25), frames=(3, 9
     return out
 
 
+def pair_loss(clip, k, stride, depth):
+    """The training's per-pixel temporal loss (auto-masked minimum over frames k -/+ ``stride``, recorded motion) of
+    frame k of a clip at ``depth`` (6, 1, H, W), and the auto-mask's kept pixels: two (6, 1, H, W) maps."""
+    from utils.geometry import ego_motion_to_cam
+    from utils.losses import temporal_loss
+    imgs = clip["imgs"]
+    T = [ego_motion_to_cam(ego_motion(clip["ego2global"], k, k + o)[None], clip["cam2ego"][None])[0]
+         for o in (-stride, stride)]
+    _, maps = temporal_loss(imgs[k], [imgs[k - stride], imgs[k + stride]], depth, clip["K"], T)
+    return torch.minimum(maps["reproj"], maps["identity"]), maps["mask"]
+
+
 @torch.no_grad()
 def evidence(model, clips, stride=1, frames_step=3):
     """Is a wrong depth what the photometric loss prefers, or a minimum the training missed? Per 2D class, over the
@@ -218,24 +230,14 @@ def evidence(model, clips, stride=1, frames_step=3):
     the model's mean log(pred / exact). {class: {...}} pooled over the streets' valid pixels (exact depth < 80 m).
     "Lower" means by more than TIE: the auto-mask's identity error carries 1e-5 noise to break ties."""
     from utils.constants import OCC_CLASSES
-    from utils.geometry import ego_motion_to_cam
-    from utils.losses import temporal_loss
     acc = {}
     for clip in clips.values():
         frames = len(clip["imgs"])
         for k in range(stride, frames - stride, frames_step):
-            imgs = clip["imgs"]
-            pred = model.depth_outputs(imgs[[k]])["depth"]  # (6,1,H,W)
+            pred = model.depth_outputs(clip["imgs"][[k]])["depth"]  # (6,1,H,W)
             exact = clip["depth"][k]
-            target = imgs[k]
-            sources = [imgs[k - stride], imgs[k + stride]]
-            T = [ego_motion_to_cam(ego_motion(clip["ego2global"], k, k + o)[None], clip["cam2ego"][None])[0]
-                 for o in (-stride, stride)]
-            K = clip["K"]
-            per = {}
-            for name, depth in (("pred", pred), ("exact", exact.clamp(0.1, 200.0))):
-                _, maps = temporal_loss(target, sources, depth, K, T)
-                per[name] = (torch.minimum(maps["reproj"], maps["identity"]), maps["mask"])
+            per = {"pred": pair_loss(clip, k, stride, pred),
+                   "exact": pair_loss(clip, k, stride, exact.clamp(0.1, 200.0))}
             valid = (exact > 0.1) & (exact < 80.0)
             cls = clip["cls"][k][:, None]
             logr = (pred.clamp(0.1, 80.0) / exact).log()
@@ -258,20 +260,15 @@ def class_landscape(clips, cls_name, factors=(1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0)
     training loss (auto-masked minimum) over those pixels relative to factor 1, "kept": the auto-mask's kept
     share, "pixels"}. A loss that keeps rising with the factor means a gradient towards the truth from far off."""
     from utils.constants import OCC_CLASSES
-    from utils.geometry import ego_motion_to_cam
-    from utils.losses import temporal_loss
     c = OCC_CLASSES.index(cls_name)
     loss, kept, n = np.zeros(len(factors)), np.zeros(len(factors)), 0
     for clip in clips.values():
-        k, imgs, exact = frame, clip["imgs"], clip["depth"][frame]
-        T = [ego_motion_to_cam(ego_motion(clip["ego2global"], k, k + o)[None], clip["cam2ego"][None])[0]
-             for o in (-stride, stride)]
-        sel = (clip["cls"][k][:, None] == c) & (exact < near)
+        exact = clip["depth"][frame]
+        sel = (clip["cls"][frame][:, None] == c) & (exact < near)
         for i, f in enumerate(factors):
-            _, maps = temporal_loss(imgs[k], [imgs[k - stride], imgs[k + stride]], torch.where(sel, exact * f, exact),
-                                    clip["K"], T)
-            loss[i] += float(torch.minimum(maps["reproj"], maps["identity"])[sel].sum())
-            kept[i] += float(maps["mask"][sel].sum())
+            pix, mask = pair_loss(clip, frame, stride, torch.where(sel, exact * f, exact))
+            loss[i] += float(pix[sel].sum())
+            kept[i] += float(mask[sel].sum())
         n += int(sel.sum())
     if n == 0:
         raise ValueError(f"no {cls_name} pixel within {near} m on frame {frame} of the streets {sorted(clips)}")
@@ -301,8 +298,8 @@ def picture(model, clips, path, frame=9, cams=(1, 2, 4), zoom=2):
 
 
 def evidence_table(ev):
-    lines = ["| class | pixels | loss at model depth | loss at exact depth | exact scores lower | auto-mask kept, model "
-             "| kept, exact | mean log(model / exact) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| class | pixels | loss at model depth | loss at exact depth | exact scores lower | "
+             "auto-mask kept, model | kept, exact | mean log(model / exact) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for c, r in ev.items():
         lines.append(f"| {c} | {r['pixels']} | {r['loss_pred']:.4f} | {r['loss_exact']:.4f} | {r['exact_lower']:.2f} | "
                      f"{r['kept_pred']:.2f} | {r['kept_exact']:.2f} | {r['log_bias']:+.3f} |")
