@@ -327,7 +327,9 @@ def load_for_eval(argv=None):
         raise BadCheckpoint(f"--ckpt {cli.ckpt} is a {STAGE_NAMES.get(stage, stage)} checkpoint, and this command "
                             f"asks for --stage {explicit['stage']} (on the command line or in --config): pass a "
                             f"{STAGE_NAMES.get(explicit['stage'])} checkpoint, or the config of the checkpoint's stage")
-    opt = saved_options(state, cli.ckpt, argv, fresh=PROTOCOL_OPTIONS)
+    # stage 1's 2D labels were a training input (its road term), not part of the model: read only when asked here
+    fresh = PROTOCOL_OPTIONS + (("use_sem",) if stage == "gsp" else ())
+    opt = saved_options(state, cli.ckpt, argv, fresh=fresh)
     if "dataroot" not in state["opt"] and "dataroot" not in explicit and dist.is_main():
         print(f"[eval] the checkpoint keeps no paths: the data comes from this command (--dataroot {opt.dataroot}; "
               "pass the run's --config or --dataroot)")

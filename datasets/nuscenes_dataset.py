@@ -363,8 +363,9 @@ class NuScenesDataset(Dataset):
             raise BadData(f"--near_stride {self.near_stride}: must be 0 or between 1 and --frame_stride - 1 "
                           f"({self.stride_range[0]} here)")
         train_sweeps = split == "train" and opt.train_sweeps and self.adjacent == "sweep"
-        if train_sweeps and (opt.use_sem or eval_labels):
-            raise BadData("--train_sweeps: camera sweeps have no labels; use it without --use_sem (stage 1)")
+        if train_sweeps and (eval_labels or (opt.use_sem and getattr(opt, "stage", "gsv") != "gsp")):
+            raise BadData("--train_sweeps: camera sweeps have no labels; use it in stage 1 only (--stage gsp, where "
+                          "the sweeps' items carry all-ignore 2D labels with --use_sem)")
         self.samples = []
         for token, scene in samples:
             centres = [(token, sensor_data.get(token, {}))]
@@ -520,7 +521,9 @@ class NuScenesDataset(Dataset):
         stamps = np.stack([t for _, t in picked])  # (F, 6) microseconds
         # seconds from the current frame's mean capture time (float32 keeps microseconds at this range)
         item["cam_time"] = torch.from_numpy(((stamps - stamps[1].mean()) * 1e-6).astype(np.float32))
-        if self.sem_root is not None:
+        if self.sem_root is not None and "#sweep" in m["token"]:  # a camera sweep (--train_sweeps): no labels
+            item["sem"] = torch.full((len(CAMS),) + self.render_size, IGNORE_ID, dtype=torch.int64)
+        elif self.sem_root is not None:
             item["sem"] = torch.stack([resize_labels(self._read_sem(m, c, sizes[c]), self.render_size)
                                        for c in range(len(CAMS))])
         if self.sem_adjacent:  # (2, 6, h, w): the previous / next keyframe's labels, 255 where it has none

@@ -42,7 +42,7 @@ def add_args(parser):
     g.add_argument("--train_sweeps", type=str2bool, default=False,
                    help="training items centred on the camera sweeps between keyframes too, not only on the "
                         "keyframes (with sweeps as neighbours: 6x more images on nuScenes); they have no labels, so "
-                        "stage 1 only (not with --use_sem)")
+                        "stage 1 only (with --use_sem their 2D labels are all ignore)")
     g.add_argument("--require_adjacent", type=str2bool, default=True,
                    help="drop training samples that lack a previous or next frame (at validation, and in training "
                         "when off, a missing neighbour is replaced by the current frame)")

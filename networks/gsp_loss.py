@@ -19,10 +19,14 @@ import torch.nn.functional as F
 from networks.depth_net import NUM_SCALES, disp_to_depth
 from utils.batch import self_occlusion
 from utils.cli import str2bool
+from utils.constants import OCC_CLASSES
+from utils.errors import BadData
 from utils.geometry import capture_synced_cam2ego, ego_motion_to_cam, ground_plane_depth
 from utils.gsp import cross_view_loss
-from utils.losses import ground_hinge, smoothness_loss, temporal_loss
+from utils.losses import ground_hinge, ground_road, smoothness_loss, temporal_loss
 from utils.rasterizer import rasterize
+
+ROAD_ID = OCC_CLASSES.index("driveable_surface")
 
 
 def add_args(parser):
@@ -65,6 +69,15 @@ def add_args(parser):
     g.add_argument("--ground_margin", type=float, default=0.2,
                    help="--w_ground: depth up to this factor beyond the plane is free (downhill roads, the plane "
                         "height's error: 3 %% of scene-0916 LiDAR points below the horizon lie beyond 1.2 x the plane)")
+    g.add_argument("--ground_mode", type=str, default="hinge", choices=["hinge", "road"],
+                   help="--w_ground: hinge = the one-sided bound on every pixel whose ray goes down; road = two-sided "
+                        "(utils.losses.ground_road) on the pixels the 2D labels call driveable surface: their depth "
+                        "is where the ray meets the plane (needs --use_sem true and --sem_root; keyframes only: "
+                        "camera sweeps carry no labels)")
+    g.add_argument("--ground_max_depth", type=float, default=20.0,
+                   help="--ground_mode road: only road pixels whose ray meets the plane within this many metres (the "
+                        "plane fits the near road: on scene-0916 95 %% of the road-labelled LiDAR points within 5 m "
+                        "lie within 10 %% of it, 50 %% of those at 10-20 m; tools/data/occ_to_2d_labels.py)")
     g.add_argument("--ground_shape_only", type=str2bool, default=False,
                    help="--w_ground: the term gets no gradient along each depth map's global scale (scale_locked), "
                         "so it can bring the near road in against the far field but cannot shrink the whole map "
@@ -135,10 +148,19 @@ class GSPLoss(nn.Module):
         if opt.w_ground > 0:
             plane = ground_plane_depth(Kf, cam2ego.flatten(0, 1), (h, w), opt.ground_height)
             depth_gr = scale_locked(out["depth"]) if opt.ground_shape_only else out["depth"]
-            loss_gr, beyond = ground_hinge(depth_gr, plane, opt.ground_margin, valid)
+            if opt.ground_mode == "road":
+                if "sem" not in batch:
+                    raise BadData("--ground_mode road reads the road's pixels from the 2D labels: set --use_sem true "
+                                  "and --sem_root (tools/data/occ_to_2d_labels.py makes labels from occupancy)")
+                sem = F.interpolate(batch["sem"].flatten(0, 1)[:, None].float(), (h, w), mode="nearest")
+                loss_gr, share, off = ground_road(depth_gr, plane, sem == ROAD_ID, opt.ground_max_depth, valid)
+                logs["ground_road_px"] = share.detach()  # share of the pixels the term holds
+                logs["ground_off"] = off.detach()  # share of them more than 10 % off the plane
+            else:
+                loss_gr, beyond = ground_hinge(depth_gr, plane, opt.ground_margin, valid)
+                logs["ground_beyond"] = beyond.detach()  # share of the downward pixels beyond the plane's margin
             loss = loss + opt.w_ground * loss_gr
             logs["loss_ground"] = loss_gr.detach()
-            logs["ground_beyond"] = beyond.detach()  # share of the downward pixels beyond the plane's margin
         if gsp:
             scale = out["gs_scale"] * (out["depth"] if opt.gsp_scale_relative else 1.0)
             rig = cam2ego  # where each camera was when it took its image (--gsp_sync), else the calibration

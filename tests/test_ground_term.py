@@ -1,13 +1,18 @@
-"""The one-sided ground term of stage 1 (--w_ground): the road plane's depth per pixel from the calibration, and a
-hinge that pulls a depth beyond that plane back, leaving nearer depths (anything standing on the road) alone."""
+"""The ground terms of stage 1 (--w_ground): the road plane's depth per pixel from the calibration; a hinge that pulls
+a depth beyond that plane back, leaving nearer depths (anything standing on the road) alone; and (--ground_mode road)
+a two-sided term on the pixels the 2D labels call road."""
 import math
 
 import torch
 
-from networks.gsp_loss import GSPLoss
+import pytest
+
+import options
+from networks.gsp_loss import ROAD_ID, GSPLoss
 from tests.test_gsp import cam2ego, make_opt
+from utils.errors import BadData, ConfigError
 from utils.geometry import ground_plane_depth
-from utils.losses import ground_hinge
+from utils.losses import ground_hinge, ground_road
 
 
 def _rig(h=24, w=32, f=20.0, height=1.5):
@@ -78,3 +83,54 @@ def test_shape_only_ground_term_cannot_move_the_maps_scale():
         grads[shape_only] = g.grad.flatten()
     assert (grads["false"] > 1e-3).all()  # the plain term shortens every map
     assert grads["true"].abs().max() < 1e-6  # the shape-only one cannot
+
+
+def test_ground_road_pulls_road_pixels_to_the_plane_from_both_sides():
+    plane = torch.tensor([4.0, 8.0, 6.0, float("inf"), 30.0]).view(1, 1, 1, 5)
+    depth = torch.tensor([6.0, 4.0, 6.0, 9.0, 3.0]).view(1, 1, 1, 5).requires_grad_(True)
+    road = torch.tensor([True, True, False, True, True]).view(1, 1, 1, 5)
+    loss, share, off = ground_road(depth, plane, road, max_depth=20.0)
+    # held: the first two (the third is not road, the fourth's ray never meets the road, the fifth's plane is too far)
+    assert math.isclose(loss.item(), (math.log(6 / 4) + math.log(8 / 4)) / 2, rel_tol=1e-6)
+    assert math.isclose(share.item(), 2 / 5, rel_tol=1e-6) and off.item() == 1.0
+    loss.backward()
+    g = depth.grad.flatten()
+    assert g[0] > 0 and g[1] < 0 and torch.all(g[2:] == 0)  # too far is shortened, too near lengthened
+    at_plane, _, off = ground_road(torch.tensor([4.0, 8.2]).view(1, 1, 1, 2), plane[..., :2], road[..., :2])
+    assert at_plane.item() < 0.02 and off.item() == 0.0  # on the plane (within 10 %): nothing off
+
+
+def test_stage1_road_mode_reads_the_labels_and_refuses_without_them():
+    batch, motion, out, (b, h, w) = _ring_batch()
+    out.update(depth=torch.full((b * 6, 1, h, w), 80.0), gs_scale=torch.full((b * 6, 1, h, w), 0.05))
+    opt = make_opt("--use_gsp", "false", "--w_ground", "0.5", "--ground_mode", "road")
+    with pytest.raises(BadData, match="--use_sem true"):
+        GSPLoss(opt)(out, motion, batch)
+    sem = torch.full((b, 6, h // 2, w // 2), 15, dtype=torch.uint8)  # labels at another size (the render size)
+    sem[..., h // 4 + 2:, :] = ROAD_ID  # the lower part of each image is road
+    loss, logs, _ = GSPLoss(opt)(out, motion, dict(batch, sem=sem))
+    plane = ground_plane_depth(batch["K"][0], batch["cam2ego"][0], (h, w))
+    held = torch.isfinite(plane) & (plane <= 20)
+    held[..., :h // 2 + 4, :] = False  # the rows the labels call road
+    assert math.isclose(float(logs["ground_road_px"]), float(held.float().mean()), rel_tol=1e-6)
+    want = (math.log(80.0) - plane[held].log()).mean()
+    assert math.isclose(float(logs["loss_ground"]), float(want), rel_tol=1e-5)
+    assert float(logs["ground_off"]) == 1.0 and "ground_beyond" not in logs
+
+
+def test_road_mode_needs_the_labels_option():
+    with pytest.raises(ConfigError, match="--ground_mode road on the command line: must be hinge unless --use_sem"):
+        options.parse_args(["--stage", "gsp", "--w_ground", "0.5", "--ground_mode", "road"])
+
+
+def test_eval_reads_stage1_labels_only_when_asked(tmp_path):
+    """A stage-1 run trained with the road term (--use_sem true) evaluates without its labels (the checkpoint keeps no
+    paths, and the labels are no part of the model); with --use_sem true they give the per-class depth rows."""
+    from eval import load_for_eval
+    from utils.checkpoint import save_checkpoint
+    opt = options.parse_args(["--stage", "gsp", "--w_ground", "0.5", "--ground_mode", "road", "--use_sem", "true"])
+    save_checkpoint({"model": {}, "opt": vars(opt)}, str(tmp_path / "gsp.pt"))  # the options are what is read
+    got, _ = load_for_eval(["--ckpt", str(tmp_path / "gsp.pt")])
+    assert not got.use_sem and got.ground_mode == "road"
+    got, _ = load_for_eval(["--ckpt", str(tmp_path / "gsp.pt"), "--use_sem", "true"])
+    assert got.use_sem

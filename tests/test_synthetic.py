@@ -16,7 +16,7 @@ from datasets.nuscenes_dataset import NuScenesDataset
 from datasets.synthetic import rig, writer
 from datasets.synthetic.generate import render_job
 from datasets.synthetic.scene import SAMPLE_DT, make_scene
-from utils.constants import CAMS, FREE_ID, OCC3D_LABEL_RANGE, OCC3D_VOXEL
+from utils.constants import CAMS, FREE_ID, IGNORE_ID, OCC3D_LABEL_RANGE, OCC3D_VOXEL
 
 N_CAM = (FRAMES - 1) * (SWEEPS + 1) + 1  # camera frames per scene
 
@@ -235,8 +235,15 @@ def test_frame_stride_and_items_on_the_sweeps(synth_root):
     assert all(a == b and a == int(a) for d in drawn.values() for a, b in d)
     assert {a for a, _ in drawn[0]} == {1} and {a for a, _ in drawn[len(train) // 2 - 1]} == {1}  # chain ends
     assert len(drawn[5]) > 2 and max(a for a, _ in drawn[5]) <= 6
-    with pytest.raises(Exception, match="--train_sweeps"):
-        NuScenesDataset(_opt(synth_root, train_sweeps=True, use_sem=True), "train", eval_labels=False)
+    with pytest.raises(Exception, match="--train_sweeps"):  # stage 2 trains the labels: keyframes only
+        NuScenesDataset(_opt(synth_root, train_sweeps=True, use_sem=True, stage="gsv"), "train", eval_labels=False)
+    # stage 1 with labels (its road term, --ground_mode road): a sweep's item says it has none
+    sem = NuScenesDataset(_opt(synth_root, train_sweeps=True, use_sem=True, stage="gsp", sem_root="sem",
+                               render_size=[24, 40]), "train", eval_labels=False)
+    kinds = {"#sweep" in m["token"]: i for i, m in enumerate(sem.samples)}
+    assert set(kinds) == {True, False}
+    assert (sem[kinds[True]]["sem"] == IGNORE_ID).all() and sem[kinds[True]]["sem"].shape == (len(CAMS), 24, 40)
+    assert (sem[kinds[False]]["sem"] < IGNORE_ID).float().mean() > 0.5  # a keyframe's own labels
 
 
 def test_loader_falls_back_without_sweep_files(synth_root, tmp_path, capsys):

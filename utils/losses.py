@@ -210,6 +210,20 @@ def ground_hinge(depth, plane, margin=0.2, valid=None):
     return masked_mean(excess, below), masked_mean((excess > 0).float(), below)
 
 
+def ground_road(depth, plane, road, max_depth=20.0, valid=None):
+    """Two-sided ground term on the road's pixels: a pixel labelled road (``road``, e.g. the 2D pseudo-labels'
+    driveable surface) lies where its ray meets the road plane, so mean |log depth - log plane| over the road pixels
+    whose ray meets the plane within ``max_depth`` metres (and ``valid``): an L1 in log depth, robust to the labels'
+    edges and to the road's own slope beyond the near field. depth, plane (N, 1, H, W) (plane inf: the ray does not
+    go down), road (N, 1, H, W) bool. Returns (loss, share of those pixels, share of them more than 10 % off)."""
+    on = _as_bool(road) & torch.isfinite(plane) & (plane <= max_depth)
+    if valid is not None:
+        on = on & _as_bool(valid)
+    ref = torch.where(on, plane, depth.detach()).clamp(min=1e-3)
+    err = (torch.log(depth.clamp(min=1e-3)) - torch.log(ref)).abs()
+    return masked_mean(err, on), on.float().mean(), masked_mean((err > math.log(1.1)).float(), on)
+
+
 def semantic_ce(logits, labels, ignore_index=255, weight=None):
     """Cross-entropy averaged over labelled pixels.
 

@@ -40,9 +40,10 @@ from utils.rasterizer import rasterize
 
 
 def occupancy_depth(labels, K, cam2ego, hw, step=0.05, max_dist=60.0, grid_range=OCC3D_LABEL_RANGE,
-                    free_id=FREE_ID, chunk=1 << 16):
+                    free_id=FREE_ID, chunk=1 << 16, with_class=False):
     """(S, H, W) camera depth (z, metres) of the first non-free voxel of ``labels`` (X, Y, Z) along each pixel's
-    ray, sampled every ``step`` metres up to ``max_dist``; 0 where the ray leaves the grid or meets nothing."""
+    ray, sampled every ``step`` metres up to ``max_dist``; 0 where the ray leaves the grid or meets nothing. With
+    ``with_class`` also (S, H, W) int64: that voxel's label, ``free_id`` where the ray meets nothing."""
     h, w = hw
     lab = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
     shape = torch.tensor(lab.shape)
@@ -52,6 +53,7 @@ def occupancy_depth(labels, K, cam2ego, hw, step=0.05, max_dist=60.0, grid_range
     pix = torch.stack([u, v, torch.ones_like(u)], -1).reshape(-1, 3)
     ts = torch.arange(step, max_dist, step, dtype=torch.float64)
     out = torch.zeros(len(K), h * w, dtype=torch.float64)
+    cls = torch.full((len(K), h * w), free_id, dtype=torch.int64)
     for c in range(len(K)):
         d_cam = pix @ torch.linalg.inv(K[c].double()).T  # z = 1
         R, t = cam2ego[c, :3, :3].double(), cam2ego[c, :3, 3].double()
@@ -62,12 +64,17 @@ def occupancy_depth(labels, K, cam2ego, hw, step=0.05, max_dist=60.0, grid_range
             idx = torch.floor((pts - lo) / size).long()
             inside = ((idx >= 0) & (idx < shape)).all(-1)
             idx = torch.minimum(idx.clamp(min=0), shape - 1)
-            occ = inside & (lab[idx[..., 0], idx[..., 1], idx[..., 2]] != free_id)
+            val = lab[idx[..., 0], idx[..., 1], idx[..., 2]]
+            occ = inside & (val != free_id)
             hit = occ.any(1)
             first = occ.float().argmax(1)
             dist = ts[first]
             out[c, a:a + chunk] = torch.where(hit, dist / norm[a:a + chunk, 0], torch.zeros_like(dist))
-    return out.reshape(len(K), h, w).float()
+            if with_class:
+                first_val = val.gather(1, first[:, None])[:, 0]
+                cls[c, a:a + chunk] = torch.where(hit, first_val, torch.full_like(first_val, free_id))
+    depth = out.reshape(len(K), h, w).float()
+    return (depth, cls.reshape(len(K), h, w)) if with_class else depth
 
 
 def lidar_points(lidar_map, hw):
