@@ -57,8 +57,10 @@ RULES = [
     ("input_size", lambda o: o.stage != "gsp" or min(o.input_size) > 32,
      "above 32 (each value) for stage 1: its encoders downsample 32 times"),
     ("w_sky", lambda o: o.w_sky <= 0 or o.use_sem, "0 unless --use_sem true (it reads the sky of the 2D labels)"),
-    ("ground_mode", lambda o: o.ground_mode != "road" or o.use_sem,
-     "hinge unless --use_sem true (road reads the road's pixels from the 2D labels)"),
+    ("ground_mode", lambda o: o.ground_mode == "hinge" or o.use_sem,
+     "hinge unless --use_sem true (road and road_hinge read the road's pixels from the 2D labels)"),
+    ("ground_scale_only", lambda o: not (o.ground_scale_only and o.ground_shape_only),
+     "false with --ground_shape_only true (one detaches the scale, the other the shape: nothing would be left)"),
     ("w_extra_sem", lambda o: o.w_extra_sem <= 0 or (o.w_extra_views > 0 and o.use_sem),
      "0 unless --w_extra_views > 0 and --use_sem true (it scores the previous / next frame's rendered semantics)"),
 ]

@@ -69,11 +69,12 @@ def add_args(parser):
     g.add_argument("--ground_margin", type=float, default=0.2,
                    help="--w_ground: depth up to this factor beyond the plane is free (downhill roads, the plane "
                         "height's error: 3 %% of scene-0916 LiDAR points below the horizon lie beyond 1.2 x the plane)")
-    g.add_argument("--ground_mode", type=str, default="hinge", choices=["hinge", "road"],
+    g.add_argument("--ground_mode", type=str, default="hinge", choices=["hinge", "road", "road_hinge"],
                    help="--w_ground: hinge = the one-sided bound on every pixel whose ray goes down; road = two-sided "
                         "(utils.losses.ground_road) on the pixels the 2D labels call driveable surface: their depth "
                         "is where the ray meets the plane (needs --use_sem true and --sem_root; keyframes only: "
-                        "camera sweeps carry no labels)")
+                        "camera sweeps carry no labels); road_hinge = road, and the hinge on the other pixels (what "
+                        "stands on the road is no farther than the road behind it)")
     g.add_argument("--ground_max_depth", type=float, default=20.0,
                    help="--ground_mode road: only road pixels whose ray meets the plane within this many metres (the "
                         "plane fits the near road: on scene-0916 95 %% of the road-labelled LiDAR points within 5 m "
@@ -82,6 +83,11 @@ def add_args(parser):
                    help="--w_ground: the term gets no gradient along each depth map's global scale (scale_locked), "
                         "so it can bring the near road in against the far field but cannot shrink the whole map "
                         "(what the plain term did on the real fixture: runs/2026-12-04/fixture-s1-ground-cpu)")
+    g.add_argument("--ground_scale_only", type=str2bool, default=False,
+                   help="--w_ground: the term moves each depth map's global scale only (shape_locked), the shape is "
+                        "left to the photometric terms. With --ground_mode road on the synthetic streets (recorded "
+                        "motion, CPU) the road's two-sided term taught the network to paint the plane over the cars "
+                        "standing on it (car AbsRel 0.63 -> 1.30): docs/results/runs/2026-12-05/fixture-s1-road-cpu")
     g.add_argument("--gsp_scale_lock", type=str2bool, default=False,
                    help="main phase with GSP: the temporal loss gets no gradient along each depth map's global scale "
                         "(depth x exp(g - stopgrad(g)), g = mean log depth), so only the cross-view term sets the "
@@ -92,6 +98,13 @@ def add_args(parser):
 
 # what a checkpoint older than the option was trained with: the cross-view term on the calibration alone
 CHECKPOINT_DEFAULTS = {"gsp_sync": False}
+
+
+def shape_locked(depth):
+    """Same values as depth (N,1,H,W), but its gradient only along each map's global scale (the shape detached): a loss
+    of it can set how far the whole map is, not its shape (the complement of ``scale_locked``)."""
+    g = depth.log().mean((1, 2, 3), keepdim=True)
+    return depth.detach() * torch.exp(g - g.detach())
 
 
 def scale_locked(depth):
@@ -147,15 +160,26 @@ class GSPLoss(nn.Module):
         logs["loss_smooth"] = loss_s.detach() / NUM_SCALES
         if opt.w_ground > 0:
             plane = ground_plane_depth(Kf, cam2ego.flatten(0, 1), (h, w), opt.ground_height)
-            depth_gr = scale_locked(out["depth"]) if opt.ground_shape_only else out["depth"]
-            if opt.ground_mode == "road":
+            depth_gr = out["depth"]
+            if opt.ground_shape_only:
+                depth_gr = scale_locked(depth_gr)
+            elif opt.ground_scale_only:
+                depth_gr = shape_locked(depth_gr)
+            if opt.ground_mode in ("road", "road_hinge"):
                 if "sem" not in batch:
-                    raise BadData("--ground_mode road reads the road's pixels from the 2D labels: set --use_sem true "
-                                  "and --sem_root (tools/data/occ_to_2d_labels.py makes labels from occupancy)")
+                    raise BadData(f"--ground_mode {opt.ground_mode} reads the road's pixels from the 2D labels: set "
+                                  "--use_sem true and --sem_root (tools/data/occ_to_2d_labels.py makes labels from "
+                                  "occupancy)")
                 sem = F.interpolate(batch["sem"].flatten(0, 1)[:, None].float(), (h, w), mode="nearest")
-                loss_gr, share, off = ground_road(depth_gr, plane, sem == ROAD_ID, opt.ground_max_depth, valid)
+                road = sem == ROAD_ID
+                loss_gr, share, off = ground_road(depth_gr, plane, road, opt.ground_max_depth, valid)
                 logs["ground_road_px"] = share.detach()  # share of the pixels the term holds
                 logs["ground_off"] = off.detach()  # share of them more than 10 % off the plane
+                if opt.ground_mode == "road_hinge":  # the rest below the horizon: no farther than the plane
+                    rest = ~road if valid is None else ~road & (valid > 0)
+                    loss_h, beyond = ground_hinge(depth_gr, plane, opt.ground_margin, rest)
+                    loss_gr = loss_gr + loss_h
+                    logs["ground_beyond"] = beyond.detach()
             else:
                 loss_gr, beyond = ground_hinge(depth_gr, plane, opt.ground_margin, valid)
                 logs["ground_beyond"] = beyond.detach()  # share of the downward pixels beyond the plane's margin

@@ -116,11 +116,21 @@ def test_stage1_road_mode_reads_the_labels_and_refuses_without_them():
     want = (math.log(80.0) - plane[held].log()).mean()
     assert math.isclose(float(logs["loss_ground"]), float(want), rel_tol=1e-5)
     assert float(logs["ground_off"]) == 1.0 and "ground_beyond" not in logs
+    # road_hinge: and the hinge on the other pixels whose ray goes down (all 80 m: beyond the plane x 1.2)
+    _, logs_h, _ = GSPLoss(make_opt("--use_gsp", "false", "--w_ground", "0.5", "--ground_mode", "road_hinge"))(
+        out, motion, dict(batch, sem=sem))
+    rest = torch.isfinite(plane)
+    rest[..., h // 2 + 4:, :] = False  # the rows below are road
+    hinge = (math.log(80.0) - plane[rest].log() - math.log(1.2)).clamp(min=0).mean()
+    assert math.isclose(float(logs_h["loss_ground"]), float(want + hinge), rel_tol=1e-5)
+    assert float(logs_h["ground_beyond"]) == 1.0
 
 
 def test_road_mode_needs_the_labels_option():
     with pytest.raises(ConfigError, match="--ground_mode road on the command line: must be hinge unless --use_sem"):
         options.parse_args(["--stage", "gsp", "--w_ground", "0.5", "--ground_mode", "road"])
+    with pytest.raises(ConfigError, match="--ground_scale_only"):
+        options.parse_args(["--stage", "gsp", "--ground_scale_only", "true", "--ground_shape_only", "true"])
 
 
 def test_eval_reads_stage1_labels_only_when_asked(tmp_path):
@@ -134,3 +144,26 @@ def test_eval_reads_stage1_labels_only_when_asked(tmp_path):
     assert not got.use_sem and got.ground_mode == "road"
     got, _ = load_for_eval(["--ckpt", str(tmp_path / "gsp.pt"), "--use_sem", "true"])
     assert got.use_sem
+
+
+def test_scale_only_ground_term_moves_the_scale_not_the_shape():
+    """--ground_scale_only: along a change of shape with the mean log depth fixed the criterion's gradient is zero;
+    along the map's global log-scale it is not (road pixels at 80 m lie beyond their plane: it shortens)."""
+    batch, motion, out, (b, h, w) = _ring_batch()
+    out["gs_scale"] = torch.full((b * 6, 1, h, w), 0.05)
+    sem = torch.full((b, 6, h, w), 15, dtype=torch.uint8)
+    sem[..., h // 2 + 4:, :] = ROAD_ID
+    field = torch.linspace(-1.0, 1.0, h * w).view(1, 1, h, w)  # a zero-mean change of log depth
+    grads = {}
+    for scale_only in ("false", "true"):
+        g = torch.zeros(b * 6, 1, 1, 1, requires_grad=True)  # log-scale of each map
+        e = torch.zeros(b * 6, 1, 1, 1, requires_grad=True)  # amount of the shape change
+        out["depth"] = torch.full((b * 6, 1, h, w), 80.0) * (g + e * field).exp()
+        loss, logs, _ = GSPLoss(make_opt("--use_gsp", "false", "--w_ground", "1", "--ground_mode", "road",
+                                         "--ground_scale_only", scale_only))(out, motion, dict(batch, sem=sem))
+        assert float(logs["loss_ground"]) > 1.0
+        loss.backward()
+        grads[scale_only] = (g.grad.flatten(), e.grad.flatten())
+    assert (grads["false"][1].abs() > 1e-3).all()  # the full term reshapes the map ...
+    assert grads["true"][1].abs().max() < 1e-6  # ... the scale-only one cannot
+    assert (grads["true"][0] > 1e-3).all() and torch.allclose(grads["true"][0], grads["false"][0], rtol=1e-4)

@@ -53,3 +53,4 @@ def test_rendered_labels_match_the_generators_labels(synth_root, tmp_path, one_t
     # the road's LiDAR points lie on the plane (a flat road; measured: median ratio 1.001, 98 % within 10 %)
     fit = info["road_vs_plane"]
     assert fit["lidar_points"] > 1000 and fit["within_10pct"] > 0.9 and abs(fit["median_plane_over_lidar"] - 1) < 0.05
+    assert abs(fit["road_height_within_10m"]) < 0.03  # the synthetic road is the plane z_ego = 0

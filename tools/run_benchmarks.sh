@@ -369,9 +369,11 @@ stage1-heldout)
         ev old-$sp old $SD $SEM --adjacent $sp --gsp_pose net &
         ev old+align-$sp old $SD $SEM --adjacent $sp --gsp_pose net_solve &
     done
-    [ -n "$FX" ] && ev fixture-keyframe fixture $FXD &
+    # the fixture's 2D labels when it has some (sem_occ: tools/data/occ_to_2d_labels.py): depth error per class
+    FXSEM=""; [ -n "$FX" ] && [ -d "$FX/sem_occ" ] && FXSEM="--use_sem true --sem_root sem_occ"
+    [ -n "$FX" ] && ev fixture-keyframe fixture $FXD $FXSEM &
     FXNAMES=""; [ -z "$FX" ] || FXNAMES=$(echo "${FX_S1_VARIANTS:-}" | sed -n 's/^\([^:][^:]*\):.*/fixture-\1/p')
-    for vn in $FXNAMES; do ev $vn-keyframe $vn $FXD & done
+    for vn in $FXNAMES; do ev $vn-keyframe $vn $FXD $FXSEM & done
     VNAMES=""; [ "$SYN" = 1 ] && VNAMES=$(echo "${S1_VARIANTS:-}" | sed -n 's/^\([^:][^:]*\):.*/\1/p')
     for vn in $VNAMES; do
         for sp in sweep keyframe; do ev $vn-$sp $vn $SD $SEM --adjacent $sp --frame_stride 1 & done  # each spacing as is

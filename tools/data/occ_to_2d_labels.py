@@ -8,7 +8,7 @@ occupancy_depth``) and ``<out>/<sample_token>/<CAM>.png`` is written in this pro
 <out> --sem_format png``. ``<out>/labels_info.json`` says how they were made and how well the road pixels fit the
 road plane: the LiDAR points that fall on a pixel labelled driveable surface, their depth against the depth at
 which that pixel's ray meets the plane z_ego = --ground_height (what ``--ground_mode road`` of stage 1 trains
-towards).
+towards), and the road's height they say (the --ground_height to train with).
 
     python -m tools.data.occ_to_2d_labels --dataroot fixture_pack --version v1.0-mini --occ_root gts_lidar \\
         --depth_root depth_gt --size 180 320 --out fixture_pack/sem_occ
@@ -25,6 +25,7 @@ from PIL import Image
 import options
 from datasets import build_dataset
 from datasets.nuscenes_dataset import CAMS
+from tools.diagnostics.ground_plane_real import ego_heights
 from tools.diagnostics.gsp_landscape_real import lidar_points, occupancy_depth
 from utils.constants import FREE_ID, IGNORE_ID, OCC_CLASSES
 from utils.geometry import ground_plane_depth
@@ -44,16 +45,17 @@ def keyframes(a, split):
 
 
 def road_plane_fit(cls, K, cam2ego, lidar, hw, ground_height):
-    """LiDAR points on road-labelled pixels whose ray goes down: (LiDAR depth, plane depth) arrays."""
+    """LiDAR points on road-labelled pixels whose ray goes down: (LiDAR depth, plane depth, ego height) arrays."""
     plane = ground_plane_depth(K.float(), cam2ego.float(), hw, ground_height)[:, 0]
-    zs, ps = [], []
+    zs, ps, hs = [], [], []
     for c in range(len(cls)):
         z, vv, uu = lidar_points(lidar[c], hw)
         p = plane[c][vv, uu]
         keep = (cls[c][vv, uu] == ROAD) & torch.isfinite(p)
         zs.append(z[keep])
         ps.append(p[keep])
-    return torch.cat(zs), torch.cat(ps)
+        hs.append(ego_heights(z[keep], vv[keep], uu[keep], K[c], cam2ego[c]))
+    return torch.cat(zs), torch.cat(ps), torch.cat(hs)
 
 
 def main(argv=None):
@@ -72,7 +74,7 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     out = Path(a.out)
-    done, counts, z_all, p_all = set(), np.zeros(len(OCC_CLASSES) + 1, np.int64), [], []
+    done, counts, z_all, p_all, h_all = set(), np.zeros(len(OCC_CLASSES) + 1, np.int64), [], [], []
     for split in a.splits:
         ds = keyframes(a, split)
         for i in range(len(ds)):
@@ -91,9 +93,11 @@ def main(argv=None):
             counts += np.bincount(np.where(lab == IGNORE_ID, len(OCC_CLASSES), lab).ravel(),
                                   minlength=len(counts))
             if "depth_gt" in item:
-                z, pl = road_plane_fit(cls, item["K"], item["cam2ego"], item["depth_gt"], a.size, a.ground_height)
+                z, pl, hgt = road_plane_fit(cls, item["K"], item["cam2ego"], item["depth_gt"], a.size,
+                                            a.ground_height)
                 z_all.append(z)
                 p_all.append(pl)
+                h_all.append(hgt)
             print(f"{split} {i + 1}/{len(ds)} {item['token']}", flush=True)
     share = counts / max(counts.sum(), 1)
     info = {"source": "occupancy labels rendered to each camera (first occupied voxel along the ray); an oracle made "
@@ -101,9 +105,11 @@ def main(argv=None):
             "size": list(a.size), "step_m": a.step, "keyframes": len(done),
             "pixel_share": {n: float(s) for n, s in zip(list(OCC_CLASSES) + ["ignore"], share) if s > 0}}
     if z_all:
-        z, pl = torch.cat(z_all).double(), torch.cat(p_all).double()
-        rel = pl / z
+        z, pl, hgt = torch.cat(z_all).double(), torch.cat(p_all).double(), torch.cat(h_all)
+        rel, near = pl / z, z < 10
         info["road_vs_plane"] = {"ground_height": a.ground_height, "lidar_points": int(len(z)),
+                                 # the --ground_height these points say: their median ego height within 10 m
+                                 "road_height_within_10m": float(hgt[near].median()) if near.any() else None,
                                  "median_plane_over_lidar": float(rel.median()),
                                  "within_5pct": float(((rel - 1).abs() <= 0.05).double().mean()),
                                  "within_10pct": float(((rel - 1).abs() <= 0.10).double().mean()),

@@ -53,12 +53,14 @@ def make_model(h, w, mode, use_gsp=True, extra=()):
 
 
 def batch_of(clips, picks):
-    """picks: [(street, k, stride)] -> batch (imgs (B,3,6,3,H,W), K, cam2ego, depth (B,6,1,H,W) exact,
-    motion (B,2,4,4) recorded current -> previous / next ego, computed in float64)."""
+    """picks: [(street, k, stride)] -> batch (imgs (B,3,6,3,H,W), K, cam2ego, depth (B,6,1,H,W) exact, sem (B,6,H,W)
+    exact 2D classes (what --ground_mode road reads), motion (B,2,4,4) recorded current -> previous / next ego,
+    computed in float64)."""
     c = [clips[s] for s, _, _ in picks]
     return {"imgs": torch.stack([x["imgs"][[k - d, k, k + d]] for x, (_, k, d) in zip(c, picks)]),
             "K": torch.stack([x["K"] for x in c]), "cam2ego": torch.stack([x["cam2ego"] for x in c]),
             "depth": torch.stack([x["depth"][k] for x, (_, k, _) in zip(c, picks)]),
+            "sem": torch.stack([x["cls"][k] for x, (_, k, _) in zip(c, picks)]),  # exact 2D classes (255 = sky)
             "motion": torch.stack([torch.stack([ego_motion(x["ego2global"], k, k + o) for o in (-d, d)])
                                    for x, (_, k, d) in zip(c, picks)])}
 
