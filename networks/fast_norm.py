@@ -27,11 +27,13 @@ below 1e3, as after a convolution); y and dx in the input's dtype, computed in f
 autocast torch's group norm runs in float32 and returns float32, so the two agree to bf16 rounding; in float32 they
 agree to float32 rounding (tests/test_speed_options.py).
 """
+import os
 import warnings
 
 import torch
 import torch.nn as nn
 
+from networks import norm_kernels
 from utils.speed import BATCH_NORM_IMPLS, GROUP_NORM_IMPLS  # the choices of --group_norm_impl, --batch_norm_impl
 
 
@@ -52,7 +54,7 @@ _OUT_DTYPE = [True]  # whether torch.bmm takes out_dtype (set False at its first
 def _mm_acc(a, b):
     """Batched a @ b (S, m, k) x (S, k, n) with the accumulation dtype's result: bf16 / fp16 on CUDA through the
     tensor cores, accumulated and returned in float32 (torch's ``out_dtype``); otherwise in float32 (float64 for
-    float64 inputs)."""
+    float64 inputs; on the CPU computed in float64)."""
     acc = _acc_dtype(a)
     if a.is_cuda and a.dtype in (torch.bfloat16, torch.float16) and _OUT_DTYPE[0]:
         try:
@@ -61,6 +63,9 @@ def _mm_acc(a, b):
             _OUT_DTYPE[0] = False
             warnings.warn(f"--*_norm_impl gemm: torch.bmm(out_dtype=float32) is not available here ({err}); the "
                           "sums run on float32 copies of the volume (correct, slower)")
+    if not a.is_cuda:  # the CPU's float32 bmm sums each long row in order (an error of up to ~1e-3 after the norms'
+        # cancellation, seen with torch 2.14): float64 there, rounded to the accumulation dtype
+        return torch.bmm(a.double(), b.double()).to(acc)
     return torch.bmm(a.to(acc), b.to(acc))
 
 
@@ -81,6 +86,12 @@ def _chunks(x_b, channels_last):
         main = cols[:, :S * GEMM_CHUNK].view(C, S, GEMM_CHUNK).transpose(0, 1) if S else None
         rest = cols[:, S * GEMM_CHUNK:][None] if M % GEMM_CHUNK else None
     return [m for m in (main, rest) if m is not None]
+
+
+def _like(t, x):
+    """t in x's dtype and memory layout (no copy when it already is)."""
+    fmt = torch.channels_last_3d if _is_channels_last(x) else torch.contiguous_format
+    return t.to(x.dtype).contiguous(memory_format=fmt)
 
 
 def _is_channels_last(x):
@@ -105,26 +116,50 @@ def channel_sums_gemm(u, v):
     return s1, s2
 
 
-def _sums(x, gemm):
+def _fused(x, mode):
+    """Whether ``mode`` fused runs its Triton kernels on x (networks/norm_kernels.py): a CUDA volume (or any, in
+    Triton's interpreter) contiguous or channels_last_3d; otherwise the torch operators of ``parallel`` serve."""
+    return (mode == "fused" and norm_kernels.available() and norm_kernels.volume_layout(x) is not None
+            and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"))
+
+
+def _sums(x, mode):
     """Per (sample, channel): sum x and sum x^2 (see the module docstring)."""
-    if gemm:
+    if mode == "gemm":
         return channel_sums_gemm(x, x)
+    if _fused(x, mode):
+        return norm_kernels.channel_moments(x)
     dims, acc = tuple(range(2, x.dim())), _acc_dtype(x)
     return x.sum(dim=dims, dtype=acc), torch.linalg.vector_norm(x, 2, dim=dims, dtype=acc).square()
 
 
-def _grad_sums(dy, x, gemm):
+def _grad_sums(dy, x, mode):
     """Per (sample, channel): sum dy and sum dy x (exact float32 products of bf16 values)."""
-    if gemm:
+    if mode == "gemm":
         return channel_sums_gemm(dy, x)
+    if _fused(x, mode):
+        return norm_kernels.channel_moments(dy, x)
     dims, acc = tuple(range(2, x.dim())), _acc_dtype(x)
     zero = torch.zeros(1, x.shape[1], *([1] * len(dims)), dtype=acc, device=x.device)
     return dy.sum(dim=dims, dtype=acc), torch.addcmul(zero, dy, x).sum(dim=dims)
 
 
-def _affine_grad_input(x, dy, a, k, m):
+def _affine(x, scale, shift, mode):
+    """y = x scale + shift (per-(sample, channel) coefficients (B, C) in the accumulation dtype), in x's dtype and
+    layout, rounded once."""
+    if _fused(x, mode):
+        return norm_kernels.channel_affine(x, scale, shift)
+    y = torch.empty_like(x)
+    torch.addcmul(_per_channel(shift, x.dim()), x, _per_channel(scale, x.dim()), out=y)
+    return y
+
+
+def _affine_grad_input(x, dy, a, k, m, mode):
     """dx = a dy + k x + m (per-(sample, channel) coefficients (B, C) in the accumulation dtype), in x's dtype and
     layout, rounded once."""
+    if _fused(x, mode):
+        return norm_kernels.channel_affine2(dy, x, a, k, m)
     t = torch.addcmul(_per_channel(m, x.dim()), x, _per_channel(k, x.dim()))  # in acc
     dx = torch.empty_like(x)
     torch.addcmul(t, dy, _per_channel(a, x.dim()), out=dx)
@@ -135,12 +170,12 @@ class _GroupNorm(torch.autograd.Function):
     """group_norm(x (B, C, *spatial), weight (C,) or None, bias (C,) or None) with float32 statistics."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, groups, eps, gemm=False):
+    def forward(ctx, x, weight, bias, groups, eps, mode="parallel"):
         with torch.autocast(x.device.type, enabled=False), torch.profiler.record_function("fast_norm::group_norm"):
             B, C = x.shape[:2]
             n = x[0, 0].numel() * (C // groups)  # elements of one group
             acc = _acc_dtype(x)
-            s1, s2 = _sums(x, gemm)  # (B, C)
+            s1, s2 = _sums(x, mode)  # (B, C)
             mean = s1.view(B, groups, -1).sum(-1) / n  # (B, G)
             var = (s2.view(B, groups, -1).sum(-1) / n - mean * mean).clamp(min=0)
             rstd = torch.rsqrt(var + eps)
@@ -150,10 +185,9 @@ class _GroupNorm(torch.autograd.Function):
             shift = -mean.repeat_interleave(C // groups, 1) * scale
             if bias is not None:
                 shift = shift + bias.to(acc)
-            y = torch.empty_like(x)
-            torch.addcmul(_per_channel(shift, x.dim()), x, _per_channel(scale, x.dim()), out=y)
+            y = _affine(x, scale, shift, mode)
         ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.groups, ctx.n, ctx.has_bias, ctx.gemm = groups, n, bias is not None, gemm
+        ctx.groups, ctx.n, ctx.has_bias, ctx.mode = groups, n, bias is not None, mode
         return y
 
     @staticmethod
@@ -163,9 +197,9 @@ class _GroupNorm(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             B, C = x.shape[:2]
             cg = C // G
-            dy = dy.to(x.dtype)
+            dy = _like(dy, x)
             acc = _acc_dtype(x)
-            s1, s2 = _grad_sums(dy, x, ctx.gemm)  # (B, C): sum of dy, sum of dy x
+            s1, s2 = _grad_sums(dy, x, ctx.mode)  # (B, C): sum of dy, sum of dy x
             mean_c, rstd_c = mean.repeat_interleave(cg, 1), rstd.repeat_interleave(cg, 1)
             dxhat = rstd_c * (s2 - mean_c * s1)  # (B, C): sum of dy x_hat
             g = weight.to(acc) if weight is not None else torch.ones(C, dtype=acc, device=x.device)
@@ -175,35 +209,45 @@ class _GroupNorm(torch.autograd.Function):
             m = -rstd * a_sum / n - k * mean
             dx = None
             if ctx.needs_input_grad[0]:
-                dx = _affine_grad_input(x, dy, rstd_c * g, k.repeat_interleave(cg, 1), m.repeat_interleave(cg, 1))
+                dx = _affine_grad_input(x, dy, rstd_c * g, k.repeat_interleave(cg, 1), m.repeat_interleave(cg, 1),
+                                        ctx.mode)
             dw = dxhat.sum(0).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
             db = s1.sum(0).to(weight.dtype if weight is not None else x.dtype) \
                 if ctx.has_bias and ctx.needs_input_grad[2] else None
         return dx, dw, db, None, None, None
 
 
-def group_norm(x, groups, weight=None, bias=None, eps=1e-5, gemm=False):
+def group_norm(x, groups, weight=None, bias=None, eps=1e-5, mode="parallel"):
     """torch.nn.functional.group_norm(x, groups, weight, bias, eps) for x (B, C, *spatial), through reductions
-    over the voxels of each (sample, channel) (``gemm``: as matrix products; see the module docstring);
-    differentiable w.r.t. x, weight, bias."""
+    over the voxels of each (sample, channel) (``mode`` gemm: as matrix products; fused: Triton kernels on CUDA;
+    see the module docstring); differentiable w.r.t. x, weight, bias."""
     if x.shape[1] % groups:
         raise ValueError(f"{x.shape[1]} channels do not split into {groups} groups")
-    return _GroupNorm.apply(x, weight, bias, groups, eps, gemm)
+    if mode not in ("parallel", "gemm", "fused"):
+        raise ValueError(f"unknown group norm mode {mode!r}")
+    return _GroupNorm.apply(x, weight, bias, groups, eps, mode)
 
 
 class ParallelGroupNorm(nn.GroupNorm):
     """nn.GroupNorm (same parameters and state dict) whose forward is ``group_norm`` above."""
 
-    gemm = False
+    mode = "parallel"
 
     def forward(self, x):
-        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps, self.gemm)
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps, self.mode)
 
 
 class GemmGroupNorm(ParallelGroupNorm):
     """ParallelGroupNorm with its sums as matrix products (``--group_norm_impl gemm``)."""
 
-    gemm = True
+    mode = "gemm"
+
+
+class FusedGroupNorm(ParallelGroupNorm):
+    """ParallelGroupNorm with each pass one Triton kernel on CUDA (``--group_norm_impl fused``;
+    networks/norm_kernels.py); the torch operators of ``parallel`` elsewhere."""
+
+    mode = "fused"
 
 
 def make_group_norm(groups, channels, impl="torch"):
@@ -211,7 +255,8 @@ def make_group_norm(groups, channels, impl="torch"):
     (--group_norm_impl)."""
     if impl not in GROUP_NORM_IMPLS:
         raise ValueError(f"unknown group norm implementation {impl!r} (expected {' or '.join(GROUP_NORM_IMPLS)})")
-    return {"torch": nn.GroupNorm, "parallel": ParallelGroupNorm, "gemm": GemmGroupNorm}[impl](groups, channels)
+    return {"torch": nn.GroupNorm, "parallel": ParallelGroupNorm, "gemm": GemmGroupNorm,
+            "fused": FusedGroupNorm}[impl](groups, channels)
 
 
 class _BatchNormTrain(torch.autograd.Function):
@@ -219,21 +264,20 @@ class _BatchNormTrain(torch.autograd.Function):
     returns (y, mean (C,), biased variance (C,)) (the last two for the running statistics, not differentiated)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps):
+    def forward(ctx, x, weight, bias, eps, mode="gemm"):
         with torch.autocast(x.device.type, enabled=False), torch.profiler.record_function("fast_norm::batch_norm"):
             C = x.shape[1]
             n = x.numel() // C  # elements of one channel
             acc = _acc_dtype(x)
-            s1, s2 = (s.sum(0) for s in _sums(x, True))  # (C,)
+            s1, s2 = (s.sum(0) for s in _sums(x, mode))  # (C,)
             mean = s1 / n
             var = (s2 / n - mean * mean).clamp(min=0)
             rstd = torch.rsqrt(var + eps)
             scale = rstd * weight.to(acc) if weight is not None else rstd
             shift = -mean * scale + (bias.to(acc) if bias is not None else 0)
-            y = torch.empty_like(x)
-            torch.addcmul(_per_channel(shift[None], x.dim()), x, _per_channel(scale[None], x.dim()), out=y)
+            y = _affine(x, scale[None], shift[None], mode)
         ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.n, ctx.has_bias = n, bias is not None
+        ctx.n, ctx.has_bias, ctx.mode = n, bias is not None, mode
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
@@ -243,19 +287,19 @@ class _BatchNormTrain(torch.autograd.Function):
         n = ctx.n
         with torch.autocast(x.device.type, enabled=False):
             C = x.shape[1]
-            dy = dy.to(x.dtype)
+            dy = _like(dy, x)
             acc = _acc_dtype(x)
-            s1, s2 = (s.sum(0) for s in _grad_sums(dy, x, True))  # (C,): sum of dy, sum of dy x
+            s1, s2 = (s.sum(0) for s in _grad_sums(dy, x, ctx.mode))  # (C,): sum of dy, sum of dy x
             dxhat = rstd * (s2 - mean * s1)  # sum of dy x_hat
             g = weight.to(acc) if weight is not None else torch.ones(C, dtype=acc, device=x.device)
             a = g * rstd  # dx = a dy + k (x - mean) - a s1 / n
             k = -a * rstd * dxhat / n
             m = -a * s1 / n - k * mean
-            dx = _affine_grad_input(x, dy, a[None], k[None], m[None]) if ctx.needs_input_grad[0] else None
+            dx = _affine_grad_input(x, dy, a[None], k[None], m[None], ctx.mode) if ctx.needs_input_grad[0] else None
             dw = dxhat.to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
             db = s1.to(weight.dtype if weight is not None else x.dtype) \
                 if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return dx, dw, db, None
+        return dx, dw, db, None, None
 
 
 class GemmBatchNorm3d(nn.BatchNorm3d):
@@ -264,12 +308,14 @@ class GemmBatchNorm3d(nn.BatchNorm3d):
     (momentum, or a cumulative average with momentum None; the unbiased variance). In eval mode, or without
     running statistics to use, torch's own batch norm (elementwise with the stored statistics)."""
 
+    mode = "gemm"
+
     def forward(self, x):
         self._check_input_dim(x)
         if not self.training and self.track_running_stats:
             return super().forward(x)
         y, mean, var = _BatchNormTrain.apply(x, self.weight if self.affine else None,
-                                             self.bias if self.affine else None, self.eps)
+                                             self.bias if self.affine else None, self.eps, self.mode)
         if self.training and self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -281,13 +327,22 @@ class GemmBatchNorm3d(nn.BatchNorm3d):
         return y
 
 
+class FusedBatchNorm3d(GemmBatchNorm3d):
+    """GemmBatchNorm3d with each pass one Triton kernel on CUDA (``--batch_norm_impl fused``;
+    networks/norm_kernels.py); the torch operators of the parallel group norm elsewhere."""
+
+    mode = "fused"
+
+
 def convert_batch_norm(module, impl="torch"):
-    """``module`` with every nn.BatchNorm3d made a GemmBatchNorm3d for ``impl`` gemm (the same parameters and
-    buffers, in place; SyncBatchNorm and other norms untouched); ``impl`` torch leaves it as it is."""
+    """``module`` with every nn.BatchNorm3d made a GemmBatchNorm3d for ``impl`` gemm, a FusedBatchNorm3d for fused
+    (the same parameters and buffers, in place; SyncBatchNorm and other norms untouched); ``impl`` torch leaves it
+    as it is."""
     if impl not in BATCH_NORM_IMPLS:
         raise ValueError(f"unknown batch norm implementation {impl!r} (expected {' or '.join(BATCH_NORM_IMPLS)})")
-    if impl == "gemm":
+    cls = {"gemm": GemmBatchNorm3d, "fused": FusedBatchNorm3d}.get(impl)
+    if cls is not None:
         for m in module.modules():
             if type(m) is nn.BatchNorm3d:
-                m.__class__ = GemmBatchNorm3d
+                m.__class__ = cls
     return module

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import networks.fast_norm as fast_norm
-from networks.fast_norm import GemmBatchNorm3d, GemmGroupNorm, ParallelGroupNorm, convert_batch_norm, group_norm
+from networks.fast_norm import (FusedBatchNorm3d, FusedGroupNorm, GemmBatchNorm3d, GemmGroupNorm, ParallelGroupNorm,
+                                convert_batch_norm, group_norm)
 from networks.lift_gather import lift_features_gather
 from networks.occ_net import VoxelGrid, lift_features
 from utils.rasterizer import rasterize
@@ -205,11 +206,12 @@ def test_zsq_is_float32_under_autocast():
 
 def speed_opts(*extra, **flags):
     """tiny_opt with the speed options of issue 20 set (all of them with all=True; norms="gemm": the group and the
-    batch norms with their sums as matrix products)."""
+    batch norms with their sums as matrix products; "fused": both through networks/norm_kernels.py, which on the CPU
+    fall back to the torch operators: the options' plumbing)."""
     on, norms = flags.get("all", False), flags.get("norms", "parallel")
     args = ["--group_norm_impl", norms, "--lift_impl", "gather", "--raster_zsq", "moments"] if on else []
-    if on and norms == "gemm":
-        args += ["--batch_norm_impl", "gemm"]
+    if on and norms in ("gemm", "fused"):
+        args += ["--batch_norm_impl", norms]
     return tiny_opt(*extra, *args)
 
 
@@ -220,7 +222,7 @@ def to_channels_last_3d(net):
         part.to(memory_format=torch.channels_last_3d)
 
 
-@pytest.mark.parametrize("norms", ["parallel", "gemm"])
+@pytest.mark.parametrize("norms", ["parallel", "gemm", "fused"])
 @pytest.mark.parametrize("net", ["residual", "hourglass"])
 def test_training_step_with_every_option_matches(net, norms):
     """The first training step of GSVModel (this project's residual decoder with group norm and the visibility
@@ -234,8 +236,9 @@ def test_training_step_with_every_option_matches(net, norms):
     for on in (False, True):
         torch.manual_seed(0)
         model = GSVModel(speed_opts(*extra, all=on, norms=norms)).train()
-        gemm_norms = [m for m in model.modules() if isinstance(m, (GemmBatchNorm3d, GemmGroupNorm))]
-        assert len(gemm_norms) == (0 if not on or norms != "gemm" else 27 if net == "hourglass" else 3)  # 1 block
+        kinds = {"gemm": (GemmBatchNorm3d, GemmGroupNorm), "fused": (FusedBatchNorm3d, FusedGroupNorm)}
+        made = [m for m in model.modules() if type(m) in kinds.get(norms, ())]
+        assert len(made) == (0 if not on or norms == "parallel" else 27 if net == "hourglass" else 3)  # 1 block
         if on:
             to_channels_last_3d(model.occ_net)
         loss, logs, _ = model(make_batch())

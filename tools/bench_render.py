@@ -123,6 +123,8 @@ def build_parser():
                    help="the old path, all options and the priority-1 variants are timed this many times in turn "
                         "(round 1 is the full pass; each later round runs them again in the same order); step s = "
                         "median of the rounds' medians, so that drift of the GPU between variants cancels")
+    g.add_argument("--speed_variants", type=str, default=None,
+                   help="variant names separated by ';' to time besides old and all (default: every variant)")
     p.add_argument("--no_plot", action="store_true", help="do not write bench_render.png")
     return p
 
@@ -143,6 +145,12 @@ def resolve_args(argv=None):
     args.step_iters = args.step_iters or (4 if q else 24)
     args.step_workers = args.step_workers if args.step_workers is not None else (0 if q else 4)
     args.speed_budget = args.speed_budget or (60.0 if q else 480.0)
+    if args.speed_variants:
+        from tools.bench.speed_compare import VARIANTS
+        args.speed_variants = [v.strip() for v in args.speed_variants.split(";") if v.strip()]
+        unknown = [v for v in args.speed_variants if v not in {x[0] for x in VARIANTS}]
+        if unknown:
+            raise SystemExit(f"--speed_variants: unknown {unknown}; choose from {', '.join(x[0] for x in VARIANTS)}")
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in args.methods:
         if m not in METHODS:

@@ -16,7 +16,8 @@ GPU; each computes the same function as the default, tests/test_speed_options.py
   channel in one thread block);
 * ``group_norm_impl parallel``: the residual decoder's group norms through whole-GPU reductions
   (networks/fast_norm.py); ``gemm``: the same with their sums as matrix products, and ``batch_norm_impl gemm`` the
-  authors' batch norms so (not measured on a GPU yet);
+  authors' batch norms so (measured slower); ``fused`` (both): each statistic pass and each elementwise pass one
+  Triton kernel (networks/norm_kernels.py; the torch operators of ``parallel`` where Triton cannot run);
 * ``lift_impl gather``: the lifting as one weighted gather, channels-last (networks/lift_gather.py);
 * ``raster_zsq moments``: sum_i w_i z_i^2 of the depth-spread term from 9 moment channels shared by the cameras
   instead of per-camera copies of every feature (utils/rasterizer.py);
@@ -29,8 +30,8 @@ import torch
 
 from utils.cli import str2bool
 
-GROUP_NORM_IMPLS = ("torch", "parallel", "gemm")  # --group_norm_impl: networks/fast_norm.py implements them
-BATCH_NORM_IMPLS = ("torch", "gemm")  # --batch_norm_impl: the same
+GROUP_NORM_IMPLS = ("torch", "parallel", "gemm", "fused")  # --group_norm_impl: networks/fast_norm.py implements them
+BATCH_NORM_IMPLS = ("torch", "gemm", "fused")  # --batch_norm_impl: the same
 STAGE_PREFIX = "stage::"
 
 
@@ -59,11 +60,13 @@ def add_args(parser):
     g.add_argument("--group_norm_impl", type=str, default="parallel", choices=GROUP_NORM_IMPLS,
                    help="residual decoder's group norm: torch (nn.GroupNorm), parallel (networks/fast_norm.py: the "
                         "same function through whole-GPU reductions, any layout, output in the input's dtype) or "
-                        "gemm (the same with its sums as tensor-core matrix products)")
+                        "gemm (the same with its sums as tensor-core matrix products) or fused (the same, each pass "
+                        "one Triton kernel on CUDA: networks/norm_kernels.py)")
     g.add_argument("--batch_norm_impl", type=str, default="torch", choices=BATCH_NORM_IMPLS,
                    help="the authors' hourglass's batch norms in training: torch (nn.BatchNorm3d) or gemm "
                         "(networks/fast_norm.py: the batch statistics as tensor-core matrix products; same "
-                        "parameters, buffers and running statistics)")
+                        "parameters, buffers and running statistics) or fused (the same, each pass one Triton "
+                        "kernel on CUDA)")
     g.add_argument("--lift_impl", type=str, default="gather", choices=["grid_sample", "gather"],
                    help="stage-2 lifting: grid_sample per camera, or gather (one embedding_bag over a channels-last "
                         "table of the feature maps, the same average; networks/lift_gather.py)")

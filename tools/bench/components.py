@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from networks.fast_norm import GemmBatchNorm3d, GemmGroupNorm, ParallelGroupNorm
+from networks.fast_norm import FusedBatchNorm3d, FusedGroupNorm, GemmBatchNorm3d, GemmGroupNorm, ParallelGroupNorm
 from networks.lift_gather import lift_features_gather
 from networks.occ_net import VoxelGrid, lift_features
 from tools.bench.scene import rig_cameras
@@ -135,7 +135,7 @@ def norm_cases(device, quick, reps):
     rows = [_case("norm", "group norm, torch (autocast float32), NCDHW", gn(torch.nn.GroupNorm,
                                                                            torch.contiguous_format), device, reps,
                   bytes_fwd=2 * nbytes, bytes_bwd=3 * nbytes)]
-    for impl, cls in (("parallel", ParallelGroupNorm), ("gemm", GemmGroupNorm)):
+    for impl, cls in (("parallel", ParallelGroupNorm), ("gemm", GemmGroupNorm), ("fused", FusedGroupNorm)):
         for name, fmt in (("NCDHW", torch.contiguous_format), ("NDHWC", CL3D)):
             rows.append(_case("norm", f"group norm, {impl}, {name}", gn(cls, fmt), device, reps,
                               rows[0], 2 * nbytes, 3 * nbytes))
@@ -143,9 +143,10 @@ def norm_cases(device, quick, reps):
                    bytes_fwd=2 * nbytes, bytes_bwd=3 * nbytes)
     rows.append(bn_ref)
     rows.append(_case("norm", "batch norm, torch, NDHWC", bn(CL3D), device, reps, bn_ref, 2 * nbytes, 3 * nbytes))
-    for name, fmt in (("NCDHW", torch.contiguous_format), ("NDHWC", CL3D)):
-        rows.append(_case("norm", f"batch norm, gemm, {name}", bn(fmt, GemmBatchNorm3d), device, reps, bn_ref,
-                          2 * nbytes, 3 * nbytes))
+    for impl, cls in (("gemm", GemmBatchNorm3d), ("fused", FusedBatchNorm3d)):
+        for name, fmt in (("NCDHW", torch.contiguous_format), ("NDHWC", CL3D)):
+            rows.append(_case("norm", f"batch norm, {impl}, {name}", bn(fmt, cls), device, reps, bn_ref,
+                              2 * nbytes, 3 * nbytes))
     rows.append(_case("norm", "elementwise reference: x * 2 (one read, one write)", scale, device, reps,
                       bytes_fwd=2 * nbytes, bytes_bwd=2 * nbytes))
     return rows

@@ -61,6 +61,8 @@ VARIANTS = [
     ("all +unpacked", {**OLD, **ALL_ON, "gsplat_packed": False}, None, 3),
     # the norms' sums as tensor-core matrix products (networks/fast_norm.py), over the option defaults
     ("defaults +gemm norms", {**OLD, **ALL_ON, "group_norm_impl": "gemm", "batch_norm_impl": "gemm"}, None, 1),
+    # each norm pass one Triton kernel (networks/norm_kernels.py), over the option defaults
+    ("defaults +fused norms", {**OLD, **ALL_ON, "group_norm_impl": "fused", "batch_norm_impl": "fused"}, None, 1),
     # the photometric error and the smoothness through torch.compile (utils/losses.py), over the option defaults
     ("defaults +compiled loss", {**OLD, **ALL_ON, "compile_loss": True}, None, 1),
     ("all +compile", {**OLD, **ALL_ON, "compile": True}, None, 4),
@@ -87,6 +89,9 @@ def plan(args, max_priority=None):
                 if p != prio or (only is not None and net not in only):
                     continue
                 if settings.get("compile") and not args.step_compile:
+                    continue
+                wanted = getattr(args, "speed_variants", None)
+                if wanted and name not in ("old", "all") and name not in wanted:
                     continue
                 out.append((net, name, settings))
     return out

@@ -1,0 +1,112 @@
+"""--group_norm_impl fused / --batch_norm_impl fused: the Triton kernels of networks/norm_kernels.py compute what
+torch's norms compute (values and gradients, both layouts, float32 and bf16). Without a GPU they run in Triton's
+interpreter (TRITON_INTERPRET=1, read when the kernels are defined: hence a fresh process); where Triton is
+missing the tests skip and the fused norms fall back to the torch operators (checked here too)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from networks import norm_kernels
+from networks.fast_norm import FusedBatchNorm3d, FusedGroupNorm, convert_batch_norm, make_group_norm
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = textwrap.dedent("""
+    import json, torch
+    from networks import norm_kernels as nk
+    from networks.fast_norm import FusedBatchNorm3d, FusedGroupNorm
+
+    def rel(a, b):
+        a, b = a.detach().double(), b.detach().double()
+        return float((a - b).norm() / b.norm().clamp(min=1e-30))
+
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for fmt_name, fmt in (("ncdhw", torch.contiguous_format), ("ndhwc", torch.channels_last_3d)):
+        # the kernels alone: 37 channels (two channel chunks, the second partial), 1100 voxels (3 blocks, a rest)
+        u = torch.randn(2, 37, 10, 11, 10, generator=g).contiguous(memory_format=fmt)
+        v = torch.randn(u.shape, generator=g).contiguous(memory_format=fmt)
+        a, b, k = (torch.randn(2, 37, generator=g) for _ in range(3))
+        s1, s2 = nk.channel_moments(u, v)
+        q1, q2 = nk.channel_moments(u)
+        e = lambda t: t[..., None, None, None]
+        y1 = nk.channel_affine(u, a, b)
+        y2 = nk.channel_affine2(u, v, a, k, b)
+        out[fmt_name + " kernels"] = [rel(s1, u.double().sum((2, 3, 4))), rel(s2, (u.double() * v).sum((2, 3, 4))),
+                                      rel(q2, (u.double() ** 2).sum((2, 3, 4))), rel(y1, e(a) * u + e(b)),
+                                      rel(y2, e(a) * u + e(k) * v + e(b)),
+                                      float(y1.is_contiguous(memory_format=fmt) and y2.is_contiguous(memory_format=fmt))]
+        for dtype in (torch.float32, torch.bfloat16):
+            for name, ref, new in (("group", torch.nn.GroupNorm(4, 16), FusedGroupNorm(4, 16)),
+                                   ("batch", torch.nn.BatchNorm3d(16), FusedBatchNorm3d(16))):
+                with torch.no_grad():
+                    ref.weight.copy_(torch.randn(16, generator=g)); ref.bias.copy_(torch.randn(16, generator=g))
+                ref = ref.double()
+                new.load_state_dict(ref.state_dict())
+                x = (torch.randn(2, 16, 9, 7, 5, generator=g) * 3 + 15).to(dtype).contiguous(memory_format=fmt)
+                dy = torch.randn(x.shape, generator=g).to(dtype)
+                xr, x = x.double().requires_grad_(), x.requires_grad_()
+                yr = ref(xr)
+                (yr * dy.double()).sum().backward()
+                y = new(x)
+                (y * dy).sum().backward()
+                r = [rel(y, yr), rel(x.grad, xr.grad), rel(new.weight.grad, ref.weight.grad),
+                     rel(new.bias.grad, ref.bias.grad),
+                     float(y.dtype == dtype and y.is_contiguous(memory_format=fmt)
+                           and x.grad.is_contiguous(memory_format=fmt))]
+                if name == "batch":
+                    r += [rel(new.running_mean, ref.running_mean), rel(new.running_var, ref.running_var)]
+                out[f"{fmt_name} {name} {str(dtype)[6:]}"] = r
+    print("RESULT " + json.dumps(out))
+""")
+
+
+@pytest.mark.skipif(not norm_kernels.available(), reason="triton is not installed")
+def test_fused_norms_match_torch_in_the_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=REPO)
+    r = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import json
+    out = json.loads(r.stdout.split("RESULT ", 1)[1])
+    assert len(out) == 10
+    for key, vals in out.items():
+        if key.endswith("kernels"):
+            *errs, layout_kept = vals
+            assert layout_kept == 1.0, key
+            assert max(errs) < 1e-6, (key, errs)  # float32 sums and products of float32 values
+            continue
+        # bf16: the output and gradient rounded once to bf16 (the interpreter truncates: 2^-8 relative at most)
+        tol = 1e-5 if "float32" in key else 1e-2
+        assert vals[4] == 1.0, key  # dtype and layout kept
+        assert max(vals[:4]) < tol, (key, vals)
+        if "batch" in key:
+            assert max(vals[5:]) < 1e-5, (key, vals)
+
+
+def test_fused_falls_back_to_torch_operators_on_the_cpu():
+    """Outside CUDA (and the interpreter) the fused norms are the parallel ones: the same function as torch's."""
+    torch.manual_seed(0)
+    ref = torch.nn.GroupNorm(2, 6).double()
+    new = make_group_norm(2, 6, "fused").double()
+    assert isinstance(new, FusedGroupNorm)
+    new.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 6, 3, 4, 5, dtype=torch.float64)
+    assert torch.allclose(new(x), ref(x), atol=1e-12)
+    bn = torch.nn.Sequential(torch.nn.BatchNorm3d(6))
+    convert_batch_norm(bn, "fused")
+    assert type(bn[0]) is FusedBatchNorm3d
+    ref_bn = torch.nn.BatchNorm3d(6).double()
+    assert torch.allclose(bn.double()(x), ref_bn(x), atol=1e-10)
+
+
+def test_kernels_refuse_other_layouts():
+    if not norm_kernels.available():
+        pytest.skip("triton is not installed")
+    x = torch.randn(1, 4, 3, 5, 6).permute(0, 1, 3, 2, 4)  # neither contiguous nor channels_last_3d
+    assert norm_kernels.volume_layout(x) is None
+    with pytest.raises(ValueError, match="contiguous or channels_last_3d"):
+        norm_kernels.channel_moments(x)
