@@ -42,7 +42,7 @@ from utils.checkpoint import (load_checkpoint, load_model_state, load_resume_che
                               remove_partial_files, require_stage, save_checkpoint)
 from utils.errors import ConfigError, RunBusy, disk_full_cause, message
 from utils.rng import rng_state, set_rng_state
-from utils.speed import make_optimizer, prepare_model
+from utils.speed import autocast_cache, make_optimizer, prepare_model
 from utils.throughput import Throughput, timed_batches
 from utils.vis import training_pictures
 
@@ -425,7 +425,7 @@ class Trainer:
         if hasattr(self.model, "set_step"):  # schedules inside the criterion; its log-only statistics
             self.model.set_step(self.step, log=log_now)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+                            enabled=self.amp_dtype is not None, cache_enabled=autocast_cache(opt)):
             loss, logs, outputs = self.net(batch)
         # The backward is queued before the host waits for anything (one wait a step, for the checks below): the GPU
         # runs the forward while the CPU queues the backward. A non-finite loss's NaN gradients are dropped by _skip.

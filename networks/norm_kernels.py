@@ -47,61 +47,71 @@ def volume_layout(x):
 if triton is not None:
     @triton.jit
     def _moments_kernel(u_ptr, v_ptr, s1_ptr, s2_ptr, C, M, s_b, s_c, s_m, nblk,
-                        BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, SAME: tl.constexpr):
-        # program (b, j): voxels [j BLOCK_M, (j+1) BLOCK_M) of sample b, every channel in chunks of BLOCK_C;
-        # partial sums to s1 / s2 at [(b nblk + j) C + c]
+                        BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, ITERS: tl.constexpr, SAME: tl.constexpr):
+        # program (b, j): voxels [j ITERS BLOCK_M, (j+1) ITERS BLOCK_M) of sample b, every channel in chunks of
+        # BLOCK_C, summed in registers; partial sums to s1 / s2 at [(b nblk + j) C + c]
         b = tl.program_id(0).to(tl.int64)
         j = tl.program_id(1).to(tl.int64)
-        offs_m = j * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-        mask_m = offs_m < M
         for c0 in range(0, C, BLOCK_C):
             offs_c = c0 + tl.arange(0, BLOCK_C).to(tl.int64)
             mask_c = offs_c < C
-            idx = b * s_b + offs_c[None, :] * s_c + offs_m[:, None] * s_m
-            mask = mask_m[:, None] & mask_c[None, :]
-            u = tl.load(u_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-            if SAME:
-                v = u
-            else:
-                v = tl.load(v_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+            acc1 = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+            acc2 = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
+            for i in range(ITERS):
+                offs_m = (j * ITERS + i) * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
+                idx = b * s_b + offs_c[None, :] * s_c + offs_m[:, None] * s_m
+                mask = (offs_m < M)[:, None] & mask_c[None, :]
+                u = tl.load(u_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+                if SAME:
+                    v = u
+                else:
+                    v = tl.load(v_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+                acc1 += u
+                acc2 += u * v
             out = (b * nblk + j) * C + offs_c
-            tl.store(s1_ptr + out, tl.sum(u, axis=0), mask=mask_c)
-            tl.store(s2_ptr + out, tl.sum(u * v, axis=0), mask=mask_c)
+            tl.store(s1_ptr + out, tl.sum(acc1, axis=0), mask=mask_c)
+            tl.store(s2_ptr + out, tl.sum(acc2, axis=0), mask=mask_c)
 
     @triton.jit
-    def _affine_kernel(x_ptr, y_ptr, a_ptr, b_ptr, n, C, M, CL: tl.constexpr, BLOCK: tl.constexpr):
-        # y = a[bc] x + b[bc] over the flat storage; bc = sample * C + channel of each element
-        pid = tl.program_id(0).to(tl.int64)
-        offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-        mask = offs < n
+    def _coef_index(j, C: tl.constexpr, M, CL: tl.constexpr, BLOCK: tl.constexpr):
+        # (offsets within the sample's C M elements, channel of each) for block j; int32 arithmetic (a sample's
+        # volume is below 2^31 elements: channel_affine checks) so that no element pays for an int64 division
+        local = j * BLOCK + tl.arange(0, BLOCK)
         if CL:
-            bc = (offs // (M * C)) * C + offs % C
+            c = local % C
         else:
-            bc = offs // M
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        a = tl.load(a_ptr + bc, mask=mask, other=0.0)
-        c = tl.load(b_ptr + bc, mask=mask, other=0.0)
-        tl.store(y_ptr + offs, (x * a + c).to(y_ptr.dtype.element_ty), mask=mask)
+            c = local // M
+        return local, c
 
     @triton.jit
-    def _affine2_kernel(u_ptr, v_ptr, y_ptr, a_ptr, k_ptr, m_ptr, n, C, M, CL: tl.constexpr, BLOCK: tl.constexpr):
-        # y = a[bc] u + k[bc] v + m[bc]
-        pid = tl.program_id(0).to(tl.int64)
-        offs = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-        mask = offs < n
-        if CL:
-            bc = (offs // (M * C)) * C + offs % C
-        else:
-            bc = offs // M
-        u = tl.load(u_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        a = tl.load(a_ptr + bc, mask=mask, other=0.0)
-        k = tl.load(k_ptr + bc, mask=mask, other=0.0)
-        m = tl.load(m_ptr + bc, mask=mask, other=0.0)
-        tl.store(y_ptr + offs, (a * u + k * v + m).to(y_ptr.dtype.element_ty), mask=mask)
+    def _affine_kernel(x_ptr, y_ptr, a_ptr, b_ptr, C: tl.constexpr, M, CL: tl.constexpr, BLOCK: tl.constexpr):
+        # y = a[s, c] x + b[s, c]; program (s, j): elements [j BLOCK, (j+1) BLOCK) of sample s
+        s = tl.program_id(0)
+        local, c = _coef_index(tl.program_id(1), C, M, CL, BLOCK)
+        mask = local < C * M
+        base = s.to(tl.int64) * C * M
+        x = tl.load(x_ptr + base + local, mask=mask, other=0.0).to(tl.float32)
+        a = tl.load(a_ptr + s * C + c, mask=mask, other=0.0)
+        b = tl.load(b_ptr + s * C + c, mask=mask, other=0.0)
+        tl.store(y_ptr + base + local, (x * a + b).to(y_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _affine2_kernel(u_ptr, v_ptr, y_ptr, a_ptr, k_ptr, m_ptr, C: tl.constexpr, M, CL: tl.constexpr, BLOCK: tl.constexpr):
+        # y = a[s, c] u + k[s, c] v + m[s, c]
+        s = tl.program_id(0)
+        local, c = _coef_index(tl.program_id(1), C, M, CL, BLOCK)
+        mask = local < C * M
+        base = s.to(tl.int64) * C * M
+        u = tl.load(u_ptr + base + local, mask=mask, other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + base + local, mask=mask, other=0.0).to(tl.float32)
+        a = tl.load(a_ptr + s * C + c, mask=mask, other=0.0)
+        k = tl.load(k_ptr + s * C + c, mask=mask, other=0.0)
+        m = tl.load(m_ptr + s * C + c, mask=mask, other=0.0)
+        tl.store(y_ptr + base + local, (a * u + k * v + m).to(y_ptr.dtype.element_ty), mask=mask)
 
 
-MOMENT_BLOCK_M = 512  # voxels per program of the statistics (x every channel)
+MOMENT_BLOCK_M = 128  # voxels per load of the statistics (x up to 32 channels: 32 values a thread of 4 warps)
+MOMENT_ITERS = 8  # loads summed in registers per program
 AFFINE_BLOCK = 2048  # elements per program of the elementwise passes
 
 
@@ -126,22 +136,27 @@ def channel_moments(u, v=None):
     layout, B, C, M, (s_b, s_c, s_m) = _shape(u)
     if v is not None and (v.shape != u.shape or volume_layout(v) != layout):
         raise ValueError("norm kernels: the two volumes of channel_moments must have one shape and one layout")
-    nblk = triton.cdiv(M, MOMENT_BLOCK_M)
+    nblk = triton.cdiv(M, MOMENT_BLOCK_M * MOMENT_ITERS)
     block_c = min(triton.next_power_of_2(C), 32)
     s1 = torch.empty(B, nblk, C, dtype=torch.float32, device=u.device)
     s2 = torch.empty_like(s1)
     _moments_kernel[(B, nblk)](u, u if v is None else v, s1, s2, C, M, s_b, s_c, s_m, nblk,
-                               BLOCK_M=MOMENT_BLOCK_M, BLOCK_C=block_c, SAME=v is None)
+                               BLOCK_M=MOMENT_BLOCK_M, BLOCK_C=block_c, ITERS=MOMENT_ITERS, SAME=v is None)
     return s1.sum(1), s2.sum(1)
+
+
+def _elementwise_grid(B, C, M):
+    if C * M >= 2 ** 31 - AFFINE_BLOCK:
+        raise ValueError(f"norm kernels: one sample of {C} x {M} elements is beyond int32 indexing")
+    return (B, triton.cdiv(C * M, AFFINE_BLOCK))
 
 
 def channel_affine(x, a, b, out_dtype=None):
     """a x + b with (B, C) coefficients, in x's layout and ``out_dtype`` (default x's), computed in float32."""
     layout, B, C, M, _ = _shape(x)
     y = torch.empty_like(x, dtype=out_dtype or x.dtype)
-    n = x.numel()
-    _affine_kernel[(triton.cdiv(n, AFFINE_BLOCK),)](x, y, _coef(a, B, C), _coef(b, B, C), n, C, M,
-                                                     CL=layout == "ndhwc", BLOCK=AFFINE_BLOCK)
+    _affine_kernel[_elementwise_grid(B, C, M)](x, y, _coef(a, B, C), _coef(b, B, C), C, M,
+                                               CL=layout == "ndhwc", BLOCK=AFFINE_BLOCK)
     return y
 
 
@@ -151,7 +166,6 @@ def channel_affine2(u, v, a, k, m):
     if v.shape != u.shape or volume_layout(v) != layout:
         raise ValueError("norm kernels: the two volumes of channel_affine2 must have one shape and one layout")
     y = torch.empty_like(u)
-    n = u.numel()
-    _affine2_kernel[(triton.cdiv(n, AFFINE_BLOCK),)](u, v, y, _coef(a, B, C), _coef(k, B, C), _coef(m, B, C), n,
-                                                      C, M, CL=layout == "ndhwc", BLOCK=AFFINE_BLOCK)
+    _affine2_kernel[_elementwise_grid(B, C, M)](u, v, y, _coef(a, B, C), _coef(k, B, C), _coef(m, B, C), C, M,
+                                                CL=layout == "ndhwc", BLOCK=AFFINE_BLOCK)
     return y

@@ -180,6 +180,33 @@ class ResBlock3d(nn.Module):
         return F.relu(x + self.body(x))
 
 
+class _Image2D(nn.Module):
+    """The 2D part of an OccNet (encoder, neck or lateral + fuse) as one module for make_graphed_callables: its
+    parameters are exactly those image_features uses."""
+
+    def __init__(self, net):
+        super().__init__()
+        for name in ("encoder", "neck", "lateral", "fuse"):
+            if getattr(net, name, None) is not None:
+                setattr(self, name, getattr(net, name))
+        self.fn = net.image_features
+
+    def forward(self, imgs):
+        return self.fn(imgs)
+
+
+def _graph_2d(net, imgs):
+    """make_graphed_callables over net's 2D part with ``imgs`` as the sample input; its warm-up passes leave the
+    batch-norm buffers as they were."""
+    part = _Image2D(net)
+    saved = [b.detach().clone() for b in part.buffers()]
+    graphed = torch.cuda.make_graphed_callables(part, (imgs.detach(),))
+    with torch.no_grad():
+        for b, v in zip(part.buffers(), saved):
+            b.copy_(v)
+    return graphed
+
+
 class OccNet(nn.Module):
     """forward(imgs (B, 6, 3, H, W), K (B, 6, 3, 3), cam2ego (B, 6, 4, 4)) -> dict(
         logits (B, C + 1, X, Y, Z): C = num_classes semantic logits, last channel free,
@@ -196,6 +223,8 @@ class OccNet(nn.Module):
         self.lift_visibility = opt.lift_visibility
         self.lift_impl = opt.lift_impl  # grid_sample (lift_features) or gather (networks/lift_gather.py)
         self.volume_format = torch.contiguous_format  # the 3D CNN's layout; utils/speed.py may set channels_last_3d
+        self.graph_encoder = False  # --graph_encoder (utils/speed.py): the 2D part's training step as CUDA graphs
+        self._graphs = {}  # (input shape, dtype, autocast dtype) -> graphed 2D part (not a submodule: no state)
         self.decoder_lr_mult = opt.decoder_lr_mult
         f, v = opt.feat_dim, opt.voxel_feat_dim
         if opt.image_neck == "upconcat":
@@ -275,10 +304,27 @@ class OccNet(nn.Module):
                     for lat, x in zip(self.lateral, feats[2:]))
         return self.fuse(fused)
 
+    def features_step(self, imgs):
+        """image_features, through a CUDA graph of its forward and backward (torch.cuda.make_graphed_callables)
+        when ``graph_encoder`` is set and this is a CUDA training step: the ResNet's ~500 kernels a pass are then one
+        launch each way, so the GPU stops waiting for the host to issue them (the step's image encoder took 11 ms of
+        host time for 4 ms of GPU time, one H100). One graph per input shape, dtype and autocast dtype, at most
+        two (then eager); the batch-norm statistics are kept as they were before the capture's warm-up passes."""
+        if not (self.graph_encoder and imgs.is_cuda and self.training and torch.is_grad_enabled()):
+            return self.image_features(imgs)
+        amp = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+        key = (tuple(imgs.shape), imgs.dtype, amp)
+        fn = self._graphs.get(key)
+        if fn is None:
+            if len(self._graphs) >= 2:
+                return self.image_features(imgs)
+            fn = self._graphs[key] = _graph_2d(self, imgs)
+        return fn(imgs)
+
     def forward(self, imgs, K, cam2ego):
         B, n_cam, _, H, W = imgs.shape
         with stage("image encoder"):
-            feats = self.image_features(imgs.flatten(0, 1))
+            feats = self.features_step(imgs.flatten(0, 1))
             feats = feats.view(B, n_cam, *feats.shape[1:])
         pts = self.centres.view(-1, 3)
         with stage("lifting"):

@@ -110,3 +110,19 @@ def test_kernels_refuse_other_layouts():
     assert norm_kernels.volume_layout(x) is None
     with pytest.raises(ValueError, match="contiguous or channels_last_3d"):
         norm_kernels.channel_moments(x)
+
+
+def test_graph_encoder_option_keeps_the_cpu_step_eager():
+    """--graph_encoder acts on CUDA training steps only: on the CPU prepare_model leaves the model as it is, the
+    forward is image_features' own, and the autocast of the step keeps its cache unless the option is set."""
+    from networks.occ_net import OccNet
+    from tests.test_gsv_model import tiny_opt
+    from utils.speed import autocast_cache, prepare_model
+    opt = tiny_opt("--graph_encoder", "true")
+    assert opt.graph_encoder is True and autocast_cache(opt) is False and autocast_cache(tiny_opt()) is True
+    net = OccNet(opt).train()
+    assert prepare_model(net, opt, torch.device("cpu")) == [] and net.graph_encoder is False
+    net.graph_encoder = True  # as prepare_model sets it on CUDA: a CPU tensor still takes the eager path
+    x = torch.randn(2, 3, 32, 48)
+    assert torch.equal(net.features_step(x), net.image_features(x)) and net._graphs == {}
+    assert not any(k.startswith("_graphs") for k in net.state_dict())

@@ -53,6 +53,10 @@ def add_args(parser):
                    help="NHWC activations in the 2D ResNet encoders (not the stage-1 pose net)")
     g.add_argument("--compile", type=str2bool, default=False,
                    help="torch.compile each trainable sub-network (experimental: measure it first)")
+    g.add_argument("--graph_encoder", type=str2bool, default=False,
+                   help="stage 2's image encoder (and neck) as CUDA graphs in training (CUDA only; "
+                        "networks/occ_net.OccNet.features_step): its ~500 kernels a pass become one launch; autocast "
+                        "then runs without its weight cache")
     g.add_argument("--prefetch_factor", type=int, default=4,
                    help="batches each data loader worker prepares ahead")
     g.add_argument("--channels_last_3d", type=str2bool, default=True,
@@ -118,6 +122,11 @@ def prepare_model(model, opt, device):
                 if part is not None:
                     part.to(memory_format=torch.channels_last_3d)
         done.append(f"channels_last_3d ({len(nets)} 3D CNNs)")
+    if getattr(opt, "graph_encoder", False):
+        nets = volume_networks(model)
+        for net in nets:
+            net.graph_encoder = True
+        done.append(f"CUDA graphs ({len(nets)} image encoders)")
     from utils.losses import compile_losses
     compile_losses(bool(getattr(opt, "compile_loss", False)))  # (process-wide: set, or reset to eager, every time)
     if getattr(opt, "compile_loss", False):
@@ -128,6 +137,12 @@ def prepare_model(model, opt, device):
             getattr(model, n).compile()  # in place: state_dict keys stay the same
         done.append(f"torch.compile ({', '.join(names)})")
     return done
+
+
+def autocast_cache(opt):
+    """torch.autocast's cache_enabled for a training step: off under --graph_encoder (CUDA graphs cannot capture
+    autocast's weight cache)."""
+    return not getattr(opt, "graph_encoder", False)
 
 
 def make_optimizer(groups, opt, device):

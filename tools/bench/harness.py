@@ -92,7 +92,7 @@ def make_train_step(model, opt, device, log_details=True):
     as ``step(batch on the device) -> (loss as a float, logs)``. ``log_details=False``: the criterion leaves out its
     log-only statistics, as on the trainer's steps that write no scalars (all but one in --log_every)."""
     from trainer import param_groups
-    from utils.speed import make_optimizer
+    from utils.speed import autocast_cache, make_optimizer
     groups = param_groups(model.trainable_parameters())
     for g in groups:  # the trainer's lr of each group at a step without warm-up or decay
         g["lr"] = opt.lr * g["lr_scale"]
@@ -105,7 +105,8 @@ def make_train_step(model, opt, device, log_details=True):
 
     def step(batch):
         optim.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None,
+                            cache_enabled=autocast_cache(opt)):
             loss, logs, _ = model(batch)
         loss.backward()
         with stage("optimizer"):

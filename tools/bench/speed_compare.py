@@ -63,6 +63,10 @@ VARIANTS = [
     ("defaults +gemm norms", {**OLD, **ALL_ON, "group_norm_impl": "gemm", "batch_norm_impl": "gemm"}, None, 1),
     # each norm pass one Triton kernel (networks/norm_kernels.py), over the option defaults
     ("defaults +fused norms", {**OLD, **ALL_ON, "group_norm_impl": "fused", "batch_norm_impl": "fused"}, None, 1),
+    # the image encoder's forward and backward as CUDA graphs (networks/occ_net.OccNet.features_step)
+    ("defaults +graphed encoder", {**OLD, **ALL_ON, "graph_encoder": True}, None, 1),
+    ("defaults +fused norms +graphed encoder", {**OLD, **ALL_ON, "group_norm_impl": "fused", "batch_norm_impl": "fused",
+                                                "graph_encoder": True}, None, 1),
     # the photometric error and the smoothness through torch.compile (utils/losses.py), over the option defaults
     ("defaults +compiled loss", {**OLD, **ALL_ON, "compile_loss": True}, None, 1),
     ("all +compile", {**OLD, **ALL_ON, "compile": True}, None, 4),
