@@ -145,11 +145,15 @@ def test_speed_compare_quick_cpu(tmp_path):
                  "image encoder (backward)", "3D CNN (backward)", "loss (backward)"):
         assert stages[name]["host_ms"] > 0 and stages[name]["ops"] > 0, (name, stages)
     assert stages.get("backward, not attributed", {"ops": 0})["ops"] < 0.05 * sum(v["ops"] for v in stages.values())
+    sources = rows["all"]["profile"]["sources_ms"]  # the time by the repository's line that made it, backward too
+    assert len(sources) == 30 and all(v > 0 for v in sources.values())
+    assert any(k.startswith("networks/") for k in sources) and any("(backward)" in k for k in sources), sources
     groups = {c["group"] for c in res["components"] if "error" not in c}
     assert groups == {"ceiling", "norm", "conv", "lift"}, res["components"]
     assert all(c.get("grad_rel_diff", 0) < 1e-5 for c in res["components"])
     md = (tmp_path / "bench_speed.md").read_text()
     assert "| quick | all |" in md and "## Components" in md and "busy (sum)" in md and "| 3D CNN (backward) |" in md
+    assert "Device time by the line of this repository" in md
     assert (tmp_path / "bench_speed_profile.txt").stat().st_size > 0
     summary = tmp_path / "summary.json"
     for key in ("step_s_quick", "step_s_quick_old"):

@@ -155,6 +155,81 @@ def stage_times(events, n=1):
     return dict(sorted(out.items(), key=lambda kv: -(kv[1]["device_ms"] + kv[1]["host_ms"])))
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# frames that are wrappers, not the line that asked for the work
+_WRAPPERS = ("utils/speed.py", "utils/precision.py", "tools/bench/")
+
+
+_FRAME = re.compile(r"^(.+\.py)\((\d+)\): (.+)$")
+
+
+def _repo_file(path):
+    """path relative to this repository if it is one of its files (absolute, or relative to it), else None."""
+    path = path.replace(os.sep, "/")
+    root = REPO.replace(os.sep, "/") + "/"
+    rel = path.split(root, 1)[1] if root in path else path
+    return rel if os.path.isfile(os.path.join(REPO, rel)) and not rel.startswith(_WRAPPERS) else None
+
+
+def _source_line(e, fwd=None):
+    """The innermost frame of this repository's Python above a profiler event ("networks/x.py(12): fn"): from its
+    ``stack`` (older torch) or from the Python-function events around it (torch >= 2.x with_stack); for the autograd
+    engine's work (``fwd``: (thread, sequence number) -> line of the forward operators) the line of its forward
+    operator, marked "(backward)"; else None."""
+    for frame in e.stack or []:
+        m = _FRAME.match(frame)
+        if m and _repo_file(m.group(1)):
+            return f"{_repo_file(m.group(1))}({m.group(2)}): {m.group(3)}"
+    p = e.cpu_parent
+    while p is not None:
+        if fwd is not None and p.name.startswith(BACKWARD_NODE):
+            line = fwd.get((p.fwd_thread, p.sequence_nr))
+            return f"{line} (backward)" if line else None
+        m = _FRAME.match(p.name)
+        if m and _repo_file(m.group(1)):
+            return f"{_repo_file(m.group(1))}({m.group(2)}): {m.group(3)}"
+        p = p.cpu_parent
+    return None
+
+
+def source_times(events, n=1, top=30, cuda=True):
+    """{"<file>(<line>): <function> <operator>": ms per step}: the device time (CUDA; CPU time on the CPU) of the
+    operators that ran no other operator, by the line of this repository's Python that made them (a profile taken
+    with ``with_stack``); the autograd engine's work by the line of its forward operator, marked "(backward)"."""
+    cpu = [e for e in events if str(getattr(e, "device_type", "CPU")).endswith("CPU")]
+    fwd = {}
+    for e in cpu:  # forward operators that made autograd nodes: (thread, sequence number) -> their line
+        if e.sequence_nr >= 0 and not e.name.startswith(BACKWARD_NODE):
+            line = _source_line(e)
+            if line:
+                fwd.setdefault((e.thread, e.sequence_nr), line)
+    out = collections.Counter()
+    for e in cpu:
+        if not _launching(e) or any(_launching(c) for c in e.cpu_children):
+            continue
+        kernels = getattr(e, "kernels", None) or []
+        t = sum(k.duration for k in kernels) if cuda else e.self_cpu_time_total
+        if t <= 0:
+            continue
+        line = _source_line(e, fwd)
+        out[f"{line or '(no line of this repository)'} {e.name}"] += t / 1e3 / n
+    return dict(out.most_common(top))
+
+
+def profile_sources(step, batch, device, n=1):
+    """source_times of ``n`` steps of ``step`` (a second profile, with Python stacks: its host times are not
+    comparable to profile_step's)."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts, with_stack=True) as prof:
+        for _ in range(n):
+            step(batch)
+        if cuda:
+            torch.cuda.synchronize(device)
+    return source_times(prof.events(), n, cuda=cuda)
+
+
 def stages_markdown(profiles):
     """profiles: {column name: profile_step result} -> one table per profile: stage, device / host ms, launches."""
     L = []

@@ -35,7 +35,7 @@ import torch
 from options import parse_args as parse_model_args
 from tools.bench import components
 from tools.bench.harness import PAPER_MODEL, QUICK_MODEL, free_memory, make_train_step, sync
-from tools.bench.profile import count_syncs, families_markdown, profile_step, stages_markdown
+from tools.bench.profile import count_syncs, families_markdown, profile_sources, profile_step, stages_markdown
 from tools.bench.scene import train_batch
 from tools.bench.step_compare import NETS
 from utils.speed import prepare_model
@@ -209,6 +209,7 @@ def run_variant(net, name, settings, args, device, ref_states, profile=True):
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     if profile and args.profile and name in PROFILED:
         row["profile"] = profile_step(lambda b: step(b), batch, device)
+        row["profile"]["sources_ms"] = profile_sources(lambda b: step(b), batch, device)
         row["syncs"], row["sync_sites"] = count_syncs(lambda b: step(b), batch, device)
     row["wall_s"] = time.perf_counter() - t0
     return row
@@ -313,6 +314,10 @@ def markdown(result):
               families_markdown(prof), "", f"Wall ms per step of the same variants: {walls}.", "",
               "Inclusive device time of some operators and autograd nodes, ms per step (nested entries overlap):", ""]
         L += [f"- {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in p["ops_ms"].items()) for name, p in prof.items()]
+        L += ["", "Device time by the line of this repository that made the work, ms per step (the 30 largest; "
+              "tools/bench/profile.py `source_times`, a profile with Python stacks):", ""]
+        for name, p in prof.items():
+            L += [f"**{name}**", ""] + [f"- {v:.2f} {k}" for k, v in (p.get("sources_ms") or {}).items()] + [""]
         L += ["", "## Per stage of the step: device time, host time (the CPU's own time of the operators and the Python "
               "between them) and kernel launches, ms per step (tools/bench/profile.py `stage_times`; a stage whose host "
               "time exceeds its device time sets the pace itself)", "", stages_markdown(prof)]
