@@ -90,6 +90,9 @@ def add_args(parser):
                         "left to the photometric terms. With --ground_mode road on the synthetic streets (recorded "
                         "motion, CPU) the road's two-sided term taught the network to paint the plane over the cars "
                         "standing on it (car AbsRel 0.63 -> 1.30): docs/results/runs/2026-12-05/fixture-s1-road-cpu")
+    g.add_argument("--ground_steps", type=int, default=0,
+                   help="--w_ground: the term only in the first N training steps (a warm-up that sets the metric "
+                        "scale, after which the photometric terms keep it); 0: every step")
     g.add_argument("--gsp_scale_lock", type=str2bool, default=False,
                    help="main phase with GSP: the temporal loss gets no gradient along each depth map's global scale "
                         "(depth x exp(g - stopgrad(g)), g = mean log depth), so only the cross-view term sets the "
@@ -130,6 +133,10 @@ class GSPLoss(nn.Module):
         super().__init__()
         self.opt = opt
         self.rasterize = functools.partial(rasterize, backend=opt.raster_backend)
+        self.step = 0  # the trainer's step (set_step), for --ground_steps
+
+    def set_step(self, step, log=True):
+        self.step = step
 
     def forward(self, out, poses, batch):
         opt = self.opt
@@ -160,7 +167,7 @@ class GSPLoss(nn.Module):
         loss = (loss_t + opt.w_smooth * loss_s) / NUM_SCALES
         logs["loss_temporal"] = loss_t.detach() / NUM_SCALES
         logs["loss_smooth"] = loss_s.detach() / NUM_SCALES
-        if opt.w_ground > 0:
+        if opt.w_ground > 0 and (opt.ground_steps <= 0 or self.step < opt.ground_steps):
             plane = ground_plane_depth(Kf, cam2ego.flatten(0, 1), (h, w), opt.ground_height)
             depth_gr = out["depth"]
             if opt.ground_shape_only:

@@ -128,6 +128,11 @@ class GSPModel(nn.Module):
                              mask=None if valid is None else two(valid))
         return torch.stack([T[:b], T[b:]], 1)
 
+    def set_step(self, step, log=True):
+        """The trainer's step, for the criterion's schedules (--ground_steps)."""
+        if self.criterion is not None and hasattr(self.criterion, "set_step"):
+            self.criterion.set_step(step, log)
+
     def forward(self, batch):
         """(loss, logs, outputs): outputs = current depth (B,6,H,W), poses (B,2,4,4) and the criterion's pictures."""
         if self.criterion is None:

@@ -66,6 +66,22 @@ def test_stage1_criterion_adds_the_ground_term_with_w_ground():
     assert math.isclose(float(with_ground - base), 0.5 * float(logs["loss_ground"]), rel_tol=1e-5)
 
 
+def test_ground_steps_make_the_term_a_warm_up():
+    """--ground_steps N: the term in the trainer's steps 0 .. N-1 (set_step through the model), none after."""
+    from networks.gsp_model import GSPModel
+    batch, motion, out, (b, h, w) = _ring_batch()
+    out.update(depth=torch.full((b * 6, 1, h, w), 80.0), gs_scale=torch.full((b * 6, 1, h, w), 0.05))
+    crit = GSPLoss(make_opt("--use_gsp", "false", "--w_ground", "0.5", "--ground_steps", "3"))
+    model = GSPModel.__new__(GSPModel)  # only set_step's routing to the criterion is under test here
+    torch.nn.Module.__init__(model)
+    model.criterion = crit
+    seen = []
+    for step in (0, 2, 3, 10):
+        model.set_step(step)
+        seen.append("loss_ground" in crit(out, motion, batch)[1])
+    assert seen == [True, True, False, False]
+
+
 def test_shape_only_ground_term_cannot_move_the_maps_scale():
     """--ground_shape_only: the criterion's gradient along each map's global log-scale is zero (the term cannot
     shrink the whole map, what the plain term did on the real fixture), while with the plain term it points to

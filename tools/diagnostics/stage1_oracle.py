@@ -102,6 +102,8 @@ def train(model, clips, mode, steps, strides, lr=2e-4, batch_size=1, warmup=30, 
                 1.0, step / (stride_ramp * steps))
             d = int(rng.choice([x for x in strides if x <= top]))
             picks.append((streets[rng.integers(len(streets))], int(rng.integers(d, frames - d)), d))
+        if hasattr(model, "set_step"):  # the criterion's schedules (--ground_steps)
+            model.set_step(step)
         loss, logs, _ = loss_with_oracle(model, batch_of(clips, picks), mode)
         for g in optim.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / warmup) * (0.1 if step >= 0.8 * steps else 1.0)
