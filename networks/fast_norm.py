@@ -223,7 +223,7 @@ def group_norm(x, groups, weight=None, bias=None, eps=1e-5, mode="parallel"):
     see the module docstring); differentiable w.r.t. x, weight, bias."""
     if x.shape[1] % groups:
         raise ValueError(f"{x.shape[1]} channels do not split into {groups} groups")
-    if mode not in ("parallel", "gemm", "fused"):
+    if mode not in GROUP_NORM_IMPLS or mode == "torch":
         raise ValueError(f"unknown group norm mode {mode!r}")
     return _GroupNorm.apply(x, weight, bias, groups, eps, mode)
 

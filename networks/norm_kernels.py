@@ -96,7 +96,8 @@ if triton is not None:
         tl.store(y_ptr + base + local, (x * a + b).to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _affine2_kernel(u_ptr, v_ptr, y_ptr, a_ptr, k_ptr, m_ptr, C: tl.constexpr, M, CL: tl.constexpr, BLOCK: tl.constexpr):
+    def _affine2_kernel(u_ptr, v_ptr, y_ptr, a_ptr, k_ptr, m_ptr, C: tl.constexpr, M, CL: tl.constexpr,
+                        BLOCK: tl.constexpr):
         # y = a[s, c] u + k[s, c] v + m[s, c]
         s = tl.program_id(0)
         local, c = _coef_index(tl.program_id(1), C, M, CL, BLOCK)
@@ -126,6 +127,12 @@ def _shape(x):
     return layout, B, C, M, strides
 
 
+def _check_like(u, v, what):
+    """v must have u's shape and layout (the kernels read both at the same offsets)."""
+    if v.shape != u.shape or volume_layout(v) != volume_layout(u):
+        raise ValueError(f"norm kernels: the two volumes of {what} must have one shape and one layout")
+
+
 def _coef(t, B, C):
     """(B, C) or broadcastable per-(sample, channel) coefficient -> (B * C,) float32 contiguous."""
     return t.to(torch.float32).expand(B, C).contiguous().view(-1)
@@ -133,9 +140,9 @@ def _coef(t, B, C):
 
 def channel_moments(u, v=None):
     """(sum u, sum u v) per (sample, channel) as (B, C) float32 tensors; v None: sum u^2. v must lie as u does."""
-    layout, B, C, M, (s_b, s_c, s_m) = _shape(u)
-    if v is not None and (v.shape != u.shape or volume_layout(v) != layout):
-        raise ValueError("norm kernels: the two volumes of channel_moments must have one shape and one layout")
+    _, B, C, M, (s_b, s_c, s_m) = _shape(u)
+    if v is not None:
+        _check_like(u, v, "channel_moments")
     nblk = triton.cdiv(M, MOMENT_BLOCK_M * MOMENT_ITERS)
     block_c = min(triton.next_power_of_2(C), 32)
     s1 = torch.empty(B, nblk, C, dtype=torch.float32, device=u.device)
@@ -151,10 +158,10 @@ def _elementwise_grid(B, C, M):
     return (B, triton.cdiv(C * M, AFFINE_BLOCK))
 
 
-def channel_affine(x, a, b, out_dtype=None):
-    """a x + b with (B, C) coefficients, in x's layout and ``out_dtype`` (default x's), computed in float32."""
+def channel_affine(x, a, b):
+    """a x + b with (B, C) coefficients, in x's dtype and layout, computed in float32."""
     layout, B, C, M, _ = _shape(x)
-    y = torch.empty_like(x, dtype=out_dtype or x.dtype)
+    y = torch.empty_like(x)
     _affine_kernel[_elementwise_grid(B, C, M)](x, y, _coef(a, B, C), _coef(b, B, C), C, M,
                                                CL=layout == "ndhwc", BLOCK=AFFINE_BLOCK)
     return y
@@ -163,8 +170,7 @@ def channel_affine(x, a, b, out_dtype=None):
 def channel_affine2(u, v, a, k, m):
     """a u + k v + m with (B, C) coefficients, in u's dtype and layout (v must lie as u does)."""
     layout, B, C, M, _ = _shape(u)
-    if v.shape != u.shape or volume_layout(v) != layout:
-        raise ValueError("norm kernels: the two volumes of channel_affine2 must have one shape and one layout")
+    _check_like(u, v, "channel_affine2")
     y = torch.empty_like(u)
     _affine2_kernel[_elementwise_grid(B, C, M)](u, v, y, _coef(a, B, C), _coef(k, B, C), _coef(m, B, C), C, M,
                                                 CL=layout == "ndhwc", BLOCK=AFFINE_BLOCK)

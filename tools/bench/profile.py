@@ -10,6 +10,7 @@ runs one step under ``torch.cuda.set_sync_debug_mode("warn")`` and counts the ho
 line of Python that caused them.
 """
 import collections
+import functools
 import os
 import re
 import warnings
@@ -163,6 +164,7 @@ _WRAPPERS = ("utils/speed.py", "utils/precision.py", "tools/bench/")
 _FRAME = re.compile(r"^(.+\.py)\((\d+)\): (.+)$")
 
 
+@functools.lru_cache(maxsize=None)
 def _repo_file(path):
     """path relative to this repository if it is one of its files (absolute, or relative to it), else None."""
     path = path.replace(os.sep, "/")
@@ -171,23 +173,30 @@ def _repo_file(path):
     return rel if os.path.isfile(os.path.join(REPO, rel)) and not rel.startswith(_WRAPPERS) else None
 
 
+def _frame_line(frame):
+    """"<file>(<line>): <function>" relative to this repository for a Python frame of one of its files, else None."""
+    m = _FRAME.match(frame)
+    rel = _repo_file(m.group(1)) if m else None
+    return f"{rel}({m.group(2)}): {m.group(3)}" if rel else None
+
+
 def _source_line(e, fwd=None):
     """The innermost frame of this repository's Python above a profiler event ("networks/x.py(12): fn"): from its
     ``stack`` (older torch) or from the Python-function events around it (torch >= 2.x with_stack); for the autograd
     engine's work (``fwd``: (thread, sequence number) -> line of the forward operators) the line of its forward
     operator, marked "(backward)"; else None."""
     for frame in e.stack or []:
-        m = _FRAME.match(frame)
-        if m and _repo_file(m.group(1)):
-            return f"{_repo_file(m.group(1))}({m.group(2)}): {m.group(3)}"
+        line = _frame_line(frame)
+        if line:
+            return line
     p = e.cpu_parent
     while p is not None:
         if fwd is not None and p.name.startswith(BACKWARD_NODE):
             line = fwd.get((p.fwd_thread, p.sequence_nr))
             return f"{line} (backward)" if line else None
-        m = _FRAME.match(p.name)
-        if m and _repo_file(m.group(1)):
-            return f"{_repo_file(m.group(1))}({m.group(2)}): {m.group(3)}"
+        line = _frame_line(p.name)
+        if line:
+            return line
         p = p.cpu_parent
     return None
 
