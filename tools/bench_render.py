@@ -125,8 +125,20 @@ def build_parser():
                         "median of the rounds' medians, so that drift of the GPU between variants cancels")
     g.add_argument("--speed_variants", type=str, default=None,
                    help="variant names separated by ';' to time besides old and all (default: every variant)")
+    g.add_argument("--profile_variants", type=str, default="old;all",
+                   help="with --profile: the variants to profile, names separated by ';' (default: old;all)")
     p.add_argument("--no_plot", action="store_true", help="do not write bench_render.png")
     return p
+
+
+def variant_names(flag, text):
+    """The ';'-separated speed-comparison variant names of ``flag``, each checked against the known ones."""
+    from tools.bench.speed_compare import VARIANTS
+    names = [v.strip() for v in text.split(";") if v.strip()]
+    unknown = [v for v in names if v not in {x[0] for x in VARIANTS}]
+    if unknown:
+        raise SystemExit(f"{flag}: unknown {unknown}; choose from {', '.join(x[0] for x in VARIANTS)}")
+    return names
 
 
 def resolve_args(argv=None):
@@ -146,11 +158,9 @@ def resolve_args(argv=None):
     args.step_workers = args.step_workers if args.step_workers is not None else (0 if q else 4)
     args.speed_budget = args.speed_budget or (60.0 if q else 480.0)
     if args.speed_variants:
-        from tools.bench.speed_compare import VARIANTS
-        args.speed_variants = [v.strip() for v in args.speed_variants.split(";") if v.strip()]
-        unknown = [v for v in args.speed_variants if v not in {x[0] for x in VARIANTS}]
-        if unknown:
-            raise SystemExit(f"--speed_variants: unknown {unknown}; choose from {', '.join(x[0] for x in VARIANTS)}")
+        args.speed_variants = variant_names("--speed_variants", args.speed_variants)
+    if args.speed_compare:
+        args.profile_variants = variant_names("--profile_variants", args.profile_variants)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in args.methods:
         if m not in METHODS:

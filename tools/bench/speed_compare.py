@@ -12,7 +12,7 @@ speed options: cudnn.benchmark, channels_last encoders), ``all`` (every option o
 each option alone over ``old``, then ``all`` + gsplat's tile 8, unpacked and
 (``--step_compile``) torch.compile, while ``--speed_budget`` lasts. Every
 variant starts from the same weights (the old path's, copied), so the first step's loss compares the arithmetic:
-``loss_rel_diff`` against the old path's. ``old`` and ``all`` are also profiled (``--profile``: device time per kernel
+``loss_rel_diff`` against the old path's. ``old`` and ``all`` (``--profile_variants``) are also profiled (``--profile``: device time per kernel
 family, top operators, host-device synchronisations: tools/bench/profile.py).
 
 Per variant: ``model_s`` median of ``--step_repeats`` steps after ``--warmup`` (+1: the first step pays cuDNN's
@@ -73,7 +73,7 @@ VARIANTS = [
     # the option defaults on a step that writes no scalars (the trainer's 19 in 20: no depth quantiles, no fog stats)
     ("defaults, not logged", {**OLD, **ALL_ON, "_log_details": False}, None, 2),
 ]
-PROFILED = ("old", "all")
+PROFILED = ("old", "all")  # the default of --profile_variants
 COMPILE_EXTRA_S = 240  # what torch.compile may add to a variant (estimate for the budget)
 COMPILE_LOSS_EXTRA_S = 90  # the same for --compile_loss (two small functions)
 
@@ -207,7 +207,7 @@ def run_variant(net, name, settings, args, device, ref_states, profile=True):
     row.update(model_s=statistics.median(times), min_s=min(times), n_runs=len(times))
     if device.type == "cuda":
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    if profile and args.profile and name in PROFILED:
+    if profile and args.profile and name in getattr(args, "profile_variants", PROFILED):
         row["profile"] = profile_step(lambda b: step(b), batch, device)
         row["profile"]["sources_ms"] = profile_sources(lambda b: step(b), batch, device)
         row["syncs"], row["sync_sites"] = count_syncs(lambda b: step(b), batch, device)
