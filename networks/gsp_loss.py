@@ -92,7 +92,8 @@ def add_args(parser):
                         "standing on it (car AbsRel 0.63 -> 1.30): docs/results/runs/2026-12-05/fixture-s1-road-cpu")
     g.add_argument("--ground_steps", type=int, default=0,
                    help="--w_ground: the term only in the first N training steps (a warm-up that sets the metric "
-                        "scale, after which the photometric terms keep it); 0: every step")
+                        "scale, after which the photometric terms keep it), and never in the refine phase, which "
+                        "continues a main phase that had it; 0: every step of either phase")
     g.add_argument("--gsp_scale_lock", type=str2bool, default=False,
                    help="main phase with GSP: the temporal loss gets no gradient along each depth map's global scale "
                         "(depth x exp(g - stopgrad(g)), g = mean log depth), so only the cross-view term sets the "
@@ -167,7 +168,8 @@ class GSPLoss(nn.Module):
         loss = (loss_t + opt.w_smooth * loss_s) / NUM_SCALES
         logs["loss_temporal"] = loss_t.detach() / NUM_SCALES
         logs["loss_smooth"] = loss_s.detach() / NUM_SCALES
-        if opt.w_ground > 0 and (opt.ground_steps <= 0 or self.step < opt.ground_steps):
+        warm = opt.gsp_phase == "main" and self.step < opt.ground_steps
+        if opt.w_ground > 0 and (opt.ground_steps <= 0 or warm):
             plane = ground_plane_depth(Kf, cam2ego.flatten(0, 1), (h, w), opt.ground_height)
             depth_gr = out["depth"]
             if opt.ground_shape_only:

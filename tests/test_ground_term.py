@@ -80,6 +80,12 @@ def test_ground_steps_make_the_term_a_warm_up():
         model.set_step(step)
         seen.append("loss_ground" in crit(out, motion, batch)[1])
     assert seen == [True, True, False, False]
+    # the refine phase continues a main phase that had the warm-up: none of it again from its own step 0
+    refine = GSPLoss(make_opt("--use_gsp", "false", "--w_ground", "0.5", "--ground_steps", "3", "--gsp_phase", "refine"))
+    refine.step = 0
+    assert "loss_ground" not in refine(out, motion, batch)[1]
+    always = GSPLoss(make_opt("--use_gsp", "false", "--w_ground", "0.5", "--gsp_phase", "refine"))
+    assert "loss_ground" in always(out, motion, batch)[1]  # without --ground_steps: every step of either phase
 
 
 def test_shape_only_ground_term_cannot_move_the_maps_scale():
