@@ -180,31 +180,49 @@ class ResBlock3d(nn.Module):
         return F.relu(x + self.body(x))
 
 
-class _Image2D(nn.Module):
-    """The 2D part of an OccNet (encoder, neck or lateral + fuse) as one module for make_graphed_callables: its
-    parameters are exactly those image_features uses."""
+class _Part(nn.Module):
+    """Some of an OccNet's submodules and the function of them that a step runs, as one module for
+    make_graphed_callables (its parameters are exactly those the function uses). With ``names`` the function's
+    dict comes back as the tuple of those of its values (a graph's outputs are tensors)."""
 
-    def __init__(self, net):
+    def __init__(self, net, modules, fn, names=None):
         super().__init__()
-        for name in ("encoder", "neck", "lateral", "fuse"):
+        for name in modules:
             if getattr(net, name, None) is not None:
                 setattr(self, name, getattr(net, name))
-        self.fn = net.image_features
+        self.fn, self.names = fn, names
 
-    def forward(self, imgs):
-        return self.fn(imgs)
+    def forward(self, x):
+        out = self.fn(x)
+        return out if self.names is None else tuple(out[n] for n in self.names)
 
 
-def _graph_2d(net, imgs):
-    """make_graphed_callables over net's 2D part with ``imgs`` as the sample input; its warm-up passes leave the
-    batch-norm buffers as they were."""
-    part = _Image2D(net)
+def _graphed(part, sample, flag):
+    """make_graphed_callables over ``part`` with ``sample`` as its input (requiring grad as the real input will);
+    its warm-up passes leave the batch-norm buffers as they were. ``flag``: the option that asked, for the error."""
     saved = [b.detach().clone() for b in part.buffers()]
-    graphed = torch.cuda.make_graphed_callables(part, (imgs.detach(),))
+    try:
+        graphed = torch.cuda.make_graphed_callables(part, (sample.detach().requires_grad_(sample.requires_grad),))
+    except RuntimeError as err:
+        raise RuntimeError(f"{flag}: capturing the CUDA graph failed ({err}); train without {flag}") from err
     with torch.no_grad():
         for b, v in zip(part.buffers(), saved):
             b.copy_(v)
     return graphed
+
+
+MAX_GRAPHS = 2  # per part (an epoch's last, smaller batch makes a second shape); more shapes run eagerly
+
+
+def _graph_key(x):
+    """What a CUDA graph of a network part is specific to: the input's shape, dtype and need of a gradient, and the
+    autocast dtype."""
+    amp = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+    return tuple(x.shape), x.dtype, x.requires_grad, amp
+
+
+def _graphable(enabled, net, x):
+    return enabled and x.is_cuda and net.training and torch.is_grad_enabled()
 
 
 class OccNet(nn.Module):
@@ -224,7 +242,8 @@ class OccNet(nn.Module):
         self.lift_impl = opt.lift_impl  # grid_sample (lift_features) or gather (networks/lift_gather.py)
         self.volume_format = torch.contiguous_format  # the 3D CNN's layout; utils/speed.py may set channels_last_3d
         self.graph_encoder = False  # --graph_encoder (utils/speed.py): the 2D part's training step as CUDA graphs
-        self._graphs = {}  # (input shape, dtype, autocast dtype) -> graphed 2D part (not a submodule: no state)
+        self.graph_volume = False  # --graph_volume (utils/speed.py): the 3D CNN's training step as CUDA graphs
+        self._graphs = {}  # option -> {_graph_key: graphed part} (not submodules: no state of their own)
         self.decoder_lr_mult = opt.decoder_lr_mult
         f, v = opt.feat_dim, opt.voxel_feat_dim
         if opt.image_neck == "upconcat":
@@ -310,16 +329,45 @@ class OccNet(nn.Module):
         launch each way, so the GPU stops waiting for the host to issue them (the step's image encoder took 11 ms of
         host time for 4 ms of GPU time, one H100). One graph per input shape, dtype and autocast dtype, at most
         two (then eager); the batch-norm statistics are kept as they were before the capture's warm-up passes."""
-        if not (self.graph_encoder and imgs.is_cuda and self.training and torch.is_grad_enabled()):
-            return self.image_features(imgs)
-        amp = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
-        key = (tuple(imgs.shape), imgs.dtype, amp)
-        fn = self._graphs.get(key)
-        if fn is None:
-            if len(self._graphs) >= 2:
-                return self.image_features(imgs)
-            fn = self._graphs[key] = _graph_2d(self, imgs)
-        return fn(imgs)
+        fn = self._graph("--graph_encoder", self.graph_encoder, imgs,
+                         lambda: _Part(self, ("encoder", "neck", "lateral", "fuse"), self.image_features))
+        return self.image_features(imgs) if fn is None else fn(imgs)
+
+    def volume_output_names(self):
+        return ["logits"] + ["scale"] * (self.scale_head is not None) + ["offset"] * (self.offset_head is not None)
+
+    def volume_outputs(self, vol):
+        """The 3D CNN and its heads: {"logits", and "scale" / "offset" when those heads exist}."""
+        x = self.decoder(vol)
+        out = {"logits": self.head(x)}
+        if self.scale_head is not None:
+            out["scale"] = self.scale_head(x)
+        if self.offset_head is not None:
+            out["offset"] = self.offset_head(x)
+        return out
+
+    def volume_step(self, vol):
+        """volume_outputs, through a CUDA graph of its forward and backward when ``graph_volume`` is set and this is
+        a CUDA training step (the grid is fixed, so is the volume's shape): the authors' hourglass with the fused
+        norms took 23 ms of host time for 13 ms of GPU time a forward, about as long again a backward (one H100).
+        As features_step; the activations stay in the graph's own memory between steps."""
+        fn = self._graph("--graph_volume", self.graph_volume, vol,
+                         lambda: _Part(self, ("decoder", "head", "scale_head", "offset_head"), self.volume_outputs,
+                                       self.volume_output_names()))
+        return self.volume_outputs(vol) if fn is None else dict(zip(fn.names, fn(vol)))
+
+    def _graph(self, flag, enabled, x, make_part):
+        """The graphed part (``make_part()``) for input x, captured on first use; None (run eagerly) unless
+        ``enabled`` and x is a CUDA training step's input, or once MAX_GRAPHS of this part exist (other shapes)."""
+        if not _graphable(enabled, self, x):
+            return None
+        table = self._graphs.setdefault(flag, {})
+        key = _graph_key(x)
+        if key not in table:
+            if len(table) >= MAX_GRAPHS:
+                return None
+            table[key] = _graphed(make_part(), x, flag)
+        return table[key]
 
     def forward(self, imgs, K, cam2ego):
         B, n_cam, _, H, W = imgs.shape
@@ -343,10 +391,5 @@ class OccNet(nn.Module):
                 vol = torch.cat([vol, geo.to(vol.dtype), self.height.to(vol.dtype).expand(B, 1, -1)], 1)
         with stage("3D CNN"):
             vol = vol.view(B, -1, *self.grid.shape).contiguous(memory_format=self.volume_format)
-            x = self.decoder(vol)
-            out = {"logits": self.head(x)}
-            if self.scale_head is not None:
-                out["scale"] = self.scale_head(x)
-            if self.offset_head is not None:
-                out["offset"] = self.offset_head(x)
+            out = self.volume_step(vol)
         return out

@@ -112,17 +112,69 @@ def test_kernels_refuse_other_layouts():
         norm_kernels.channel_moments(x)
 
 
-def test_graph_encoder_option_keeps_the_cpu_step_eager():
-    """--graph_encoder acts on CUDA training steps only: on the CPU prepare_model leaves the model as it is, the
-    forward is image_features' own, and the autocast of the step keeps its cache unless the option is set."""
+def test_graph_options_keep_the_cpu_step_eager():
+    """--graph_encoder / --graph_volume act on CUDA training steps only: on the CPU prepare_model leaves the model as
+    it is, the forward is image_features' / volume_outputs' own, and the autocast of the step keeps its cache unless
+    an option is set."""
     from networks.occ_net import OccNet
     from tests.test_gsv_model import tiny_opt
     from utils.speed import autocast_cache, prepare_model
-    opt = tiny_opt("--graph_encoder", "true")
-    assert opt.graph_encoder is True and autocast_cache(opt) is False and autocast_cache(tiny_opt()) is True
+    opt = tiny_opt("--graph_encoder", "true", "--graph_volume", "true")
+    assert opt.graph_encoder is True and opt.graph_volume is True and autocast_cache(opt) is False
+    assert autocast_cache(tiny_opt()) is True and autocast_cache(tiny_opt("--graph_volume", "true")) is False
     net = OccNet(opt).train()
-    assert prepare_model(net, opt, torch.device("cpu")) == [] and net.graph_encoder is False
-    net.graph_encoder = True  # as prepare_model sets it on CUDA: a CPU tensor still takes the eager path
+    assert prepare_model(net, opt, torch.device("cpu")) == [] and not net.graph_encoder and not net.graph_volume
+    net.graph_encoder = net.graph_volume = True  # as prepare_model sets them on CUDA: CPU tensors stay eager
     x = torch.randn(2, 3, 32, 48)
     assert torch.equal(net.features_step(x), net.image_features(x)) and net._graphs == {}
-    assert not any(k.startswith("_graphs") for k in net.state_dict())
+    vol = _decoder_input(net)
+    a, b = net.volume_step(vol), net.volume_outputs(vol)
+    assert list(a) == list(b) == net.volume_output_names() and all(torch.equal(a[k], b[k]) for k in a)
+    assert net._graphs == {} and not any(k.startswith("_graphs") for k in net.state_dict())
+
+
+def _decoder_input(net):
+    """A random volume of the shape the 3D CNN takes (channels from its first convolution)."""
+    conv = next(m for m in net.decoder.modules() if isinstance(m, torch.nn.Conv3d))
+    return torch.randn(1, conv.in_channels, *net.grid.shape)
+
+
+def test_graph_capture_keeps_batch_norm_statistics_and_names_its_option(monkeypatch):
+    """What OccNet does around torch.cuda.make_graphed_callables, on the CPU with a stand-in for it: the part handed
+    over holds exactly the 3D CNN's and heads' parameters and gives the dict back in volume_output_names' order; the
+    batch-norm statistics are as before the capture's warm-up passes; one capture serves the later steps of that
+    input shape; a failed capture says which option to turn off."""
+    import networks.occ_net as occ_net
+    from tests.test_gsv_model import tiny_opt
+    net = occ_net.OccNet(tiny_opt("--occ_decoder", "hourglass", "--grid_size", "16", "16", "8",
+                                "--gs_scale_learn", "true")).train()
+    captured = []
+
+    def fake_capture(part, args):  # warm-up passes in training mode (they move the statistics), then "capture"
+        for _ in range(3):
+            part(*args)
+        captured.append(part)
+        return part
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", fake_capture)
+    monkeypatch.setattr(occ_net, "_graphable", lambda enabled, n, x: enabled)
+    net.graph_volume = True
+    vol = _decoder_input(net)
+    stats = {k: v.clone() for k, v in net.state_dict().items() if k.startswith("decoder.") and "num_batches" in k}
+    assert stats, "the hourglass has batch norms"
+    with torch.no_grad():
+        out = net.volume_step(vol)
+    assert len(captured) == 1 and list(out) == net.volume_output_names() == ["logits", "scale"]
+    want = {id(p) for name in ("decoder", "head", "scale_head", "offset_head") if getattr(net, name, None) is not None
+            for p in getattr(net, name).parameters()}
+    assert {id(p) for p in captured[0].parameters()} == want  # exactly those (an unused one fails a real capture)
+    now = net.state_dict()
+    # three warm-up passes undone, the step's own pass (the stand-in runs the part eagerly) counted once
+    assert all(int(now[k]) == int(stats[k]) + 1 for k in stats)
+    with torch.no_grad():
+        net.volume_step(vol)
+    assert len(captured) == 1  # the same input shape: no second capture
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", lambda part, args: (_ for _ in ()).throw(RuntimeError("x")))
+    net._graphs.clear()
+    with pytest.raises(RuntimeError, match="--graph_volume: capturing the CUDA graph failed"):
+        net.volume_step(vol)

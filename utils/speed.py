@@ -57,6 +57,10 @@ def add_args(parser):
                    help="stage 2's image encoder (and neck) as CUDA graphs in training (CUDA only; "
                         "networks/occ_net.OccNet.features_step): its ~500 kernels a pass become one launch; autocast "
                         "then runs without its weight cache")
+    g.add_argument("--graph_volume", type=str2bool, default=False,
+                   help="stage 2's 3D CNN and heads as CUDA graphs in training (CUDA only; networks/occ_net.OccNet."
+                        "volume_step): their forward and backward one launch each, what the fused norms' many small "
+                        "launches need; the activations stay in the graph's memory; autocast without its weight cache")
     g.add_argument("--prefetch_factor", type=int, default=4,
                    help="batches each data loader worker prepares ahead")
     g.add_argument("--channels_last_3d", type=str2bool, default=True,
@@ -122,11 +126,12 @@ def prepare_model(model, opt, device):
                 if part is not None:
                     part.to(memory_format=torch.channels_last_3d)
         done.append(f"channels_last_3d ({len(nets)} 3D CNNs)")
-    if getattr(opt, "graph_encoder", False):
-        nets = volume_networks(model)
-        for net in nets:
-            net.graph_encoder = True
-        done.append(f"CUDA graphs ({len(nets)} image encoders)")
+    for flag, what in (("graph_encoder", "image encoders"), ("graph_volume", "3D CNNs")):
+        if getattr(opt, flag, False):
+            nets = volume_networks(model)
+            for net in nets:
+                setattr(net, flag, True)
+            done.append(f"CUDA graphs ({len(nets)} {what})")
     from utils.losses import compile_losses
     compile_losses(bool(getattr(opt, "compile_loss", False)))  # (process-wide: set, or reset to eager, every time)
     if getattr(opt, "compile_loss", False):
@@ -140,9 +145,9 @@ def prepare_model(model, opt, device):
 
 
 def autocast_cache(opt):
-    """torch.autocast's cache_enabled for a training step: off under --graph_encoder (CUDA graphs cannot capture
-    autocast's weight cache)."""
-    return not getattr(opt, "graph_encoder", False)
+    """torch.autocast's cache_enabled for a training step: off under --graph_encoder / --graph_volume (CUDA graphs
+    cannot capture autocast's weight cache)."""
+    return not (getattr(opt, "graph_encoder", False) or getattr(opt, "graph_volume", False))
 
 
 def make_optimizer(groups, opt, device):

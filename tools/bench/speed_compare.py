@@ -67,6 +67,12 @@ VARIANTS = [
     ("defaults +graphed encoder", {**OLD, **ALL_ON, "graph_encoder": True}, None, 1),
     ("defaults +fused norms +graphed encoder", {**OLD, **ALL_ON, "group_norm_impl": "fused", "batch_norm_impl": "fused",
                                                 "graph_encoder": True}, None, 1),
+    # the 3D CNN's forward and backward as CUDA graphs too (OccNet.volume_step): the fused norms' launches off the host
+    ("defaults +fused norms +graphed encoder +graphed volume", {**OLD, **ALL_ON, "group_norm_impl": "fused",
+                                                               "batch_norm_impl": "fused", "graph_encoder": True,
+                                                               "graph_volume": True}, None, 1),
+    ("defaults +graphed encoder +graphed volume", {**OLD, **ALL_ON, "graph_encoder": True, "graph_volume": True},
+     None, 1),
     # the photometric error and the smoothness through torch.compile (utils/losses.py), over the option defaults
     ("defaults +compiled loss", {**OLD, **ALL_ON, "compile_loss": True}, None, 1),
     ("all +compile", {**OLD, **ALL_ON, "compile": True}, None, 4),
