@@ -13,6 +13,7 @@ import collections
 import functools
 import os
 import re
+import sys
 import warnings
 
 import torch
@@ -158,7 +159,9 @@ def stage_times(events, n=1):
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # frames that are wrappers, not the line that asked for the work
-_WRAPPERS = ("utils/speed.py", "utils/precision.py", "tools/bench/")
+# (the benchmark's own step in tools/bench/harness.py is a line: the optimizer and the gradient clipping are there)
+_WRAPPERS = ("utils/speed.py", "utils/precision.py", "tools/bench/profile.py", "tools/bench/speed_compare.py",
+             "tools/bench_render.py")
 
 
 _FRAME = re.compile(r"^(.+\.py)\((\d+)\): (.+)$")
@@ -166,11 +169,14 @@ _FRAME = re.compile(r"^(.+\.py)\((\d+)\): (.+)$")
 
 @functools.lru_cache(maxsize=None)
 def _repo_file(path):
-    """path relative to this repository if it is one of its files (absolute, or relative to it), else None."""
+    """path relative to this repository if it is one of its files (absolute, or relative to it), else None; not a
+    wrapper's, nor a package installed inside it (a virtual environment such as .venv/)."""
     path = path.replace(os.sep, "/")
     root = REPO.replace(os.sep, "/") + "/"
     rel = path.split(root, 1)[1] if root in path else path
-    return rel if os.path.isfile(os.path.join(REPO, rel)) and not rel.startswith(_WRAPPERS) else None
+    if rel.startswith(_WRAPPERS) or rel.startswith(".") or "site-packages/" in rel:
+        return None
+    return rel if os.path.isfile(os.path.join(REPO, rel)) else None
 
 
 def _frame_line(frame):
@@ -225,13 +231,39 @@ def source_times(events, n=1, top=30, cuda=True):
     return dict(out.most_common(top))
 
 
+def _call_site():
+    """"<file>(<line>): <function>" of the innermost frame of this repository's Python on the stack (not a wrapper),
+    or None."""
+    f = sys._getframe(2)
+    while f is not None:
+        rel = _repo_file(f.f_code.co_filename)
+        if rel:
+            return f"{rel}({f.f_lineno}): {f.f_code.co_name}"
+        f = f.f_back
+    return None
+
+
+class CallSites(torch.overrides.TorchFunctionMode):
+    """Under it every torch function runs inside a profiler range named by the line of this repository that called
+    it (``_call_site``), which _source_line reads as it reads the Python tracer's frames: the attribution then needs
+    no Python tracer (on the GPU machine, torch 2.11 with CUDA activity, the tracer's frames did not reach the
+    operators: every line was "no line of this repository"), and names the calling line, not the function's first."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        site = _call_site()
+        if site is None:
+            return func(*args, **(kwargs or {}))
+        with torch.profiler.record_function(site):
+            return func(*args, **(kwargs or {}))
+
+
 def profile_sources(step, batch, device, n=1):
-    """source_times of ``n`` steps of ``step`` (a second profile, with Python stacks: its host times are not
-    comparable to profile_step's)."""
+    """source_times of ``n`` steps of ``step`` (a second profile, its torch calls in ranges named by their line of
+    this repository (CallSites) and with Python stacks: its host times are not comparable to profile_step's)."""
     from torch.profiler import ProfilerActivity, profile
     cuda = device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=acts, with_stack=True) as prof:
+    with profile(activities=acts, with_stack=True) as prof, CallSites():
         for _ in range(n):
             step(batch)
         if cuda:

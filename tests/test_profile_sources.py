@@ -1,0 +1,39 @@
+"""tools/bench/profile.py's device time by the line of this repository: the operators of a profiled step are filed
+under the line that called them, their backward under the line of their forward (on the CPU: CPU time)."""
+import torch
+
+from tools.bench.profile import CallSites, profile_sources, source_times
+from utils.losses import photometric_error
+
+
+def _step(batch):
+    pred, target = batch
+    loss = photometric_error(pred, target).mean()
+    loss.backward()
+    return loss
+
+
+def test_operators_are_filed_under_the_calling_line_and_their_backward_under_its_forward():
+    torch.manual_seed(0)
+    batch = (torch.rand(2, 3, 48, 64, requires_grad=True), torch.rand(2, 3, 48, 64))
+    lines = profile_sources(_step, batch, torch.device("cpu"))
+    pools = [k for k in lines if k.endswith("aten::avg_pool2d")]
+    assert pools and all(k.startswith("utils/losses.py(") for k in pools)  # SSIM's pooling, by its line
+    back = [k for k in lines if "(backward)" in k]
+    assert len(back) >= 5 and all(k.startswith("utils/losses.py(") for k in back)
+    assert sum(v for k, v in lines.items() if k.startswith("utils/losses.py(")) > 0.5 * sum(lines.values())
+
+
+def test_call_sites_name_the_line_without_the_python_tracer():
+    """The ranges of CallSites alone (a profile without with_stack, as the GPU machine's tracer left the operators)
+    still give each operator its line."""
+    from torch.profiler import ProfilerActivity, profile
+    x = torch.rand(2, 3, 48, 64, requires_grad=True)
+    with profile(activities=[ProfilerActivity.CPU]) as prof, CallSites():
+        _step((x, torch.rand(2, 3, 48, 64)))
+    lines = source_times(prof.events(), cuda=False)
+    assert any(k.startswith("utils/losses.py(") and k.endswith("aten::avg_pool2d") for k in lines)
+    # the line is the calling line, not the function's first line (what the tracer's frames give)
+    called = {int(k.split("(")[1].split(")")[0]) for k in lines if k.startswith("utils/losses.py(")}
+    src = open("utils/losses.py").read().splitlines()
+    assert all("def " not in src[n - 1] for n in called)
