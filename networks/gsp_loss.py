@@ -23,7 +23,7 @@ from utils.constants import OCC_CLASSES
 from utils.errors import BadData
 from utils.geometry import capture_synced_cam2ego, ego_motion_to_cam, ground_plane_depth
 from utils.gsp import cross_view_loss
-from utils.losses import ground_hinge, ground_road, smoothness_loss, temporal_loss
+from utils.losses import ground_hinge, ground_road, road_motion, smoothness_loss, temporal_loss
 from utils.rasterizer import rasterize
 
 ROAD_ID = OCC_CLASSES.index("driveable_surface")
@@ -94,6 +94,11 @@ def add_args(parser):
                    help="--w_ground: the term only in the first N training steps (a warm-up that sets the metric "
                         "scale, after which the photometric terms keep it), and never in the refine phase, which "
                         "continues a main phase that had it; 0: every step of either phase")
+    g.add_argument("--w_road_motion", type=float, default=0.0,
+                   help="weight of the road-motion term (main phase; utils.losses.road_motion): the road pixels (2D "
+                        "labels' driveable surface within --ground_max_depth) warped to the adjacent frames through "
+                        "the road plane's depth (--ground_height), so only the motion can lower their error: it "
+                        "ties the translation's scale to the metric road (needs --use_sem true and --sem_root)")
     g.add_argument("--gsp_scale_lock", type=str2bool, default=False,
                    help="main phase with GSP: the temporal loss gets no gradient along each depth map's global scale "
                         "(depth x exp(g - stopgrad(g)), g = mean log depth), so only the cross-view term sets the "
@@ -118,6 +123,16 @@ def scale_locked(depth):
     L(depth) w.r.t. a factor s in depth x s (per map) is zero at s = 1, shape gradients pass unchanged."""
     g = depth.log().mean((1, 2, 3), keepdim=True)
     return depth * torch.exp(g.detach() - g)
+
+
+def road_pixels(batch, hw, flag):
+    """(N, 1, H, W) bool: the pixels the batch's 2D labels call driveable surface, at the size ``hw``; a clear error
+    naming ``flag`` when the batch has no labels."""
+    if "sem" not in batch:
+        raise BadData(f"{flag} reads the road's pixels from the 2D labels: set --use_sem true and --sem_root "
+                      "(tools/data/occ_to_2d_labels.py makes labels from occupancy)")
+    sem = F.interpolate(batch["sem"].flatten(0, 1)[:, None].float(), hw, mode="nearest")
+    return sem == ROAD_ID
 
 
 class GSPLoss(nn.Module):
@@ -177,12 +192,7 @@ class GSPLoss(nn.Module):
             elif opt.ground_scale_only:
                 depth_gr = shape_locked(depth_gr)
             if opt.ground_mode in ("road", "road_hinge"):
-                if "sem" not in batch:
-                    raise BadData(f"--ground_mode {opt.ground_mode} reads the road's pixels from the 2D labels: set "
-                                  "--use_sem true and --sem_root (tools/data/occ_to_2d_labels.py makes labels from "
-                                  "occupancy)")
-                sem = F.interpolate(batch["sem"].flatten(0, 1)[:, None].float(), (h, w), mode="nearest")
-                road = sem == ROAD_ID
+                road = road_pixels(batch, (h, w), f"--ground_mode {opt.ground_mode}")
                 loss_gr, share, off = ground_road(depth_gr, plane, road, opt.ground_max_depth, valid)
                 logs["ground_road_px"] = share.detach()  # share of the pixels the term holds
                 logs["ground_off"] = off.detach()  # share of them more than 10 % off the plane
@@ -196,6 +206,13 @@ class GSPLoss(nn.Module):
                 logs["ground_beyond"] = beyond.detach()  # share of the downward pixels beyond the plane's margin
             loss = loss + opt.w_ground * loss_gr
             logs["loss_ground"] = loss_gr.detach()
+        if opt.w_road_motion > 0 and opt.gsp_phase == "main":
+            plane = ground_plane_depth(Kf, cam2ego.flatten(0, 1), (h, w), opt.ground_height)
+            road = road_pixels(batch, (h, w), "--w_road_motion")
+            loss_rm, share = road_motion(target, sources, plane, road, Kf, T, opt.ground_max_depth, valid)
+            loss = loss + opt.w_road_motion * loss_rm
+            logs["loss_road_motion"] = loss_rm.detach()
+            logs["road_motion_px"] = share.detach()  # share of the pixels the term holds
         if gsp:
             scale = out["gs_scale"] * (out["depth"] if opt.gsp_scale_relative else 1.0)
             rig = cam2ego  # where each camera was when it took its image (--gsp_sync), else the calibration

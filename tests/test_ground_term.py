@@ -12,7 +12,7 @@ from networks.gsp_loss import ROAD_ID, GSPLoss
 from tests.test_gsp import cam2ego, make_opt
 from utils.errors import BadData, ConfigError
 from utils.geometry import ground_plane_depth
-from utils.losses import ground_hinge, ground_road
+from utils.losses import ground_hinge, ground_road, road_motion
 
 
 def _rig(h=24, w=32, f=20.0, height=1.5):
@@ -189,3 +189,75 @@ def test_scale_only_ground_term_moves_the_scale_not_the_shape():
     assert (grads["false"][1].abs() > 1e-3).all()  # the full term reshapes the map ...
     assert grads["true"][1].abs().max() < 1e-6  # ... the scale-only one cannot
     assert (grads["true"][0] > 1e-3).all() and torch.allclose(grads["true"][0], grads["false"][0], rtol=1e-4)
+
+
+def _road_frames(h=48, w=64, f=40.0, height=1.5, step=1.0):
+    """One forward-looking camera 1.5 m above a textured road plane (z_ego = 0) at three ego positions x = -step, 0,
+    +step: (images (3, 1, 3, h, w) previous / current / next, K (1, 3, 3), cam2ego (1, 4, 4), true ego motions
+    current -> previous / next (2, 4, 4)). Pixels above the horizon see a flat grey sky."""
+    K = torch.tensor([[[f, 0, (w - 1) / 2], [0, f, (h - 1) / 2], [0, 0, 1.0]]])
+    c2e = cam2ego(0, [0.0, 0.0, height])[None]
+    plane = ground_plane_depth(K, c2e, (h, w), 0.0)[0, 0]  # (h, w)
+    v, u = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    rays = torch.stack([(u - K[0, 0, 2]) / f, (v - K[0, 1, 2]) / f, torch.ones_like(u)], 0)  # camera z = 1
+    frames = []
+    for x0 in (-step, 0.0, step):
+        z = torch.where(torch.isfinite(plane), plane, torch.zeros_like(plane))
+        p_cam = rays * z
+        p_ego = (c2e[0, :3, :3] @ p_cam.view(3, -1)).view(3, h, w) + c2e[0, :3, 3, None, None]
+        gx, gy = p_ego[0] + x0, p_ego[1]  # the road point in the world (the ego at x0)
+        tex = torch.stack([0.5 + 0.25 * torch.sin(2.1 * gx) * torch.cos(1.7 * gy),
+                           0.5 + 0.25 * torch.sin(1.3 * gx + 0.7 * gy),
+                           0.5 + 0.25 * torch.cos(0.9 * gx - 1.9 * gy)], 0)
+        frames.append(torch.where(torch.isfinite(plane)[None], tex, torch.full_like(tex, 0.5)))
+    motions = torch.eye(4).repeat(2, 1, 1)
+    motions[0, 0, 3], motions[1, 0, 3] = step, -step  # current ego -> previous (behind: x + step) / next ego
+    return torch.stack(frames)[:, None], K, c2e, motions
+
+
+def test_road_motion_finds_the_translation_scale_from_the_road_alone():
+    """A textured road seen by a camera moving 1 m a frame: with the road's depth from the plane, the error of its
+    pixels is smallest at the true translation, larger at 0.8x and 1.25x (what makes the term metric); the road
+    pixels beyond --ground_max_depth and the sky are not held."""
+    from utils.geometry import ego_motion_to_cam
+    imgs, K, c2e, motions = _road_frames()
+    plane = ground_plane_depth(K, c2e, imgs.shape[-2:], 0.0)
+    road = torch.isfinite(plane)
+    vals = {}
+    for s in (0.6, 0.8, 1.0, 1.25, 1.6):
+        m = motions.clone()
+        m[:, :3, 3] *= s
+        T = [ego_motion_to_cam(m[k:k + 1], c2e[None])[:, 0] for k in range(2)]
+        vals[s], share = road_motion(imgs[1], [imgs[0], imgs[2]], plane, road, K, T, max_depth=8.0)
+    assert min(vals, key=lambda s: float(vals[s])) == 1.0  # (beyond ~8 m this texture aliases at 48 x 64)
+    assert float(vals[1.0]) < 0.015 and float(vals[0.8]) > 3 * float(vals[1.0]) and float(vals[1.25]) > 3 * float(vals[1.0])
+    held = road & (plane <= 8.0)
+    assert 0 < float(share) <= float(held.float().mean()) + 1e-6
+
+
+def test_road_motion_term_moves_the_motion_not_the_depth():
+    """--w_road_motion: the criterion adds w x the term in the main phase (none in refine); its gradient reaches the
+    ego motion and not the depth maps (the plane's depth is a constant)."""
+    batch, motion, out, (b, h, w) = _ring_batch()
+    batch["sem"] = torch.full((b, 6, h, w), ROAD_ID, dtype=torch.int64)
+    depth = torch.full((b * 6, 1, h, w), 10.0, requires_grad=True)
+    out.update(depth=depth, gs_scale=torch.full((b * 6, 1, h, w), 0.05))
+    out[("disp", 0)].requires_grad_(True)
+    motion = motion.clone()
+    motion[:, :, 0, 3] = 0.5
+    motion.requires_grad_(True)
+    opts = ("--use_gsp", "false")
+    base, _, _ = GSPLoss(make_opt(*opts))(out, motion, batch)
+    crit = GSPLoss(make_opt(*opts, "--w_road_motion", "2"))
+    with_rm, logs, _ = crit(out, motion, batch)
+    assert float(logs["loss_road_motion"]) > 0 and float(logs["road_motion_px"]) > 0.1
+    assert math.isclose(float(with_rm.detach() - base.detach()), 2 * float(logs["loss_road_motion"]), rel_tol=1e-5)
+    disp = out[("disp", 0)]  # what the temporal term reads the depth from (both criteria use it)
+    g_motion, g_disp = torch.autograd.grad(with_rm - base, (motion, disp))
+    assert g_motion.abs().sum() > 0 and g_disp.abs().max() < 1e-7  # the motion moves, the depth cannot
+    refine = GSPLoss(make_opt(*opts, "--w_road_motion", "2", "--gsp_phase", "refine"))
+    assert "loss_road_motion" not in refine(out, motion, batch)[1]
+    del batch["sem"]
+    with pytest.raises(BadData, match="--w_road_motion reads the road's pixels"):
+        crit(out, motion, batch)
+
