@@ -99,6 +99,9 @@ def add_args(parser):
                         "labels' driveable surface within --ground_max_depth) warped to the adjacent frames through "
                         "the road plane's depth (--ground_height), so only the motion can lower their error: it "
                         "ties the translation's scale to the metric road (needs --use_sem true and --sem_root)")
+    g.add_argument("--road_motion_automask", type=str2bool, default=True,
+                   help="--w_road_motion: a road pixel takes min(warped error, no-motion error) as the temporal term's "
+                        "auto-mask (false: the warped error; then the translation stayed near zero on the fixture)")
     g.add_argument("--gsp_scale_lock", type=str2bool, default=False,
                    help="main phase with GSP: the temporal loss gets no gradient along each depth map's global scale "
                         "(depth x exp(g - stopgrad(g)), g = mean log depth), so only the cross-view term sets the "
@@ -209,7 +212,8 @@ class GSPLoss(nn.Module):
         if opt.w_road_motion > 0 and opt.gsp_phase == "main":
             plane = ground_plane_depth(Kf, cam2ego.flatten(0, 1), (h, w), opt.ground_height)
             road = road_pixels(batch, (h, w), "--w_road_motion")
-            loss_rm, share = road_motion(target, sources, plane, road, Kf, T, opt.ground_max_depth, valid)
+            loss_rm, share = road_motion(target, sources, plane, road, Kf, T, opt.ground_max_depth, valid,
+                                         automask=opt.road_motion_automask)
             loss = loss + opt.w_road_motion * loss_rm
             logs["loss_road_motion"] = loss_rm.detach()
             logs["road_motion_px"] = share.detach()  # share of the pixels the term holds

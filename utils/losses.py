@@ -225,27 +225,24 @@ def ground_road(depth, plane, road, max_depth=20.0, valid=None):
 
 
 @full_precision
-def road_motion(target, sources, plane, road, K, T, max_depth=20.0, valid=None, alpha=0.85):
-    """The temporal photometric error of the road's own pixels warped through the road plane's depth, not the
+def road_motion(target, sources, plane, road, K, T, max_depth=20.0, valid=None, automask=True, alpha=0.85):
+    """The temporal loss (``temporal_loss``) of the road's own pixels warped through the road plane's depth, not the
     network's: the plane is metric (the rig's calibration fixes it), so only the motion ``T`` can lower the error, and
     the scale of its translation is what the road's texture says (on scene-0916's keyframes the summed error is
     lowest at 1.00-1.035 x the recorded translation and 8-10 % higher at 0.8 / 1.25 x:
     tools/diagnostics/road_motion_real.py). target (N, 3, H, W), sources list of (N, 3, H, W), plane (N, 1, H, W)
     (inf: the ray does not go down), road (N, 1, H, W) bool, K (N, 3, 3), T list of (N, 4, 4) target camera -> each
-    source's camera. Per pixel the minimum over the sources whose warp is valid (no auto-mask: a still ego gives no
-    scale either way); the mean over the road pixels whose ray meets the plane within ``max_depth`` (and ``valid``)
-    with some valid source. Returns (loss, share of all pixels it holds)."""
+    source's camera. Averaged over the road pixels whose ray meets the plane within ``max_depth`` (and ``valid``).
+    ``automask`` (monodepth2's, as the temporal term): a pixel takes min(warped error, no-motion error), so a motion
+    near zero, where a large warp of the textured road first gets worse before it gets better, is not held there
+    (without it the pose net's translation stayed at 2-10 % of the recorded one on the fixture, CPU). Returns
+    (loss, share of all pixels it holds)."""
     on = _as_bool(road) & torch.isfinite(plane) & (plane <= max_depth)
     if valid is not None:
         on = on & _as_bool(valid)
     depth = torch.where(on, plane, torch.ones_like(plane)).detach()
-    n, N = len(sources), target.shape[0]
-    warped, ok = warp(torch.cat(list(sources), 0), depth.repeat(n, 1, 1, 1), K.repeat(n, 1, 1), torch.cat(list(T), 0))
-    err = photometric_errors(target, list(warped.split(N)), alpha)  # (N, n, H, W)
-    ok = torch.cat(ok.split(N), 1)
-    err = torch.where(ok, err, torch.full_like(err, float("inf"))).min(1, keepdim=True).values
-    on = on & ok.any(1, keepdim=True)
-    return masked_mean(torch.where(on, err, torch.zeros_like(err)), on), on.float().mean()
+    loss, _ = temporal_loss(target, sources, depth, K, T, target_mask=on, alpha=alpha, automask=automask)
+    return loss, on.float().mean()
 
 
 def semantic_ce(logits, labels, ignore_index=255, weight=None):
