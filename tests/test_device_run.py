@@ -30,12 +30,13 @@ def test_rc_and_logs_of_a_command_that_ends(tmp_path):
 
 
 def test_the_deadline_stops_the_command_and_still_packs(tmp_path):
-    r, names, took = run(tmp_path, 3, "sh", "-c", "echo started > logs/partial.log; sleep 60 & wait")
+    # (a sleep of a length no other process on the machine is likely to have: ps lists every process)
+    r, names, took = run(tmp_path, 3, "sh", "-c", "echo started > logs/partial.log; sleep 60.4317 & wait")
     assert r.returncode == 124 and took < 30, (r.returncode, took, r.stderr)
     assert "logs/partial.log" in names
     assert "stopped at the deadline" in (tmp_path / "logs" / "device_run.log").read_text()
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert "sleep 60" not in ps  # the whole process group went
+    assert "sleep 60.4317" not in ps  # the whole process group went
 
 
 def test_bad_deadline_is_named(tmp_path):
