@@ -98,7 +98,9 @@ def add_args(parser):
                    help="weight of the road-motion term (main phase; utils.losses.road_motion): the road pixels (2D "
                         "labels' driveable surface within --ground_max_depth) warped to the adjacent frames through "
                         "the road plane's depth (--ground_height), so only the motion can lower their error: it "
-                        "ties the translation's scale to the metric road (needs --use_sem true and --sem_root)")
+                        "ties the translation's scale to the metric road (needs --use_sem true and --sem_root). "
+                        "Off: beyond ~2x the true motion the term is a plateau, and on synthetic keyframes (CPU) the "
+                        "pose net overshot to 5-7x (docs/results/runs/2026-12-06/fixture-s1-road-motion-cpu)")
     g.add_argument("--road_motion_automask", type=str2bool, default=True,
                    help="--w_road_motion: a road pixel takes min(warped error, no-motion error) as the temporal term's "
                         "auto-mask (false: the warped error; then the translation stayed near zero on the fixture)")
