@@ -12,7 +12,9 @@ current one with the RECORDED ego motion whose translation is scaled by s over a
 (0.85 SSIM + 0.15 L1, the minimum over the sources whose warp is valid, as the training loss) is averaged over the
 road pixels valid at every s. Per item and camera: the s of the smallest mean error and how deep that minimum is
 (the error at s = 0.8 and 1.25 over the minimum); pooled over all: the same for the summed curve. Also the share of
-road pixels where the warp at s = 1 beats no motion (the auto-mask's test: texture the road has).
+road pixels where the warp at s = 1 beats no motion (the auto-mask's test: texture the road has). The curve here has
+no auto-mask; with it (as --w_road_motion trains) every pixel is capped at its no-motion error and beyond ~2x the
+curve is a plateau (docs/results/runs/2026-12-06/fixture-s1-road-motion-cpu): the global minimum is the measurement.
 
   python -m tools.diagnostics.road_motion_real --dataroot fixture_pack --sem_root sem_occ --out_dir OUT
   python -m tools.diagnostics.road_motion_real --dataroot data/synthetic-full --version v1.0-synthetic \
