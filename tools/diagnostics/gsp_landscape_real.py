@@ -199,14 +199,15 @@ def add_data_args(p, samples):
                    "measurement on synthetic keyframes through the same pipeline)")
 
 
-def keyframe_dataset(a, occupancy=True):
+def keyframe_dataset(a, occupancy=True, depth=True, extra=()):
     """The validation items of ``add_data_args``' options at --size, keyframe neighbours (the occupancy labels read
-    only with ``occupancy``)."""
+    only with ``occupancy``, the LiDAR depth only with ``depth``; ``extra``: more dataset options)."""
     occ = ["--occ_root", a.occ_root] if occupancy else []
+    lidar = ["--depth_root", a.depth_root] if depth else []
     opt = options.parse_args(["--stage", "gsp", "--dataset", "nuscenes", "--dataroot", a.dataroot, "--version",
-                              a.version, *occ, "--depth_root", a.depth_root, "--adjacent", "keyframe",
+                              a.version, *occ, *lidar, "--adjacent", "keyframe",
                               "--input_size", str(a.size[0]), str(a.size[1]),
-                              *(["--val_split", a.val_split] if a.val_split else [])])
+                              *(["--val_split", a.val_split] if a.val_split else []), *extra])
     return build_dataset(opt, "val")
 
 

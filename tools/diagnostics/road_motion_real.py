@@ -29,10 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import options
-from datasets import build_dataset
 from networks.gsp_loss import ROAD_ID
-from tools.diagnostics.gsp_landscape_real import items
+from tools.diagnostics.gsp_landscape_real import items, keyframe_dataset
 from utils.geometry import ground_plane_depth, inverse_rigid, warp
 from utils.losses import photometric_errors
 
@@ -91,12 +89,10 @@ def curve_summary(curve, scales=SCALES):
 
 
 def dataset(a):
-    opt = options.parse_args(["--stage", "gsp", "--dataset", "nuscenes", "--dataroot", a.dataroot, "--version",
-                              a.version, "--adjacent", "keyframe", "--use_sem", "true", "--sem_root", a.sem_root,
-                              "--input_size", str(a.size[0]), str(a.size[1]),
-                              "--render_size", str(a.size[0]), str(a.size[1]),
-                              *(["--val_split", a.val_split] if a.val_split else [])])
-    return build_dataset(opt, "val")
+    """The keyframe items with their 2D labels at --size (no occupancy, no LiDAR depth needed)."""
+    return keyframe_dataset(a, occupancy=False, depth=False,
+                            extra=["--use_sem", "true", "--sem_root", a.sem_root,
+                                   "--render_size", str(a.size[0]), str(a.size[1])])
 
 
 def main(argv=None):
