@@ -189,8 +189,11 @@ class GSPLoss(nn.Module):
         logs["loss_temporal"] = loss_t.detach() / NUM_SCALES
         logs["loss_smooth"] = loss_s.detach() / NUM_SCALES
         warm = opt.gsp_phase == "main" and self.step < opt.ground_steps
-        if opt.w_ground > 0 and (opt.ground_steps <= 0 or warm):
+        ground_on = opt.w_ground > 0 and (opt.ground_steps <= 0 or warm)
+        road_motion_on = opt.w_road_motion > 0 and opt.gsp_phase == "main"
+        if ground_on or road_motion_on:  # the road plane's depth per pixel, for either term
             plane = ground_plane_depth(Kf, cam2ego.flatten(0, 1), (h, w), opt.ground_height)
+        if ground_on:
             depth_gr = out["depth"]
             if opt.ground_shape_only:
                 depth_gr = scale_locked(depth_gr)
@@ -211,8 +214,7 @@ class GSPLoss(nn.Module):
                 logs["ground_beyond"] = beyond.detach()  # share of the downward pixels beyond the plane's margin
             loss = loss + opt.w_ground * loss_gr
             logs["loss_ground"] = loss_gr.detach()
-        if opt.w_road_motion > 0 and opt.gsp_phase == "main":
-            plane = ground_plane_depth(Kf, cam2ego.flatten(0, 1), (h, w), opt.ground_height)
+        if road_motion_on:
             road = road_pixels(batch, (h, w), "--w_road_motion")
             loss_rm, share = road_motion(target, sources, plane, road, Kf, T, opt.ground_max_depth, valid,
                                          automask=opt.road_motion_automask)
