@@ -188,7 +188,8 @@ def _frame_line(frame):
 
 def _source_line(e, fwd=None):
     """The innermost frame of this repository's Python above a profiler event ("networks/x.py(12): fn"): from its
-    ``stack`` (older torch) or from the Python-function events around it (torch >= 2.x with_stack); for the autograd
+    ``stack`` (older torch) or from the events around it (the Python tracer's function events with with_stack, the
+    ranges CallSites names by the calling line: the same "<file>(<line>): <function>" form); for the autograd
     engine's work (``fwd``: (thread, sequence number) -> line of the forward operators) the line of its forward
     operator, marked "(backward)"; else None."""
     for frame in e.stack or []:

@@ -49,35 +49,36 @@ OLD = {"channels_last_3d": False, "group_norm_impl": "torch", "lift_impl": "grid
 ALL_ON = {"channels_last_3d": True, "group_norm_impl": "parallel", "lift_impl": "gather", "raster_zsq": "moments",
           "fused_optimizer": True}
 # (name, settings over the option defaults, networks (None: every one), priority: lower runs first)
+DEFAULTS = {**OLD, **ALL_ON}
+FUSED_NORMS = {"group_norm_impl": "fused", "batch_norm_impl": "fused"}  # networks/norm_kernels.py
+GRAPHED_ENCODER = {"graph_encoder": True}  # networks/occ_net.OccNet.features_step
+GRAPHED_VOLUME = {"graph_volume": True}  # networks/occ_net.OccNet.volume_step
 VARIANTS = [
     ("old", OLD, None, 0),
-    ("all", {**OLD, **ALL_ON}, None, 0),
+    ("all", DEFAULTS, None, 0),
     ("+channels_last_3d", {**OLD, "channels_last_3d": True}, None, 1),
     ("+group_norm parallel", {**OLD, "group_norm_impl": "parallel"}, ("project", "quick"), 1),
     ("+lift gather", {**OLD, "lift_impl": "gather"}, None, 1),
     ("+zsq moments", {**OLD, "raster_zsq": "moments"}, None, 1),
     ("+fused optimizer", {**OLD, "fused_optimizer": True}, None, 1),
-    ("all +tile 8", {**OLD, **ALL_ON, "gsplat_tile_size": 8}, None, 2),
-    ("all +unpacked", {**OLD, **ALL_ON, "gsplat_packed": False}, None, 3),
+    ("all +tile 8", {**DEFAULTS, "gsplat_tile_size": 8}, None, 2),
+    ("all +unpacked", {**DEFAULTS, "gsplat_packed": False}, None, 3),
     # the norms' sums as tensor-core matrix products (networks/fast_norm.py), over the option defaults
-    ("defaults +gemm norms", {**OLD, **ALL_ON, "group_norm_impl": "gemm", "batch_norm_impl": "gemm"}, None, 1),
-    # each norm pass one Triton kernel (networks/norm_kernels.py), over the option defaults
-    ("defaults +fused norms", {**OLD, **ALL_ON, "group_norm_impl": "fused", "batch_norm_impl": "fused"}, None, 1),
-    # the image encoder's forward and backward as CUDA graphs (networks/occ_net.OccNet.features_step)
-    ("defaults +graphed encoder", {**OLD, **ALL_ON, "graph_encoder": True}, None, 1),
-    ("defaults +fused norms +graphed encoder", {**OLD, **ALL_ON, "group_norm_impl": "fused", "batch_norm_impl": "fused",
-                                                "graph_encoder": True}, None, 1),
-    # the 3D CNN's forward and backward as CUDA graphs too (OccNet.volume_step): the fused norms' launches off the host
-    ("defaults +fused norms +graphed encoder +graphed volume", {**OLD, **ALL_ON, "group_norm_impl": "fused",
-                                                               "batch_norm_impl": "fused", "graph_encoder": True,
-                                                               "graph_volume": True}, None, 1),
-    ("defaults +graphed encoder +graphed volume", {**OLD, **ALL_ON, "graph_encoder": True, "graph_volume": True},
-     None, 1),
+    ("defaults +gemm norms", {**DEFAULTS, "group_norm_impl": "gemm", "batch_norm_impl": "gemm"}, None, 1),
+    # each norm pass one Triton kernel, over the option defaults
+    ("defaults +fused norms", {**DEFAULTS, **FUSED_NORMS}, None, 1),
+    # the image encoder's forward and backward as CUDA graphs
+    ("defaults +graphed encoder", {**DEFAULTS, **GRAPHED_ENCODER}, None, 1),
+    ("defaults +fused norms +graphed encoder", {**DEFAULTS, **FUSED_NORMS, **GRAPHED_ENCODER}, None, 1),
+    # the 3D CNN's forward and backward as CUDA graphs too: the fused norms' launches off the host
+    ("defaults +fused norms +graphed encoder +graphed volume",
+     {**DEFAULTS, **FUSED_NORMS, **GRAPHED_ENCODER, **GRAPHED_VOLUME}, None, 1),
+    ("defaults +graphed encoder +graphed volume", {**DEFAULTS, **GRAPHED_ENCODER, **GRAPHED_VOLUME}, None, 1),
     # the photometric error and the smoothness through torch.compile (utils/losses.py), over the option defaults
-    ("defaults +compiled loss", {**OLD, **ALL_ON, "compile_loss": True}, None, 1),
-    ("all +compile", {**OLD, **ALL_ON, "compile": True}, None, 4),
+    ("defaults +compiled loss", {**DEFAULTS, "compile_loss": True}, None, 1),
+    ("all +compile", {**DEFAULTS, "compile": True}, None, 4),
     # the option defaults on a step that writes no scalars (the trainer's 19 in 20: no depth quantiles, no fog stats)
-    ("defaults, not logged", {**OLD, **ALL_ON, "_log_details": False}, None, 2),
+    ("defaults, not logged", {**DEFAULTS, "_log_details": False}, None, 2),
 ]
 PROFILED = ("old", "all")  # the default of --profile_variants
 COMPILE_EXTRA_S = 240  # what torch.compile may add to a variant (estimate for the budget)
@@ -321,7 +322,7 @@ def markdown(result):
               "Inclusive device time of some operators and autograd nodes, ms per step (nested entries overlap):", ""]
         L += [f"- {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in p["ops_ms"].items()) for name, p in prof.items()]
         L += ["", "Device time by the line of this repository that made the work, ms per step (the 30 largest; "
-              "tools/bench/profile.py `source_times`, a profile with Python stacks):", ""]
+              "tools/bench/profile.py `source_times`, each torch call in a range named by its line: CallSites):", ""]
         for name, p in prof.items():
             L += [f"**{name}**", ""] + [f"- {v:.2f} {k}" for k, v in (p.get("sources_ms") or {}).items()] + [""]
         L += ["", "## Per stage of the step: device time, host time (the CPU's own time of the operators and the Python "
