@@ -11,6 +11,7 @@ default) the one-sided ground term (``utils.losses.ground_hinge``: no depth beyo
 comes from GSP alone (``scale_locked``). Pixels where ``batch['mask']`` is 0 (DDAD: the ego car's own body) are left out of every term.
 """
 import functools
+import math
 
 import torch
 import torch.nn as nn
@@ -21,9 +22,10 @@ from utils.batch import self_occlusion
 from utils.cli import str2bool
 from utils.constants import OCC_CLASSES
 from utils.errors import BadData
-from utils.geometry import capture_synced_cam2ego, ego_motion_to_cam, ground_plane_depth
+from utils.geometry import capture_synced_cam2ego, ego_motion_to_cam, ground_plane_depth, rescale_K_to
 from utils.gsp import cross_view_loss
-from utils.losses import ground_hinge, ground_road, road_motion, smoothness_loss, temporal_loss
+from utils.losses import (curve_minimum, ground_hinge, ground_road, log_grid, road_motion, road_scale_curve,
+                          smoothness_loss, temporal_loss)
 from utils.rasterizer import rasterize
 
 ROAD_ID = OCC_CLASSES.index("driveable_surface")
@@ -104,6 +106,23 @@ def add_args(parser):
     g.add_argument("--road_motion_automask", type=str2bool, default=True,
                    help="--w_road_motion: a road pixel takes min(warped error, no-motion error) as the temporal term's "
                         "auto-mask (false: the warped error; then the translation stayed near zero on the fixture)")
+    g.add_argument("--w_road_scale", type=float, default=0.0,
+                   help="weight of the road-scale term (main phase): each step, with no gradient, the road pixels (2D "
+                        "labels' driveable surface within --ground_max_depth, at the road plane's metric depth) are "
+                        "warped to the adjacent frames with the pose net's motion, its translation scaled over a log "
+                        "grid (--road_scale_span, --road_scale_points); the scale s of the least error, pooled over "
+                        "the batch, is a measurement, and the term is mean |log |t| - stopgrad(log s |t|)| over the "
+                        "batch's translations t: the road says how far the ego went, the term pulls the pose net there "
+                        "(needs --use_sem true and --sem_root). The road's error as a loss (--w_road_motion) has a "
+                        "plateau beyond ~2x; its least value does not")
+    g.add_argument("--road_scale_span", type=float, default=4.0,
+                   help="--w_road_scale: the grid runs from 1 / span to span x the current translation")
+    g.add_argument("--road_scale_points", type=int, default=25, help="--w_road_scale: grid points (odd: 1 included)")
+    g.add_argument("--road_scale_downsample", type=int, default=2,
+                   help="--w_road_scale: the search runs at the input size / this (area-averaged images)")
+    g.add_argument("--road_scale_min_contrast", type=float, default=0.05,
+                   help="--w_road_scale: no pull in a step whose curve varies less than this (max / min - 1): every "
+                        "scale gives about the no-motion error, e.g. while the translation is still near zero")
     g.add_argument("--gsp_scale_lock", type=str2bool, default=False,
                    help="main phase with GSP: the temporal loss gets no gradient along each depth map's global scale "
                         "(depth x exp(g - stopgrad(g)), g = mean log depth), so only the cross-view term sets the "
@@ -158,6 +177,38 @@ class GSPLoss(nn.Module):
 
     def set_step(self, step, log=True):
         self.step = step
+
+    def road_scale(self, target, sources, K, cam2ego, poses, batch, valid, hw):
+        """--w_road_scale: (loss, logs). The search of ``utils.losses.road_scale_curve`` at the input size /
+        --road_scale_downsample over --road_scale_points translation scales, then mean |log |t| - stopgrad(log s* |t|)|
+        over every translation of ``poses`` (B, F, 4, 4); zero (with a gradient) where the curve is flatter than
+        --road_scale_min_contrast."""
+        opt = self.opt
+        road = road_pixels(batch, hw, "--w_road_scale")
+        size = tuple(max(1, x // opt.road_scale_downsample) for x in hw)
+        small = lambda x: F.interpolate(x, size, mode="area")  # noqa: E731
+        near = lambda x: F.interpolate(x.float(), size, mode="nearest") > 0.5  # noqa: E731
+        Ks = rescale_K_to(K, hw, size)
+        c2e = cam2ego.flatten(0, 1)
+        plane = ground_plane_depth(Ks, c2e, size, opt.ground_height)
+        P = poses.detach().float()
+
+        def moved(s):
+            Q = P.clone()
+            Q[..., :3, 3] *= s
+            return [ego_motion_to_cam(Q[:, k], cam2ego).flatten(0, 1) for k in range(Q.shape[1])]
+
+        scales = log_grid(opt.road_scale_span, opt.road_scale_points)
+        curve, npx = road_scale_curve(small(target), [small(x) for x in sources], plane, near(road), Ks, moved, scales,
+                                      opt.ground_max_depth, None if valid is None else near(valid))
+        s_best, contrast = curve_minimum(curve, scales)
+        t = poses[..., :3, 3].norm(dim=-1).clamp(min=1e-4)  # (B, F)
+        used = contrast >= opt.road_scale_min_contrast and int(npx) > 0
+        goal = torch.log(t.detach()) + math.log(s_best)
+        loss = (torch.log(t) - goal).abs().mean() if used else t.sum() * 0.0
+        logs = {"road_scale": torch.tensor(s_best), "road_scale_contrast": torch.tensor(contrast),
+                "road_scale_used": torch.tensor(float(used))}
+        return loss, logs
 
     def forward(self, out, poses, batch):
         opt = self.opt
@@ -221,6 +272,10 @@ class GSPLoss(nn.Module):
             loss = loss + opt.w_road_motion * loss_rm
             logs["loss_road_motion"] = loss_rm.detach()
             logs["road_motion_px"] = share.detach()  # share of the pixels the term holds
+        if opt.w_road_scale > 0 and opt.gsp_phase == "main":
+            loss_rs, rs_logs = self.road_scale(target, sources, Kf, cam2ego, poses, batch, valid, (h, w))
+            loss = loss + opt.w_road_scale * loss_rs
+            logs.update(rs_logs)
         if gsp:
             scale = out["gs_scale"] * (out["depth"] if opt.gsp_scale_relative else 1.0)
             rig = cam2ego  # where each camera was when it took its image (--gsp_sync), else the calibration
