@@ -12,7 +12,7 @@ from tests.test_ground_term import _road_frames
 from tests.test_gsp import make_opt
 from utils.errors import BadData
 from utils.geometry import ego_motion_to_cam, ground_plane_depth
-from utils.losses import curve_minimum, log_grid, road_scale_curve
+from utils.losses import curve_minimum, log_grid, road_error_curve
 
 
 def _curve(imgs, K, c2e, motions, factor, span=4.0, points=25):
@@ -24,7 +24,7 @@ def _curve(imgs, K, c2e, motions, factor, span=4.0, points=25):
         return [ego_motion_to_cam(m[k:k + 1], c2e[None])[:, 0] for k in range(2)]
 
     scales = log_grid(span, points)
-    curve, npx = road_scale_curve(imgs[1], [imgs[0], imgs[2]], plane, torch.isfinite(plane), K, moved, scales, 8.0)
+    curve, npx = road_error_curve(imgs[1], [imgs[0], imgs[2]], plane, torch.isfinite(plane), K, moved, scales, 8.0)
     return curve, npx, scales
 
 
@@ -105,3 +105,29 @@ def test_criterion_pulls_the_translation_toward_what_the_road_measures():
     del batch["sem"]
     with pytest.raises(BadData, match="--w_road_scale reads the road's pixels"):
         GSPLoss(make_opt(*opts, "--w_road_scale", "0.5"))(out, poses, batch)
+
+
+def test_the_heading_search_turns_the_translation_back_toward_the_road():
+    """A translation 1.3x too long and turned 12 deg about the up axis: the heading search (at the handed length)
+    turns it back by most of the 12 deg, the road then fits far better (higher contrast), and the scale at that heading
+    is within 3 % of 1 / 1.3; the term from step --road_scale_from on only."""
+    imgs, K, c2e, motions = _road_frames()
+    batch = _six(imgs, K, c2e)
+    h, w = imgs.shape[-2:]
+    out = {("disp", s): torch.full((6, 1, h >> s, w >> s), 0.2) for s in range(4)}
+    out.update(depth=torch.full((6, 1, h, w), 10.0), gs_scale=torch.full((6, 1, h, w), 0.05))
+    turn = math.radians(12)
+    poses = motions.clone()[None]
+    x = poses[..., 0, 3].clone()
+    poses[..., 0, 3], poses[..., 1, 3] = 1.3 * math.cos(turn) * x, 1.3 * math.sin(turn) * x
+    opts = ("--use_gsp", "false", "--ground_max_depth", "8", "--road_scale_downsample", "1", "--w_road_scale", "0.5")
+    logs = {}
+    for heading in ("0", "20"):
+        logs[heading] = GSPLoss(make_opt(*opts, "--road_scale_heading", heading))(out, poses, batch)[1]
+    assert -14 < float(logs["20"]["road_scale_heading"]) < -6
+    assert float(logs["20"]["road_scale_contrast"]) > 2 * float(logs["0"]["road_scale_contrast"])
+    assert abs(float(logs["20"]["road_scale"]) * 1.3 - 1) < 0.03
+    late = GSPLoss(make_opt(*opts, "--road_scale_from", "10"))
+    assert "road_scale" not in late(out, poses, batch)[1]
+    late.set_step(10)
+    assert "road_scale" in late(out, poses, batch)[1]

@@ -254,35 +254,40 @@ def log_grid(span, points):
 
 @full_precision
 @torch.no_grad()
-def road_scale_curve(target, sources, plane, road, K, T_of_scale, scales, max_depth=20.0, valid=None, alpha=0.85):
-    """The road's photometric error (``road_motion``'s, with the auto-mask) at each scale of the motion's translation,
-    pooled over every road pixel of the batch, no gradient: ``T_of_scale(s)`` gives the list of (N, 4, 4) target
-    camera -> source camera motions whose translation is scaled by s. Returns (curve (len(scales),) float64, number of
-    road pixels). The least value's scale is what the metric road says the translation's scale is (on both the
-    synthetic set and scene-0916 the global minimum is at 1.00-1.035 x the recorded motion; beyond ~2x the auto-mask
-    makes it a plateau, below ~0.3x the no-motion error: tools/diagnostics/road_motion_real.py)."""
+def road_error_curve(target, sources, plane, road, K, T_of, grid, max_depth=20.0, valid=None, alpha=0.85):
+    """The road's photometric error (``road_motion``'s, with the auto-mask) for each motion of a family, pooled over
+    every road pixel of the batch, no gradient: ``T_of(g)`` gives, for each value g of ``grid``, the list of
+    (N, 4, 4) target camera -> source camera motions (e.g. the translation scaled by g). Returns (curve (len(grid),)
+    float64, number of road pixels). Over the translation's scale the least value is what the metric road says the
+    scale is (on both the synthetic set and scene-0916 at 1.00-1.035 x the recorded motion; beyond ~2x the auto-mask
+    makes it a plateau, below ~0.3x the no-motion error: tools/diagnostics/road_motion_real.py), provided the
+    translation's direction is right: a heading 10 / 20 deg off moves it to 0.87 / 0.58 pooled over four synthetic
+    keyframe items, to 1.15 / 1.31 on another (yaw 3 deg off: 0.96 / 1.30; tools/diagnostics/road_scale_bias.py,
+    docs/results/runs/2026-12-06/stage1-road-scale-cpu)."""
     on = _as_bool(road) & torch.isfinite(plane) & (plane <= max_depth)
     if valid is not None:
         on = on & _as_bool(valid)
     depth = torch.where(on, plane, torch.ones_like(plane))
-    curve = [temporal_loss(target, sources, depth, K, T_of_scale(float(s)), target_mask=on, alpha=alpha)[0].double()
-             for s in scales]
+    curve = [temporal_loss(target, sources, depth, K, T_of(float(g)), target_mask=on, alpha=alpha)[0].double()
+             for g in grid]
     return torch.stack(curve), on.sum()
 
 
-def curve_minimum(curve, scales):
-    """(scale of the least value, contrast): the argmin refined by a parabola through it and its two neighbours in
-    log scale (the grid's end itself where the least value is at an end), and contrast = max / min - 1 of the curve
-    (how much the curve says: ~0 where every scale gives the no-motion error)."""
-    c, ls = curve.double(), torch.log(scales.double().to(curve.device))
+def curve_minimum(curve, grid, log=True):
+    """(grid value of the least value, contrast): the argmin refined by a parabola through it and its two neighbours
+    (in log of the grid with ``log``, for a grid of scales; else linear, e.g. angles), the grid's end itself where the
+    least value is at an end, and contrast = max / min - 1 of the curve (how much the curve says: ~0 where every value
+    gives the no-motion error)."""
+    g = grid.double().to(curve.device)
+    c, x = curve.double(), torch.log(g) if log else g
     i = int(torch.argmin(c))
-    best = ls[i]
+    best = x[i]
     if 0 < i < len(c) - 1:
         y0, y1, y2 = c[i - 1], c[i], c[i + 1]
         den = y0 - 2 * y1 + y2
         if den > 0:
-            best = ls[i] + 0.5 * (y0 - y2) / den * (ls[i + 1] - ls[i])
-    return float(torch.exp(best)), float(c.max() / c.min().clamp(min=1e-12) - 1)
+            best = x[i] + 0.5 * (y0 - y2) / den * (x[i + 1] - x[i])
+    return float(torch.exp(best) if log else best), float(c.max() / c.min().clamp(min=1e-12) - 1)
 
 
 def semantic_ce(logits, labels, ignore_index=255, weight=None):
