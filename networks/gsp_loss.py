@@ -114,7 +114,10 @@ def add_args(parser):
                         "the batch, is a measurement, and the term is mean |log |t| - stopgrad(log s |t|)| over the "
                         "batch's translations t: the road says how far the ego went, the term pulls the pose net there "
                         "(needs --use_sem true and --sem_root). The road's error as a loss (--w_road_motion) has a "
-                        "plateau beyond ~2x; its least value does not")
+                        "plateau beyond ~2x; its least value does not. Off: on the CPU (96 x 160) it held the pose net's "
+                        "translation short from step 0 (along a wrong heading the least error is not at the true "
+                        "scale) and from step 120 pulled the scale 25-35 %% too low on both data sets "
+                        "(docs/results/runs/2026-12-06/stage1-road-scale-cpu)")
     g.add_argument("--road_scale_from", type=int, default=0,
                    help="--w_road_scale: the term from this main-phase step on (before it the temporal term learns "
                         "the translation's direction: from the first step on, the term held the pose net's "
