@@ -8,7 +8,8 @@
 #
 # 1. wheels in .whl/ (if any) are installed into /tmp/site (no network needed) and put on PYTHONPATH;
 # 2. gsplat's kernels: .kernels/gsplat_cuda.so.gz is used when present (GSPLAT_KERNELS; ~1 s), else they are built
-#    once and saved to OUT_DIR/gsplat_cuda.so.gz for the next machine (tools/gsplat_build.py --save);
+#    once and saved to OUT_DIR/gsplat_cuda.so.gz for the next machine (tools/gsplat_build.py --save); with
+#    GSPLAT_BUILD_BG=1 that build runs beside COMMAND (which must wait for gsplat itself, as run_gs_occ.sh does);
 # 3. COMMAND runs in the background, its output in logs/device_run.log, with DEADLINE_AT (epoch seconds of the
 #    deadline) in its environment: tools/time_budget.py fits a training time into it;
 # 4. when it ends, or DEADLINE_S seconds after the start (then it is stopped), logs/ is packed into
@@ -52,10 +53,15 @@ case "${GSPLAT_KERNELS:-/}" in /*) ;; *) GSPLAT_KERNELS="$(pwd)/$GSPLAT_KERNELS"
 if [ $WAIT_ONLY = 0 ] && command -v nvidia-smi > /dev/null 2>&1; then
     if [ -n "${GSPLAT_KERNELS:-}" ] && [ -f "$GSPLAT_KERNELS" ]; then
         $PY -m tools.gsplat_build > logs/gsplat_build.log 2>&1
+    elif [ "${GSPLAT_BUILD_BG:-0}" = 1 ]; then
+        # the build beside COMMAND (90-160 s on a fresh machine), for a COMMAND that waits for gsplat itself
+        # (run_gs_occ.sh builds under the same lock while it makes its data); saved to OUT_DIR when it ends
+        $PY -m tools.gsplat_build --save "$OUT_DIR/gsplat_cuda.so.gz" > logs/gsplat_build_save.log 2>&1 &
+        BUILD_PID=$!
     else
         $PY -m tools.gsplat_build --save "$OUT_DIR/gsplat_cuda.so.gz" > logs/gsplat_build.log 2>&1
     fi
-    tail -1 logs/gsplat_build.log
+    [ -n "${BUILD_PID:-}" ] || tail -1 logs/gsplat_build.log
 fi
 export PYTHONUNBUFFERED=1
 if [ $WAIT_ONLY = 1 ]; then
@@ -94,6 +100,7 @@ while [ -z "$RC" ]; do
         sleep 2
     fi
 done
+if [ -n "${BUILD_PID:-}" ]; then wait "$BUILD_PID"; tail -1 logs/gsplat_build_save.log >> logs/device_run.log; fi
 echo "[device_run] rc $RC after $(( $(date +%s) - T0 )) s" >> logs/device_run.log
 find logs \( -name '*.log' -o -name '*.md' -o -name '*.json' -o -name '*.jsonl' -o -name 'options.txt' \
     -o -name 'stage1_poses.pt' \) \
