@@ -52,14 +52,10 @@ def _corners(gx, gy, h, w):
 
 
 @full_precision
-def lift_features_gather(feats, K, cam2ego, pts, image_size, min_depth=0.1, visibility=True):
-    """lift_features' result, computed as one gather. feats (B, N_cam, C, h, w), K (B, N_cam, 3, 3) at the image
-    size ``image_size`` (H, W), cam2ego (B, N_cam, 4, 4), pts (P, 3) ego points.
-
-    Returns (B, C + 1, P) with ``visibility`` (mean feature and the fraction of cameras that see the point), else
-    (B, C, P); its memory is (B, P, C [+1]): viewed as (B, C, X, Y, Z) it is a channels_last_3d volume."""
-    B, n_cam, C, h, w = feats.shape
-    table = feats.permute(0, 1, 3, 4, 2).reshape(B * n_cam * h * w, C)  # one row per camera pixel
+def _bags(feat_shape, K, cam2ego, pts, image_size, min_depth):
+    """The gather's indices and weights (float32 geometry): rows (pairs * 4,) into the (B * N_cam * h * w) table,
+    per-sample weights (pairs * 4,), the bags' offsets (B * P,) and count (B, P), the cameras that see each point."""
+    B, n_cam, _, h, w = feat_shape
     with torch.no_grad():
         gx, gy, visible = _visible_pairs(K, cam2ego, pts, image_size, min_depth)
         count = visible.sum(-1)  # (B, P): cameras that see each point
@@ -69,7 +65,25 @@ def lift_features_gather(feats, K, cam2ego, pts, image_size, min_depth=0.1, visi
         wts = wts / count[b, p].clamp(min=1)[:, None].to(wts.dtype)
         per_point = 4 * count.flatten()
         offsets = per_point.cumsum(0) - per_point
-    out = F.embedding_bag(rows.flatten(), table, offsets, mode="sum", per_sample_weights=wts.flatten().to(table.dtype))
+    return rows.flatten(), wts.flatten(), offsets, count
+
+
+def lift_features_gather(feats, K, cam2ego, pts, image_size, min_depth=0.1, visibility=True, dtype=None):
+    """lift_features' result, computed as one gather. feats (B, N_cam, C, h, w), K (B, N_cam, 3, 3) at the image
+    size ``image_size`` (H, W), cam2ego (B, N_cam, 4, 4), pts (P, 3) ego points.
+
+    Returns (B, C + 1, P) with ``visibility`` (mean feature and the fraction of cameras that see the point), else
+    (B, C, P); its memory is (B, P, C [+1]): viewed as (B, C, X, Y, Z) it is a channels_last_3d volume. The
+    geometry is float32 whatever autocast says; the gather and the volume are in ``dtype`` (default: float32, or
+    float64 for float64 features; ``--lift_dtype features`` passes the features' own dtype, bf16 under autocast, so
+    that the 3D CNN's first convolution casts no volume of ~2e6 voxels x C channels forward and back)."""
+    B, n_cam, C, h, w = feats.shape
+    if dtype is None:
+        dtype = torch.float64 if feats.dtype == torch.float64 else torch.float32
+    rows, wts, offsets, count = _bags(feats.shape, K, cam2ego, pts, image_size, min_depth)
+    table = feats.to(dtype).permute(0, 1, 3, 4, 2).reshape(B * n_cam * h * w, C)  # one row per camera pixel
+    with torch.autocast(feats.device.type, enabled=False):
+        out = F.embedding_bag(rows, table, offsets, mode="sum", per_sample_weights=wts.to(dtype))
     if visibility:
-        out = torch.cat([out, count.flatten().to(out.dtype)[:, None] / n_cam], 1)
+        out = torch.cat([out, count.flatten().to(dtype)[:, None] / n_cam], 1)
     return out.view(B, pts.shape[0], -1).transpose(1, 2)

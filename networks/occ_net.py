@@ -240,6 +240,7 @@ class OccNet(nn.Module):
         self.neck_type = opt.image_neck
         self.lift_visibility = opt.lift_visibility
         self.lift_impl = opt.lift_impl  # grid_sample (lift_features) or gather (networks/lift_gather.py)
+        self.lift_dtype = getattr(opt, "lift_dtype", "float32")  # the gather's dtype (float32 or the features')
         self.volume_format = torch.contiguous_format  # the 3D CNN's layout; utils/speed.py may set channels_last_3d
         self.graph_encoder = False  # --graph_encoder (utils/speed.py): the 2D part's training step as CUDA graphs
         self.graph_volume = False  # --graph_volume (utils/speed.py): the 3D CNN's training step as CUDA graphs
@@ -377,7 +378,8 @@ class OccNet(nn.Module):
         pts = self.centres.view(-1, 3)
         with stage("lifting"):
             if self.lift_impl == "gather":
-                vol = lift_features_gather(feats, K, cam2ego, pts, (H, W), self.min_depth, self.lift_visibility)
+                dtype = feats.dtype if self.lift_dtype == "features" else None
+                vol = lift_features_gather(feats, K, cam2ego, pts, (H, W), self.min_depth, self.lift_visibility, dtype)
             else:
                 vol = lift_features(feats, K, cam2ego, pts, (H, W), self.min_depth)
                 if not self.lift_visibility:

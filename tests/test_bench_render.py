@@ -150,7 +150,10 @@ def test_speed_compare_quick_cpu(tmp_path):
     assert any(k.startswith("networks/") for k in sources) and any("(backward)" in k for k in sources), sources
     groups = {c["group"] for c in res["components"] if "error" not in c}
     assert groups == {"ceiling", "norm", "conv", "lift"}, res["components"]
-    assert all(c.get("grad_rel_diff", 0) < 1e-5 for c in res["components"])
+    # (the bf16 gather of --lift_dtype features is the float32 one to bf16 rounding, no closer: its gradient, summed
+    # over the voxels each pixel feeds, 1.1e-2 on the CPU)
+    assert all(c.get("grad_rel_diff", 0) < (2e-2 if "bf16" in c["case"] else 1e-5) for c in res["components"])
+    assert any("bf16" in c["case"] and c["grad_rel_diff"] > 0 for c in res["components"])
     md = (tmp_path / "bench_speed.md").read_text()
     assert "| quick | all |" in md and "## Components" in md and "busy (sum)" in md and "| 3D CNN (backward) |" in md
     assert "Device time by the line of this repository" in md

@@ -19,6 +19,7 @@ GPU; each computes the same function as the default, tests/test_speed_options.py
   authors' batch norms so (measured slower); ``fused`` (both): each statistic pass and each elementwise pass one
   Triton kernel (networks/norm_kernels.py; the torch operators of ``parallel`` where Triton cannot run);
 * ``lift_impl gather``: the lifting as one weighted gather, channels-last (networks/lift_gather.py);
+  ``lift_dtype features``: that gather and its volume in the features' dtype (bf16 under autocast);
 * ``raster_zsq moments``: sum_i w_i z_i^2 of the depth-spread term from 9 moment channels shared by the cameras
   instead of per-camera copies of every feature (utils/rasterizer.py);
 * ``gsplat_packed``, ``gsplat_tile_size``: gsplat's own options (the same render);
@@ -78,6 +79,10 @@ def add_args(parser):
     g.add_argument("--lift_impl", type=str, default="gather", choices=["grid_sample", "gather"],
                    help="stage-2 lifting: grid_sample per camera, or gather (one embedding_bag over a channels-last "
                         "table of the feature maps, the same average; networks/lift_gather.py)")
+    g.add_argument("--lift_dtype", type=str, default="float32", choices=["float32", "features"],
+                   help="--lift_impl gather's gather and volume: float32, or the image features' own dtype (bf16 "
+                        "under --amp bf16: the 3D CNN's first convolution then casts no volume forward and back; "
+                        "the geometry stays float32)")
     g.add_argument("--raster_zsq", type=str, default="moments", choices=["per_camera", "moments"],
                    help="how the render gives sum_i w_i z_i^2 for --w_dist: per_camera copies every feature per "
                         "camera with z^2 appended; moments renders 9 shared moment channels of the Gaussian means "
@@ -122,7 +127,7 @@ def prepare_model(model, opt, device):
         nets = volume_networks(model)
         for net in nets:
             net.volume_format = torch.channels_last_3d
-            for part in (net.decoder, net.head, net.scale_head):
+            for part in (net.decoder, net.head, net.scale_head, net.offset_head):
                 if part is not None:
                     part.to(memory_format=torch.channels_last_3d)
         done.append(f"channels_last_3d ({len(nets)} 3D CNNs)")

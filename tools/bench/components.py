@@ -155,7 +155,8 @@ def norm_cases(device, quick, reps):
 def conv_cases(device, quick, reps):
     """3x3x3 convolutions of the decoders NCDHW / NDHWC: 32 -> 32, and the residual decoder's first, 65 -> 32 (64
     lifted channels + visibility; NDHWC also with the input and the weight padded by zeros to 72 channels, the same
-    result: cuDNN's fast NDHWC kernels want channels in multiples of 8)."""
+    result: cuDNN's fast NDHWC kernels want channels in multiples of 8; and, on CUDA, with a bf16 input as
+    --lift_dtype features gives it, where the others are float32 volumes that autocast casts)."""
     grid = QUICK_VOLUME if quick else PAPER_VOLUME
     amp = device.type == "cuda"
     dtype = "bf16" if amp else "float32"
@@ -165,13 +166,15 @@ def conv_cases(device, quick, reps):
         conv = torch.nn.Conv3d(cin, 32, 3, padding=1, bias=False).to(device)
         ref = None
         for name, fmt, pad in (("NCDHW", torch.contiguous_format, 0), ("NDHWC", CL3D, 0),
-                               ("NDHWC, padded to 72", CL3D, -cin % 8)):
-            if name.endswith("72") and pad == 0:
+                               ("NDHWC, padded to 72", CL3D, -cin % 8), ("NDHWC, bf16 input", CL3D, 0)):
+            if (name.endswith("72") and pad == 0) or (name.endswith("bf16 input") and (cin == 32 or not amp)):
                 continue
+            # "bf16 input": the volume as --lift_dtype features hands it over (no autocast cast, forward or back)
+            in_dtype = torch.bfloat16 if name.endswith("bf16 input") else base.dtype
 
-            def make(fmt=fmt, pad=pad):
+            def make(fmt=fmt, pad=pad, in_dtype=in_dtype):
                 conv.to(memory_format=fmt)
-                x = base.detach().clone(memory_format=fmt).requires_grad_()
+                x = base.detach().to(in_dtype).clone(memory_format=fmt).requires_grad_()
 
                 def fwd():
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -199,7 +202,9 @@ def lift_cases(device, quick, reps):
         feats = torch.randn(1, 6, 64, H // stride, W // stride, device=device,
                             generator=torch.Generator(device).manual_seed(3))
         cases = (("grid_sample per camera", lambda f: lift_features(f, K, cam2ego, pts, (H, W))),
-                 ("gather (embedding_bag)", lambda f: lift_features_gather(f, K, cam2ego, pts, (H, W))))
+                 ("gather (embedding_bag)", lambda f: lift_features_gather(f, K, cam2ego, pts, (H, W))),
+                 ("gather in bf16 (--lift_dtype features)",
+                  lambda f: lift_features_gather(f.bfloat16(), K, cam2ego, pts, (H, W), dtype=torch.bfloat16)))
         ref = None
         for name, fn in cases:
             def make(fn=fn):

@@ -53,6 +53,7 @@ DEFAULTS = {**OLD, **ALL_ON}
 FUSED_NORMS = {"group_norm_impl": "fused", "batch_norm_impl": "fused"}  # networks/norm_kernels.py
 GRAPHED_ENCODER = {"graph_encoder": True}  # networks/occ_net.OccNet.features_step
 GRAPHED_VOLUME = {"graph_volume": True}  # networks/occ_net.OccNet.volume_step
+BF16_LIFT = {"lift_dtype": "features"}  # networks/lift_gather.py: the volume in the features' bf16
 VARIANTS = [
     ("old", OLD, None, 0),
     ("all", DEFAULTS, None, 0),
@@ -74,6 +75,11 @@ VARIANTS = [
     ("defaults +fused norms +graphed encoder +graphed volume",
      {**DEFAULTS, **FUSED_NORMS, **GRAPHED_ENCODER, **GRAPHED_VOLUME}, None, 1),
     ("defaults +graphed encoder +graphed volume", {**DEFAULTS, **GRAPHED_ENCODER, **GRAPHED_VOLUME}, None, 1),
+    # the lifted volume in bf16: no float32 volume for the 3D CNN's first convolution to cast forward and back
+    ("defaults +fused norms +graphed encoder +bf16 lift", {**DEFAULTS, **FUSED_NORMS, **GRAPHED_ENCODER, **BF16_LIFT},
+     None, 1),
+    ("defaults +fused norms +graphed encoder +graphed volume +bf16 lift",
+     {**DEFAULTS, **FUSED_NORMS, **GRAPHED_ENCODER, **GRAPHED_VOLUME, **BF16_LIFT}, None, 1),
     # the photometric error and the smoothness through torch.compile (utils/losses.py), over the option defaults
     ("defaults +compiled loss", {**DEFAULTS, "compile_loss": True}, None, 1),
     ("all +compile", {**DEFAULTS, "compile": True}, None, 4),
