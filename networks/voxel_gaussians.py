@@ -96,17 +96,20 @@ def voxels_to_gaussians(logits, centres, opt, raw_scale=None, viewmats=None, nea
         if viewmats is not None:
             keep &= in_front_of_any(centres, viewmats[b], near)
         index = keep.nonzero()[:, 0]
+        # index_select, not x[index]: the same rows, but its backward is an index_add (the indices are unique),
+        # where x[index]'s is an accumulating index_put that sorts all ~2e6 indices first (4 of them a step, 3.2 ms
+        # on an H100 at 300 x 300 x 24)
         raw = None
         if raw_scale is not None:  # (1 or 3, X, Y, Z) -> (P,) or (P, 3)
-            raw = raw_scale[b].flatten(1).t()[index]
+            raw = raw_scale[b].flatten(1).t().index_select(0, index)
             raw = raw[:, 0] if raw.shape[1] == 1 else raw
         means = centres[index]
         if raw_offset is not None and getattr(opt, "gs_offset", 0) > 0:
-            means = means + offset_metres(raw_offset[b].flatten(1).t()[index], opt)
+            means = means + offset_metres(raw_offset[b].flatten(1).t().index_select(0, index), opt)
         scales = gaussian_scales(centres[index], raw, opt)
         scales = scales[:, None].expand(-1, 3) if scales.dim() == 1 else scales
         quats = means.new_zeros(len(index), 4)
         quats[:, 0] = 1
-        out.append(dict(means=means, quats=quats, scales=scales, opacities=op[index],
-                        features=lg[index, :-1], index=index))
+        out.append(dict(means=means, quats=quats, scales=scales, opacities=op.index_select(0, index),
+                        features=lg[:, :-1].index_select(0, index), index=index))
     return out

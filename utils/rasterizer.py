@@ -92,6 +92,22 @@ def rasterize(means, quats, scales, opacities, features, viewmats, Ks, width, he
     return {"depth": depth, "depth_exp": depth / alpha.clamp(min=1e-10), "alpha": alpha, "features": img[:, :D]}
 
 
+# channel counts gsplat 1.5.3's rasterize_to_pixels has kernels for (features + the depth of "RGB+D"); any other count
+# it pads with zeros by one more concatenation of all the (camera, Gaussian) pairs' colours
+GSPLAT_CHANNELS = (1, 2, 3, 4, 5, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129, 256, 257, 512, 513)
+
+
+def gsplat_padding(d):
+    """Zero feature channels to append to d features so that gsplat renders them (with its depth channel) without
+    padding them itself: the zeros are then written by a concatenation that is made anyway."""
+    return min(c for c in GSPLAT_CHANNELS if c >= d + 1) - (d + 1) if d + 1 <= GSPLAT_CHANNELS[-1] else 0
+
+
+def _padding_for(backend, d):
+    """gsplat_padding(d) for the gsplat backend (zeros in our concatenation instead of gsplat's), else 0."""
+    return gsplat_padding(d) if backend == "gsplat" else 0
+
+
 def depth_moments(means):
     """(N, 9): x, y, z, xx, xy, xz, yy, yz, zz of the means (N, 3) (float32, float64 kept), no gradient: the
     shared channels of zsq moments."""
@@ -129,9 +145,12 @@ def _rasterize_with_zsq(means, quats, scales, opacities, features, viewmats, Ks,
             if feats.dim() == 3:
                 raise ValueError("zsq moments needs features shared by the cameras, (N, D)")
             extra = depth_moments(means)
-        feats = torch.cat([feats, extra.to(feats.dtype)], -1)
+        d = feats.shape[-1] + extra.shape[-1]
+        pad = _padding_for(kw.get("backend"), d)
+        parts = [feats, extra.to(feats.dtype)] + [feats.new_zeros(*extra.shape[:-1], pad)] * (pad > 0)
+        feats = torch.cat(parts, -1)
     out = rasterize(means, quats, scales, opacities, feats, viewmats, Ks, width, height, **kw)
-    f = out["features"]
+    f = out["features"][:, :d]
     if mode == "per_camera":
         out["features"], out["zsq"] = f[:, :-1], f[:, -1:]
     else:
