@@ -103,3 +103,28 @@ def test_the_kernels_outlive_the_working_tree(tmp_path):
     r, _ = _call(tmp_path, tmp_path / "out2", 60, tmp_path / "out2", "sh", "-c",
                  "cd logs && cat \"$GSPLAT_KERNELS\" > k2.txt", env={"GSPLAT_KERNELS": "k.gz"})
     assert r.returncode == 0 and (tmp_path / "logs" / "k2.txt").read_text() == "mine", r.stderr
+
+
+def test_gsplat_build_in_the_background_runs_beside_the_command(tmp_path):
+    """GSPLAT_BUILD_BG=1 on a GPU machine without prebuilt kernels: the kernel build (here a fake one of 3 s) runs while
+    the command runs, not before it, and its saved kernels are in OUT_DIR when device_run.sh returns."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\nexit 0\n")  # "a GPU machine"
+    # PY: a fake python whose `-m tools.gsplat_build --save FILE` takes 3 s and writes FILE
+    (bin_dir / "fakepy").write_text('#!/bin/sh\n[ "$2" = tools.gsplat_build ] || exit 9\nsleep 3\n'
+                                    '[ "$3" = --save ] && echo kernels > "$4"\necho "[setup] built"\n')
+    for f in ("nvidia-smi", "fakepy"):
+        (bin_dir / f).chmod(0o755)
+    out = tmp_path / "out"
+    env = dict(os.environ, PATH=f"{bin_dir}:/usr/bin:/bin", PY=str(bin_dir / "fakepy"), GSPLAT_BUILD_BG="1")
+    env.pop("GSPLAT_KERNELS", None)
+    t0 = time.time()
+    r = subprocess.run(["sh", str(SCRIPT), "60", str(out), "sh", "-c", "date +%s.%N > logs/started.txt"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    started = float((tmp_path / "logs" / "started.txt").read_text())
+    assert started - t0 < 2.5  # the command did not wait for the 3 s build
+    assert time.time() - t0 >= 3  # device_run.sh waited for it before returning
+    assert (out / "gsplat_cuda.so.gz").read_text().strip() == "kernels"
+    assert "[setup] built" in (tmp_path / "logs" / "device_run.log").read_text()
