@@ -337,6 +337,9 @@ class OccNet(nn.Module):
     def volume_output_names(self):
         return ["logits"] + ["scale"] * (self.scale_head is not None) + ["offset"] * (self.offset_head is not None)
 
+    # the modules volume_outputs runs (those that exist): the 3D CNN's part of the step (channels_last_3d, graphs)
+    VOLUME_PARTS = ("decoder", "head", "scale_head", "offset_head")
+
     def volume_outputs(self, vol):
         """The 3D CNN and its heads: {"logits", and "scale" / "offset" when those heads exist}."""
         x = self.decoder(vol)
@@ -353,8 +356,7 @@ class OccNet(nn.Module):
         norms took 23 ms of host time for 13 ms of GPU time a forward, about as long again a backward (one H100).
         As features_step; the activations stay in the graph's own memory between steps."""
         fn = self._graph("--graph_volume", self.graph_volume, vol,
-                         lambda: _Part(self, ("decoder", "head", "scale_head", "offset_head"), self.volume_outputs,
-                                       self.volume_output_names()))
+                         lambda: _Part(self, self.VOLUME_PARTS, self.volume_outputs, self.volume_output_names()))
         return self.volume_outputs(vol) if fn is None else dict(zip(fn.names, fn(vol)))
 
     def _graph(self, flag, enabled, x, make_part):

@@ -210,15 +210,20 @@ def ground_hinge(depth, plane, margin=0.2, valid=None):
     return masked_mean(excess, below), masked_mean((excess > 0).float(), below)
 
 
+def road_on_plane(road, plane, max_depth=20.0, valid=None):
+    """(N, 1, H, W) bool: the road pixels (``road``) whose ray meets the road plane (``plane`` depth, inf where the
+    ray does not go down) within ``max_depth`` metres, and ``valid`` where given: the pixels the road terms hold."""
+    on = _as_bool(road) & torch.isfinite(plane) & (plane <= max_depth)
+    return on if valid is None else on & _as_bool(valid)
+
+
 def ground_road(depth, plane, road, max_depth=20.0, valid=None):
     """Two-sided ground term on the road's pixels: a pixel labelled road (``road``, e.g. the 2D pseudo-labels'
     driveable surface) lies where its ray meets the road plane, so mean |log depth - log plane| over the road pixels
     whose ray meets the plane within ``max_depth`` metres (and ``valid``): an L1 in log depth, robust to the labels'
     edges and to the road's own slope beyond the near field. depth, plane (N, 1, H, W) (plane inf: the ray does not
     go down), road (N, 1, H, W) bool. Returns (loss, share of those pixels, share of them more than 10 % off)."""
-    on = _as_bool(road) & torch.isfinite(plane) & (plane <= max_depth)
-    if valid is not None:
-        on = on & _as_bool(valid)
+    on = road_on_plane(road, plane, max_depth, valid)
     ref = torch.where(on, plane, depth.detach()).clamp(min=1e-3)
     err = (torch.log(depth.clamp(min=1e-3)) - torch.log(ref)).abs()
     return masked_mean(err, on), on.float().mean(), masked_mean((err > math.log(1.1)).float(), on)
@@ -237,9 +242,7 @@ def road_motion(target, sources, plane, road, K, T, max_depth=20.0, valid=None, 
     near zero, where a large warp of the textured road first gets worse before it gets better, is not held there
     (without it the pose net's translation stayed at 2-14 % of the recorded one on the fixture, CPU). Returns
     (loss, share of all pixels it holds)."""
-    on = _as_bool(road) & torch.isfinite(plane) & (plane <= max_depth)
-    if valid is not None:
-        on = on & _as_bool(valid)
+    on = road_on_plane(road, plane, max_depth, valid)
     depth = torch.where(on, plane, torch.ones_like(plane)).detach()
     loss, _ = temporal_loss(target, sources, depth, K, T, target_mask=on, alpha=alpha, automask=automask)
     return loss, on.float().mean()
@@ -264,9 +267,7 @@ def road_error_curve(target, sources, plane, road, K, T_of, grid, max_depth=20.0
     translation's direction is right: a heading 10 / 20 deg off moves it to 0.87 / 0.58 pooled over four synthetic
     keyframe items, to 1.15 / 1.31 on another (yaw 3 deg off: 0.96 / 1.30; tools/diagnostics/road_scale_bias.py,
     docs/results/runs/2026-12-06/stage1-road-scale-cpu)."""
-    on = _as_bool(road) & torch.isfinite(plane) & (plane <= max_depth)
-    if valid is not None:
-        on = on & _as_bool(valid)
+    on = road_on_plane(road, plane, max_depth, valid)
     depth = torch.where(on, plane, torch.ones_like(plane))
     curve = [temporal_loss(target, sources, depth, K, T_of(float(g)), target_mask=on, alpha=alpha)[0].double()
              for g in grid]

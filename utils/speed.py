@@ -127,9 +127,9 @@ def prepare_model(model, opt, device):
         nets = volume_networks(model)
         for net in nets:
             net.volume_format = torch.channels_last_3d
-            for part in (net.decoder, net.head, net.scale_head, net.offset_head):
-                if part is not None:
-                    part.to(memory_format=torch.channels_last_3d)
+            for name in net.VOLUME_PARTS:
+                if getattr(net, name, None) is not None:
+                    getattr(net, name).to(memory_format=torch.channels_last_3d)
         done.append(f"channels_last_3d ({len(nets)} 3D CNNs)")
     for flag, what in (("graph_encoder", "image encoders"), ("graph_volume", "3D CNNs")):
         if getattr(opt, flag, False):
