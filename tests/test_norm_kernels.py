@@ -121,7 +121,9 @@ def test_graph_options_keep_the_cpu_step_eager():
     from utils.speed import autocast_cache, prepare_model
     opt = tiny_opt("--graph_encoder", "true", "--graph_volume", "true")
     assert opt.graph_encoder is True and opt.graph_volume is True and autocast_cache(opt) is False
-    assert autocast_cache(tiny_opt()) is True and autocast_cache(tiny_opt("--graph_volume", "true")) is False
+    off = ("--graph_encoder", "false")  # (on by default since 2026-12-06)
+    assert tiny_opt().graph_encoder is True and autocast_cache(tiny_opt()) is False
+    assert autocast_cache(tiny_opt(*off)) is True and autocast_cache(tiny_opt(*off, "--graph_volume", "true")) is False
     net = OccNet(opt).train()
     assert prepare_model(net, opt, torch.device("cpu")) == [] and not net.graph_encoder and not net.graph_volume
     net.graph_encoder = net.graph_volume = True  # as prepare_model sets them on CUDA: CPU tensors stay eager

@@ -9,8 +9,9 @@
   has to be measured first; ``tools/bench_render.py --step_compare`` does).
 These three act on CUDA only; on the CPU the model is returned untouched.
 
-Stage-2 speed options (off by default until ``tools/bench_render.py --speed_compare`` has measured them on a
-GPU; each computes the same function as the default, tests/test_speed_options.py compares values and gradients):
+Stage-2 speed options (each a default only once ``tools/bench_render.py --speed_compare`` has measured it faster on
+a GPU and, where it rounds differently, the occupancy benchmark no worse; each computes the same function as the old
+path, tests/test_speed_options.py and tests/test_norm_kernels.py compare values and gradients):
 * ``channels_last_3d`` (CUDA only): the 3D CNN's weights and its input volume NDHWC, so cuDNN's convolutions need
   no layout transposes and batch norm takes PyTorch's channels-last kernels (the contiguous ones reduce each
   channel in one thread block);
@@ -45,16 +46,17 @@ def stage(name):
 
 def add_args(parser):
     g = parser.add_argument_group("speed", "training-step speed on CUDA, results unchanged (utils/speed.py); the "
-                                  "defaults are the fastest measured on one H200 (docs/speed.md), the old path is "
-                                  "--channels_last_3d false --group_norm_impl torch --lift_impl grid_sample "
-                                  "--raster_zsq per_camera --fused_optimizer false")
+                                  "defaults are the fastest measured (docs/speed.md), the old path is "
+                                  "--channels_last_3d false --group_norm_impl torch --batch_norm_impl torch "
+                                  "--lift_impl grid_sample --raster_zsq per_camera --fused_optimizer false "
+                                  "--graph_encoder false")
     g.add_argument("--cudnn_benchmark", type=str2bool, default=True,
                    help="let cuDNN pick the fastest convolution algorithms for the fixed input shapes")
     g.add_argument("--channels_last", type=str2bool, default=True,
                    help="NHWC activations in the 2D ResNet encoders (not the stage-1 pose net)")
     g.add_argument("--compile", type=str2bool, default=False,
                    help="torch.compile each trainable sub-network (experimental: measure it first)")
-    g.add_argument("--graph_encoder", type=str2bool, default=False,
+    g.add_argument("--graph_encoder", type=str2bool, default=True,
                    help="stage 2's image encoder (and neck) as CUDA graphs in training (CUDA only; "
                         "networks/occ_net.OccNet.features_step): its ~500 kernels a pass become one launch; autocast "
                         "then runs without its weight cache")
@@ -66,12 +68,12 @@ def add_args(parser):
                    help="batches each data loader worker prepares ahead")
     g.add_argument("--channels_last_3d", type=str2bool, default=True,
                    help="NDHWC weights and volume in the stage-2 3D CNN (CUDA only)")
-    g.add_argument("--group_norm_impl", type=str, default="parallel", choices=GROUP_NORM_IMPLS,
+    g.add_argument("--group_norm_impl", type=str, default="fused", choices=GROUP_NORM_IMPLS,
                    help="residual decoder's group norm: torch (nn.GroupNorm), parallel (networks/fast_norm.py: the "
                         "same function through whole-GPU reductions, any layout, output in the input's dtype) or "
                         "gemm (the same with its sums as tensor-core matrix products) or fused (the same, each pass "
                         "one Triton kernel on CUDA: networks/norm_kernels.py)")
-    g.add_argument("--batch_norm_impl", type=str, default="torch", choices=BATCH_NORM_IMPLS,
+    g.add_argument("--batch_norm_impl", type=str, default="fused", choices=BATCH_NORM_IMPLS,
                    help="the authors' hourglass's batch norms in training: torch (nn.BatchNorm3d) or gemm "
                         "(networks/fast_norm.py: the batch statistics as tensor-core matrix products; same "
                         "parameters, buffers and running statistics) or fused (the same, each pass one Triton "
