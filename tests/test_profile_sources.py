@@ -37,3 +37,13 @@ def test_call_sites_name_the_line_without_the_python_tracer():
     called = {int(k.split("(")[1].split(")")[0]) for k in lines if k.startswith("utils/losses.py(")}
     src = open("utils/losses.py").read().splitlines()
     assert all("def " not in src[n - 1] for n in called)
+
+
+def test_shapes_name_each_operators_inputs():
+    """With ``shapes`` the second table keys each line's operator by its input shapes too (what a copy copies)."""
+    torch.manual_seed(0)
+    batch = (torch.rand(2, 3, 48, 64, requires_grad=True), torch.rand(2, 3, 48, 64))
+    by_line, by_shape = profile_sources(_step, batch, torch.device("cpu"), shapes=True)
+    pools = [k for k in by_shape if " aten::avg_pool2d " in k]
+    assert pools and all(k.startswith("utils/losses.py(") and k.endswith("[[2, 3, 50, 66]]") for k in pools)  # padded by 1
+    assert all("[[" not in k for k in by_line)

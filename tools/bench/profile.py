@@ -208,10 +208,17 @@ def _source_line(e, fwd=None):
     return None
 
 
-def source_times(events, n=1, top=30, cuda=True):
+def _shapes(e):
+    """" [shape, shape]" of an operator's first two tensor inputs (a profile with ``record_shapes``), or ""."""
+    shapes = [list(s) for s in (getattr(e, "input_shapes", None) or []) if s][:2]
+    return f" {shapes}" if shapes else ""
+
+
+def source_times(events, n=1, top=30, cuda=True, shapes=False):
     """{"<file>(<line>): <function> <operator>": ms per step}: the device time (CUDA; CPU time on the CPU) of the
     operators that ran no other operator, by the line of this repository's Python that made them (a profile taken
-    with ``with_stack``); the autograd engine's work by the line of its forward operator, marked "(backward)"."""
+    with ``with_stack``); the autograd engine's work by the line of its forward operator, marked "(backward)".
+    ``shapes``: each key also names the operator's input shapes (a profile taken with ``record_shapes``)."""
     cpu = [e for e in events if str(getattr(e, "device_type", "CPU")).endswith("CPU")]
     fwd = {}
     for e in cpu:  # forward operators that made autograd nodes: (thread, sequence number) -> their line
@@ -228,7 +235,7 @@ def source_times(events, n=1, top=30, cuda=True):
         if t <= 0:
             continue
         line = _source_line(e, fwd)
-        out[f"{line or '(no line of this repository)'} {e.name}"] += t / 1e3 / n
+        out[f"{line or '(no line of this repository)'} {e.name}{_shapes(e) if shapes else ''}"] += t / 1e3 / n
     return dict(out.most_common(top))
 
 
@@ -258,18 +265,21 @@ class CallSites(torch.overrides.TorchFunctionMode):
             return func(*args, **(kwargs or {}))
 
 
-def profile_sources(step, batch, device, n=1):
+def profile_sources(step, batch, device, n=1, shapes=False):
     """source_times of ``n`` steps of ``step`` (a second profile, its torch calls in ranges named by their line of
-    this repository (CallSites) and with Python stacks: its host times are not comparable to profile_step's)."""
+    this repository (CallSites) and with Python stacks: its host times are not comparable to profile_step's); with
+    ``shapes`` a pair (by line, by line and input shapes)."""
     from torch.profiler import ProfilerActivity, profile
     cuda = device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=acts, with_stack=True) as prof, CallSites():
+    with profile(activities=acts, with_stack=True, record_shapes=shapes) as prof, CallSites():
         for _ in range(n):
             step(batch)
         if cuda:
             torch.cuda.synchronize(device)
-    return source_times(prof.events(), n, cuda=cuda)
+    events = prof.events()
+    by_line = source_times(events, n, cuda=cuda)
+    return (by_line, source_times(events, n, top=20, cuda=cuda, shapes=True)) if shapes else by_line
 
 
 def stages_markdown(profiles):

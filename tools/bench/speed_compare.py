@@ -223,7 +223,8 @@ def run_variant(net, name, settings, args, device, ref_states, profile=True):
         row["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     if profile and args.profile and name in getattr(args, "profile_variants", PROFILED):
         row["profile"] = profile_step(lambda b: step(b), batch, device)
-        row["profile"]["sources_ms"] = profile_sources(lambda b: step(b), batch, device)
+        row["profile"]["sources_ms"], row["profile"]["sources_shapes_ms"] = profile_sources(
+            lambda b: step(b), batch, device, shapes=True)
         row["syncs"], row["sync_sites"] = count_syncs(lambda b: step(b), batch, device)
     row["wall_s"] = time.perf_counter() - t0
     return row
@@ -332,6 +333,9 @@ def markdown(result):
               "tools/bench/profile.py `source_times`, each torch call in a range named by its line: CallSites):", ""]
         for name, p in prof.items():
             L += [f"**{name}**", ""] + [f"- {v:.2f} {k}" for k, v in (p.get("sources_ms") or {}).items()] + [""]
+        L += ["The same by line and input shapes (the 20 largest):", ""]
+        for name, p in prof.items():
+            L += [f"**{name}**", ""] + [f"- {v:.2f} {k}" for k, v in (p.get("sources_shapes_ms") or {}).items()] + [""]
         L += ["", "## Per stage of the step: device time, host time (the CPU's own time of the operators and the Python "
               "between them) and kernel launches, ms per step (tools/bench/profile.py `stage_times`; a stage whose host "
               "time exceeds its device time sets the pace itself)", "", stages_markdown(prof)]
