@@ -201,10 +201,16 @@ def _graphed(part, sample, flag):
     """make_graphed_callables over ``part`` with ``sample`` as its input (requiring grad as the real input will);
     its warm-up passes leave the batch-norm buffers as they were. ``flag``: the option that asked, for the error."""
     saved = [b.detach().clone() for b in part.buffers()]
+    # the capture's warm-up runs on a side stream while the parameters' AccumulateGrad nodes were made on the
+    # default one: torch warns once about that mismatch, which the capture itself handles (quiet while capturing)
+    quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", lambda on: None)
+    quiet(False)
     try:
         graphed = torch.cuda.make_graphed_callables(part, (sample.detach().requires_grad_(sample.requires_grad),))
     except RuntimeError as err:
         raise RuntimeError(f"{flag}: capturing the CUDA graph failed ({err}); train without {flag}") from err
+    finally:
+        quiet(True)
     with torch.no_grad():
         for b, v in zip(part.buffers(), saved):
             b.copy_(v)
