@@ -42,7 +42,7 @@ from utils.checkpoint import (load_checkpoint, load_model_state, load_resume_che
                               remove_partial_files, require_stage, save_checkpoint)
 from utils.errors import ConfigError, RunBusy, disk_full_cause, message
 from utils.rng import rng_state, set_rng_state
-from utils.speed import autocast_cache, make_optimizer, prepare_model
+from utils.speed import autocast_cache, graphs_off_for_processes, make_optimizer, prepare_model
 from utils.throughput import Throughput, timed_batches
 from utils.vis import training_pictures
 
@@ -210,7 +210,8 @@ class Trainer:
         """SyncBatchNorm under DDP on GPUs, then the speed options (utils/speed.py); says what it did."""
         self.model, n_bn = dist.sync_batchnorm(self.model, self.world, self.device,
                                                  self.opt.sync_bn and not self.opt.share_gpu)
-        done = prepare_model(self.model, self.opt, self.device)
+        off = graphs_off_for_processes(self.opt, self.world)
+        done = prepare_model(self.model, self.opt, self.device) + off
         if n_bn:
             done.append(f"SyncBatchNorm ({n_bn} layers, {self.world} processes)")
         if done and dist.is_main():

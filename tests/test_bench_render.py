@@ -182,3 +182,27 @@ def test_stage_times_attribute_each_backward_to_its_forward_stage():
     assert st["a"]["ops"] == 1 and st["b"]["ops"] in (2, 3), st  # tanh; mm, sum (and its fill)
     assert st["a (backward)"]["ops"] >= 1 and st["b (backward)"]["ops"] >= 2, st
     assert "backward, not attributed" not in st and st["gradient accumulation"]["host_ms"] >= 0
+
+
+def test_component_gradients_come_in_the_outputs_layout():
+    """tools/bench/components.py hands each case's backward a gradient in its output's layout (a channels-last
+    convolution gets a channels-last gradient, as in the step), so a case times no layout copy the step lacks."""
+    from tools.bench.components import _layout
+    x = torch.randn(1, 3, 4, 5, 6)
+    assert _layout(x) is torch.contiguous_format
+    assert _layout(x.contiguous(memory_format=torch.channels_last_3d)) is torch.channels_last_3d
+    assert _layout(torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)) is torch.channels_last
+    assert _layout(torch.randn(1, 1, 4, 5, 6).contiguous(memory_format=torch.channels_last_3d)) is torch.contiguous_format
+
+
+def test_conv_grad_layouts_reports_each_convolutions_tensors():
+    """tools/diagnostics/conv_grad_layouts.py: per 3D convolution of the benchmark's step, the layout, dtype and shape
+    of its input, output and both gradients (on the CPU the speed options stay off: all NCDHW)."""
+    from tools.diagnostics.conv_grad_layouts import layout, main
+    rows = main(["--quick", "--device", "cpu", "--first", "1"])
+    first = {what: desc for name, what, desc in rows if name == rows[0][0]}
+    assert set(first) == {"input", "output", "input grad", "output grad"}
+    assert all(d.startswith("NCDHW float32 [1, ") for d in first.values())
+    assert first["input"].split("[")[1].split(",")[1] == first["input grad"].split("[")[1].split(",")[1]  # channels
+    assert layout(torch.randn(1, 3, 4, 5, 6).contiguous(memory_format=torch.channels_last_3d)) == "NDHWC"
+    assert layout(torch.randn(1, 3, 4, 5, 6).transpose(2, 3)).startswith("strides (")

@@ -180,3 +180,14 @@ def test_graph_capture_keeps_batch_norm_statistics_and_names_its_option(monkeypa
     net._graphs.clear()
     with pytest.raises(RuntimeError, match="--graph_volume: capturing the CUDA graph failed"):
         net.volume_step(vol)
+
+
+def test_graphs_are_single_process_only():
+    """Under DDP (world > 1) the trainer turns the CUDA graph options off and says so; one process keeps them."""
+    from tests.test_gsv_model import tiny_opt
+    from utils.speed import autocast_cache, graphs_off_for_processes
+    opt = tiny_opt("--graph_volume", "true")
+    assert graphs_off_for_processes(opt, 1) == [] and opt.graph_encoder and opt.graph_volume
+    said = graphs_off_for_processes(opt, 2)
+    assert said == ["--graph_encoder off (2 processes)", "--graph_volume off (2 processes)"]
+    assert not opt.graph_encoder and not opt.graph_volume and autocast_cache(opt) is True

@@ -268,13 +268,15 @@ def test_zsq_is_float32_under_autocast():
 
 
 def speed_opts(*extra, **flags):
-    """tiny_opt with the speed options of issue 20 set (all of them with all=True; norms="gemm": the group and the
+    """tiny_opt with the speed options set (all of them with all=True, else the old path; norms="gemm": the group and the
     batch norms with their sums as matrix products; "fused": both through networks/norm_kernels.py, which on the CPU
     fall back to the torch operators: the options' plumbing)."""
     on, norms = flags.get("all", False), flags.get("norms", "parallel")
-    args = ["--group_norm_impl", norms, "--lift_impl", "gather", "--raster_zsq", "moments"] if on else []
-    if on and norms in ("gemm", "fused"):
-        args += ["--batch_norm_impl", norms]
+    if not on:  # the old path (the norms' defaults are the fused ones since 2026-12-06)
+        return tiny_opt(*extra, "--group_norm_impl", "torch", "--batch_norm_impl", "torch", "--lift_impl",
+                        "grid_sample", "--raster_zsq", "per_camera")
+    args = ["--group_norm_impl", norms, "--lift_impl", "gather", "--raster_zsq", "moments",
+            "--batch_norm_impl", norms if norms in ("gemm", "fused") else "torch"]
     return tiny_opt(*extra, *args)
 
 

@@ -133,7 +133,7 @@ def prepare_model(model, opt, device):
                 if getattr(net, name, None) is not None:
                     getattr(net, name).to(memory_format=torch.channels_last_3d)
         done.append(f"channels_last_3d ({len(nets)} 3D CNNs)")
-    for flag, what in (("graph_encoder", "image encoders"), ("graph_volume", "3D CNNs")):
+    for flag, what in zip(GRAPH_FLAGS, ("image encoders", "3D CNNs")):
         if getattr(opt, flag, False):
             nets = volume_networks(model)
             for net in nets:
@@ -151,10 +151,25 @@ def prepare_model(model, opt, device):
     return done
 
 
+GRAPH_FLAGS = ("graph_encoder", "graph_volume")
+
+
+def graphs_off_for_processes(opt, world):
+    """Turns --graph_encoder / --graph_volume off in ``opt`` when ``world`` > 1 processes train together (DDP: the
+    captures would hold SyncBatchNorm's collectives and meet DDP's gradient hooks; not measured there). Returns what
+    it turned off, for the trainer's [speed] line."""
+    if world <= 1:
+        return []
+    off = [f for f in GRAPH_FLAGS if getattr(opt, f, False)]
+    for f in off:
+        setattr(opt, f, False)
+    return [f"--{f} off ({world} processes)" for f in off]
+
+
 def autocast_cache(opt):
     """torch.autocast's cache_enabled for a training step: off under --graph_encoder / --graph_volume (CUDA graphs
     cannot capture autocast's weight cache)."""
-    return not (getattr(opt, "graph_encoder", False) or getattr(opt, "graph_volume", False))
+    return not any(getattr(opt, f, False) for f in GRAPH_FLAGS)
 
 
 def make_optimizer(groups, opt, device):

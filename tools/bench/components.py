@@ -80,10 +80,20 @@ def _case(group, name, make, device, reps, ref=None, bytes_fwd=None, bytes_bwd=N
         return {"group": group, "case": name, "error": f"{type(err).__name__}: {str(err)[:200]}"}
 
 
+def _layout(t):
+    """The memory format ``t`` is dense in: channels-last (4D / 5D) when it is that and not plain contiguous."""
+    cl = {4: torch.channels_last, 5: torch.channels_last_3d}.get(t.dim())
+    return cl if cl is not None and t.is_contiguous(memory_format=cl) and not t.is_contiguous() else \
+        torch.contiguous_format
+
+
 def _timed_case(group, name, make, device, reps, ref, bytes_fwd, bytes_bwd):
     fwd, x = make()
     out = fwd()
+    # the output's gradient in the output's own layout, as the step's next layer hands it back (an NCDHW gradient
+    # for a channels-last output would time a layout copy that the step does not make)
     dy = torch.randn(out.shape, device=device, generator=torch.Generator(device).manual_seed(0)).to(out.dtype)
+    dy = dy.contiguous(memory_format=_layout(out))
 
     def both():
         x.grad = None
