@@ -53,7 +53,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--net", choices=sorted(NETS), default="project")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quick", action="store_true", help="the benchmark's small model and grid")
+    p.add_argument("--quick", action="store_true",
+                   help="the benchmark's small model and grid (its own network: --net applies at the paper sizes)")
     p.add_argument("--set", nargs="*", default=[], metavar="OPTION=VALUE", help="speed options over the defaults")
     p.add_argument("--first", type=int, default=3, help="how many convolutions to print (in forward order)")
     a = p.parse_args(argv)
