@@ -189,14 +189,21 @@ def build_model(opt, device, seed, ref_state):
     return model
 
 
-def run_variant(net, name, settings, args, device, ref_states, profile=True):
-    """One row: the model step's timings of a variant, its first loss and (PROFILED) its profile."""
+def step_options(net, settings, device, seed):
+    """The options of the benchmark's step: network ``net`` (a key of NETS at the paper sizes, or "quick"),
+    ``settings`` ({option: value}; keys starting with "_" are the harness's own) over the option defaults, bf16
+    autocast and gsplat on CUDA."""
     amp = "bf16" if device.type == "cuda" else "none"
-    argv = ["--stage", "gsv", "--pose", "gt", "--use_sem", "true", "--seed", str(args.seed), "--amp", amp,
+    argv = ["--stage", "gsv", "--pose", "gt", "--use_sem", "true", "--seed", str(seed), "--amp", amp,
             "--raster_backend", "gsplat" if device.type == "cuda" else "torch",
             *(QUICK_MODEL if net == "quick" else PAPER_MODEL + NETS[net]),
             *[x for k, v in settings.items() if not k.startswith("_") for x in (f"--{k}", str(v).lower())]]
-    opt = parse_model_args(argv)
+    return parse_model_args(argv)
+
+
+def run_variant(net, name, settings, args, device, ref_states, profile=True):
+    """One row: the model step's timings of a variant, its first loss and (PROFILED) its profile."""
+    opt = step_options(net, settings, device, args.seed)
     row = {"net": net, "variant": name, "settings": settings, "status": "ok"}
     t0 = time.perf_counter()
     model = build_model(opt, device, args.seed, ref_states.get(net))

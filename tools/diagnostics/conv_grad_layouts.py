@@ -13,10 +13,9 @@ import argparse
 
 import torch
 
-from options import parse_args as parse_model_args
-from tools.bench.harness import PAPER_MODEL, QUICK_MODEL, make_train_step
+from tools.bench.harness import make_train_step
 from tools.bench.scene import train_batch
-from tools.bench.speed_compare import NETS, build_model
+from tools.bench.speed_compare import NETS, build_model, step_options
 from utils.speed import prepare_model
 
 
@@ -59,17 +58,11 @@ def main(argv=None):
     p.add_argument("--first", type=int, default=3, help="how many convolutions to print (in forward order)")
     a = p.parse_args(argv)
     device = torch.device(a.device)
-    amp = "bf16" if device.type == "cuda" else "none"
-    sets = []
-    for kv in a.set:
-        if "=" not in kv:
-            raise SystemExit(f"--set: expected OPTION=VALUE, got {kv!r}")
-        k, v = kv.split("=", 1)
-        sets += [f"--{k}", v]
-    argv = ["--stage", "gsv", "--pose", "gt", "--use_sem", "true", "--amp", amp,
-            "--raster_backend", "gsplat" if device.type == "cuda" else "torch",
-            *(QUICK_MODEL if a.quick else PAPER_MODEL + NETS[a.net]), *sets]
-    opt = parse_model_args(argv)
+    bad = [kv for kv in a.set if "=" not in kv]
+    if bad:
+        raise SystemExit(f"--set: expected OPTION=VALUE, got {bad[0]!r}")
+    settings = dict(kv.split("=", 1) for kv in a.set)
+    opt = step_options("quick" if a.quick else a.net, settings, device, 0)
     model = build_model(opt, device, 0, None)
     applied = prepare_model(model, opt, device)
     step = make_train_step(model, opt, device)
