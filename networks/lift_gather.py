@@ -68,7 +68,7 @@ def _bags(feat_shape, K, cam2ego, pts, image_size, min_depth):
     return rows.flatten(), wts.flatten(), offsets, count
 
 
-def lift_features_gather(feats, K, cam2ego, pts, image_size, min_depth=0.1, visibility=True, dtype=None):
+def lift_features_gather(feats, K, cam2ego, pts, image_size, min_depth=0.1, visibility=True, dtype=None, split=False):
     """lift_features' result, computed as one gather. feats (B, N_cam, C, h, w), K (B, N_cam, 3, 3) at the image
     size ``image_size`` (H, W), cam2ego (B, N_cam, 4, 4), pts (P, 3) ego points.
 
@@ -76,7 +76,9 @@ def lift_features_gather(feats, K, cam2ego, pts, image_size, min_depth=0.1, visi
     (B, C, P); its memory is (B, P, C [+1]): viewed as (B, C, X, Y, Z) it is a channels_last_3d volume. The
     geometry is float32 whatever autocast says; the gather and the volume are in ``dtype`` (default: float32, or
     float64 for float64 features; ``--lift_dtype features`` passes the features' own dtype, bf16 under autocast, so
-    that the 3D CNN's first convolution casts no volume of ~2e6 voxels x C channels forward and back)."""
+    that the 3D CNN's first convolution casts no volume of ~2e6 voxels x C channels forward and back). With
+    ``split``: the tuple (B, C, P) features, (B, 1, P) visibility (None without ``visibility``), not concatenated
+    (networks/occ_net.py's SplitConv3d takes them apart)."""
     B, n_cam, C, h, w = feats.shape
     if dtype is None:
         dtype = torch.float64 if feats.dtype == torch.float64 else torch.float32
@@ -84,6 +86,9 @@ def lift_features_gather(feats, K, cam2ego, pts, image_size, min_depth=0.1, visi
     table = feats.to(dtype).permute(0, 1, 3, 4, 2).reshape(B * n_cam * h * w, C)  # one row per camera pixel
     with torch.autocast(feats.device.type, enabled=False):
         out = F.embedding_bag(rows, table, offsets, mode="sum", per_sample_weights=wts.to(dtype))
+    vis = count.flatten().to(dtype)[:, None] / n_cam if visibility else None
+    if split:
+        return out.view(B, pts.shape[0], -1).transpose(1, 2), None if vis is None else vis.view(B, 1, -1)
     if visibility:
-        out = torch.cat([out, count.flatten().to(dtype)[:, None] / n_cam], 1)
+        out = torch.cat([out, vis], 1)
     return out.view(B, pts.shape[0], -1).transpose(1, 2)

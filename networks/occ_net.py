@@ -167,6 +167,48 @@ def voxel_geometry(K, cam2ego, pts, image_size, min_depth, depth_range, prob=Non
     return torch.stack(out, 1) / count.clamp(min=1)[:, None]
 
 
+def as_volume(x, shape, memory_format=torch.contiguous_format):
+    """(B, C, P) -> (B, C, *shape) in ``memory_format``, copying only when x's memory is not already in that order.
+
+    channels_last_3d comes as a permuted view of a (B, *shape, C) tensor, so that every stride (the size-1 batch's
+    too) is the one PyTorch's layout guess (``suggest_memory_format``) expects: a (1, C, P) gather viewed straight
+    as (1, C, X, Y, Z) is dense channels-last but its batch stride equals its last one, PyTorch then guesses
+    NCDHW, and cuDNN's backward of the first convolution converts the whole input and output gradient to NCDHW
+    and back (5.5 ms a step for 65 channels at 300 x 300 x 24, one H100; tools/diagnostics/conv_grad_layouts.py)."""
+    B, C = x.shape[:2]
+    if memory_format == torch.channels_last_3d:
+        return x.transpose(1, 2).reshape(B, *shape, C).permute(0, 4, 1, 2, 3).contiguous(memory_format=memory_format)
+    return x.reshape(B, C, *shape).contiguous(memory_format=memory_format)
+
+
+class SplitConv3d(nn.Conv3d):
+    """nn.Conv3d (the same parameters and state) that also takes its input as two parts, ``(main, extra)``: the
+    first ``split`` input channels and the rest, each a volume of its own; by linearity the result is the
+    convolution of their concatenation, computed as conv(main, W[:, :split]) + conv(extra, W[:, split:]).
+
+    For the lifted volume of 64 feature channels and the visibility channel: cuDNN's kernels for 65 input channels
+    are slow (forward + backward at 300 x 300 x 24, float32 volume under bf16 autocast, one H100: 8.3 ms for 65
+    channels, 3.9 ms for 64, 5.2 ms split; the 1-channel part needs no input gradient). The speed benchmark's
+    components table times both (tools/bench/components.py conv_cases)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, split, **kw):
+        super().__init__(in_channels, out_channels, kernel_size, **kw)
+        if not 0 < split < in_channels:
+            raise ValueError(f"SplitConv3d: split {split} must lie in (0, {in_channels})")
+        self.split = split
+
+    def forward(self, x):
+        if isinstance(x, torch.Tensor):
+            return super().forward(x)
+        main, extra = x
+        if main.shape[1] != self.split or main.shape[1] + extra.shape[1] != self.in_channels:
+            raise ValueError(f"SplitConv3d: parts of {main.shape[1]} + {extra.shape[1]} channels, expected "
+                             f"{self.split} + {self.in_channels - self.split}")
+        w = self.weight
+        y = self._conv_forward(main, w[:, :self.split], self.bias)
+        return y + self._conv_forward(extra, w[:, self.split:], None)
+
+
 class ResBlock3d(nn.Module):
     """Two 3x3x3 convolutions with group norm and a skip connection (``norm``: networks/fast_norm.py's impl)."""
 
@@ -192,13 +234,19 @@ class _Part(nn.Module):
                 setattr(self, name, getattr(net, name))
         self.fn, self.names = fn, names
 
-    def forward(self, x):
-        out = self.fn(x)
+    def forward(self, *x):
+        out = self.fn(x[0] if len(x) == 1 else x)
         return out if self.names is None else tuple(out[n] for n in self.names)
 
 
+def _parts(x):
+    """A part's input, a tensor or a tuple of them (a split volume), as a tuple."""
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
 def _graphed(part, sample, flag):
-    """make_graphed_callables over ``part`` with ``sample`` as its input (requiring grad as the real input will);
+    """make_graphed_callables over ``part`` with ``sample`` (a tensor or a tuple of them) as its input (requiring
+    grad as the real input will);
     its warm-up passes leave the batch-norm buffers as they were. ``flag``: the option that asked, for the error."""
     saved = [b.detach().clone() for b in part.buffers()]
     # the capture's warm-up runs on a side stream while the parameters' AccumulateGrad nodes were made on the
@@ -206,7 +254,8 @@ def _graphed(part, sample, flag):
     quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", lambda on: None)
     quiet(False)
     try:
-        graphed = torch.cuda.make_graphed_callables(part, (sample.detach().requires_grad_(sample.requires_grad),))
+        graphed = torch.cuda.make_graphed_callables(
+            part, tuple(t.detach().requires_grad_(t.requires_grad) for t in _parts(sample)))
     except RuntimeError as err:
         raise RuntimeError(f"{flag}: capturing the CUDA graph failed ({err}); train without {flag}") from err
     finally:
@@ -224,11 +273,11 @@ def _graph_key(x):
     """What a CUDA graph of a network part is specific to: the input's shape, dtype and need of a gradient, and the
     autocast dtype."""
     amp = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
-    return tuple(x.shape), x.dtype, x.requires_grad, amp
+    return tuple((tuple(t.shape), t.dtype, t.requires_grad) for t in _parts(x)), amp
 
 
 def _graphable(enabled, net, x):
-    return enabled and x.is_cuda and net.training and torch.is_grad_enabled()
+    return enabled and all(t.is_cuda for t in _parts(x)) and net.training and torch.is_grad_enabled()
 
 
 class OccNet(nn.Module):
@@ -247,6 +296,7 @@ class OccNet(nn.Module):
         self.lift_visibility = opt.lift_visibility
         self.lift_impl = opt.lift_impl  # grid_sample (lift_features) or gather (networks/lift_gather.py)
         self.lift_dtype = getattr(opt, "lift_dtype", "float32")  # the gather's dtype (float32 or the features')
+        self.split_lift_conv = getattr(opt, "split_lift_conv", False)  # features and the other channels apart
         self.volume_format = torch.contiguous_format  # the 3D CNN's layout; utils/speed.py may set channels_last_3d
         self.graph_encoder = False  # --graph_encoder (utils/speed.py): the 2D part's training step as CUDA graphs
         self.graph_volume = False  # --graph_volume (utils/speed.py): the 3D CNN's training step as CUDA graphs
@@ -277,8 +327,10 @@ class OccNet(nn.Module):
             logit_bias = self.head[-1][1].bias  # the last batch norm's shift
         else:
             norm = opt.group_norm_impl
+            first = (SplitConv3d(lifted, v, 3, split=f, padding=1, bias=False) if lifted > f else
+                     nn.Conv3d(lifted, v, 3, padding=1, bias=False))
             self.decoder = nn.Sequential(
-                nn.Conv3d(lifted, v, 3, padding=1, bias=False), make_group_norm(min(8, v), v, norm),
+                first, make_group_norm(min(8, v), v, norm),
                 nn.ReLU(inplace=True), *[ResBlock3d(v, norm) for _ in range(opt.decoder_blocks)])
             self.head = nn.Conv3d(v, n_cls + 1, 1)
             logit_bias = self.head.bias
@@ -347,7 +399,8 @@ class OccNet(nn.Module):
     VOLUME_PARTS = ("decoder", "head", "scale_head", "offset_head")
 
     def volume_outputs(self, vol):
-        """The 3D CNN and its heads: {"logits", and "scale" / "offset" when those heads exist}."""
+        """The 3D CNN and its heads: {"logits", and "scale" / "offset" when those heads exist}. vol: the lifted
+        volume, or its (features, the other channels) with --split_lift_conv (the decoder's first SplitConv3d)."""
         x = self.decoder(vol)
         out = {"logits": self.head(x)}
         if self.scale_head is not None:
@@ -363,7 +416,7 @@ class OccNet(nn.Module):
         As features_step; the activations stay in the graph's own memory between steps."""
         fn = self._graph("--graph_volume", self.graph_volume, vol,
                          lambda: _Part(self, self.VOLUME_PARTS, self.volume_outputs, self.volume_output_names()))
-        return self.volume_outputs(vol) if fn is None else dict(zip(fn.names, fn(vol)))
+        return self.volume_outputs(vol) if fn is None else dict(zip(fn.names, fn(*_parts(vol))))
 
     def _graph(self, flag, enabled, x, make_part):
         """The graphed part (``make_part()``) for input x, captured on first use; None (run eagerly) unless
@@ -384,13 +437,18 @@ class OccNet(nn.Module):
             feats = self.features_step(imgs.flatten(0, 1))
             feats = feats.view(B, n_cam, *feats.shape[1:])
         pts = self.centres.view(-1, 3)
+        split = self.split_lift_conv and isinstance(self.decoder, nn.Sequential) and isinstance(
+            self.decoder[0], SplitConv3d)  # the features and the other lifted channels as two volumes
         with stage("lifting"):
             if self.lift_impl == "gather":
                 dtype = feats.dtype if self.lift_dtype == "features" else None
-                vol = lift_features_gather(feats, K, cam2ego, pts, (H, W), self.min_depth, self.lift_visibility, dtype)
+                vol = lift_features_gather(feats, K, cam2ego, pts, (H, W), self.min_depth, self.lift_visibility, dtype,
+                                           split=split)
             else:
                 vol = lift_features(feats, K, cam2ego, pts, (H, W), self.min_depth)
-                if not self.lift_visibility:
+                if split:
+                    vol = (vol[:, :-1], vol[:, -1:] if self.lift_visibility else None)
+                elif not self.lift_visibility:
                     vol = vol[:, :-1]
             if self.lift_geometry != "none":
                 prob = None
@@ -398,8 +456,12 @@ class OccNet(nn.Module):
                     logits = self.depth_head(feats.flatten(0, 1)).float()
                     prob = torch.softmax(logits, 1).view(B, n_cam, *logits.shape[1:])
                 geo = voxel_geometry(K, cam2ego, pts, (H, W), self.min_depth, self.depth_range, prob)
-                vol = torch.cat([vol, geo.to(vol.dtype), self.height.to(vol.dtype).expand(B, 1, -1)], 1)
+                rest = [vol[1] if split else vol, geo, self.height.expand(B, 1, -1)]
+                dt = rest[0].dtype if rest[0] is not None else vol[0].dtype
+                rest = torch.cat([t.to(dt) for t in rest if t is not None], 1)
+                vol = (vol[0], rest) if split else rest
         with stage("3D CNN"):
-            vol = vol.view(B, -1, *self.grid.shape).contiguous(memory_format=self.volume_format)
+            vol = (as_volume(vol, self.grid.shape, self.volume_format) if isinstance(vol, torch.Tensor) else
+                   tuple(as_volume(t, self.grid.shape, self.volume_format) for t in vol))
             out = self.volume_step(vol)
         return out

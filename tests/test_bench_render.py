@@ -1,4 +1,5 @@
 """tools/bench_render.py: a CPU smoke run of the efficiency benchmark (tiny grid and size, torch backend)."""
+import re
 import csv
 import json
 import math
@@ -154,6 +155,8 @@ def test_speed_compare_quick_cpu(tmp_path):
     # over the voxels each pixel feeds, 1.1e-2 on the CPU)
     assert all(c.get("grad_rel_diff", 0) < (2e-2 if "bf16" in c["case"] else 1e-5) for c in res["components"])
     assert any("bf16" in c["case"] and c["grad_rel_diff"] > 0 for c in res["components"])
+    split = [c for c in res["components"] if c["case"].endswith("split 64 + 1")]  # SplitConv3d against the 65 one
+    assert len(split) == 1 and split[0]["out_rel_diff"] < 1e-5 and split[0]["grad_rel_diff"] < 1e-5
     md = (tmp_path / "bench_speed.md").read_text()
     assert "| quick | all |" in md and "## Components" in md and "busy (sum)" in md and "| 3D CNN (backward) |" in md
     assert "Device time by the line of this repository" in md
@@ -195,14 +198,25 @@ def test_component_gradients_come_in_the_outputs_layout():
     assert _layout(torch.randn(1, 1, 4, 5, 6).contiguous(memory_format=torch.channels_last_3d)) is torch.contiguous_format
 
 
-def test_conv_grad_layouts_reports_each_convolutions_tensors():
+def test_conv_grad_layouts_reports_each_convolutions_tensors(capsys):
     """tools/diagnostics/conv_grad_layouts.py: per 3D convolution of the benchmark's step, the layout, dtype and shape
-    of its input, output and both gradients (on the CPU the speed options stay off: all NCDHW)."""
+    of its input, output, both gradients and what its backward saved, with PyTorch's own guess of each layout (on the
+    CPU the speed options stay off: all NCDHW); the first convolution takes the lifted features and the visibility
+    apart (--split_lift_conv); --copies lists the step's large copies with the operators that made them."""
     from tools.diagnostics.conv_grad_layouts import layout, main
-    rows = main(["--quick", "--device", "cpu", "--first", "1"])
+    rows = main(["--quick", "--device", "cpu", "--first", "1", "--copies", "1e4"])
     first = {what: desc for name, what, desc in rows if name == rows[0][0]}
-    assert set(first) == {"input", "output", "input grad", "output grad"}
-    assert all(d.startswith("NCDHW float32 [1, ") for d in first.values())
-    assert first["input"].split("[")[1].split(",")[1] == first["input grad"].split("[")[1].split(",")[1]  # channels
+    assert set(first) == {"input[0]", "input[1]", "output", "input grad[0]", "output grad", "saved input[0]",
+                          "saved input[1]", "saved weight[0]", "saved weight[1]"}
+    assert all(d.startswith("NCDHW float32 [1, ") and d.endswith("(suggests NCDHW)")
+               for w, d in first.items() if "weight" not in w)
+    assert first["input[0]"].split("[")[1].split(",")[1] == first["input grad[0]"].split("[")[1].split(",")[1]
+    assert first["input[1]"].split("[")[1].split(",")[1].strip() == "1"  # the visibility channel
+    out = capsys.readouterr().out
+    assert "misreads (all convolutions): 0" in out
+    copies = out.split("made by")[1].strip().splitlines()
+    bad = [c for c in copies if not re.match(r"^\s*[\d.]+\s+\[\[[\d, ]+\]", c)]
+    assert copies and not bad, bad[:3]
+    assert any(" < " in c for c in copies)
     assert layout(torch.randn(1, 3, 4, 5, 6).contiguous(memory_format=torch.channels_last_3d)) == "NDHWC"
     assert layout(torch.randn(1, 3, 4, 5, 6).transpose(2, 3)).startswith("strides (")

@@ -191,7 +191,7 @@ def test_lift_dtype_option_in_a_training_step():
     for dtype in ("float32", "features"):
         torch.manual_seed(0)
         model = GSVModel(speed_opts("--lift_dtype", dtype, all=True)).train()
-        model.occ_net.decoder.register_forward_pre_hook(lambda m, args: seen.append(args[0].dtype))
+        model.occ_net.decoder.register_forward_pre_hook(lambda m, args: seen.append(args[0][0].dtype))  # (split)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss, _, _ = model(make_batch())
         losses.append(loss.detach().float())
@@ -274,7 +274,7 @@ def speed_opts(*extra, **flags):
     on, norms = flags.get("all", False), flags.get("norms", "parallel")
     if not on:  # the old path (the norms' defaults are the fused ones since 2026-12-06)
         return tiny_opt(*extra, "--group_norm_impl", "torch", "--batch_norm_impl", "torch", "--lift_impl",
-                        "grid_sample", "--raster_zsq", "per_camera")
+                        "grid_sample", "--raster_zsq", "per_camera", "--split_lift_conv", "false")
     args = ["--group_norm_impl", norms, "--lift_impl", "gather", "--raster_zsq", "moments",
             "--batch_norm_impl", norms if norms in ("gemm", "fused") else "torch"]
     return tiny_opt(*extra, *args)
@@ -319,6 +319,83 @@ def test_training_step_with_every_option_matches(net, norms):
     for k in s0:  # running statistics of the batch norms (and every weight, untouched by the step)
         if s0[k].is_floating_point():
             assert rel(s1[k], s0[k]) < 1e-4, k
+
+
+@pytest.mark.parametrize("lift", ["gather", "grid_sample"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_channels_last_volume_has_the_strides_pytorch_reads(lift, batch):
+    """The lifted volume the 3D CNN's first convolution gets under channels_last_3d is channels-last by PyTorch's
+    own guess (suggest_memory_format, what cuDNN's backward goes by), the size-1 batch's stride included: a (1, C,
+    P) gather viewed straight as (1, C, X, Y, Z) had its batch stride equal to its last one, read as NCDHW, and the
+    backward converted the whole input and gradient (5.5 ms a step, one H100). Same values as the plain view."""
+    from torch._prims_common import suggest_memory_format
+    from networks.occ_net import OccNet, as_volume
+    x = torch.randn(batch, 5, 4 * 3 * 2)
+    for fmt in (torch.contiguous_format, torch.channels_last_3d):
+        v = as_volume(x, (4, 3, 2), fmt)
+        assert torch.equal(v, x.view(batch, 5, 4, 3, 2)) and suggest_memory_format(v) == fmt
+    gathered = x.transpose(1, 2).contiguous().transpose(1, 2)  # the gather's memory: (B, P, C)
+    v = as_volume(gathered, (4, 3, 2), torch.channels_last_3d)
+    assert v.data_ptr() == gathered.data_ptr() and suggest_memory_format(v) == torch.channels_last_3d
+    opt = tiny_opt("--lift_impl", lift)
+    net = OccNet(opt).train()
+    to_channels_last_3d(net)
+    seen = []
+    net.decoder[0].register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    b = make_batch()
+    imgs, K, cam2ego = (t.expand(batch, *t.shape[1:]) for t in (b["imgs"][:, 1], b["K"], b["cam2ego"]))
+    net(imgs, K, cam2ego)
+    assert isinstance(seen[0], tuple) and [t.shape[1] for t in seen[0]] == [16, 1]  # --split_lift_conv
+    main, extra = seen[0]  # (1 channel: channels-last and NCDHW are the same memory, PyTorch guesses NCDHW)
+    assert main.shape[0] == batch and suggest_memory_format(main) == torch.channels_last_3d
+    assert extra.shape[0] == batch and extra.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_split_conv_is_the_convolution_of_the_concatenation():
+    """SplitConv3d: the same parameters and state as nn.Conv3d; given (main, extra) it returns the convolution of
+    their concatenation, with the same gradients for the weight and for main; a wrong split is refused by name."""
+    from networks.occ_net import SplitConv3d
+    torch.manual_seed(0)
+    split = SplitConv3d(9, 4, 3, split=8, padding=1, bias=False).double()
+    plain = torch.nn.Conv3d(9, 4, 3, padding=1, bias=False).double()
+    assert split.state_dict().keys() == plain.state_dict().keys()
+    plain.load_state_dict(split.state_dict())
+    main = torch.randn(2, 8, 5, 4, 3, dtype=torch.float64, requires_grad=True)
+    extra = torch.rand(2, 1, 5, 4, 3, dtype=torch.float64)
+    g = torch.randn(2, 4, 5, 4, 3, dtype=torch.float64)
+    y = split((main, extra))
+    ref = plain(torch.cat([main, extra], 1))
+    assert torch.allclose(y, ref, rtol=1e-12, atol=1e-12) and torch.equal(split(torch.cat([main, extra], 1)), ref)
+    gm, gw = torch.autograd.grad(y, (main, split.weight), g)
+    rm, rw = torch.autograd.grad(ref, (main, plain.weight), g)
+    assert torch.allclose(gm, rm, rtol=1e-12, atol=1e-12) and torch.allclose(gw, rw, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="8 \\+ 1"):
+        split((main[:, :7], torch.cat([main[:, 7:], extra], 1)))
+    with pytest.raises(ValueError, match="split 9"):
+        SplitConv3d(9, 4, 3, split=9)
+
+
+@pytest.mark.parametrize("lift", ["gather", "grid_sample"])
+@pytest.mark.parametrize("geometry", ["none", "depth"])
+def test_split_lift_conv_same_network_output(lift, geometry):
+    """--split_lift_conv true (the lifted features and the other channels as two volumes) against false: the same
+    logits, and the same gradients of every parameter (float64)."""
+    from networks.occ_net import OccNet, SplitConv3d
+    b = make_batch()
+    outs = []
+    for on in (False, True):
+        torch.manual_seed(0)
+        net = OccNet(tiny_opt("--lift_impl", lift, "--lift_geometry", geometry, "--split_lift_conv", str(on))).double()
+        assert isinstance(net.decoder[0], SplitConv3d) and net.split_lift_conv == on
+        seen = []
+        net.decoder[0].register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+        out = net(b["imgs"][:, 1].double(), b["K"].double(), b["cam2ego"].double())
+        assert isinstance(seen[0], tuple) == on
+        out["logits"].square().mean().backward()
+        outs.append((out["logits"].detach(), {n: p.grad for n, p in net.named_parameters() if p.grad is not None}))
+    (l0, g0), (l1, g1) = outs
+    assert torch.allclose(l1, l0, rtol=1e-10, atol=1e-12)
+    assert g0.keys() == g1.keys() and all(torch.allclose(g1[n], g0[n], rtol=1e-8, atol=1e-12) for n in g0)
 
 
 def test_channels_last_logits_give_the_same_gaussians():

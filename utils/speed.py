@@ -21,12 +21,15 @@ path, tests/test_speed_options.py and tests/test_norm_kernels.py compare values 
   Triton kernel (networks/norm_kernels.py; the torch operators of ``parallel`` where Triton cannot run);
 * ``lift_impl gather``: the lifting as one weighted gather, channels-last (networks/lift_gather.py);
   ``lift_dtype features``: that gather and its volume in the features' dtype (bf16 under autocast);
+* ``split_lift_conv``: this project's 3D CNN gets the 64 lifted feature channels and the visibility channel as two
+  volumes, its first convolution the sum of one over each (cuDNN's kernels for 65 input channels are twice as slow
+  as for 64; networks/occ_net.py ``SplitConv3d``);
 * ``raster_zsq moments``: sum_i w_i z_i^2 of the depth-spread term from 9 moment channels shared by the cameras
   instead of per-camera copies of every feature (utils/rasterizer.py);
 * ``gsplat_packed``, ``gsplat_tile_size``: gsplat's own options (the same render);
 * ``fused_optimizer``: AdamW's fused CUDA kernel (``make_optimizer``);
 * ``compile_loss``: the photometric error and the smoothness through torch.compile (utils/losses.py
-  ``compile_losses``; not measured on a GPU yet).
+  ``compile_losses``; no faster within the benchmark's round-to-round spread on an H100 so far).
 """
 import torch
 
@@ -85,6 +88,11 @@ def add_args(parser):
                    help="--lift_impl gather's gather and volume: float32, or the image features' own dtype (bf16 "
                         "under --amp bf16: the 3D CNN's first convolution then casts no volume forward and back; "
                         "the geometry stays float32)")
+    g.add_argument("--split_lift_conv", type=str2bool, default=True,
+                   help="this project's 3D CNN (--occ_decoder residual) takes the lifted features and the other lifted "
+                        "channels (visibility, geometry) as two volumes: its first convolution as the sum of one over "
+                        "each (networks/occ_net.py SplitConv3d; the same function and weights; cuDNN is slow at 65 "
+                        "input channels)")
     g.add_argument("--raster_zsq", type=str, default="moments", choices=["per_camera", "moments"],
                    help="how the render gives sum_i w_i z_i^2 for --w_dist: per_camera copies every feature per "
                         "camera with z^2 appended; moments renders 9 shared moment channels of the Gaussian means "

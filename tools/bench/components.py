@@ -105,8 +105,8 @@ def _timed_case(group, name, make, device, reps, ref, bytes_fwd, bytes_bwd):
            "out": out.detach(), "grad": x.grad.detach().clone()}
     if bytes_fwd:
         row["rate"] = f"{bytes_fwd / f_med / 1e12:.2f} / {(bytes_fwd + bytes_bwd) / b_med / 1e12:.2f} TB/s"
-    if ref is not None and "out" in ref:
-        row["out_rel_diff"], row["grad_rel_diff"] = _rel(out, ref["out"]), _rel(x.grad, ref["grad"])
+    if ref is not None and "out" in ref:  # (an input of fewer channels than the reference's: those it has)
+        row["out_rel_diff"], row["grad_rel_diff"] = _rel(out, ref["out"]), _rel(x.grad, ref["grad"][:, :x.shape[1]])
     return row
 
 
@@ -165,8 +165,10 @@ def norm_cases(device, quick, reps):
 def conv_cases(device, quick, reps):
     """3x3x3 convolutions of the decoders NCDHW / NDHWC: 32 -> 32, and the residual decoder's first, 65 -> 32 (64
     lifted channels + visibility; NDHWC also with the input and the weight padded by zeros to 72 channels, the same
-    result: cuDNN's fast NDHWC kernels want channels in multiples of 8; and, on CUDA, with a bf16 input as
-    --lift_dtype features gives it, where the others are float32 volumes that autocast casts)."""
+    result: cuDNN's fast NDHWC kernels want channels in multiples of 8; split as --split_lift_conv runs it, the 64
+    feature channels and the visibility channel as two volumes, one convolution each, summed (SplitConv3d); and, on
+    CUDA, with a bf16 input as --lift_dtype features gives it, where the others are float32 volumes that autocast
+    casts)."""
     grid = QUICK_VOLUME if quick else PAPER_VOLUME
     amp = device.type == "cuda"
     dtype = "bf16" if amp else "float32"
@@ -176,8 +178,14 @@ def conv_cases(device, quick, reps):
         conv = torch.nn.Conv3d(cin, 32, 3, padding=1, bias=False).to(device)
         ref = None
         for name, fmt, pad in (("NCDHW", torch.contiguous_format, 0), ("NDHWC", CL3D, 0),
-                               ("NDHWC, padded to 72", CL3D, -cin % 8), ("NDHWC, bf16 input", CL3D, 0)):
-            if (name.endswith("72") and pad == 0) or (name.endswith("bf16 input") and (cin == 32 or not amp)):
+                               ("NDHWC, padded to 72", CL3D, -cin % 8), ("NDHWC, split 64 + 1", CL3D, 0),
+                               ("NDHWC, bf16 input", CL3D, 0)):
+            if (name.endswith("72") and pad == 0) or (name.endswith("bf16 input") and (cin == 32 or not amp)) or (
+                    "split" in name and cin != 65):
+                continue
+            if "split" in name:
+                rows.append(_case("conv", f"conv3d 3x3x3 {cin}->32 {dtype}, {name}",
+                                  lambda: _split_conv(conv, base, 64), device, reps, ref))
                 continue
             # "bf16 input": the volume as --lift_dtype features hands it over (no autocast cast, forward or back)
             in_dtype = torch.bfloat16 if name.endswith("bf16 input") else base.dtype
@@ -198,6 +206,24 @@ def conv_cases(device, quick, reps):
             ref = ref or row
             rows.append(row)
     return rows
+
+
+def _split_conv(conv, base, split):
+    """make() of the split case: ``conv`` as networks/occ_net.SplitConv3d runs it on (the first ``split`` channels
+    of ``base``, the rest), each a channels-last volume of its own; the input whose gradient counts is the first."""
+    from networks.occ_net import SplitConv3d
+    m = SplitConv3d(conv.in_channels, conv.out_channels, conv.kernel_size, split, padding=conv.padding,
+                    bias=False).to(base.device)
+    m.load_state_dict(conv.state_dict())
+    m.to(memory_format=CL3D)
+    main = base[:, :split].detach().clone(memory_format=CL3D).requires_grad_()
+    extra = base[:, split:].detach().clone(memory_format=CL3D)
+    amp = base.device.type == "cuda"
+
+    def fwd():
+        with torch.autocast(base.device.type, dtype=torch.bfloat16, enabled=amp):
+            return m((main, extra))
+    return fwd, main
 
 
 def lift_cases(device, quick, reps):

@@ -6,8 +6,10 @@
 A channels-last convolution whose gradient arrives in the other layout (or whose input gradient leaves in it) makes
 PyTorch copy the whole volume to convert it; the speed benchmark's profile by input shapes shows two such copies in
 the backward of this project's first 3D convolution (docs/speed.md). This runs the benchmark's step (tools/bench:
-the same model, batch and speed options; ``--set k=v`` overrides an option) with hooks on every Conv3d and prints,
-per convolution, each tensor's layout ("NDHWC", "NCDHW" or its strides), dtype and shape.
+the same model, batch and speed options; ``--set k=v`` overrides an option) with hooks on every 3D convolution and prints,
+per convolution, each tensor's layout ("NDHWC", "NCDHW" or its strides), dtype and shape; with ``--copies`` also
+every copy of a large tensor in that step (torch.profiler), with the chain of operators that asked for it (which
+of the convolution's backward, the autocast cast's backward or a later node made it) and its device time.
 """
 import argparse
 
@@ -23,29 +25,77 @@ def layout(t):
     """"NDHWC" / "NCDHW" (dense in that order), else the strides."""
     if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous():
         return "NDHWC"
-    return "NCDHW" if t.is_contiguous() else f"strides {tuple(t.stride())}"
+    if t.is_contiguous():
+        return "NCDHW"
+    return f"strides {tuple(t.stride())}"
 
 
 def describe(t):
-    return f"{layout(t)} {str(t.dtype).replace('torch.', '')} {list(t.shape)}"
+    """layout, dtype, shape, and PyTorch's own guess of the layout (what cuDNN's backward goes by)."""
+    try:
+        from torch._prims_common import suggest_memory_format
+        guess = {torch.channels_last_3d: "NDHWC", torch.contiguous_format: "NCDHW"}.get(suggest_memory_format(t), "?")
+    except Exception:  # noqa: BLE001 (a private helper; the layout alone then)
+        guess = "?"
+    return f"{layout(t)} {str(t.dtype).replace('torch.', '')} {list(t.shape)} (suggests {guess})"
 
 
 def watch(model):
-    """Hooks on every Conv3d of ``model``: returns the list the rows go to (name, what, description)."""
+    """Hooks on every Conv3d / ConvTranspose3d of ``model``: returns the list the rows go to (name, what, description)."""
     rows = []
     for name, m in model.named_modules():
-        if not isinstance(m, torch.nn.Conv3d):
+        if not isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)):
             continue
 
         def hook(mod, inp, out, name=name):
-            rows.append((name, "input", describe(inp[0])))
+            parts = inp[0] if isinstance(inp[0], (tuple, list)) else (inp[0],)  # SplitConv3d: (main, extra)
+            tags = [""] if len(parts) == 1 else [f"[{i}]" for i in range(len(parts))]
+            for tag, x in zip(tags, parts):
+                rows.append((name, f"input{tag}", describe(x)))
             rows.append((name, "output", describe(out)))
-            if inp[0].requires_grad:
-                inp[0].register_hook(lambda g: rows.append((name, "input grad", describe(g))))
+            for tag, node in zip(tags, conv_nodes(out.grad_fn)):  # what each backward reads (after autocast's casts)
+                for what in ("input", "weight"):
+                    saved = getattr(node, f"_saved_{what}", None)
+                    if isinstance(saved, torch.Tensor):
+                        rows.append((name, f"saved {what}{tag}", describe(saved)))
+            for tag, x in zip(tags, parts):
+                if x.requires_grad:
+                    x.register_hook(lambda g, tag=tag: rows.append((name, f"input grad{tag}", describe(g))))
             if out.requires_grad:
                 out.register_hook(lambda g: rows.append((name, "output grad", describe(g))))
         m.register_forward_hook(hook)
     return rows
+
+
+def conv_nodes(node, depth=3):
+    """The ConvolutionBackward nodes at most ``depth`` steps up the autograd graph from ``node`` (a convolution's
+    own output: itself; a SplitConv3d's sum: its two), in the order of their inputs."""
+    if node is None or depth == 0:
+        return []
+    if node.name().startswith("ConvolutionBackward"):
+        return [node]
+    return [c for nxt, _ in node.next_functions for c in conv_nodes(nxt, depth - 1)]
+
+
+def copy_chains(prof, min_numel):
+    """(device ms, shapes, "op < parent < ...") of each aten::copy_ in ``prof`` whose first input has at least
+    ``min_numel`` elements, largest first."""
+    out = []
+    for e in prof.events():
+        if e.name != "aten::copy_" or not e.input_shapes or not e.input_shapes[0]:
+            continue
+        numel = 1
+        for d in e.input_shapes[0]:
+            numel *= d
+        if numel < min_numel:
+            continue
+        chain, p = [], e.cpu_parent
+        while p is not None and len(chain) < 8:
+            chain.append(p.name)
+            p = p.cpu_parent
+        ms = (e.device_time_total if e.device_type.name == "CPU" and e.device_time_total else e.cpu_time_total) / 1e3
+        out.append((ms, e.input_shapes[:2], " < ".join(chain) or "(top level)"))
+    return sorted(out, key=lambda r: -r[0])
 
 
 def main(argv=None):
@@ -56,6 +106,8 @@ def main(argv=None):
                    help="the benchmark's small model and grid (its own network: --net applies at the paper sizes)")
     p.add_argument("--set", nargs="*", default=[], metavar="OPTION=VALUE", help="speed options over the defaults")
     p.add_argument("--first", type=int, default=3, help="how many convolutions to print (in forward order)")
+    p.add_argument("--copies", type=float, default=0, metavar="N",
+                   help="also list the step's copies of tensors of at least N elements and who made them (0: no)")
     a = p.parse_args(argv)
     device = torch.device(a.device)
     bad = [kv for kv in a.set if "=" not in kv]
@@ -69,13 +121,30 @@ def main(argv=None):
     batch = train_batch(opt, device, 0)
     step(batch)  # the first step captures the CUDA graphs and picks cuDNN's algorithms
     rows = watch(model)
-    step(batch)
+    if a.copies:
+        acts = [torch.profiler.ProfilerActivity.CPU] + [torch.profiler.ProfilerActivity.CUDA] * (device.type == "cuda")
+        with torch.profiler.profile(activities=acts, record_shapes=True) as prof:
+            step(batch)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        chains = copy_chains(prof, a.copies)
+    else:
+        step(batch)
     names = list(dict.fromkeys(r[0] for r in rows))[:a.first]
     print(f"[conv_grad_layouts] {a.net} on {device}, speed options applied: {'; '.join(applied) or '-'}")
     for n in names:
         for name, what, desc in rows:
             if name == n:
                 print(f"{name:24s} {what:12s} {desc}")
+    misread = [(name, what) for name, what, desc in rows
+               if ("NDHWC" in desc.split()[0] and "suggests NCDHW" in desc)
+               or ("NCDHW" in desc.split()[0] and "suggests NDHWC" in desc)]
+    print(f"[conv_grad_layouts] tensors whose layout PyTorch's guess misreads (all convolutions): {len(misread)}"
+          + "".join(f"\n  {n} {w}" for n, w in dict.fromkeys(misread)))
+    if a.copies:
+        print(f"[conv_grad_layouts] copies of >= {a.copies:g} elements: device ms, shapes, made by")
+        for ms, shapes, chain in chains:
+            print(f"{ms:8.3f}  {shapes}  {chain}")
     return rows
 
 
