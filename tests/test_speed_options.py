@@ -346,9 +346,9 @@ def test_channels_last_volume_has_the_strides_pytorch_reads(lift, batch):
     imgs, K, cam2ego = (t.expand(batch, *t.shape[1:]) for t in (b["imgs"][:, 1], b["K"], b["cam2ego"]))
     net(imgs, K, cam2ego)
     assert isinstance(seen[0], tuple) and [t.shape[1] for t in seen[0]] == [16, 1]  # --split_lift_conv
-    main, extra = seen[0]  # (1 channel: channels-last and NCDHW are the same memory, PyTorch guesses NCDHW)
-    assert main.shape[0] == batch and suggest_memory_format(main) == torch.channels_last_3d
-    assert extra.shape[0] == batch and extra.is_contiguous(memory_format=torch.channels_last_3d)
+    for part in seen[0]:  # (the visibility's one channel too: its stride is the canonical 1, not P)
+        assert part.shape[0] == batch and suggest_memory_format(part) == torch.channels_last_3d
+        assert part.stride()[1] == 1 and part.stride()[0] == part[0].numel()
 
 
 def test_split_conv_is_the_convolution_of_the_concatenation():
