@@ -26,7 +26,8 @@ def layout(t):
     if t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous():
         return "NDHWC"
     if t.is_contiguous():
-        return "NCDHW"
+        both = t.dim() == 5 and t.is_contiguous(memory_format=torch.channels_last_3d)
+        return "NCDHW (both)" if both else "NCDHW"
     return f"strides {tuple(t.stride())}"
 
 
@@ -136,9 +137,10 @@ def main(argv=None):
         for name, what, desc in rows:
             if name == n:
                 print(f"{name:24s} {what:12s} {desc}")
+    # (a tensor dense in both orders, one channel or size-1 kernels, has no layout to misread)
     misread = [(name, what) for name, what, desc in rows
-               if ("NDHWC" in desc.split()[0] and "suggests NCDHW" in desc)
-               or ("NCDHW" in desc.split()[0] and "suggests NDHWC" in desc)]
+               if (desc.startswith("NDHWC") and "suggests NCDHW" in desc)
+               or (desc.startswith("NCDHW") and "suggests NDHWC" in desc and "both" not in desc)]
     print(f"[conv_grad_layouts] tensors whose layout PyTorch's guess misreads (all convolutions): {len(misread)}"
           + "".join(f"\n  {n} {w}" for n, w in dict.fromkeys(misread)))
     if a.copies:
