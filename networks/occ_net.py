@@ -249,20 +249,23 @@ def _parts(x):
 
 def _graphed(part, sample, flag):
     """make_graphed_callables over ``part`` with ``sample`` (a tensor or a tuple of them) as its input (requiring
-    grad as the real input will);
-    its warm-up passes leave the batch-norm buffers as they were. ``flag``: the option that asked, for the error."""
+    grad as the real input will); its warm-up passes leave the batch-norm buffers as they were. ``flag``: the option
+    that asked, for the error.
+
+    The capture's warm-up runs on a side stream and makes the parameters' AccumulateGrad nodes there; most likely the
+    graph's static outputs keep those nodes alive, so every later backward feeds them from the default stream, and torch
+    warns once about that mismatch (seen in both trainings of 2026-12-06's split-occupancy-check, at their first
+    step: after the capture, not during it). The engine orders the two streams itself; the warning stays off once
+    this process has captured a graph."""
     saved = [b.detach().clone() for b in part.buffers()]
-    # the capture's warm-up runs on a side stream while the parameters' AccumulateGrad nodes were made on the
-    # default one: torch warns once about that mismatch, which the capture itself handles (quiet while capturing)
     quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", lambda on: None)
     quiet(False)
     try:
         graphed = torch.cuda.make_graphed_callables(
             part, tuple(t.detach().requires_grad_(t.requires_grad) for t in _parts(sample)))
     except RuntimeError as err:
+        quiet(True)  # no graph: nothing to explain the mismatch
         raise RuntimeError(f"{flag}: capturing the CUDA graph failed ({err}); train without {flag}") from err
-    finally:
-        quiet(True)
     with torch.no_grad():
         for b, v in zip(part.buffers(), saved):
             b.copy_(v)

@@ -182,6 +182,38 @@ def test_graph_capture_keeps_batch_norm_statistics_and_names_its_option(monkeypa
         net.volume_step(vol)
 
 
+def test_graph_capture_of_a_split_volume_and_the_stream_warning(monkeypatch):
+    """This project's 3D CNN takes (features, visibility) apart (--split_lift_conv): the capture gets both as its
+    inputs and the graphed step returns the eager outputs; after a capture the AccumulateGrad stream-mismatch warning
+    stays off (the capture's warm-up made the parameters' nodes on its side stream), after a failed one it is on."""
+    import networks.occ_net as occ_net
+    from tests.test_gsv_model import tiny_opt
+    net = occ_net.OccNet(tiny_opt()).train()
+    assert isinstance(net.decoder[0], occ_net.SplitConv3d) and net.split_lift_conv
+    flags, captured = [], []
+    monkeypatch.setattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", flags.append,
+                        raising=False)
+
+    def fake_capture(part, args):
+        captured.append(len(args))
+        return part
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", fake_capture)
+    monkeypatch.setattr(occ_net, "_graphable", lambda enabled, n, x: enabled)
+    net.graph_volume = True
+    conv = net.decoder[0]
+    vol = (torch.randn(1, conv.split, *net.grid.shape), torch.rand(1, conv.in_channels - conv.split, *net.grid.shape))
+    with torch.no_grad():
+        eager = net.volume_outputs(vol)
+        out = net.volume_step(vol)
+    assert captured == [2] and flags == [False]
+    assert list(out) == list(eager) and all(torch.equal(out[k], eager[k]) for k in out)
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", lambda part, args: (_ for _ in ()).throw(RuntimeError("x")))
+    net._graphs.clear()
+    with pytest.raises(RuntimeError, match="--graph_volume"):
+        net.volume_step(vol)
+    assert flags == [False, False, True]
+
+
 def test_graphs_are_single_process_only():
     """Under DDP (world > 1) the trainer turns the CUDA graph options off and says so; one process keeps them."""
     from tests.test_gsv_model import tiny_opt
