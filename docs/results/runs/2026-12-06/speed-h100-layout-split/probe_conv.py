@@ -17,6 +17,18 @@ CL = torch.channels_last_3d
 def lay(t):
     return ("NDHWC" if t.is_contiguous(memory_format=CL) and not t.is_contiguous() else "NCDHW" if t.is_contiguous() else str(t.stride())) + f"/{str(suggest_memory_format(t))[-10:]}"
 
+def time_ms(step, warm=3, reps=10):
+    """(the last warm-up step's output, mean ms of ``reps`` steps)."""
+    for _ in range(warm):
+        y = step()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        step()
+    torch.cuda.synchronize()
+    return y, (time.perf_counter() - t) / reps * 1e3
+
+
 def make_x(kind, dtype):
     if kind == "permute":
         x = torch.randn(1, X, Y, Z, C, device=dev, dtype=dtype).permute(0, 4, 1, 2, 3)
@@ -42,14 +54,7 @@ def run(name, kind="permute", xdtype=torch.float32, amp=True, xgrad=True, wcl=Tr
             y = conv(x)
         y.backward(g)
         return y
-    for _ in range(3):
-        y = step()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(10):
-        step()
-    torch.cuda.synchronize()
-    ms = (time.perf_counter() - t) / 10 * 1e3
+    y, ms = time_ms(step)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
         y = conv(x)
     si = getattr(y.grad_fn, "_saved_input", None)
@@ -100,14 +105,7 @@ def run_split(name, xdtype=torch.bfloat16, visdtype=torch.bfloat16, mode="split"
                 y = F.conv3d(xx, F.pad(W, (0, 0, 0, 0, 0, 0, 0, 7)), padding=1)
         y.backward(g)
         return y
-    for _ in range(3):
-        y = step()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(10):
-        step()
-    torch.cuda.synchronize()
-    ms = (time.perf_counter() - t) / 10 * 1e3
+    y, ms = time_ms(step)
     print(f"{name:40s} {ms:6.2f} ms  y {lay(y)} {y.dtype}")
 
 run_split("S1 64 bf16 only", mode="64only")
