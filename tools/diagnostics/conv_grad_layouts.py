@@ -4,12 +4,14 @@
     python -m tools.diagnostics.conv_grad_layouts --net project --quick --device cpu
 
 A channels-last convolution whose gradient arrives in the other layout (or whose input gradient leaves in it) makes
-PyTorch copy the whole volume to convert it; the speed benchmark's profile by input shapes shows two such copies in
-the backward of this project's first 3D convolution (docs/speed.md). This runs the benchmark's step (tools/bench:
-the same model, batch and speed options; ``--set k=v`` overrides an option) with hooks on every 3D convolution and prints,
-per convolution, each tensor's layout ("NDHWC", "NCDHW" or its strides), dtype and shape; with ``--copies`` also
-every copy of a large tensor in that step (torch.profiler), with the chain of operators that asked for it (which
-of the convolution's backward, the autocast cast's backward or a later node made it) and its device time.
+PyTorch copy the whole volume to convert it; PyTorch goes by its own guess of a tensor's layout from its strides
+(``suggest_memory_format``), which can read a dense channels-last volume as NCDHW (a size-1 axis with an odd
+stride: the gather's volume did, 5.5 ms a step, until networks/occ_net.as_volume). This runs the benchmark's step
+(tools/bench: the same model, batch and speed options; ``--set k=v`` overrides an option) with hooks on every 3D
+convolution and prints, per convolution, each tensor's layout ("NDHWC", "NCDHW" or its strides), dtype, shape and
+PyTorch's guess, for the input(s), the output, both gradients and what the backward saved; with ``--copies N``
+also every copy of a tensor of at least N elements in that step (torch.profiler), with the chain of operators that
+asked for it and its device time.
 """
 import argparse
 
@@ -42,7 +44,8 @@ def describe(t):
 
 
 def watch(model):
-    """Hooks on every Conv3d / ConvTranspose3d of ``model``: returns the list the rows go to (name, what, description)."""
+    """Hooks on every Conv3d / ConvTranspose3d of ``model``: returns the list the rows go to (name, what,
+    description)."""
     rows = []
     for name, m in model.named_modules():
         if not isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)):
