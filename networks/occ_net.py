@@ -177,10 +177,14 @@ def as_volume(x, shape, memory_format=torch.contiguous_format):
     and back (5.5 ms a step for 65 channels at 300 x 300 x 24, one H100; tools/diagnostics/conv_grad_layouts.py)."""
     B, C = x.shape[:2]
     if memory_format == torch.channels_last_3d:
-        v = x.transpose(1, 2).reshape(B, *shape, C).permute(0, 4, 1, 2, 3)
-        # one channel: its stride can be anything (the visibility's is P) and a guess by it reads NCDHW, so that
-        # cuDNN's backward converts the output gradient (1.5 ms, one H100): a copy with the canonical strides (cheap)
-        return v.clone(memory_format=memory_format) if C == 1 else v.contiguous(memory_format=memory_format)
+        v = x.transpose(1, 2).reshape(B, *shape, C).permute(0, 4, 1, 2, 3).contiguous(memory_format=memory_format)
+        X, Y, Z = shape
+        if v.stride() != (X * Y * Z * C, 1, Y * Z * C, Z * C, C):
+            # a size-1 axis kept an odd stride from the views (the 1-channel visibility's channel stride is P): the
+            # guess reads NCDHW and cuDNN's backward converts the output gradient (1.5 ms, one H100); a copy with
+            # the canonical strides (the memory order is already right)
+            v = v.clone(memory_format=memory_format)
+        return v
     return x.reshape(B, C, *shape).contiguous(memory_format=memory_format)
 
 
@@ -302,7 +306,6 @@ class OccNet(nn.Module):
         self.lift_visibility = opt.lift_visibility
         self.lift_impl = opt.lift_impl  # grid_sample (lift_features) or gather (networks/lift_gather.py)
         self.lift_dtype = getattr(opt, "lift_dtype", "float32")  # the gather's dtype (float32 or the features')
-        self.split_lift_conv = getattr(opt, "split_lift_conv", False)  # features and the other channels apart
         self.volume_format = torch.contiguous_format  # the 3D CNN's layout; utils/speed.py may set channels_last_3d
         self.graph_encoder = False  # --graph_encoder (utils/speed.py): the 2D part's training step as CUDA graphs
         self.graph_volume = False  # --graph_volume (utils/speed.py): the 3D CNN's training step as CUDA graphs
@@ -326,6 +329,7 @@ class OccNet(nn.Module):
         self.depth_head = nn.Conv2d(f, opt.depth_bins, 1) if self.lift_geometry == "bins" else None
         lifted = f + int(opt.lift_visibility) + {"none": 0, "depth": 2, "bins": 3}[self.lift_geometry]
         n_cls = semantic_classes(opt)
+        self.split_lift_conv = False  # (--split_lift_conv: the residual decoder's first convolution, below)
         if opt.occ_decoder == "hourglass":
             bn = getattr(opt, "batch_norm_impl", "torch")
             self.decoder = convert_batch_norm(HourglassTrunk(lifted, v), bn)
@@ -335,6 +339,7 @@ class OccNet(nn.Module):
             norm = opt.group_norm_impl
             first = (SplitConv3d(lifted, v, 3, split=f, padding=1, bias=False) if lifted > f else
                      nn.Conv3d(lifted, v, 3, padding=1, bias=False))
+            self.split_lift_conv = isinstance(first, SplitConv3d) and getattr(opt, "split_lift_conv", False)
             self.decoder = nn.Sequential(
                 first, make_group_norm(min(8, v), v, norm),
                 nn.ReLU(inplace=True), *[ResBlock3d(v, norm) for _ in range(opt.decoder_blocks)])
@@ -443,8 +448,7 @@ class OccNet(nn.Module):
             feats = self.features_step(imgs.flatten(0, 1))
             feats = feats.view(B, n_cam, *feats.shape[1:])
         pts = self.centres.view(-1, 3)
-        split = self.split_lift_conv and isinstance(self.decoder, nn.Sequential) and isinstance(
-            self.decoder[0], SplitConv3d)  # the features and the other lifted channels as two volumes
+        split = self.split_lift_conv  # the features and the other lifted channels as two volumes
         with stage("lifting"):
             if self.lift_impl == "gather":
                 dtype = feats.dtype if self.lift_dtype == "features" else None
