@@ -214,6 +214,25 @@ def test_graph_capture_of_a_split_volume_and_the_stream_warning(monkeypatch):
     assert flags == [False, False, True]
 
 
+def test_graph_volume_auto_follows_the_decoder(capsys):
+    """--graph_volume auto (the default) graphs the authors' hourglass (measured 11-17 % a step) and not this project's
+    residual 3D CNN (no gain); true / false decide for either; anything else is refused naming the choices. Under
+    auto the autocast cache is off exactly when a graph is on."""
+    from tests.test_gsv_model import tiny_opt
+    from utils.speed import autocast_cache, graph_on
+    enc_off = ("--graph_encoder", "false")
+    hour, res = ("--occ_decoder", "hourglass"), ("--occ_decoder", "residual")
+    assert tiny_opt().graph_volume == "auto"
+    assert graph_on(tiny_opt(*hour), "graph_volume") is True and graph_on(tiny_opt(*res), "graph_volume") is False
+    assert autocast_cache(tiny_opt(*enc_off, *hour)) is False and autocast_cache(tiny_opt(*enc_off, *res)) is True
+    assert graph_on(tiny_opt(*hour, "--graph_volume", "false"), "graph_volume") is False
+    assert graph_on(tiny_opt(*res, "--graph_volume", "true"), "graph_volume") is True
+    assert graph_on(tiny_opt(*res, "--graph_volume", "AUTO"), "graph_volume") is False
+    with pytest.raises(SystemExit):
+        tiny_opt("--graph_volume", "maybe")
+    assert "expected auto, true or false, got 'maybe'" in capsys.readouterr().err
+
+
 def test_graphs_are_single_process_only():
     """Under DDP (world > 1) the trainer turns the CUDA graph options off and says so; one process keeps them."""
     from tests.test_gsv_model import tiny_opt
@@ -223,3 +242,5 @@ def test_graphs_are_single_process_only():
     said = graphs_off_for_processes(opt, 2)
     assert said == ["--graph_encoder off (2 processes)", "--graph_volume off (2 processes)"]
     assert not opt.graph_encoder and not opt.graph_volume and autocast_cache(opt) is True
+    auto = tiny_opt("--occ_decoder", "hourglass")  # --graph_volume auto: on for the hourglass, so turned off too
+    assert graphs_off_for_processes(auto, 2)[-1] == "--graph_volume off (2 processes)" and auto.graph_volume is False

@@ -43,14 +43,18 @@ from utils.speed import prepare_model
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # The step before the speed options (the defaults until they measured faster on one H200, docs/speed.md)
 OLD = {"channels_last_3d": False, "group_norm_impl": "torch", "batch_norm_impl": "torch", "lift_impl": "grid_sample",
-       "raster_zsq": "per_camera", "fused_optimizer": False, "graph_encoder": False, "split_lift_conv": False}
+       "raster_zsq": "per_camera", "fused_optimizer": False, "graph_encoder": False, "graph_volume": False,
+       "split_lift_conv": False}
 # every speed option on = the option defaults (the fused optimizer in it since 2026-12-04; before, ``all`` left it out
 # and ``all +fused optimizer`` was the defaults)
 # the fused norms and the graphed encoder in it since 2026-12-06 (before: ``defaults +fused norms +graphed encoder``)
 # the split first convolution in it since 2026-12-06 (before: ``all +split lift conv``; only this project's network has
 # a 65-channel lifted volume, the authors' lifts 64)
+# the graphed 3D CNN for the authors' hourglass (graph_volume auto) since 2026-12-06 (before: ``defaults +graphed volume``
+# for that network)
 ALL_ON = {"channels_last_3d": True, "group_norm_impl": "fused", "batch_norm_impl": "fused", "lift_impl": "gather",
-          "raster_zsq": "moments", "fused_optimizer": True, "graph_encoder": True, "split_lift_conv": True}
+          "raster_zsq": "moments", "fused_optimizer": True, "graph_encoder": True, "graph_volume": "auto",
+          "split_lift_conv": True}
 # (name, settings over the option defaults, networks (None: every one), priority: lower runs first)
 DEFAULTS = {**OLD, **ALL_ON}
 FUSED_NORMS = {"group_norm_impl": "fused", "batch_norm_impl": "fused"}  # networks/norm_kernels.py
