@@ -47,3 +47,19 @@ def test_shapes_name_each_operators_inputs():
     pools = [k for k in by_shape if " aten::avg_pool2d " in k]
     assert pools and all(k.startswith("utils/losses.py(") and k.endswith("[[2, 3, 50, 66]]") for k in pools)  # padded by 1
     assert all("[[" not in k for k in by_line)
+
+
+def test_range_annotations_are_not_counted_as_kernels():
+    """On CUDA a record_function range also shows as a device event (is_user_annotation) spanning its kernels:
+    the families and the busy sum count the kernels only, else each stage's time would come twice (seen: 38 of
+    105.6 ms of "busy" per step were the stage ranges, one H100)."""
+    from types import SimpleNamespace as E
+    from tools.bench.profile import kernel_entries
+    kernel = E(key="sm90_xmma_fprop", device_type="DeviceType.CUDA", is_user_annotation=False,
+               self_cpu_time_total=0, self_device_time_total=4000)
+    stage_range = E(key="stage::3D CNN", device_type="DeviceType.CUDA", is_user_annotation=True,
+                    self_cpu_time_total=0, self_device_time_total=6000)
+    op = E(key="aten::convolution", device_type="DeviceType.CPU", is_user_annotation=False,
+           self_cpu_time_total=50, self_device_time_total=0)
+    assert kernel_entries([kernel, stage_range, op], cuda=True) == [kernel]
+    assert kernel_entries([kernel, stage_range, op], cuda=False) == [op]

@@ -59,6 +59,18 @@ def _self_time(e, cuda):
     return e.self_cpu_time_total
 
 
+def kernel_entries(avgs, cuda):
+    """The entries of a profile's key_averages that are work: on CUDA the kernels, memcpys and memsets (device
+    events), not the device-side copies of record_function ranges (``is_user_annotation``: utils.speed.stage's
+    ranges, fast_norm's; counted as kernels, they put each range's whole time a second time in "other" and the busy
+    sum); on the CPU the operators that ran no other operator inside (their self time is their whole cost)."""
+    if not cuda:
+        return [e for e in avgs if e.key.startswith("aten::")]
+    work = [e for e in avgs if not getattr(e, "is_user_annotation", False)]
+    return [e for e in work if str(getattr(e, "device_type", "")).endswith("CUDA")] or \
+        [e for e in work if e.self_cpu_time_total == 0 and _self_time(e, True) > 0]
+
+
 def profile_step(step, batch, device, n=3, top=25):
     """dict(families {family: ms per step}, launches per step, busy_ms per step, table: top operators text)."""
     from torch.profiler import ProfilerActivity, profile
@@ -70,11 +82,7 @@ def profile_step(step, batch, device, n=3, top=25):
         if cuda:
             torch.cuda.synchronize(device)
     avgs = prof.key_averages()
-    if cuda:  # kernels: entries that have device time of their own and no CPU time (CUPTI events)
-        entries = [e for e in avgs if str(getattr(e, "device_type", "")).endswith("CUDA")] or \
-            [e for e in avgs if e.self_cpu_time_total == 0 and _self_time(e, True) > 0]
-    else:  # the operators that ran no other operator inside (their self time is their whole cost)
-        entries = [e for e in avgs if e.key.startswith("aten::")]
+    entries = kernel_entries(avgs, cuda)
     fams = collections.Counter()
     kernels = collections.Counter()
     launches = 0
