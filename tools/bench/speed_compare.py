@@ -89,6 +89,8 @@ VARIANTS = [
      {**DEFAULTS, **FUSED_NORMS, **GRAPHED_ENCODER, **GRAPHED_VOLUME, **BF16_LIFT}, None, 1),
     # the lifted features and visibility as one 65-channel volume (the first convolution not split)
     ("defaults -split lift conv", {**DEFAULTS, "split_lift_conv": False}, ("project", "quick"), 1),
+    # the authors' hourglass eager (--graph_volume auto graphs it)
+    ("defaults -graphed volume", {**DEFAULTS, "graph_volume": False}, ("authors", "quick"), 1),
     # the photometric error and the smoothness through torch.compile (utils/losses.py), over the option defaults
     ("defaults +compiled loss", {**DEFAULTS, "compile_loss": True}, None, 1),
     ("all +compile", {**DEFAULTS, "compile": True}, None, 4),
