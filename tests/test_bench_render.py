@@ -158,6 +158,7 @@ def test_speed_compare_quick_cpu(tmp_path):
     split = [c for c in res["components"] if c["case"].endswith("split 64 + 1")]  # SplitConv3d against the 65 one
     assert len(split) == 1 and split[0]["out_rel_diff"] < 1e-5 and split[0]["grad_rel_diff"] < 1e-5
     md = (tmp_path / "bench_speed.md").read_text()
+    assert res["meta"]["speed_weights"] == "frozen" and "the weights frozen (lr 0" in md
     assert "| quick | all |" in md and "## Components" in md and "busy (sum)" in md and "| 3D CNN (backward) |" in md
     assert "Device time by the line of this repository" in md
     assert (tmp_path / "bench_speed_profile.txt").stat().st_size > 0
@@ -220,3 +221,30 @@ def test_conv_grad_layouts_reports_each_convolutions_tensors(capsys):
     assert any(" < " in c for c in copies)
     assert layout(torch.randn(1, 3, 4, 5, 6).contiguous(memory_format=torch.channels_last_3d)) == "NDHWC"
     assert layout(torch.randn(1, 3, 4, 5, 6).transpose(2, 3)).startswith("strides (")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_frozen_train_step_repeats_the_same_work():
+    """--speed_weights frozen (the default): the timed steps run the whole optimiser step with learning rate 0, so
+    the weights and the loss stay exactly as they were; the trained step moves them."""
+    from tools.bench.harness import make_train_step
+    from tools.bench.scene import train_batch
+    from tools.bench.speed_compare import DEFAULTS, build_model, step_options
+    dev = torch.device("cpu")
+    opt = step_options("quick", DEFAULTS, dev, 0)
+    batch = train_batch(opt, dev, 0)
+    losses = {}
+    for frozen in (True, False):
+        model = build_model(opt, dev, 0, None)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        step = make_train_step(model, opt, dev, frozen=frozen)
+        losses[frozen] = [step(batch)[0] for _ in range(2)]
+        moved = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
+        if frozen:  # (batch norms' running statistics move: training normalises with the batch's own)
+            assert not [k for k in moved if "running" not in k], moved
+        else:
+            assert any("running" not in k for k in moved)
+    # (the frozen steps' losses agree to float32 rounding, ~1e-7, not bit for bit: also with the state reloaded)
+    assert losses[True][0] == losses[False][0], losses
+    assert losses[True][1] == pytest.approx(losses[True][0], rel=1e-6), losses
+    assert abs(losses[False][1] - losses[False][0]) > 1e-4 * losses[False][0], losses

@@ -123,6 +123,10 @@ def build_parser():
                    help="the old path, all options and the priority-1 variants are timed this many times in turn "
                         "(round 1 is the full pass; each later round runs them again in the same order); step s = "
                         "median of the rounds' medians, so that drift of the GPU between variants cancels")
+    g.add_argument("--speed_weights", type=str, default="frozen", choices=["frozen", "trained"],
+                   help="frozen: the timed steps run with learning rate 0 (the optimiser's kernels run, the weights "
+                        "stay, every step does the same work); trained: the trainer's learning rate, the weights move "
+                        "on the one batch and the rasteriser's work with them (runs before 2026-12-06 afternoon)")
     g.add_argument("--speed_variants", type=str, default=None,
                    help="variant names separated by ';' to time besides old and all (default: every variant)")
     g.add_argument("--profile_variants", type=str, default="old;all",

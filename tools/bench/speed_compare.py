@@ -220,7 +220,8 @@ def run_variant(net, name, settings, args, device, ref_states, profile=True):
     if net not in ref_states:
         ref_states[net] = {k: v.detach().clone() for k, v in model.state_dict().items()}
     row["applied"] = "; ".join(prepare_model(model, opt, device)) or "-"
-    step = make_train_step(model, opt, device, log_details=settings.get("_log_details", True))
+    step = make_train_step(model, opt, device, log_details=settings.get("_log_details", True),
+                           frozen=getattr(args, "speed_weights", "frozen") == "frozen")
     batch = train_batch(opt, device, args.seed)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -257,7 +258,8 @@ def run(args, device, meta, log=print):
         log("gsplat: building its kernels in the background (gsplat_build.log)")
     comp = components.run_components(device, quick=args.quick, log=log)
     ok, detail = gsplat_ready(device, proc, log) if device.type == "cuda" else (False, "no CUDA: torch rasteriser")
-    meta.update(gsplat_usable=ok, gsplat_detail=detail, components_and_build_s=round(time.perf_counter() - t_start, 1))
+    meta.update(gsplat_usable=ok, gsplat_detail=detail, components_and_build_s=round(time.perf_counter() - t_start, 1),
+                speed_weights=getattr(args, "speed_weights", "frozen"))
     rows, ref_states, est = [], {}, {}
     for net, name, settings in plan(args):
         need = est.get(net, 0) * 1.3 + (COMPILE_EXTRA_S if settings.get("compile") else
@@ -324,7 +326,10 @@ def markdown(result):
          f"(components and gsplat build: {meta.get('components_and_build_s')} s)",
          "- step: median of the timed steps, one batch on the device (bf16 on CUDA); with rounds (the old path, all "
          "options and the priority-1 variants timed again in turn): the median of the rounds' medians; every variant "
-         "starts from the old path's weights; loss rel. diff = first step's loss against the old path's", "",
+         "starts from the old path's weights"
+         + ("; the weights frozen (lr 0: every step the same work)" if meta.get("speed_weights") == "frozen" else
+            "; the weights trained along the timed steps (lr of the trainer; the work moves with them)")
+         + "; loss rel. diff = first step's loss against the old path's", "",
          "| network | variant | applied | step s | rounds (s) | min s | speed-up | first step s | loss rel. diff | "
          "peak GiB | Gaussians |", "| --- | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     f = lambda r, k, fmt: format(r[k], fmt) if r.get(k) is not None else "-"  # noqa: E731
