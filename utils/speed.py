@@ -31,7 +31,8 @@ path, tests/test_speed_options.py and tests/test_norm_kernels.py compare values 
   ``auto``: on for the authors' hourglass only, ``graph_on``);
 * ``fused_optimizer``: AdamW's fused CUDA kernel (``make_optimizer``);
 * ``compile_loss``: the photometric error and the smoothness through torch.compile (utils/losses.py
-  ``compile_losses``; no faster within the benchmark's round-to-round spread on an H100 so far).
+  ``compile_losses``; 5-6 % faster a step on an H100 with the benchmark's weights frozen, but off: the occupancy
+  check at equal steps has not passed, docs/results/runs/2026-12-06/compile-loss-occupancy-check).
 """
 import argparse
 
@@ -180,8 +181,9 @@ def auto_bool(v):
 
 def graph_on(opt, flag):
     """Whether ``opt`` asks for the CUDA graphs of ``flag`` (one of GRAPH_FLAGS); ``--graph_volume auto`` means on for
-    the hourglass 3D CNN (docs/results/runs/2026-12-06/speed-h100-defaults: 11-17 % a step; authors-graph-volume:
-    it trains as the eager one) and off for the residual one (speed-h100-graph-volume: no gain)."""
+    the hourglass 3D CNN (docs/results/runs/2026-12-06/speed-h100-frozen: 0.1098 against 0.1233 s a step;
+    authors-graph-volume-check: it trains as the eager one) and off for the residual one (speed-h100-graph-volume:
+    no gain)."""
     v = getattr(opt, flag, False)
     if v == "auto":
         return flag == "graph_volume" and getattr(opt, "occ_decoder", None) == "hourglass"
