@@ -150,7 +150,7 @@ def test_speed_compare_quick_cpu(tmp_path):
     assert len(sources) == 30 and all(v > 0 for v in sources.values())
     assert any(k.startswith("networks/") for k in sources) and any("(backward)" in k for k in sources), sources
     groups = {c["group"] for c in res["components"] if "error" not in c}
-    assert groups == {"ceiling", "norm", "conv", "lift"}, res["components"]
+    assert groups == {"ceiling", "norm", "conv", "lift", "loss"}, res["components"]
     # (the bf16 gather of --lift_dtype features is the float32 one to bf16 rounding, no closer: its gradient, summed
     # over the voxels each pixel feeds, 1.1e-2 on the CPU)
     assert all(c.get("grad_rel_diff", 0) < (2e-2 if "bf16" in c["case"] else 1e-5) for c in res["components"])

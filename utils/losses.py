@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.geometry import warp
+from utils.pool_kernels import avg_pool3
 from utils.precision import full_precision
 
 
@@ -50,17 +51,27 @@ class SSIM(nn.Module):
         self.pad = nn.ReflectionPad2d(1)
 
     def forward(self, x, y):
+        pool = avg_pool3 if _SSIM_POOL["impl"] == "fused" else self.pool
         x, y = self.pad(x), self.pad(y)
-        mu_x, mu_y = self.pool(x), self.pool(y)
-        var_x = self.pool(x * x) - mu_x * mu_x
-        var_y = self.pool(y * y) - mu_y * mu_y
-        cov = self.pool(x * y) - mu_x * mu_y
+        mu_x, mu_y = pool(x), pool(y)
+        var_x = pool(x * x) - mu_x * mu_x
+        var_y = pool(y * y) - mu_y * mu_y
+        cov = pool(x * y) - mu_x * mu_y
         num = (2 * mu_x * mu_y + self.C1) * (2 * cov + self.C2)
         den = (mu_x * mu_x + mu_y * mu_y + self.C1) * (var_x + var_y + self.C2)
         return num / den
 
 
 _ssim = SSIM()
+_SSIM_POOL = {"impl": "torch"}  # --ssim_pool_impl (set_ssim_pool)
+
+
+def set_ssim_pool(impl):
+    """``--ssim_pool_impl``: the SSIM's 3x3 means through nn.AvgPool2d (torch) or utils/pool_kernels.avg_pool3
+    (fused: one Triton kernel a pass on CUDA, the same numbers). Process-wide; utils.speed.prepare_model sets it."""
+    if impl not in ("torch", "fused"):
+        raise ValueError(f"--ssim_pool_impl must be torch or fused, got {impl!r}")
+    _SSIM_POOL["impl"] = impl
 
 
 def _photometric(pred, target, alpha):

@@ -30,6 +30,8 @@ path, tests/test_speed_options.py and tests/test_norm_kernels.py compare values 
 * ``graph_encoder``, ``graph_volume``: stage 2's image encoder and its 3D CNN as CUDA graphs in training (the second
   ``auto``: on for the authors' hourglass only, ``graph_on``);
 * ``fused_optimizer``: AdamW's fused CUDA kernel (``make_optimizer``);
+* ``ssim_pool_impl fused``: the SSIM's 3x3 means as one Triton kernel a pass (utils/pool_kernels.py), in
+  avg_pool2d's order of sums (the same numbers on CUDA);
 * ``compile_loss``: the photometric error and the smoothness through torch.compile (utils/losses.py
   ``compile_losses``; 5-6 % faster a step on an H100 with the benchmark's weights frozen, but off: the occupancy
   check at equal steps has not passed, docs/results/runs/2026-12-06/compile-loss-occupancy-check).
@@ -110,6 +112,9 @@ def add_args(parser):
     g.add_argument("--compile_loss", type=str2bool, default=False,
                    help="torch.compile the per-pixel photometric error (SSIM + L1) and the smoothness (CUDA only; "
                         "the same function, fewer passes and launches; compiles on the first step)")
+    g.add_argument("--ssim_pool_impl", type=str, default="torch", choices=["torch", "fused"],
+                   help="the SSIM's 3x3 means: torch (avg_pool2d) or fused (utils/pool_kernels.py: one Triton kernel "
+                        "a pass on CUDA, summing in avg_pool2d's order: the same numbers)")
     g.add_argument("--gsplat_packed", type=str2bool, default=True, help="gsplat's packed mode (the same render)")
     g.add_argument("--gsplat_tile_size", type=int, default=16, choices=[8, 16],
                    help="gsplat's tile size in pixels (the same render)")
@@ -154,8 +159,11 @@ def prepare_model(model, opt, device):
             for net in nets:
                 setattr(net, flag, True)
             done.append(f"CUDA graphs ({len(nets)} {what})")
-    from utils.losses import compile_losses
+    from utils.losses import compile_losses, set_ssim_pool
     compile_losses(bool(getattr(opt, "compile_loss", False)))  # (process-wide: set, or reset to eager, every time)
+    set_ssim_pool(getattr(opt, "ssim_pool_impl", "torch"))
+    if getattr(opt, "ssim_pool_impl", "torch") == "fused":
+        done.append("SSIM pool as Triton kernels")
     if getattr(opt, "compile_loss", False):
         done.append("torch.compile (photometric error, smoothness)")
     if opt.compile:

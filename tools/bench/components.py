@@ -7,8 +7,9 @@ output and input gradient to the case's reference (the first of its group), whic
 Groups: ``ceiling`` (device-to-device copy, a bf16 matrix product), ``norm`` (one normalisation of the decoder's
 32-channel bf16 volume 300 x 300 x 24: torch's group norm under autocast as the step runs it, the parallel and the
 gemm one in NCDHW and NDHWC, batch norm torch / gemm NCDHW / NDHWC, an elementwise x * 2 as the cost of one pass), ``conv`` (a
-3x3x3 32 -> 32 convolution NCDHW / NDHWC) and ``lift`` (grid_sample per camera / one gather, at both networks'
-feature maps).
+3x3x3 32 -> 32 convolution NCDHW / NDHWC), ``lift`` (grid_sample per camera / one gather, at both networks'
+feature maps) and ``loss`` (the SSIM's 3x3 mean of the step's warped images: avg_pool2d against
+utils/pool_kernels.avg_pool3, which must agree bit for bit on CUDA).
 """
 import statistics
 import time
@@ -19,6 +20,7 @@ from networks.fast_norm import FusedBatchNorm3d, FusedGroupNorm, GemmBatchNorm3d
 from networks.lift_gather import lift_features_gather
 from networks.occ_net import VoxelGrid, lift_features
 from tools.bench.scene import rig_cameras
+from utils.pool_kernels import avg_pool3
 
 PAPER_VOLUME, QUICK_VOLUME = (300, 300, 24), (24, 24, 8)
 CL3D = torch.channels_last_3d
@@ -252,12 +254,31 @@ def lift_cases(device, quick, reps):
     return rows
 
 
+def loss_cases(device, quick, reps):
+    """The SSIM's 3x3 mean over the stacked warped images of one step (4 images x 6 cameras x RGB, 180 x 320
+    reflection-padded): torch's avg_pool2d, then the Triton kernels of --ssim_pool_impl fused."""
+    shape = (4, 3, 34, 58) if quick else (24, 3, 182, 322)
+    x0 = torch.rand(shape, device=device, generator=torch.Generator(device).manual_seed(5))
+    rows, ref = [], None
+    for name, fn in (("avg_pool2d", lambda t: torch.nn.functional.avg_pool2d(t, 3, stride=1)),
+                     ("Triton kernels (--ssim_pool_impl fused)", avg_pool3)):
+        def make(fn=fn):
+            x = x0.clone().requires_grad_()
+            return (lambda: fn(x)), x
+        row = _case("loss", f"ssim pool {'x'.join(map(str, shape))} float32: {name}", make, device, reps, ref,
+                    bytes_fwd=x0.numel() * 4 * 2, bytes_bwd=x0.numel() * 4 * 2)
+        ref = ref or row
+        rows.append(row)
+    return rows
+
+
 def run_components(device, quick=False, reps=None, log=print):
     """Every group; rows without the tensors (JSON-ready). A group that fails is one row with its error."""
     reps = reps or (2 if quick else 10)
     rows = []
     groups = (("ceiling", lambda: ceilings(device, quick)), ("norm", lambda: norm_cases(device, quick, reps)),
-              ("conv", lambda: conv_cases(device, quick, reps)), ("lift", lambda: lift_cases(device, quick, reps)))
+              ("conv", lambda: conv_cases(device, quick, reps)), ("lift", lambda: lift_cases(device, quick, reps)),
+              ("loss", lambda: loss_cases(device, quick, reps)))
     for name, fn in groups:
         t0 = time.perf_counter()
         try:

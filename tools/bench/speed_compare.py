@@ -44,7 +44,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # The step before the speed options (the defaults until they measured faster on one H200, docs/speed.md)
 OLD = {"channels_last_3d": False, "group_norm_impl": "torch", "batch_norm_impl": "torch", "lift_impl": "grid_sample",
        "raster_zsq": "per_camera", "fused_optimizer": False, "graph_encoder": False, "graph_volume": False,
-       "split_lift_conv": False}
+       "split_lift_conv": False, "ssim_pool_impl": "torch"}
 # every speed option on = the option defaults (the fused optimizer in it since 2026-12-04; before, ``all`` left it out
 # and ``all +fused optimizer`` was the defaults)
 # the fused norms and the graphed encoder in it since 2026-12-06 (before: ``defaults +fused norms +graphed encoder``)
@@ -91,6 +91,8 @@ VARIANTS = [
     ("defaults -split lift conv", {**DEFAULTS, "split_lift_conv": False}, ("project", "quick"), 1),
     # the authors' hourglass eager (--graph_volume auto graphs it)
     ("defaults -graphed volume", {**DEFAULTS, "graph_volume": False}, ("authors", "quick"), 1),
+    # the SSIM's 3x3 means as Triton kernels (utils/pool_kernels.py; the same numbers on CUDA)
+    ("defaults +fused ssim pool", {**DEFAULTS, "ssim_pool_impl": "fused"}, None, 1),
     # the photometric error and the smoothness through torch.compile (utils/losses.py), over the option defaults
     ("defaults +compiled loss", {**DEFAULTS, "compile_loss": True}, None, 1),
     ("all +compile", {**DEFAULTS, "compile": True}, None, 4),
