@@ -10,8 +10,9 @@ padding (the SSIM pads by reflection first). Each output is the window's nine va
 and columns inner, from zero, then divided by 9 (IEEE division); each input gradient is the sum, in the same order
 of the windows that cover it, of their output gradient divided by 9. That is the order of PyTorch's CUDA kernels
 (avg_pool2d_out_cuda_frame / avg_pool2d_backward_out_cuda_frame, count_include_pad, no divisor override), so on
-CUDA the results are those of F.avg_pool2d bit for bit (tools/bench/components.py's "ssim pool" rows compare them
-on the GPU). One kernel a pass instead of torch's, one read and one write of the plane each.
+CUDA the results should be those of F.avg_pool2d bit for bit: tools/bench/components.py's "ssim pool" rows compare
+them on the GPU (not yet run: written after the last GPU call of 2026-12-06). One launch a pass, as torch's, with
+each thread's nine loads adjacent in memory.
 
 Used for float32 CUDA tensors (and CPU tensors under Triton's interpreter, TRITON_INTERPRET=1, which is how
 tests/test_pool_kernels.py checks them without a GPU); anything else, and code that torch.compile traces, gets
