@@ -2,8 +2,9 @@
 
 Why. The photometric error's SSIM takes five 3x3 means a call (of x, y, x x, y y, x y) over every warped image of
 the step, and torch's avg_pool2d is slow at them: on one H100 (2026-12-06, docs/results/runs/2026-12-06/
-speed-h100-frozen, this project's network at the paper sizes) its backward took 0.73 ms a call for ~4e6 float32
-values, ~25 GB/s where the bytes need a few microseconds, and the forward 0.44 ms; 2.2 ms of backward a step.
+speed-h100-frozen, this project's network at the paper sizes) its backward took 0.73 ms a call for the 1.8e7
+float32 values of the step's images (2 warped + 2 identity x 6 cameras x RGB at 386 x 642), ~0.2 TB/s where the
+device moves ~3, and the forward 0.44 ms; 2.2 ms of backward a step.
 
 ``avg_pool3(x)``: (N, C, H, W) float32 -> (N, C, H - 2, W - 2), the mean of each 3x3 window at stride 1 without
 padding (the SSIM pads by reflection first). Each output is the window's nine values summed one by one, rows outer

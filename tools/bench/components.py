@@ -255,9 +255,10 @@ def lift_cases(device, quick, reps):
 
 
 def loss_cases(device, quick, reps):
-    """The SSIM's 3x3 mean over the stacked warped images of one step (4 images x 6 cameras x RGB, 180 x 320
-    reflection-padded): torch's avg_pool2d, then the Triton kernels of --ssim_pool_impl fused."""
-    shape = (4, 3, 34, 58) if quick else (24, 3, 182, 322)
+    """The SSIM's 3x3 mean over the images of one step's photometric error (2 warped + 2 identity images x 6
+    cameras x RGB at the input size 384 x 640, --photo_res input, reflection-padded): torch's avg_pool2d, then the
+    Triton kernels of --ssim_pool_impl fused."""
+    shape = (4, 3, 34, 58) if quick else (24, 3, 386, 642)
     x0 = torch.rand(shape, device=device, generator=torch.Generator(device).manual_seed(5))
     rows, ref = [], None
     for name, fn in (("avg_pool2d", lambda t: torch.nn.functional.avg_pool2d(t, 3, stride=1)),
