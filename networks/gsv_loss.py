@@ -220,6 +220,8 @@ class GSVLoss(nn.Module):
         self.opt = opt
         self.step = 0  # the trainer's step (set_step), for --entropy_schedule
         self.log_details = True  # False (set_step): leave out the depth quantiles and fog statistics (log only)
+        self.graph = False  # --graph_loss (utils/speed.py): raw_terms' forward and backward as a CUDA graph
+        self._graphs = {}  # networks/loss_graph.py: input signature -> graphed raw_terms (not state)
         w = sem_class_weights(opt, n_sem_classes) if opt.use_sem else None
         self.register_buffer("sem_weight", w, persistent=False)
 
@@ -241,6 +243,35 @@ class GSVLoss(nn.Module):
 
     def terms(self, r, batch, T):
         """The weighted loss terms, dict name -> scalar tensor (their sum is the loss), and the logs."""
+        if self.graph and not self.log_details:  # (--graph_loss: networks/loss_graph.py; eager where it cannot)
+            from networks.loss_graph import graphed_raw_terms
+            raw, logs = graphed_raw_terms(self, r, batch, T)
+        else:
+            raw, logs = self.raw_terms(r, batch, T)
+        opt, x = self.opt, self.opt.w_extra_views
+        weights = {"reproj": 1.0, "smooth": opt.w_smooth, "entropy": opt.w_entropy * self.entropy_ramp(),
+                   "tv": opt.w_tv, "sem": opt.w_sem, "dist": opt.w_dist, "dist_metric": opt.w_dist_metric,
+                   "depth_oracle": opt.w_depth_oracle,
+                   "reproj_extra": x, "smooth_extra": x * opt.w_smooth, "dist_extra": x * opt.w_dist,
+                   "sem_extra": opt.w_extra_sem, "sky": opt.w_sky}
+        terms = {k: weights[k] * v for k, v in raw.items()}
+        logs.update({f"loss_{k}": v.detach() for k, v in raw.items()})
+        if not self.log_details:  # (they wait for the GPU: only on the steps that are logged)
+            return terms, logs
+        d = r["depth"].detach().flatten(0, 1)  # the depth of the photometric loss, as raw_terms makes it
+        if opt.photo_res == "input":
+            d = F.interpolate(d, batch["imgs"].shape[-2:], mode="bilinear", align_corners=False)
+        d = d.clamp(opt.min_depth, opt.max_depth)
+        q = torch.quantile(d.flatten()[:: max(1, d.numel() // 100000)].float(),
+                           torch.tensor([0.1, 0.5, 0.9], device=d.device))
+        logs.update(mean_depth=d.mean(), depth_p10=q[0], depth_p50=q[1], depth_p90=q[2],
+                    mean_alpha=r["alpha"].detach().mean(), mean_opacity=r["opacity"].detach().mean())
+        logs.update(fog_stats(r))
+        return terms, logs
+
+    def raw_terms(self, r, batch, T):
+        """The unweighted loss terms (dict name -> scalar tensor) and the logs that come with them (automask_kept,
+        warp_valid, mask_visible): every term the options ask for, whatever its weight at this step."""
         opt = self.opt
         B, n = r["depth"].shape[:2]
         h, w = r["depth"].shape[-2:]
@@ -314,27 +345,11 @@ class GSVLoss(nn.Module):
                 raw["sky"] = sky_loss(r["alpha"].flatten(0, 1), sky)
             raw["sem"] = semantic_ce(r["sem"].flatten(0, 1), labels.masked_fill(sky, IGNORE_ID),
                                      weight=self.sem_weight)
-        x = opt.w_extra_views
-        weights = {"reproj": 1.0, "smooth": opt.w_smooth, "entropy": opt.w_entropy * self.entropy_ramp(),
-                   "tv": opt.w_tv, "sem": opt.w_sem, "dist": opt.w_dist, "dist_metric": opt.w_dist_metric,
-                   "depth_oracle": opt.w_depth_oracle,
-                   "reproj_extra": x, "smooth_extra": x * opt.w_smooth, "dist_extra": x * opt.w_dist,
-                   "sem_extra": opt.w_extra_sem, "sky": opt.w_sky}
-        terms = {k: weights[k] * v for k, v in raw.items()}
-        logs = {f"loss_{k}": v.detach() for k, v in raw.items()}
-        logs.update(automask_kept=maps["mask"].float().mean(),
-                    warp_valid=maps["warp_valid"].float().mean())  # pixels with a source inside its image
+        logs = {"automask_kept": maps["mask"].float().mean(),
+                "warp_valid": maps["warp_valid"].float().mean()}  # pixels with a source inside its image
         if valid is not None:
             logs["mask_visible"] = valid.float().mean()  # share of pixels left in by the self-occlusion mask
-        if not self.log_details:  # (they wait for the GPU: only on the steps that are logged)
-            return terms, logs
-        d = depth.detach()
-        q = torch.quantile(d.flatten()[:: max(1, d.numel() // 100000)].float(),
-                           torch.tensor([0.1, 0.5, 0.9], device=d.device))
-        logs.update(mean_depth=d.mean(), depth_p10=q[0], depth_p50=q[1], depth_p90=q[2],
-                    mean_alpha=r["alpha"].detach().mean(), mean_opacity=r["opacity"].detach().mean())
-        logs.update(fog_stats(r))
-        return terms, logs
+        return raw, logs
 
 
 def fog_stats(r):

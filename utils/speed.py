@@ -27,8 +27,9 @@ path, tests/test_speed_options.py and tests/test_norm_kernels.py compare values 
 * ``raster_zsq moments``: sum_i w_i z_i^2 of the depth-spread term from 9 moment channels shared by the cameras
   instead of per-camera copies of every feature (utils/rasterizer.py);
 * ``gsplat_packed``, ``gsplat_tile_size``: gsplat's own options (the same render);
-* ``graph_encoder``, ``graph_volume``: stage 2's image encoder and its 3D CNN as CUDA graphs in training (the second
-  ``auto``: on for the authors' hourglass only, ``graph_on``);
+* ``graph_encoder``, ``graph_volume``, ``graph_loss``: stage 2's image encoder, its 3D CNN and its loss terms as CUDA
+  graphs in training (``graph_volume auto``: on for the authors' hourglass only, ``graph_on``; ``graph_loss`` off until
+  measured, networks/loss_graph.py);
 * ``fused_optimizer``: AdamW's fused CUDA kernel (``make_optimizer``);
 * ``ssim_pool_impl fused``: the SSIM's 3x3 means as one Triton kernel a pass (utils/pool_kernels.py), in
   avg_pool2d's order of sums (the same numbers on CUDA);
@@ -76,6 +77,10 @@ def add_args(parser):
                         "launches need; the activations stay in the graph's memory; autocast without its weight cache. "
                         "auto: on for the authors' hourglass (--occ_decoder hourglass: 11-17%% faster a step, "
                         "occupancy no worse), off for the residual decoder (no gain measured)")
+    g.add_argument("--graph_loss", type=str2bool, default=False,
+                   help="stage 2's loss terms (warps, photometric error, smoothness, ...) as CUDA graphs in training "
+                        "(CUDA only; networks/loss_graph.py): their ~600 small kernels a step replayed, not issued "
+                        "one by one; the steps that log run them eagerly")
     g.add_argument("--prefetch_factor", type=int, default=4,
                    help="batches each data loader worker prepares ahead")
     g.add_argument("--channels_last_3d", type=str2bool, default=True,
@@ -153,12 +158,17 @@ def prepare_model(model, opt, device):
                 if getattr(net, name, None) is not None:
                     getattr(net, name).to(memory_format=torch.channels_last_3d)
         done.append(f"channels_last_3d ({len(nets)} 3D CNNs)")
-    for flag, what in zip(GRAPH_FLAGS, ("image encoders", "3D CNNs")):
+    for flag, what in zip(GRAPH_FLAGS[:2], ("image encoders", "3D CNNs")):
         if graph_on(opt, flag):
             nets = volume_networks(model)
             for net in nets:
                 setattr(net, flag, True)
             done.append(f"CUDA graphs ({len(nets)} {what})")
+    if graph_on(opt, "graph_loss"):
+        crits = [m for m in model.modules() if hasattr(m, "raw_terms") and hasattr(m, "graph")]
+        for c in crits:
+            c.graph = True
+        done.append(f"CUDA graphs ({len(crits)} losses)")
     from utils.losses import compile_losses, set_ssim_pool
     compile_losses(bool(getattr(opt, "compile_loss", False)))  # (process-wide: set, or reset to eager, every time)
     set_ssim_pool(getattr(opt, "ssim_pool_impl", "torch"))
@@ -174,7 +184,7 @@ def prepare_model(model, opt, device):
     return done
 
 
-GRAPH_FLAGS = ("graph_encoder", "graph_volume")
+GRAPH_FLAGS = ("graph_encoder", "graph_volume", "graph_loss")
 
 
 def auto_bool(v):

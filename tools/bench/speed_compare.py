@@ -44,7 +44,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # The step before the speed options (the defaults until they measured faster on one H200, docs/speed.md)
 OLD = {"channels_last_3d": False, "group_norm_impl": "torch", "batch_norm_impl": "torch", "lift_impl": "grid_sample",
        "raster_zsq": "per_camera", "fused_optimizer": False, "graph_encoder": False, "graph_volume": False,
-       "split_lift_conv": False, "ssim_pool_impl": "torch"}
+       "split_lift_conv": False, "ssim_pool_impl": "torch", "graph_loss": False}
 # every speed option on = the option defaults (the fused optimizer in it since 2026-12-04; before, ``all`` left it out
 # and ``all +fused optimizer`` was the defaults)
 # the fused norms and the graphed encoder in it since 2026-12-06 (before: ``defaults +fused norms +graphed encoder``)
@@ -91,13 +91,19 @@ VARIANTS = [
     ("defaults -split lift conv", {**DEFAULTS, "split_lift_conv": False}, ("project", "quick"), 1),
     # the authors' hourglass eager (--graph_volume auto graphs it)
     ("defaults -graphed volume", {**DEFAULTS, "graph_volume": False}, ("authors", "quick"), 1),
+    # the loss terms' forward and backward as CUDA graphs (networks/loss_graph.py; the same kernels replayed), on
+    # the steps that write no scalars (the trainer's 19 in 20: the steps that log run the terms eagerly); against
+    # "defaults, not logged"
+    ("defaults +graphed loss, not logged", {**DEFAULTS, "graph_loss": True, "_log_details": False}, None, 1),
+    ("defaults +graphed loss +fused ssim pool, not logged",
+     {**DEFAULTS, "graph_loss": True, "ssim_pool_impl": "fused", "_log_details": False}, None, 1),
     # the SSIM's 3x3 means as Triton kernels (utils/pool_kernels.py; the same numbers on CUDA)
     ("defaults +fused ssim pool", {**DEFAULTS, "ssim_pool_impl": "fused"}, None, 1),
     # the photometric error and the smoothness through torch.compile (utils/losses.py), over the option defaults
     ("defaults +compiled loss", {**DEFAULTS, "compile_loss": True}, None, 1),
     ("all +compile", {**DEFAULTS, "compile": True}, None, 4),
     # the option defaults on a step that writes no scalars (the trainer's 19 in 20: no depth quantiles, no fog stats)
-    ("defaults, not logged", {**DEFAULTS, "_log_details": False}, None, 2),
+    ("defaults, not logged", {**DEFAULTS, "_log_details": False}, None, 1),
 ]
 PROFILED = ("old", "all")  # the default of --profile_variants
 COMPILE_EXTRA_S = 240  # what torch.compile may add to a variant (estimate for the budget)
