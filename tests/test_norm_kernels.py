@@ -2,9 +2,6 @@
 torch's norms compute (values and gradients, both layouts, float32 and bf16). Without a GPU they run in Triton's
 interpreter (TRITON_INTERPRET=1, read when the kernels are defined: hence a fresh process); where Triton is
 missing the tests skip and the fused norms fall back to the torch operators (checked here too)."""
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -12,8 +9,7 @@ import torch
 
 from networks import norm_kernels
 from networks.fast_norm import FusedBatchNorm3d, FusedGroupNorm, convert_batch_norm, make_group_norm
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.triton_interpreter import run_interpreted
 
 SCRIPT = textwrap.dedent("""
     import json, torch
@@ -67,11 +63,7 @@ SCRIPT = textwrap.dedent("""
 
 @pytest.mark.skipif(not norm_kernels.available(), reason="triton is not installed")
 def test_fused_norms_match_torch_in_the_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=REPO)
-    r = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    import json
-    out = json.loads(r.stdout.split("RESULT ", 1)[1])
+    out = run_interpreted(SCRIPT)
     assert len(out) == 10
     for key, vals in out.items():
         if key.endswith("kernels"):

@@ -2,17 +2,15 @@
 interpreter on the CPU (TRITON_INTERPRET=1 is read when the kernels are defined: hence a fresh process) against the
 order of sums of PyTorch's CUDA avg_pool2d written out in torch (equal bit for bit) and against F.avg_pool2d."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.triton_interpreter import run_interpreted
 from utils import pool_kernels
 from utils.losses import SSIM, set_ssim_pool
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = r"""
 import json
@@ -72,11 +70,7 @@ print("RESULT " + json.dumps(out))
 
 @pytest.mark.skipif(not pool_kernels.available(), reason="triton is not installed")
 def test_box_kernels_sum_in_avg_pool2d_cuda_order():
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=REPO)
-    r = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    import json
-    out = json.loads(r.stdout.split("RESULT ", 1)[1])
+    out = run_interpreted(SCRIPT)
     for key, v in out.items():
         if key == "ssim":  # the SSIM with the kernels against avg_pool2d's (the CPU's own order): float32 rounding
             assert v["out"] < 1e-6 and v["grad"] < 1e-6, v

@@ -39,13 +39,16 @@ def available():
 
 if triton is not None:
     @triton.jit
-    def _box3_fwd_kernel(x_ptr, y_ptr, H, W, OH, OW, BLOCK: tl.constexpr):
-        # program (plane p, block j): outputs [j BLOCK, (j+1) BLOCK) of plane p
+    def _plane_block(rows, cols, BLOCK: tl.constexpr):
+        # program (plane p, block j): elements [j BLOCK, (j+1) BLOCK) of a rows x cols plane, their row and column
         p = tl.program_id(0).to(tl.int64)
         local = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        mask = local < OH * OW
-        oh = local // OW
-        ow = local % OW
+        return p, local, local < rows * cols, local // cols, local % cols
+
+    @triton.jit
+    def _box3_fwd_kernel(x_ptr, y_ptr, H, W, OH, OW, BLOCK: tl.constexpr):
+        # the outputs of a block of plane p
+        p, local, mask, oh, ow = _plane_block(OH, OW, BLOCK)
         src = x_ptr + p * H * W + oh * W + ow
         s = tl.zeros((BLOCK,), dtype=tl.float32)
         for kh in tl.static_range(3):
@@ -55,13 +58,9 @@ if triton is not None:
 
     @triton.jit
     def _box3_bwd_kernel(g_ptr, dx_ptr, H, W, OH, OW, BLOCK: tl.constexpr):
-        # program (plane p, block j): input gradients [j BLOCK, (j+1) BLOCK) of plane p; the windows (ph, pw) that
-        # cover (ih, iw) are ph = ih - 2 .. ih, pw = iw - 2 .. iw within the output, ascending
-        p = tl.program_id(0).to(tl.int64)
-        local = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-        mask = local < H * W
-        ih = local // W
-        iw = local % W
+        # the input gradients of a block of plane p; the windows (ph, pw) that cover (ih, iw) are ph = ih - 2 .. ih,
+        # pw = iw - 2 .. iw within the output, ascending
+        p, local, mask, ih, iw = _plane_block(H, W, BLOCK)
         g = g_ptr + p * OH * OW
         nine = tl.full((BLOCK,), 9.0, tl.float32)
         acc = tl.zeros((BLOCK,), dtype=tl.float32)
