@@ -136,6 +136,7 @@ def test_speed_compare_quick_cpu(tmp_path):
     assert set(rows) == {name for name, s, _, _ in VARIANTS if not s.get("compile")}
     for r in rows.values():
         assert r["status"] == "ok" and r["model_s"] > 0 and r["loss_rel_diff"] < 1e-5, r
+        assert r["loss_last_rel_diff"] < 1e-5, r  # (frozen weights: the last timed step sees the first's weights)
     # round 2 timed old, all and the priority-1 variants again; the step is the median of the rounds' medians
     assert len(rows["old"]["round_s"]) == len(rows["defaults +compiled loss"]["round_s"]) == 2
     assert "round_s" not in rows["all +tile 8"]
