@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from networks.loss_graph import graphed_raw_terms
 from utils.batch import self_occlusion
 from utils.cli import above, at_least
 from utils.constants import IGNORE_ID, SKY_ID
@@ -244,7 +245,6 @@ class GSVLoss(nn.Module):
     def terms(self, r, batch, T):
         """The weighted loss terms, dict name -> scalar tensor (their sum is the loss), and the logs."""
         if self.graph and not self.log_details:  # (--graph_loss: networks/loss_graph.py; eager where it cannot)
-            from networks.loss_graph import graphed_raw_terms
             raw, logs = graphed_raw_terms(self, r, batch, T)
         else:
             raw, logs = self.raw_terms(r, batch, T)

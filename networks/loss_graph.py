@@ -19,7 +19,7 @@ import warnings
 
 import torch
 
-MAX_GRAPHS = 2
+from utils.cuda_graphs import MAX_GRAPHS, capture, graph_key
 
 
 class _Reader(dict):
@@ -69,24 +69,9 @@ class _Terms:
         return tuple(raw[k] for k in self.names[0]) + tuple(logs[k] for k in self.names[1])
 
 
-def _signature(args):
-    amp = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
-    return tuple((tuple(t.shape), t.dtype, t.requires_grad) for t in args), amp
-
-
 def graphable(loss, T):
     """Whether this call of ``loss`` may use a graph: a CUDA training step that builds a backward."""
     return T.is_cuda and loss.training and torch.is_grad_enabled()
-
-
-def capture(terms, args):
-    """make_graphed_callables over ``terms`` (a _Terms) with ``args``' shapes; the error names the option."""
-    sample = tuple(a.detach().requires_grad_(a.requires_grad) for a in args)
-    try:
-        return torch.cuda.make_graphed_callables(terms, sample, allow_unused_input=True)
-    except RuntimeError as err:
-        raise RuntimeError(f"--graph_loss: capturing the CUDA graph failed ({err}); train without --graph_loss") \
-            from err
 
 
 def graphed_raw_terms(loss, r, batch, T):
@@ -109,12 +94,12 @@ def graphed_raw_terms(loss, r, batch, T):
     if any(k not in r for k in r_keys) or any(k not in batch for k in b_keys):
         return loss.raw_terms(r, batch, T)
     args = tuple(r[k] for k in r_keys) + tuple(batch[k] for k in b_keys) + (T,)
-    key = _signature(args)
+    key = graph_key(args)
     if key not in table:
         if sum(1 for k in table if k != "plan") >= MAX_GRAPHS:
             return loss.raw_terms(r, batch, T)
         terms = _Terms(loss, r_keys, b_keys)
-        table[key] = (capture(terms, args), terms)
+        table[key] = (capture(terms, args, "--graph_loss", allow_unused=True), terms)
     fn, terms = table[key]
     out = fn(*args)
     raw_names, log_names = terms.names

@@ -24,6 +24,7 @@ from networks.lift_gather import _visible_pairs, lift_features_gather
 from networks.resnet_encoder import ResnetEncoder, resolve_weights
 from networks.voxel_grid import CONTRACT_MODES, VoxelGrid  # noqa: F401  (VoxelGrid: imported from here too)
 from utils.constants import NUM_SEM_CLASSES
+from utils.cuda_graphs import MAX_GRAPHS, capture, graph_key, parts
 from utils.geometry import inv
 from utils.precision import full_precision
 from utils.speed import stage
@@ -246,48 +247,8 @@ class _Part(nn.Module):
         return out if self.names is None else tuple(out[n] for n in self.names)
 
 
-def _parts(x):
-    """A part's input, a tensor or a tuple of them (a split volume), as a tuple."""
-    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
-
-
-def _graphed(part, sample, flag):
-    """make_graphed_callables over ``part`` with ``sample`` (a tensor or a tuple of them) as its input (requiring
-    grad as the real input will); its warm-up passes leave the batch-norm buffers as they were. ``flag``: the option
-    that asked, for the error.
-
-    The capture's warm-up runs on a side stream and makes the parameters' AccumulateGrad nodes there; most likely the
-    graph's static outputs keep those nodes alive, so every later backward feeds them from the default stream, and torch
-    warns once about that mismatch (seen in both trainings of 2026-12-06's split-occupancy-check, at their first
-    step: after the capture, not during it). The engine orders the two streams itself; the warning stays off once
-    this process has captured a graph."""
-    saved = [b.detach().clone() for b in part.buffers()]
-    quiet = getattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", lambda on: None)
-    quiet(False)
-    try:
-        graphed = torch.cuda.make_graphed_callables(
-            part, tuple(t.detach().requires_grad_(t.requires_grad) for t in _parts(sample)))
-    except RuntimeError as err:
-        quiet(True)  # no graph: nothing to explain the mismatch
-        raise RuntimeError(f"{flag}: capturing the CUDA graph failed ({err}); train without {flag}") from err
-    with torch.no_grad():
-        for b, v in zip(part.buffers(), saved):
-            b.copy_(v)
-    return graphed
-
-
-MAX_GRAPHS = 2  # per part (an epoch's last, smaller batch makes a second shape); more shapes run eagerly
-
-
-def _graph_key(x):
-    """What a CUDA graph of a network part is specific to: the input's shape, dtype and need of a gradient, and the
-    autocast dtype."""
-    amp = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
-    return tuple((tuple(t.shape), t.dtype, t.requires_grad) for t in _parts(x)), amp
-
-
 def _graphable(enabled, net, x):
-    return enabled and all(t.is_cuda for t in _parts(x)) and net.training and torch.is_grad_enabled()
+    return enabled and all(t.is_cuda for t in parts(x)) and net.training and torch.is_grad_enabled()
 
 
 class OccNet(nn.Module):
@@ -309,7 +270,7 @@ class OccNet(nn.Module):
         self.volume_format = torch.contiguous_format  # the 3D CNN's layout; utils/speed.py may set channels_last_3d
         self.graph_encoder = False  # --graph_encoder (utils/speed.py): the 2D part's training step as CUDA graphs
         self.graph_volume = False  # --graph_volume (utils/speed.py): the 3D CNN's training step as CUDA graphs
-        self._graphs = {}  # option -> {_graph_key: graphed part} (not submodules: no state of their own)
+        self._graphs = {}  # option -> {graph_key: graphed part} (not submodules: no state of their own)
         self.decoder_lr_mult = opt.decoder_lr_mult
         f, v = opt.feat_dim, opt.voxel_feat_dim
         if opt.image_neck == "upconcat":
@@ -427,7 +388,7 @@ class OccNet(nn.Module):
         As features_step; the activations stay in the graph's own memory between steps."""
         fn = self._graph("--graph_volume", self.graph_volume, vol,
                          lambda: _Part(self, self.VOLUME_PARTS, self.volume_outputs, self.volume_output_names()))
-        return self.volume_outputs(vol) if fn is None else dict(zip(fn.names, fn(*_parts(vol))))
+        return self.volume_outputs(vol) if fn is None else dict(zip(fn.names, fn(*parts(vol))))
 
     def _graph(self, flag, enabled, x, make_part):
         """The graphed part (``make_part()``) for input x, captured on first use; None (run eagerly) unless
@@ -435,11 +396,11 @@ class OccNet(nn.Module):
         if not _graphable(enabled, self, x):
             return None
         table = self._graphs.setdefault(flag, {})
-        key = _graph_key(x)
+        key = graph_key(x)
         if key not in table:
             if len(table) >= MAX_GRAPHS:
                 return None
-            table[key] = _graphed(make_part(), x, flag)
+            table[key] = capture(make_part(), x, flag)
         return table[key]
 
     def forward(self, imgs, K, cam2ego):

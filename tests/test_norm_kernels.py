@@ -144,7 +144,8 @@ def test_graph_capture_keeps_batch_norm_statistics_and_names_its_option(monkeypa
                                 "--gs_scale_learn", "true")).train()
     captured = []
 
-    def fake_capture(part, args):  # warm-up passes in training mode (they move the statistics), then "capture"
+    def fake_capture(part, args, allow_unused_input=False):  # warm-up passes (moving the statistics), "capture"
+        assert not allow_unused_input  # (every input of a network part is used)
         for _ in range(3):
             part(*args)
         captured.append(part)
@@ -168,7 +169,8 @@ def test_graph_capture_keeps_batch_norm_statistics_and_names_its_option(monkeypa
         net.volume_step(vol)
     assert len(captured) == 1  # the same input shape: no second capture
 
-    monkeypatch.setattr(torch.cuda, "make_graphed_callables", lambda part, args: (_ for _ in ()).throw(RuntimeError("x")))
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables",
+                        lambda part, args, **kw: (_ for _ in ()).throw(RuntimeError("x")))
     net._graphs.clear()
     with pytest.raises(RuntimeError, match="--graph_volume: capturing the CUDA graph failed"):
         net.volume_step(vol)
@@ -186,7 +188,7 @@ def test_graph_capture_of_a_split_volume_and_the_stream_warning(monkeypatch):
     monkeypatch.setattr(torch.autograd.graph, "set_warn_on_accumulate_grad_stream_mismatch", flags.append,
                         raising=False)
 
-    def fake_capture(part, args):
+    def fake_capture(part, args, allow_unused_input=False):
         captured.append(len(args))
         return part
     monkeypatch.setattr(torch.cuda, "make_graphed_callables", fake_capture)
@@ -199,7 +201,8 @@ def test_graph_capture_of_a_split_volume_and_the_stream_warning(monkeypatch):
         out = net.volume_step(vol)
     assert captured == [2] and flags == [False]
     assert list(out) == list(eager) and all(torch.equal(out[k], eager[k]) for k in out)
-    monkeypatch.setattr(torch.cuda, "make_graphed_callables", lambda part, args: (_ for _ in ()).throw(RuntimeError("x")))
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables",
+                        lambda part, args, **kw: (_ for _ in ()).throw(RuntimeError("x")))
     net._graphs.clear()
     with pytest.raises(RuntimeError, match="--graph_volume"):
         net.volume_step(vol)

@@ -126,7 +126,8 @@ def build_parser():
     g.add_argument("--speed_weights", type=str, default="frozen", choices=["frozen", "trained"],
                    help="frozen: the timed steps run with learning rate 0 (the optimiser's kernels run, the weights "
                         "stay, every step does the same work); trained: the trainer's learning rate, the weights move "
-                        "on the one batch and the rasteriser's work with them (the protocol of the runs before commit a928f91)")
+                        "on the one batch and the rasteriser's work with them (the protocol of the runs before commit "
+                        "a928f91)")
     g.add_argument("--speed_variants", type=str, default=None,
                    help="variant names separated by ';' to time besides old and all (default: every variant)")
     g.add_argument("--profile_variants", type=str, default="old;all",

@@ -171,8 +171,9 @@ def prepare_model(model, opt, device):
         done.append(f"CUDA graphs ({len(crits)} losses)")
     from utils.losses import compile_losses, set_ssim_pool
     compile_losses(bool(getattr(opt, "compile_loss", False)))  # (process-wide: set, or reset to eager, every time)
-    set_ssim_pool(getattr(opt, "ssim_pool_impl", "torch"))
-    if getattr(opt, "ssim_pool_impl", "torch") == "fused":
+    ssim_pool = getattr(opt, "ssim_pool_impl", "torch")
+    set_ssim_pool(ssim_pool)
+    if ssim_pool == "fused":
         done.append("SSIM pool as Triton kernels")
     if getattr(opt, "compile_loss", False):
         done.append("torch.compile (photometric error, smoothness)")
@@ -209,7 +210,7 @@ def graph_on(opt, flag):
 
 
 def graphs_off_for_processes(opt, world):
-    """Turns --graph_encoder / --graph_volume off in ``opt`` when ``world`` > 1 processes train together (DDP: the
+    """Turns the CUDA graph options (GRAPH_FLAGS) off in ``opt`` when ``world`` > 1 processes train together (DDP: the
     captures would hold SyncBatchNorm's collectives and meet DDP's gradient hooks; not measured there). Returns what
     it turned off, for the trainer's [speed] line."""
     if world <= 1:
@@ -221,7 +222,7 @@ def graphs_off_for_processes(opt, world):
 
 
 def autocast_cache(opt):
-    """torch.autocast's cache_enabled for a training step: off under --graph_encoder / --graph_volume (CUDA graphs
+    """torch.autocast's cache_enabled for a training step: off under any CUDA graph option (GRAPH_FLAGS: CUDA graphs
     cannot capture autocast's weight cache)."""
     return not any(graph_on(opt, f) for f in GRAPH_FLAGS)
 

@@ -50,8 +50,8 @@ OLD = {"channels_last_3d": False, "group_norm_impl": "torch", "batch_norm_impl":
 # the fused norms and the graphed encoder in it since 2026-12-06 (before: ``defaults +fused norms +graphed encoder``)
 # the split first convolution in it since 2026-12-06 (before: ``all +split lift conv``; only this project's network has
 # a 65-channel lifted volume, the authors' lifts 64)
-# the graphed 3D CNN for the authors' hourglass (graph_volume auto) since 2026-12-06 (before: ``defaults +graphed volume``
-# for that network)
+# the graphed 3D CNN for the authors' hourglass (graph_volume auto) since 2026-12-06 (before: ``defaults +graphed
+# volume`` for that network)
 ALL_ON = {"channels_last_3d": True, "group_norm_impl": "fused", "batch_norm_impl": "fused", "lift_impl": "gather",
           "raster_zsq": "moments", "fused_optimizer": True, "graph_encoder": True, "graph_volume": "auto",
           "split_lift_conv": True}
