@@ -60,7 +60,8 @@ def add_args(parser):
                                   "defaults are the fastest measured (docs/speed.md), the old path is "
                                   "--channels_last_3d false --group_norm_impl torch --batch_norm_impl torch "
                                   "--lift_impl grid_sample --raster_zsq per_camera --fused_optimizer false "
-                                  "--graph_encoder false --graph_volume false --split_lift_conv false")
+                                  "--graph_encoder false --graph_volume false --split_lift_conv false "
+                                  "--ssim_pool_impl torch")
     g.add_argument("--cudnn_benchmark", type=str2bool, default=True,
                    help="let cuDNN pick the fastest convolution algorithms for the fixed input shapes")
     g.add_argument("--channels_last", type=str2bool, default=True,
@@ -117,7 +118,7 @@ def add_args(parser):
     g.add_argument("--compile_loss", type=str2bool, default=False,
                    help="torch.compile the per-pixel photometric error (SSIM + L1) and the smoothness (CUDA only; "
                         "the same function, fewer passes and launches; compiles on the first step)")
-    g.add_argument("--ssim_pool_impl", type=str, default="torch", choices=["torch", "fused"],
+    g.add_argument("--ssim_pool_impl", type=str, default="fused", choices=["torch", "fused"],
                    help="the SSIM's 3x3 means: torch (avg_pool2d) or fused (utils/pool_kernels.py: one Triton kernel "
                         "a pass on CUDA, summing in avg_pool2d's order: the same numbers)")
     g.add_argument("--gsplat_packed", type=str2bool, default=True, help="gsplat's packed mode (the same render)")
@@ -171,7 +172,7 @@ def prepare_model(model, opt, device):
         done.append(f"CUDA graphs ({len(crits)} losses)")
     from utils.losses import compile_losses, set_ssim_pool
     compile_losses(bool(getattr(opt, "compile_loss", False)))  # (process-wide: set, or reset to eager, every time)
-    ssim_pool = getattr(opt, "ssim_pool_impl", "torch")
+    ssim_pool = getattr(opt, "ssim_pool_impl", "fused")
     set_ssim_pool(ssim_pool)
     if ssim_pool == "fused":
         done.append("SSIM pool as Triton kernels")
