@@ -5,6 +5,8 @@ channels (utils/rasterizer.py), a channels_last_3d 3D CNN, and all of them toget
 """
 import math
 
+import warnings
+
 import pytest
 import torch
 
@@ -464,6 +466,48 @@ def test_compiled_losses_are_the_same_function():
     torch.testing.assert_close(s1, s0, rtol=1e-5, atol=1e-6)
     for a, b in zip(g1, g0):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_compile_loss_auto_is_stage_2_only():
+    """--compile_loss auto (the default): compiled for stage 2, where four runs each way left the held-out occupancy
+    as it was, eager for stage 1 (not measured there); true / false decide for either stage."""
+    from tests.test_gsv_model import tiny_opt
+    from utils.speed import compile_loss_on
+    opt = tiny_opt()
+    assert opt.compile_loss == "auto" and opt.stage == "gsv" and compile_loss_on(opt) is True
+    assert compile_loss_on(tiny_opt("--compile_loss", "false")) is False
+    opt.stage = "gsp"
+    assert compile_loss_on(opt) is False
+    opt.compile_loss = True
+    assert compile_loss_on(opt) is True
+
+
+def test_compiled_losses_fall_back_to_eager_with_a_warning(monkeypatch):
+    """Where torch.compile fails (no compiler, an unsupported setup), the loss warns once naming --compile_loss and
+    gives the eager values from then on; an error of the inputs still raises."""
+    from utils import losses
+
+    def broken_compile(fn, **kw):
+        def call(*a):
+            raise RuntimeError("inductor: no C++ compiler found\nmore detail")
+        return call
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    pred, target = torch.rand(1, 3, 8, 10), torch.rand(1, 3, 8, 10)
+    want = losses.photometric_error(pred, target)
+    try:
+        losses.compile_losses(True)
+        assert losses.losses_compiled()
+        with pytest.warns(UserWarning, match=r"--compile_loss: torch.compile of the photometric loss failed "
+                                             r"\(RuntimeError: inductor: no C\+\+ compiler found\)"):
+            got = losses.photometric_error(pred, target)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # once: the next call goes straight to the eager function
+            torch.testing.assert_close(losses.photometric_error(pred, target), want, rtol=0, atol=0)
+        with pytest.warns(UserWarning, match="smoothness"), pytest.raises(RuntimeError):
+            losses.smoothness_loss(torch.rand(2, 1, 8, 10), torch.rand(3, 3, 8, 10))  # 2 disparities, 3 images
+    finally:
+        losses.compile_losses(False)
 
 
 def test_photometric_errors_of_all_sources_in_one_call_equal_one_call_each():

@@ -4,6 +4,7 @@ both stages built on it, edge-aware smoothness, 2D semantic cross-entropy and th
 Masks are bool tensors or float tensors of 0 / 1 (anything > 0.5 counts as inside).
 """
 import math
+import warnings
 
 import torch
 import torch.nn as nn
@@ -97,9 +98,30 @@ def compile_losses(enabled):
     """``--compile_loss``: the per-pixel photometric error (SSIM + L1) and the smoothness run through torch.compile
     (their ~40 elementwise and pooling operators per call fused into a few kernels: fewer passes over the images and
     fewer launches), or eagerly again. Process-wide; utils.speed.prepare_model sets it from the option. The same
-    function (tests/test_speed_options.py); the first call of each image size compiles (seconds to a minute)."""
+    function (tests/test_speed_options.py); the first call of each image size compiles (seconds to a minute). Where
+    torch.compile fails (no compiler, an unsupported setup), the call warns once, names the option, and the eager
+    function is used from then on."""
     for name, fn in _EAGER.items():
-        _impl[name] = torch.compile(fn, dynamic=False) if enabled else fn
+        _impl[name] = _CompiledOrEager(name, fn) if enabled else fn
+
+
+class _CompiledOrEager:
+    """``fn`` through torch.compile; if that raises, a warning and ``fn`` itself from then on (an error of the
+    inputs raises again there)."""
+
+    def __init__(self, name, fn):
+        self.name, self.fn, self.compiled = name, fn, torch.compile(fn, dynamic=False)
+
+    def __call__(self, *args):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception as e:  # noqa: BLE001 (inductor raises many kinds; the eager call below re-raises real ones)
+                warnings.warn(f"--compile_loss: torch.compile of the {self.name} loss failed ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''}); the eager function is used (set "
+                              "--compile_loss false to skip the attempt)")
+                self.compiled = None
+        return self.fn(*args)
 
 
 def losses_compiled():

@@ -34,8 +34,8 @@ path, tests/test_speed_options.py and tests/test_norm_kernels.py compare values 
 * ``ssim_pool_impl fused``: the SSIM's 3x3 means as one Triton kernel a pass (utils/pool_kernels.py), in
   avg_pool2d's order of sums (the same numbers on CUDA);
 * ``compile_loss``: the photometric error and the smoothness through torch.compile (utils/losses.py
-  ``compile_losses``; 5-6 % faster a step on an H100 with the benchmark's weights frozen, but off: the occupancy
-  check at equal steps has not passed, docs/results/runs/2026-12-06/compile-loss-occupancy-check).
+  ``compile_losses``; 5-6 % faster a step on an H100 with the benchmark's weights frozen; ``auto``: on for stage 2,
+  whose occupancy at equal steps it leaves as it is, off for stage 1, ``compile_loss_on``).
 """
 import argparse
 
@@ -115,9 +115,11 @@ def add_args(parser):
     g.add_argument("--fused_optimizer", type=str2bool, default=True,
                    help="AdamW's fused kernel on CUDA (one launch per parameter group instead of its foreach "
                         "launches; the same update to float32 rounding)")
-    g.add_argument("--compile_loss", type=str2bool, default=False,
+    g.add_argument("--compile_loss", type=auto_bool, default="auto",
                    help="torch.compile the per-pixel photometric error (SSIM + L1) and the smoothness (CUDA only; "
-                        "the same function, fewer passes and launches; compiles on the first step)")
+                        "the same function, fewer passes and launches; compiles on the first step, falls back to "
+                        "eager with a warning where it cannot); auto: on for stage 2 (gsv), where it was measured, "
+                        "off for stage 1")
     g.add_argument("--ssim_pool_impl", type=str, default="fused", choices=["torch", "fused"],
                    help="the SSIM's 3x3 means: torch (avg_pool2d) or fused (utils/pool_kernels.py: one Triton kernel "
                         "a pass on CUDA, summing in avg_pool2d's order: the same numbers)")
@@ -171,12 +173,12 @@ def prepare_model(model, opt, device):
             c.graph = True
         done.append(f"CUDA graphs ({len(crits)} losses)")
     from utils.losses import compile_losses, set_ssim_pool
-    compile_losses(bool(getattr(opt, "compile_loss", False)))  # (process-wide: set, or reset to eager, every time)
+    compile_losses(compile_loss_on(opt))  # (process-wide: set, or reset to eager, every time)
     ssim_pool = getattr(opt, "ssim_pool_impl", "fused")
     set_ssim_pool(ssim_pool)
     if ssim_pool == "fused":
         done.append("SSIM pool as Triton kernels")
-    if getattr(opt, "compile_loss", False):
+    if compile_loss_on(opt):
         done.append("torch.compile (photometric error, smoothness)")
     if opt.compile:
         names = [n for n, m in model.named_children() if any(p.requires_grad for p in m.parameters())]
@@ -207,6 +209,16 @@ def graph_on(opt, flag):
     v = getattr(opt, flag, False)
     if v == "auto":
         return flag == "graph_volume" and getattr(opt, "occ_decoder", None) == "hourglass"
+    return bool(v)
+
+
+def compile_loss_on(opt):
+    """Whether ``opt`` asks for the compiled photometric error and smoothness: ``--compile_loss auto`` means on for
+    stage 2 (docs/results/runs/2026-12-06/compile-loss-occupancy-noise: four runs each way at equal steps, the held-out
+    occupancy no worse; the step 5-6 % shorter) and off for stage 1 (not measured there)."""
+    v = getattr(opt, "compile_loss", False)
+    if v == "auto":
+        return getattr(opt, "stage", None) == "gsv"
     return bool(v)
 
 

@@ -44,7 +44,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # The step before the speed options (the defaults until they measured faster on one H200, docs/speed.md)
 OLD = {"channels_last_3d": False, "group_norm_impl": "torch", "batch_norm_impl": "torch", "lift_impl": "grid_sample",
        "raster_zsq": "per_camera", "fused_optimizer": False, "graph_encoder": False, "graph_volume": False,
-       "split_lift_conv": False, "ssim_pool_impl": "torch", "graph_loss": False}
+       "split_lift_conv": False, "ssim_pool_impl": "torch", "graph_loss": False, "compile_loss": False}
 # every speed option on = the option defaults (the fused optimizer in it since 2026-12-04; before, ``all`` left it out
 # and ``all +fused optimizer`` was the defaults)
 # the fused norms and the graphed encoder in it since 2026-12-06 (before: ``defaults +fused norms +graphed encoder``)
@@ -52,10 +52,11 @@ OLD = {"channels_last_3d": False, "group_norm_impl": "torch", "batch_norm_impl":
 # a 65-channel lifted volume, the authors' lifts 64)
 # the graphed 3D CNN for the authors' hourglass (graph_volume auto) since 2026-12-06 (before: ``defaults +graphed
 # volume`` for that network)
-# the SSIM pool's Triton kernels in it since 2026-12-06 (before: ``defaults +fused ssim pool``)
+# the SSIM pool's Triton kernels in it since 2026-12-06 (before: ``defaults +fused ssim pool``), and the compiled
+# photometric error and smoothness (--compile_loss auto: on for stage 2; before: ``defaults +compiled loss``)
 ALL_ON = {"channels_last_3d": True, "group_norm_impl": "fused", "batch_norm_impl": "fused", "lift_impl": "gather",
           "raster_zsq": "moments", "fused_optimizer": True, "graph_encoder": True, "graph_volume": "auto",
-          "split_lift_conv": True, "ssim_pool_impl": "fused"}
+          "split_lift_conv": True, "ssim_pool_impl": "fused", "compile_loss": "auto"}
 # (name, settings over the option defaults, networks (None: every one), priority: lower runs first)
 DEFAULTS = {**OLD, **ALL_ON}
 FUSED_NORMS = {"group_norm_impl": "fused", "batch_norm_impl": "fused"}  # networks/norm_kernels.py
@@ -99,8 +100,8 @@ VARIANTS = [
     # the SSIM's 3x3 means through avg_pool2d (the defaults take them as Triton kernels, utils/pool_kernels.py: the
     # same numbers on CUDA)
     ("defaults -fused ssim pool", {**DEFAULTS, "ssim_pool_impl": "torch"}, None, 1),
-    # the photometric error and the smoothness through torch.compile (utils/losses.py), over the option defaults
-    ("defaults +compiled loss", {**DEFAULTS, "compile_loss": True}, None, 1),
+    # the photometric error and the smoothness eager (the defaults run them through torch.compile, utils/losses.py)
+    ("defaults -compiled loss", {**DEFAULTS, "compile_loss": False}, None, 1),
     ("all +compile", {**DEFAULTS, "compile": True}, None, 4),
     # the option defaults on a step that writes no scalars (the trainer's 19 in 20: no depth quantiles, no fog stats)
     ("defaults, not logged", {**DEFAULTS, "_log_details": False}, None, 1),
@@ -273,7 +274,7 @@ def run(args, device, meta, log=print):
     rows, ref_states, est = [], {}, {}
     for net, name, settings in plan(args):
         need = est.get(net, 0) * 1.3 + (COMPILE_EXTRA_S if settings.get("compile") else
-                                        COMPILE_LOSS_EXTRA_S if settings.get("compile_loss") and device.type == "cuda"
+                                        COMPILE_LOSS_EXTRA_S if settings.get("compile_loss") is not False and device.type == "cuda"
                                         else 0)
         if device.type == "cuda" and not ok:
             rows.append({"net": net, "variant": name, "settings": settings, "status": f"gsplat unavailable: {detail}"})
