@@ -63,3 +63,25 @@ def test_range_annotations_are_not_counted_as_kernels():
            self_cpu_time_total=50, self_device_time_total=0)
     assert kernel_entries([kernel, stage_range, op], cuda=True) == [kernel]
     assert kernel_entries([kernel, stage_range, op], cuda=False) == [op]
+
+
+def test_compiled_losses_run_eagerly_in_the_source_profile():
+    """Under CallSites (a TorchFunctionMode) dynamo would break a compiled function's graph at every operator and
+    recompile it to its limit: profile_sources runs compiled functions eagerly (no new graph), and afterwards the
+    compiled loss is used as before."""
+    from torch._dynamo.utils import counters
+    from utils import losses
+    torch.manual_seed(0)
+    batch = (torch.rand(2, 3, 16, 20, requires_grad=True), torch.rand(2, 3, 16, 20))
+    try:
+        losses.compile_losses(True)
+        _step(batch)
+        graphs = counters["stats"]["unique_graphs"]
+        lines = profile_sources(_step, batch, torch.device("cpu"))
+        assert counters["stats"]["unique_graphs"] == graphs  # nothing compiled under the mode
+        assert any(k.startswith("utils/losses.py(") and k.endswith("aten::avg_pool2d") for k in lines)  # eager lines
+        calls = counters["stats"]["calls_captured"]
+        _step(batch)
+        assert counters["stats"]["unique_graphs"] == graphs and counters["stats"]["calls_captured"] == calls
+    finally:
+        losses.compile_losses(False)

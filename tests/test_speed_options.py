@@ -594,3 +594,13 @@ def test_voxel_gaussians_gather_rows_with_a_cheap_backward():
     total.backward()
     for a, r in zip(ins, refs):
         assert torch.allclose(a.grad, r.grad, rtol=0, atol=1e-12)
+
+
+def test_compiled_losses_trace_without_graph_breaks():
+    """tools/diagnostics/compile_breaks: the compiled photometric error and smoothness trace whole (a break would
+    run a piece eagerly: slower, and not what the occupancy check of --compile_loss measured), with either SSIM
+    pool option (on the CPU the pool kernels step aside as they do under compile on CUDA)."""
+    from tools.diagnostics.compile_breaks import compiled_loss_breaks
+    for pool in ("fused", "torch"):
+        out = compiled_loss_breaks(torch.device("cpu"), 2, (12, 20), pool)
+        assert out["graph_breaks"] == {} and out["graphs"] >= 2, out

@@ -17,11 +17,9 @@ gradient, 0.78 -> 0.44 ms forward and backward). One launch a pass, as torch's, 
 adjacent in memory.
 
 Used for float32 CUDA tensors (and CPU tensors under Triton's interpreter, TRITON_INTERPRET=1, which is how
-tests/test_pool_kernels.py checks them without a GPU); anything else gets F.avg_pool2d. Under torch.compile
-(``--compile_loss``) avg_pool3 stays out of the traced graph (``torch.compiler.disable``): the pools run as these
-kernels between the compiled pieces, with avg_pool2d's numbers, as the occupancy check of the compiled loss ran
-them (docs/results/runs/2026-12-06/compile-loss-occupancy-noise: there dynamo broke its graph at this call and ran
-avg_pool2d eagerly).
+tests/test_pool_kernels.py checks them without a GPU); anything else, and code that torch.compile traces, gets
+F.avg_pool2d (under ``--compile_loss`` inductor fuses the pools with the SSIM's other operators, as the occupancy
+check of the compiled loss ran them, docs/results/runs/2026-12-06/compile-loss-occupancy-noise).
 """
 import os
 
@@ -85,6 +83,8 @@ def kernels_apply(x):
     """Whether avg_pool3 runs the kernels for ``x`` (else F.avg_pool2d)."""
     if triton is None or x.dtype != torch.float32 or x.dim() != 4 or x.shape[-1] < 3 or x.shape[-2] < 3:
         return False
+    if torch.compiler.is_compiling():
+        return False
     return x.is_cuda or (_interpreting() and x.device.type == "cpu")
 
 
@@ -107,7 +107,6 @@ class _Box3(torch.autograd.Function):
         return dx
 
 
-@torch.compiler.disable
 def avg_pool3(x):
     """F.avg_pool2d(x, 3, stride=1) of a (N, C, H, W) tensor, through the kernels where ``kernels_apply``."""
     return _Box3.apply(x) if kernels_apply(x) else F.avg_pool2d(x, 3, stride=1)

@@ -61,7 +61,7 @@ def add_args(parser):
                                   "--channels_last_3d false --group_norm_impl torch --batch_norm_impl torch "
                                   "--lift_impl grid_sample --raster_zsq per_camera --fused_optimizer false "
                                   "--graph_encoder false --graph_volume false --split_lift_conv false "
-                                  "--ssim_pool_impl torch")
+                                  "--ssim_pool_impl torch --compile_loss false")
     g.add_argument("--cudnn_benchmark", type=str2bool, default=True,
                    help="let cuDNN pick the fastest convolution algorithms for the fixed input shapes")
     g.add_argument("--channels_last", type=str2bool, default=True,

@@ -276,11 +276,15 @@ class CallSites(torch.overrides.TorchFunctionMode):
 def profile_sources(step, batch, device, n=1, shapes=False):
     """source_times of ``n`` steps of ``step`` (a second profile, its torch calls in ranges named by their line of
     this repository (CallSites) and with Python stacks: its host times are not comparable to profile_step's); with
-    ``shapes`` a pair (by line, by line and input shapes)."""
+    ``shapes`` a pair (by line, by line and input shapes). torch.compile'd functions (``--compile_loss``) run eagerly
+    here: under a TorchFunctionMode dynamo would break their graphs at every operator and recompile them to its
+    limit (seen on the H100: a "graph break" in the SSIM's pool that training never has); their fused time is in
+    profile_step's families."""
     from torch.profiler import ProfilerActivity, profile
     cuda = device.type == "cuda"
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=acts, with_stack=True, record_shapes=shapes) as prof, CallSites():
+    with torch.compiler.set_stance("force_eager"), \
+            profile(activities=acts, with_stack=True, record_shapes=shapes) as prof, CallSites():
         for _ in range(n):
             step(batch)
         if cuda:
