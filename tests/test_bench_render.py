@@ -138,7 +138,7 @@ def test_speed_compare_quick_cpu(tmp_path):
         assert r["status"] == "ok" and r["model_s"] > 0 and r["loss_rel_diff"] < 1e-5, r
         assert r["loss_last_rel_diff"] < 1e-5, r  # (frozen weights: the last timed step sees the first's weights)
     # round 2 timed old, all and the priority-1 variants again; the step is the median of the rounds' medians
-    assert len(rows["old"]["round_s"]) == len(rows["defaults +compiled loss"]["round_s"]) == 2
+    assert len(rows["old"]["round_s"]) == len(rows["defaults -compiled loss"]["round_s"]) == 2
     assert "round_s" not in rows["all +tile 8"]
     assert rows["all"]["model_s"] == pytest.approx(sum(rows["all"]["round_s"]) / 2)
     assert rows["old"]["profile"]["families_ms"]["convolution"] > 0 and rows["all"]["profile"]["busy_ms"] > 0
