@@ -116,7 +116,7 @@ class _CompiledOrEager:
         if self.compiled is not None:
             try:
                 return self.compiled(*args)
-            except Exception as e:  # noqa: BLE001 (inductor raises many kinds; the eager call below re-raises real ones)
+            except Exception as e:  # noqa: BLE001 (inductor raises many kinds; the eager call re-raises real ones)
                 warnings.warn(f"--compile_loss: torch.compile of the {self.name} loss failed ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else ''}); the eager function is used (set "
                               "--compile_loss false to skip the attempt)")

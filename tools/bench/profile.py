@@ -278,7 +278,7 @@ def profile_sources(step, batch, device, n=1, shapes=False):
     this repository (CallSites) and with Python stacks: its host times are not comparable to profile_step's); with
     ``shapes`` a pair (by line, by line and input shapes). torch.compile'd functions (``--compile_loss``) run eagerly
     here: under a TorchFunctionMode dynamo would break their graphs at every operator and recompile them to its
-    limit (seen on the H100: a "graph break" in the SSIM's pool that training never has); their fused time is in
+    limit (seen on the H100: a "graph break" in the SSIM's pool, made by the mode itself); their fused time is in
     profile_step's families."""
     from torch.profiler import ProfilerActivity, profile
     cuda = device.type == "cuda"

@@ -273,9 +273,9 @@ def run(args, device, meta, log=print):
                 speed_weights=getattr(args, "speed_weights", "frozen"))
     rows, ref_states, est = [], {}, {}
     for net, name, settings in plan(args):
+        compiles_loss = settings.get("compile_loss") is not False and device.type == "cuda"
         need = est.get(net, 0) * 1.3 + (COMPILE_EXTRA_S if settings.get("compile") else
-                                        COMPILE_LOSS_EXTRA_S if settings.get("compile_loss") is not False and device.type == "cuda"
-                                        else 0)
+                                        COMPILE_LOSS_EXTRA_S if compiles_loss else 0)
         if device.type == "cuda" and not ok:
             rows.append({"net": net, "variant": name, "settings": settings, "status": f"gsplat unavailable: {detail}"})
             continue
