@@ -19,7 +19,7 @@ import warnings
 
 import torch
 
-from utils.cuda_graphs import MAX_GRAPHS, capture, graph_key
+from utils.cuda_graphs import MAX_GRAPHS, capture, graph_key, graphable
 
 
 class _Reader(dict):
@@ -67,11 +67,6 @@ class _Terms:
         raw, logs = self.loss.raw_terms(r, batch, args[nr + nb])
         self.names = (tuple(sorted(raw)), tuple(sorted(logs)))
         return tuple(raw[k] for k in self.names[0]) + tuple(logs[k] for k in self.names[1])
-
-
-def graphable(loss, T):
-    """Whether this call of ``loss`` may use a graph: a CUDA training step that builds a backward."""
-    return T.is_cuda and loss.training and torch.is_grad_enabled()
 
 
 def graphed_raw_terms(loss, r, batch, T):

@@ -24,7 +24,7 @@ from networks.lift_gather import _visible_pairs, lift_features_gather
 from networks.resnet_encoder import ResnetEncoder, resolve_weights
 from networks.voxel_grid import CONTRACT_MODES, VoxelGrid  # noqa: F401  (VoxelGrid: imported from here too)
 from utils.constants import NUM_SEM_CLASSES
-from utils.cuda_graphs import MAX_GRAPHS, capture, graph_key, parts
+from utils.cuda_graphs import MAX_GRAPHS, capture, graph_key, graphable, parts
 from utils.geometry import inv
 from utils.precision import full_precision
 from utils.speed import stage
@@ -248,7 +248,7 @@ class _Part(nn.Module):
 
 
 def _graphable(enabled, net, x):
-    return enabled and all(t.is_cuda for t in parts(x)) and net.training and torch.is_grad_enabled()
+    return enabled and graphable(net, x)
 
 
 class OccNet(nn.Module):

@@ -214,15 +214,15 @@ def test_graph_volume_auto_follows_the_decoder(capsys):
     residual 3D CNN (no gain); true / false decide for either; anything else is refused naming the choices. Under
     auto the autocast cache is off exactly when a graph is on."""
     from tests.test_gsv_model import tiny_opt
-    from utils.speed import autocast_cache, graph_on
+    from utils.speed import autocast_cache, option_on
     enc_off = ("--graph_encoder", "false")
     hour, res = ("--occ_decoder", "hourglass"), ("--occ_decoder", "residual")
     assert tiny_opt().graph_volume == "auto"
-    assert graph_on(tiny_opt(*hour), "graph_volume") is True and graph_on(tiny_opt(*res), "graph_volume") is False
+    assert option_on(tiny_opt(*hour), "graph_volume") is True and option_on(tiny_opt(*res), "graph_volume") is False
     assert autocast_cache(tiny_opt(*enc_off, *hour)) is False and autocast_cache(tiny_opt(*enc_off, *res)) is True
-    assert graph_on(tiny_opt(*hour, "--graph_volume", "false"), "graph_volume") is False
-    assert graph_on(tiny_opt(*res, "--graph_volume", "true"), "graph_volume") is True
-    assert graph_on(tiny_opt(*res, "--graph_volume", "AUTO"), "graph_volume") is False
+    assert option_on(tiny_opt(*hour, "--graph_volume", "false"), "graph_volume") is False
+    assert option_on(tiny_opt(*res, "--graph_volume", "true"), "graph_volume") is True
+    assert option_on(tiny_opt(*res, "--graph_volume", "AUTO"), "graph_volume") is False
     with pytest.raises(SystemExit):
         tiny_opt("--graph_volume", "maybe")
     assert "expected auto, true or false, got 'maybe'" in capsys.readouterr().err

@@ -472,14 +472,14 @@ def test_compile_loss_auto_is_stage_2_only():
     """--compile_loss auto (the default): compiled for stage 2, where four runs each way left the held-out occupancy
     as it was, eager for stage 1 (not measured there); true / false decide for either stage."""
     from tests.test_gsv_model import tiny_opt
-    from utils.speed import compile_loss_on
+    from utils.speed import option_on
     opt = tiny_opt()
-    assert opt.compile_loss == "auto" and opt.stage == "gsv" and compile_loss_on(opt) is True
-    assert compile_loss_on(tiny_opt("--compile_loss", "false")) is False
+    assert opt.compile_loss == "auto" and opt.stage == "gsv" and option_on(opt, "compile_loss") is True
+    assert option_on(tiny_opt("--compile_loss", "false"), "compile_loss") is False
     opt.stage = "gsp"
-    assert compile_loss_on(opt) is False
+    assert option_on(opt, "compile_loss") is False
     opt.compile_loss = True
-    assert compile_loss_on(opt) is True
+    assert option_on(opt, "compile_loss") is True
 
 
 def test_compiled_losses_fall_back_to_eager_with_a_warning(monkeypatch):

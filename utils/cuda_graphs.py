@@ -13,6 +13,12 @@ def parts(x):
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
+def graphable(module, x):
+    """Whether a call of ``module`` on ``x`` (a tensor or a tuple of them) may use a graph: a CUDA training step that
+    builds a backward."""
+    return all(t.is_cuda for t in parts(x)) and module.training and torch.is_grad_enabled()
+
+
 def graph_key(x):
     """What a CUDA graph of a part is specific to: the input's shapes, dtypes and need of a gradient, and the
     autocast dtype."""

@@ -28,14 +28,14 @@ path, tests/test_speed_options.py and tests/test_norm_kernels.py compare values 
   instead of per-camera copies of every feature (utils/rasterizer.py);
 * ``gsplat_packed``, ``gsplat_tile_size``: gsplat's own options (the same render);
 * ``graph_encoder``, ``graph_volume``, ``graph_loss``: stage 2's image encoder, its 3D CNN and its loss terms as CUDA
-  graphs in training (``graph_volume auto``: on for the authors' hourglass only, ``graph_on``; ``graph_loss`` off until
+  graphs in training (``graph_volume auto``: on for the authors' hourglass only, ``option_on``; ``graph_loss`` off until
   measured, networks/loss_graph.py);
 * ``fused_optimizer``: AdamW's fused CUDA kernel (``make_optimizer``);
 * ``ssim_pool_impl fused``: the SSIM's 3x3 means as one Triton kernel a pass (utils/pool_kernels.py), in
   avg_pool2d's order of sums (the same numbers on CUDA);
 * ``compile_loss``: the photometric error and the smoothness through torch.compile (utils/losses.py
   ``compile_losses``; 5-6 % faster a step on an H100 with the benchmark's weights frozen; ``auto``: on for stage 2,
-  whose occupancy at equal steps it leaves as it is, off for stage 1, ``compile_loss_on``).
+  whose occupancy at equal steps it leaves as it is, off for stage 1, ``option_on``).
 """
 import argparse
 
@@ -162,23 +162,23 @@ def prepare_model(model, opt, device):
                     getattr(net, name).to(memory_format=torch.channels_last_3d)
         done.append(f"channels_last_3d ({len(nets)} 3D CNNs)")
     for flag, what in zip(GRAPH_FLAGS[:2], ("image encoders", "3D CNNs")):
-        if graph_on(opt, flag):
+        if option_on(opt, flag):
             nets = volume_networks(model)
             for net in nets:
                 setattr(net, flag, True)
             done.append(f"CUDA graphs ({len(nets)} {what})")
-    if graph_on(opt, "graph_loss"):
+    if option_on(opt, "graph_loss"):
         crits = [m for m in model.modules() if hasattr(m, "raw_terms") and hasattr(m, "graph")]
         for c in crits:
             c.graph = True
         done.append(f"CUDA graphs ({len(crits)} losses)")
     from utils.losses import compile_losses, set_ssim_pool
-    compile_losses(compile_loss_on(opt))  # (process-wide: set, or reset to eager, every time)
+    compile_losses(option_on(opt, "compile_loss"))  # (process-wide: set, or reset to eager, every time)
     ssim_pool = getattr(opt, "ssim_pool_impl", "fused")
     set_ssim_pool(ssim_pool)
     if ssim_pool == "fused":
         done.append("SSIM pool as Triton kernels")
-    if compile_loss_on(opt):
+    if option_on(opt, "compile_loss"):
         done.append("torch.compile (photometric error, smoothness)")
     if opt.compile:
         names = [n for n, m in model.named_children() if any(p.requires_grad for p in m.parameters())]
@@ -192,7 +192,7 @@ GRAPH_FLAGS = ("graph_encoder", "graph_volume", "graph_loss")
 
 
 def auto_bool(v):
-    """argparse type of an option that is true, false or ``auto`` (decided from other options: ``graph_on``)."""
+    """argparse type of an option that is true, false or ``auto`` (decided from other options: ``option_on``)."""
     if str(v).strip().lower() == "auto":
         return "auto"
     try:
@@ -201,24 +201,25 @@ def auto_bool(v):
         raise argparse.ArgumentTypeError(f"expected auto, true or false, got {v!r}") from None
 
 
-def graph_on(opt, flag):
-    """Whether ``opt`` asks for the CUDA graphs of ``flag`` (one of GRAPH_FLAGS); ``--graph_volume auto`` means on for
-    the hourglass 3D CNN (docs/results/runs/2026-12-06/speed-h100-frozen: 0.1098 against 0.1233 s a step;
-    authors-graph-volume-check: it trains as the eager one) and off for the residual one (speed-h100-graph-volume:
-    no gain)."""
+# what ``auto`` means for the options that take it: a rule over the other options
+AUTO_RULES = {
+    # on for the hourglass 3D CNN (docs/results/runs/2026-12-06/speed-h100-frozen: 0.1098 against 0.1233 s a step;
+    # authors-graph-volume-check: it trains as the eager one), off for the residual one (speed-h100-graph-volume:
+    # no gain)
+    "graph_volume": lambda opt: getattr(opt, "occ_decoder", None) == "hourglass",
+    # on for stage 2 (docs/results/runs/2026-12-06/compile-loss-occupancy-noise: four runs each way at equal steps,
+    # the held-out occupancy no worse; the step 5-6 % shorter), off for stage 1 (not measured there)
+    "compile_loss": lambda opt: getattr(opt, "stage", None) == "gsv",
+}
+
+
+def option_on(opt, flag):
+    """Whether ``opt`` turns the speed option ``flag`` on (a CUDA graph flag of GRAPH_FLAGS, compile_loss): true /
+    false as given, ``auto`` by the flag's AUTO_RULES entry (off for a flag without one)."""
     v = getattr(opt, flag, False)
     if v == "auto":
-        return flag == "graph_volume" and getattr(opt, "occ_decoder", None) == "hourglass"
-    return bool(v)
-
-
-def compile_loss_on(opt):
-    """Whether ``opt`` asks for the compiled photometric error and smoothness: ``--compile_loss auto`` means on for
-    stage 2 (docs/results/runs/2026-12-06/compile-loss-occupancy-noise: four runs each way at equal steps, the held-out
-    occupancy no worse; the step 5-6 % shorter) and off for stage 1 (not measured there)."""
-    v = getattr(opt, "compile_loss", False)
-    if v == "auto":
-        return getattr(opt, "stage", None) == "gsv"
+        rule = AUTO_RULES.get(flag)
+        return bool(rule is not None and rule(opt))
     return bool(v)
 
 
@@ -228,7 +229,7 @@ def graphs_off_for_processes(opt, world):
     it turned off, for the trainer's [speed] line."""
     if world <= 1:
         return []
-    off = [f for f in GRAPH_FLAGS if graph_on(opt, f)]
+    off = [f for f in GRAPH_FLAGS if option_on(opt, f)]
     for f in off:
         setattr(opt, f, False)
     return [f"--{f} off ({world} processes)" for f in off]
@@ -237,7 +238,7 @@ def graphs_off_for_processes(opt, world):
 def autocast_cache(opt):
     """torch.autocast's cache_enabled for a training step: off under any CUDA graph option (GRAPH_FLAGS: CUDA graphs
     cannot capture autocast's weight cache)."""
-    return not any(graph_on(opt, f) for f in GRAPH_FLAGS)
+    return not any(option_on(opt, f) for f in GRAPH_FLAGS)
 
 
 def make_optimizer(groups, opt, device):

@@ -25,14 +25,15 @@ def compiled_loss_breaks(device, images, size, ssim_pool="fused"):
     pred = torch.rand(images, 3, h, w, device=device, requires_grad=True)
     target = torch.rand(images, 3, h, w, device=device)
     disp = torch.rand(images, 1, h, w, device=device, requires_grad=True)
+    was_compiled, was_pool = losses.losses_compiled(), losses._SSIM_POOL["impl"]  # (process-wide: put back after)
     losses.set_ssim_pool(ssim_pool)
     try:
         losses.compile_losses(True)
         loss = losses.photometric_error(pred, target).mean() + losses.smoothness_loss(disp, target)
         loss.backward()
     finally:
-        losses.compile_losses(False)
-        losses.set_ssim_pool("torch")
+        losses.compile_losses(was_compiled)
+        losses.set_ssim_pool(was_pool)
     return {"graph_breaks": dict(counters["graph_break"]), "graphs": counters["stats"]["unique_graphs"]}
 
 
